@@ -1,0 +1,27 @@
+"""Where atomsnb keeps what it computes: one cache directory, chosen by ``ATOMSNB_CACHE``.
+
+The Makefile points ``ATOMSNB_CACHE`` into the repository (``.cache/atomsnb``) so that no
+step writes outside the repo; a user of the installed package gets ``~/.cache/atomsnb``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir"]
+
+
+def cache_dir(*parts: str) -> Path:
+    """Return (and create) a directory inside the atomsnb cache.
+
+    Args:
+        *parts: sub-directories below the cache root, e.g. ``cache_dir("activations")``.
+
+    Returns:
+        The directory ``$ATOMSNB_CACHE/<parts...>`` (default ``~/.cache/atomsnb``), created if missing.
+    """
+    root = Path(os.environ.get("ATOMSNB_CACHE") or Path.home() / ".cache" / "atomsnb")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
