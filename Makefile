@@ -1,0 +1,63 @@
+# atomsnb: the two commands of the README are `make book` and `make test`.
+# Everything is installed into .venv from requirements.lock; caches live in .cache/ (nothing is written outside the repo).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export ATOMSNB_CACHE := $(CURDIR)/.cache/atomsnb
+export ATOMSNB_BUILD := $(CURDIR)/build
+export ATOMSNB_CLAIMS_DIR := $(CURDIR)/build/claims
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export IPYTHONDIR := $(CURDIR)/.cache/ipython
+export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
+export JUPYTER_PLATFORM_DIRS := 1
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export XDG_CACHE_HOME := $(CURDIR)/.cache/xdg
+export TQDM_DISABLE := 1
+export PYTHONHASHSEED := 0
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.py))
+EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(NOTEBOOKS))
+PACKAGE := $(wildcard atomsnb/*.py)
+BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' | grep -v _build)
+
+.PHONY: book test install model notebooks clean help
+help:
+	@echo "make book   - install, build the default model, execute the chapters, build the HTML book (book/_build/html)"
+	@echo "make test   - install, execute the chapters if needed, run pytest (package + nbval over the chapters)"
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name atomsnb --display-name atomsnb >/dev/null
+	touch $@
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(BIN)/python -c "from atomsnb.default_model import ensure_default_model as e, model_card as c; p = e(); print(p, {k: c(p)[k] for k in ('n_parameters', 'val_loss', 'wall_time_s')})"
+
+book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
+	$(BIN)/python tools/run_notebook.py $< $@
+
+notebooks: model $(EXECUTED)
+
+book/_build/html/index.html: $(EXECUTED) $(BOOK_PAGES) | $(STAMP)
+	rm -rf book/_build
+	$(BIN)/jupyter-book build . --path-output book -W --keep-going
+	@echo "book: $(CURDIR)/book/_build/html/index.html"
+
+book: model book/_build/html/index.html
+
+test: model $(EXECUTED)
+	$(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+
+clean:
+	rm -rf book/_build book/chapters build

@@ -1,0 +1,259 @@
+"""The offline default model: a small GPT-2-architecture causal LM trained here, on CPU.
+
+No model hub is reachable from this project's machines, so the book's default model is built
+by the project itself: a byte-level BPE tokenizer (``tokenizers``) and a ``transformers``
+``GPT2LMHeadModel`` trained with a fixed seed on the ``train`` split of the offline
+docstring corpus (:mod:`atomsnb.corpus`). It is saved with ``save_pretrained`` (safetensors
+and tokenizer files) into ``$ATOMSNB_CACHE/models/<name>-<key>``, where ``key`` hashes the
+corpus, the config and :data:`RECIPE_VERSION`, next to a model card (``atomsnb_card.json``)
+recording corpus hash and size, tokens seen, train/validation loss and wall time. Later runs
+load it through the same ``from_pretrained`` path a hub model uses (:func:`atomsnb.models.load_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .corpus import Corpus
+from .io import CacheCorruptError, load_json, save_json
+from .paths import cache_dir
+
+__all__ = ["DEFAULT_MODEL_NAME", "RECIPE_VERSION", "DefaultModelConfig", "ensure_default_model", "default_model_path",
+           "model_card"]
+
+#: The name under which :func:`atomsnb.models.load_model` finds the default model.
+DEFAULT_MODEL_NAME = "atomsnb/docstring-gpt2"
+#: Bump when the training recipe changes in a way the config does not capture.
+RECIPE_VERSION = 1
+CARD_FILE = "atomsnb_card.json"
+
+
+@dataclass(frozen=True)
+class DefaultModelConfig:
+    """Architecture and training recipe of the default model (all fields enter the cache key)."""
+
+    corpus: str = "docstrings"
+    """Corpus source (:class:`atomsnb.corpus.Corpus`); the model trains on its ``train`` split."""
+    vocab_size: int = 4096
+    """Byte-level BPE vocabulary size, special token ``<|endoftext|>`` included."""
+    n_embd: int = 256
+    """Residual-stream width ``d_model`` (``H``)."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_ctx: int = 128
+    """Training context length in tokens (the first is always ``<|endoftext|>``, used as BOS)."""
+    batch_size: int = 32
+    """Sequences per optimisation step."""
+    n_steps: int = 300
+    """Optimisation steps (fixed, not wall-clock, so the result is deterministic)."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10 %)."""
+    warmup_steps: int = 30
+    """Linear warm-up steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices."""
+    seed: int = 0
+    """Seed for initialisation and batch sampling."""
+    n_val_sequences: int = 64
+    """Held-out sequences (``eval`` split) for the validation loss."""
+
+    def key(self, corpus_fingerprint: str) -> str:
+        """Cache key: SHA-256 of corpus fingerprint, this config and the recipe version (12 hex digits)."""
+        blob = json.dumps({"corpus": corpus_fingerprint, "config": asdict(self), "recipe": RECIPE_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_model_path(config: DefaultModelConfig | None = None) -> Path:
+    """Directory where the default model for ``config`` lives (whether or not it is built yet)."""
+    config = config or DefaultModelConfig()
+    key = config.key(Corpus(config.corpus).fingerprint("train"))
+    return cache_dir("models") / f"docstring-gpt2-{key}"
+
+
+def model_card(path: str | os.PathLike) -> dict:
+    """Read the model card of a built default model (raises ``CacheCorruptError`` if unreadable)."""
+    return load_json(Path(path) / CARD_FILE)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_valid(path: Path) -> bool:
+    try:
+        card = model_card(path)
+        return _sha256_file(path / "model.safetensors") == card["weights_sha256"]
+    except (FileNotFoundError, CacheCorruptError, KeyError):
+        return False
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_default_model(config: DefaultModelConfig | None = None, *, verbose: bool = True) -> Path:
+    """Return the directory of the default model, building it first if it is not cached.
+
+    The build takes a few minutes on 2 CPU cores; a cached model is verified (weights
+    checksum against the model card) and rebuilt if damaged. Concurrent callers wait on a
+    file lock instead of building twice.
+
+    Args:
+        config: architecture and recipe; default :class:`DefaultModelConfig`.
+        verbose: print progress of a build.
+
+    Returns:
+        A directory loadable with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``.
+    """
+    config = config or DefaultModelConfig()
+    path = default_model_path(config)
+    with _file_lock(path.with_suffix(".lock")):
+        if _is_valid(path):
+            return path
+        if path.exists():
+            shutil.rmtree(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            _build(config, tmp, verbose=verbose)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return path
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return tok
+
+
+def _token_stream(tok, texts: list[str]) -> torch.Tensor:
+    eos = tok.eos_token_id
+    ids: list[int] = []
+    for enc in tok(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _windows(stream: torch.Tensor, starts: torch.Tensor, n_ctx: int, bos: int) -> torch.Tensor:
+    idx = starts[:, None] + torch.arange(n_ctx - 1)[None, :]
+    body = stream[idx]
+    return torch.cat([torch.full((len(starts), 1), bos, dtype=torch.long), body], dim=1)
+
+
+def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    t0 = time.time()
+    corpus = Corpus(config.corpus)
+    train_texts, val_texts = corpus.texts("train"), corpus.texts("eval")
+    torch.manual_seed(config.seed)
+    tok = _train_tokenizer(train_texts, config.vocab_size)
+    train_stream, val_stream = _token_stream(tok, train_texts), _token_stream(tok, val_texts)
+    if verbose:
+        print(f"[default model] tokenizer trained ({time.time() - t0:.0f} s); train tokens {len(train_stream):,}, "
+              f"val tokens {len(val_stream):,}", flush=True)
+
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=config.n_ctx, n_embd=config.n_embd, n_layer=config.n_layer,
+                     n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, loss_type="ForCausalLM")
+    g = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = GPT2LMHeadModel(cfg)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return config.lr * (step + 1) / config.warmup_steps
+        frac = (step - config.warmup_steps) / max(1, config.n_steps - config.warmup_steps)
+        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    bos = tok.bos_token_id
+    max_start = len(train_stream) - config.n_ctx
+    losses: list[float] = []
+    for step in range(config.n_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        starts = torch.randint(0, max_start, (config.batch_size,), generator=g)
+        batch = _windows(train_stream, starts, config.n_ctx, bos)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if verbose and (step + 1) % 50 == 0:
+            print(f"[default model] step {step + 1}/{config.n_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+    model.eval()
+    gv = torch.Generator().manual_seed(config.seed + 1)
+    vstarts = torch.randint(0, len(val_stream) - config.n_ctx, (config.n_val_sequences,), generator=gv)
+    vbatch = _windows(val_stream, vstarts, config.n_ctx, bos)
+    with torch.no_grad():
+        val_loss = float(sum(model(input_ids=vbatch[i:i + 16], labels=vbatch[i:i + 16]).loss * len(vbatch[i:i + 16])
+                             for i in range(0, len(vbatch), 16)) / len(vbatch))
+
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    import transformers
+
+    card = {
+        "name": DEFAULT_MODEL_NAME,
+        "architecture": "GPT2LMHeadModel",
+        "config": asdict(config),
+        "recipe_version": RECIPE_VERSION,
+        "corpus": {"source": config.corpus, "train_fingerprint": corpus.fingerprint("train"),
+                   "train_documents": len(train_texts), "train_characters": sum(map(len, train_texts)),
+                   "train_tokens": int(len(train_stream)), "val_tokens": int(len(val_stream))},
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_seen": config.n_steps * config.batch_size * config.n_ctx,
+        "train_loss_last50": sum(losses[-50:]) / len(losses[-50:]),
+        "val_loss": val_loss,
+        "val_loss_uniform_baseline": math.log(len(tok)),
+        "wall_time_s": time.time() - t0,
+        "weights_sha256": _sha256_file(out / "model.safetensors"),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+    save_json(out / CARD_FILE, card)
+    if verbose:
+        print(f"[default model] built in {card['wall_time_s']:.0f} s: {card['n_parameters']:,} parameters, "
+              f"val loss {val_loss:.3f} nats/token (uniform: {math.log(len(tok)):.2f})", flush=True)
