@@ -47,6 +47,16 @@ def split_of(doc_id: str) -> str:
     return "train" if bucket < _SPLIT_EDGES[0] else "fit" if bucket < _SPLIT_EDGES[1] else "eval"
 
 
+def _unique(docs: list[Document]) -> tuple[Document, ...]:
+    """Make ids unique: a name defined twice (e.g. in both branches of an ``if``) gets ``#2``, ``#3``..."""
+    seen: dict[str, int] = {}
+    out = []
+    for d in docs:
+        k = seen[d.doc_id] = seen.get(d.doc_id, 0) + 1
+        out.append(d if k == 1 else Document(f"{d.doc_id}#{k}", d.text))
+    return tuple(out)
+
+
 def _python_roots() -> list[tuple[str, Path]]:
     roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))]
     for name in ("numpy", "scipy"):
@@ -87,7 +97,7 @@ def _docstring_documents() -> tuple[Document, ...]:
                 text = ast.get_docstring(node, clean=True)
                 if text and len(text) >= _MIN_DOC_CHARS:
                     docs.append(Document(f"{tag}:{rel}::{name}", text))
-    return tuple(docs)
+    return _unique(docs)
 
 
 class _StripDocstrings(ast.NodeTransformer):
@@ -112,7 +122,7 @@ def _code_documents() -> tuple[Document, ...]:
                 text = ast.unparse(_StripDocstrings().visit(node))
                 if len(text) >= _MIN_DOC_CHARS:
                     docs.append(Document(f"{tag}-code:{rel}::{node.name}", text))
-    return tuple(docs)
+    return _unique(docs)
 
 
 def _file_documents(path: Path) -> tuple[Document, ...]:
