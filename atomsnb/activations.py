@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .aip import check_finite
 from .corpus import Corpus

@@ -35,7 +35,8 @@ class LoadedModel:
     Attributes:
         model: the ``transformers`` model, in eval mode, on ``device``.
         tokenizer: its tokenizer.
-        name: the name it was asked for (a registered name, a path or a hub id).
+        name: the name it was asked for (a registered name, a path or a hub id; ``"default"`` is shown as
+            :data:`DEFAULT_MODEL_NAME`).
         path: the local directory or hub id it was loaded from.
         n_layers: number of decoder blocks (residual-stream layers are ``0..n_layers``).
         d_model: residual-stream width ``H``.
@@ -146,5 +147,6 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
         ) from exc
     model.to(dev).eval()
     n_layers = len(decoder_layers(model))
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=str(path), n_layers=n_layers,
+    display = DEFAULT_MODEL_NAME if name == "default" else name
+    return LoadedModel(model=model, tokenizer=tokenizer, name=display, path=str(path), n_layers=n_layers,
                        d_model=int(model.config.hidden_size), device=dev, dtype=torch_dtype)

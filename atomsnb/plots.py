@@ -28,6 +28,7 @@ def angle_histograms(angles: dict[str, tuple[torch.Tensor, torch.Tensor]], *, ti
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("angle between random pairs (degrees)")
         ax.set_xlim(0, 180)
+        ax.set_xticks(range(0, 181, 30))
     axes[0][0].set_ylabel("density")
     axes[0][0].legend(frameon=False, fontsize=8)
     if title:
@@ -37,7 +38,7 @@ def angle_histograms(angles: dict[str, tuple[torch.Tensor, torch.Tensor]], *, ti
 
 
 def angles_by_layer(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
-    """Mean ± std of Euclidean and AIP pair angles per layer, one line per evaluation set.
+    """Mean pair angle per layer for Euclidean and AIP, one line style per evaluation set (band: ± 1 std of the first set).
 
     Args:
         table: the table of :func:`atomsnb.shift.angle_study` (columns ``layer``, ``set``, ``*_mean``, ``*_std``).
@@ -48,7 +49,8 @@ def angles_by_layer(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
         for metric, label in (("euclidean", "Euclidean"), ("aip", "AIP")):
             m, s = df[f"{metric}_mean"].to_numpy(), df[f"{metric}_std"].to_numpy()
             ax.plot(df["layer"], m, styles[k % 4], color=_COLORS[metric], marker="o", ms=3, label=f"{label}, {name}")
-            ax.fill_between(df["layer"], m - s, m + s, color=_COLORS[metric], alpha=0.08)
+            if k == 0:
+                ax.fill_between(df["layer"], m - s, m + s, color=_COLORS[metric], alpha=0.08)
     ax.axhline(90, color="k", lw=0.8, ls="--")
     ax.set_xlabel("layer (residual stream after block)")
     ax.set_ylabel("mean pair angle (degrees)")
