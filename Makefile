@@ -49,7 +49,16 @@ book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP
 
 notebooks: model $(EXECUTED)
 
-book/_build/html/index.html: $(EXECUTED) $(BOOK_PAGES) | $(STAMP)
+# MathJax is served from the built site (no CDN): the book renders in a classroom without internet.
+MATHJAX_VERSION := 3.2.2
+MATHJAX := book/_static/mathjax/tex-mml-chtml.js
+$(MATHJAX):
+	mkdir -p .cache/npm book/_static/mathjax
+	cd .cache/npm && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar xzf .cache/npm/mathjax-$(MATHJAX_VERSION).tgz -C book/_static/mathjax --strip-components=2 package/es5
+	test -f $@
+
+book/_build/html/index.html: $(EXECUTED) $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
 	rm -rf book/_build
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "book: $(CURDIR)/book/_build/html/index.html"

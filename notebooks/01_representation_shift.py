@@ -51,6 +51,7 @@ dtype = "float32"
 # %%
 import warnings
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto, imported by transformers
 import matplotlib.pyplot as plt
 import pandas as pd
 
