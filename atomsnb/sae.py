@@ -599,7 +599,7 @@ def train_sae(acts: torch.Tensor, aip: AIP | None, config: SAEConfig, *, progres
     Raises:
         ValueError: bad shapes, missing AIP, or an invalid configuration.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if config.n_steps < 0 or config.batch_size < 1:
         raise ValueError(f"need n_steps >= 0 and batch_size >= 1; got {config.n_steps}, {config.batch_size}")
@@ -616,7 +616,8 @@ def train_sae(acts: torch.Tensor, aip: AIP | None, config: SAEConfig, *, progres
     pos = 0
     rows: list[dict] = []
     bs = min(config.batch_size, n)
-    for step in tqdm(range(config.n_steps), disable=not progress, desc=f"train {config.kind} SAE", mininterval=1.0):
+    bar = {} if progress else {"disable": True}  # leave `disable` unset so that TQDM_DISABLE=1 applies
+    for step in tqdm(range(config.n_steps), desc=f"train {config.kind} SAE", mininterval=1.0, **bar):
         if pos + bs > n:
             perm, pos = torch.randperm(n, generator=g), 0
         x = x_all[perm[pos : pos + bs]]

@@ -34,6 +34,10 @@ __all__ = [
     "support_recovery",
     "ConstructionCheck",
     "check_construction",
+    "construction_phase_grid",
+    "MixingInvariance",
+    "mixing_invariance",
+    "score_against_truth",
 ]
 
 
@@ -327,3 +331,86 @@ def check_construction(world: SyntheticWorld, aip: AIP, *, n_tau: int = 64) -> C
     return ConstructionCheck(c.eps, K, dmin, dmax, bool(iv.nonempty), dmin / dmax - c.eps * (2 * K - 1), tau, sup,
                              float(rec.max()), r2(world.acts, sae.reconstruct_raw(world.acts), aip),
                              r2(world.acts, delta @ c.dictionary.T, aip))
+
+
+def construction_phase_grid(configs: list[SyntheticConfig], *, n_tau: int = 64, progress: bool = True):
+    """Run :func:`check_construction` on one world per configuration (the phase diagram of SPEC §5).
+
+    Args:
+        configs: the worlds to sample (vary family, ``d_model``, ``k``, ``delta_min`` / ``delta_max``).
+        n_tau: threshold grid size for infeasible worlds.
+        progress: show a tqdm bar (``TQDM_DISABLE=1`` silences it).
+
+    Returns:
+        A pandas DataFrame, one row per world: the config's ``family, d_model, k, delta_min_cfg, delta_max_cfg``
+        and every :class:`ConstructionCheck` field, plus ``coherence_bound = eps (2K - 1)`` and
+        ``ratio = delta_min / delta_max`` (of the S-normalised codes).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    rows = []
+    bar = {} if progress else {"disable": True}  # leave `disable` unset so that TQDM_DISABLE=1 applies
+    for cfg in tqdm(configs, desc="construction grid", mininterval=1.0, **bar):
+        w = make_world(cfg)
+        chk = check_construction(w, AIP.fit(w.acts), n_tau=n_tau)
+        rows.append(dict(family=cfg.family, d_model=cfg.d_model, k_cfg=cfg.k, delta_min_cfg=cfg.delta_min,
+                         delta_max_cfg=cfg.delta_max, **chk._asdict(), coherence_bound=chk.eps * (2 * chk.k - 1),
+                         ratio=chk.delta_min / chk.delta_max))
+    return pd.DataFrame(rows)
+
+
+class MixingInvariance(NamedTuple):
+    """Angles of the same activation pairs before and after the mixing ``A`` (paper §3, SPEC §1.3, §2)."""
+
+    euclidean_clean: torch.Tensor
+    """``[n_pairs]`` Euclidean angles (degrees) of the unmixed activations."""
+    euclidean_mixed: torch.Tensor
+    """``[n_pairs]`` Euclidean angles (degrees) of the mixed activations."""
+    aip_clean: torch.Tensor
+    """``[n_pairs]`` AIP angles (degrees), ``S`` fitted on the unmixed activations."""
+    aip_mixed: torch.Tensor
+    """``[n_pairs]`` AIP angles (degrees), ``S`` re-fitted on the mixed activations."""
+    max_aip_change: float
+    """``max |AIP cosine clean - AIP cosine mixed|`` over the pairs (float64 round-off if invariant)."""
+    max_euclidean_change: float
+    """``max |Euclidean cosine clean - Euclidean cosine mixed|`` over the pairs."""
+
+
+def mixing_invariance(world: SyntheticWorld, *, n_pairs: int = 20000, seed: int = 0) -> MixingInvariance:
+    """Compare Euclidean and AIP geometry of the same pairs before and after the world's mixing ``A``.
+
+    Fits one AIP on ``world.clean_acts`` and one on ``world.acts`` (SPEC §1.3: ``S`` is re-estimated).
+
+    Returns:
+        A :class:`MixingInvariance`.
+    """
+    from .aip import euclidean_cosines, sample_pairs
+
+    clean, mixed = world.clean_acts, world.acts
+    a0, a1 = AIP.fit(clean), AIP.fit(mixed)
+    i, j = sample_pairs(clean.shape[0], n_pairs, seed=seed)
+    deg = lambda c: torch.rad2deg(torch.arccos(c.clamp(-1.0, 1.0)))
+    ec, em = euclidean_cosines(clean[i], clean[j]), euclidean_cosines(mixed[i], mixed[j])
+    ac, am = a0.inner(clean[i], clean[j]), a1.inner(mixed[i], mixed[j])
+    return MixingInvariance(deg(ec), deg(em), deg(ac), deg(am), float((ac - am).abs().max()), float((ec - em).abs().max()))
+
+
+def score_against_truth(x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor, dictionary: torch.Tensor, aip: AIP,
+                        true_atoms: torch.Tensor, *, threshold: float = 0.9) -> dict:
+    """:func:`~atomsnb.metrics.evaluate_dictionary` plus the recovery of the true atoms (SPEC §7).
+
+    Args:
+        x, codes, x_hat, dictionary, aip: as :func:`~atomsnb.metrics.evaluate_dictionary`.
+        true_atoms: ``[d_model, n_true]`` in the coordinates of ``x`` (``world.mixed_atoms``).
+        threshold: AIP ``|cos|`` a matched atom needs.
+
+    Returns:
+        The metrics dict with ``atom_recovery`` (fraction) and ``median_match_cos`` added.
+    """
+    from .metrics import evaluate_dictionary
+
+    out = evaluate_dictionary(x, codes, x_hat, dictionary, aip)
+    rec = atom_recovery(dictionary, true_atoms, aip, threshold=threshold)
+    out.update(atom_recovery=rec.fraction, median_match_cos=float(rec.cosines.median()))
+    return out
