@@ -47,6 +47,7 @@ __all__ = [
     "SparseAutoencoder",
     "StepStats",
     "compute_grads",
+    "training_step",
     "train_sae",
     "save_sae",
     "load_sae",
@@ -99,8 +100,8 @@ class SAEConfig:
     """Tie the encoder to the decoder, ``W_e = D~^T`` (the theorem's family; an ablation, SPEC §6)."""
     fast: bool = True
     """Hand-written (sparse when possible) gradients; False: autograd through :meth:`SparseAutoencoder.forward`."""
-    sparse_density: float = 0.05
-    """The fast step decodes sparsely when the fraction of active latents in a batch is below this."""
+    sparse_density: float = 0.15
+    """The fast step decodes sparsely when the fraction of active latents in a batch is below this (CPU crossover ~0.2)."""
     log_every: int = 10
     """Steps between rows of the training history."""
     device: str = "cpu"
@@ -452,22 +453,45 @@ def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
         p.grad.copy_(g)
 
 
+class _Workspace:
+    """Buffers reused across steps (fresh multi-GB tensors cost page faults every step; see BENCHMARKS.md)."""
+
+    def __init__(self):
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+        t = self._bufs.get(name)
+        if t is None or t.shape != torch.Size(shape) or t.dtype != dtype or t.device != torch.device(device):
+            t = torch.empty(shape, dtype=dtype, device=device)
+            self._bufs[name] = t
+        return t
+
+
+def _workspace(sae: SparseAutoencoder) -> _Workspace:
+    ws = getattr(sae, "_workspace", None)
+    if ws is None:
+        ws = _Workspace()
+        object.__setattr__(sae, "_workspace", ws)  # not a parameter/buffer: never saved
+    return ws
+
+
 def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient: float, *, sparse: bool | None = None,
-                  sparse_density: float = 0.05) -> StepStats:
+                  sparse_density: float = 0.15) -> StepStats:
     """Loss and gradients of one batch, written into ``p.grad`` without autograd (SPEC §6).
 
     Same loss and pseudo-gradients as ``sae.forward(x, lambda).loss.backward()`` (tested to round-off),
-    computed with 5 dense matmuls (the dense route) or, when the codes are sparse, with one dense
-    matmul (the encoder) plus ``O(B * L0 * H)`` sparse work: decoding with ``embedding_bag`` and
-    ``per_sample_weights``, ``dL/df`` on the support by a sampled matmul (``torch.sparse.sampled_addmm``)
-    and the weight gradients with ``embedding_bag`` over the transposed support.
+    computed either by the dense route (5 matmuls of size ``B x H x N`` into reused buffers) or, when
+    the codes are sparse, by one dense matmul (the encoder) plus ``O(B * L0 * H)`` sparse work:
+    decoding with ``embedding_bag`` and ``per_sample_weights``, ``dL/df`` on the support by a sampled
+    matmul (``torch.sparse.sampled_addmm``), and the weight gradients with ``embedding_bag`` over the
+    support grouped by latent.
 
     Args:
         sae: the model; its ``.grad`` fields are overwritten.
-        x: ``[B, H]`` inputs in SAE coordinates.
+        x: ``[B, H]`` inputs in SAE coordinates (the parameters' dtype).
         sparsity_coefficient: ``lambda``.
         sparse: force the sparse (True) or dense (False) route; None chooses by the batch density.
-        sparse_density: the density below which ``sparse=None`` picks the sparse route.
+        sparse_density: the fraction of active latents below which ``sparse=None`` picks the sparse route.
 
     Returns:
         :class:`StepStats`.
@@ -478,76 +502,81 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
     We = sae.encoder_weight.detach()
     D = sae.W_dec.detach()
     jump = sae.kind == "jumprelu"
+    ws = _workspace(sae)
+    dt, dev = x.dtype, x.device
     with torch.no_grad():
-        pi = torch.addmm(sae.b_enc.detach(), x, We.T)  # [B, N], the one unavoidable dense matmul
+        # the one unavoidable dense matmul: pi = x W_e^T + b_e  [B, N]
+        pi = torch.addmm(sae.b_enc.detach(), x, We.T, out=ws.get("pi", (B, N), dt, dev))
+        mask = ws.get("mask", (B, N), torch.bool, dev)
         if jump:
             tau = sae.threshold.detach()
-            mask = pi > tau
+            torch.gt(pi, tau, out=mask)
         else:
-            mask = pi > 0
-        nnz = int(mask.sum())
+            torch.gt(pi, 0, out=mask)
+        nnz = int(torch.count_nonzero(mask))
         use_sparse = (nnz < sparse_density * B * N) if sparse is None else bool(sparse)
-        DT = D.T.contiguous()  # [N, H]
         if use_sparse:
-            counts = mask.sum(1)
             rows, cols = mask.nonzero(as_tuple=True)  # row-major
-            vals = pi[rows, cols]
+            counts = torch.bincount(rows, minlength=B)
+            vals = pi.view(-1)[rows * N + cols]
+            l1 = 0.0 if jump else float(vals.sum())
             offsets = torch.cumsum(counts, 0) - counts
-            x_hat = F.embedding_bag(cols, DT, offsets, mode="sum", per_sample_weights=vals) + sae.b_dec.detach()
-            resid = x_hat.sub_(x)
+            DT = torch.transpose(D, 0, 1).contiguous()  # [N, H]
+            x_hat = F.embedding_bag(cols, DT, offsets, mode="sum", per_sample_weights=vals)
+            resid = x_hat.add_(sae.b_dec.detach()).sub_(x)
             g_xhat = resid.mul(2.0 / B)
-            # dL/df_j on the support: sampled product (g_xhat D)[rows, cols]
-            crow = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+            # dL/df on the support: the sampled product (g_xhat D)[rows, cols]
             if nnz:
+                crow = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(counts, 0)])
                 with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
                     warnings.simplefilter("ignore", UserWarning)
-                    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(nnz, dtype=x.dtype), (B, N))
-                g_f = torch.sparse.sampled_addmm(pattern, g_xhat, D).values()
+                    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(nnz, dtype=dt, device=dev), (B, N))
+                    g_f = torch.sparse.sampled_addmm(pattern, g_xhat, D).values()
             else:
-                g_f = torch.zeros(0, dtype=x.dtype)
+                g_f = torch.zeros(0, dtype=dt, device=dev)
             g_pi = g_f if jump else g_f + lam / B
-            # weight gradients: group the support by latent (column) and sum rows with embedding_bag
+            # weight gradients: group the support by latent and sum rows with embedding_bag
             perm = torch.argsort(cols, stable=True)
             ccount = torch.bincount(cols, minlength=N)
             coffs = torch.cumsum(ccount, 0) - ccount
             rows_p = rows[perm]
-            grad_DT = F.embedding_bag(rows_p, g_xhat, coffs, mode="sum", per_sample_weights=vals[perm])  # [N, H]
+            grad_D = F.embedding_bag(rows_p, g_xhat, coffs, mode="sum", per_sample_weights=vals[perm]).T  # [H, N]
             grad_We = F.embedding_bag(rows_p, x, coffs, mode="sum", per_sample_weights=g_pi[perm])  # [N, H]
-            grad_D = grad_DT.T
-            grad_be = torch.zeros(N, dtype=x.dtype).index_add_(0, cols, g_pi)
-            if jump:
-                u = (pi - tau).div_(sae.bandwidth)
-                win = (u > -0.5) & (u < 0.5)
+            grad_be = torch.zeros(N, dtype=dt, device=dev).index_add_(0, cols, g_pi)
+            if jump:  # pi and mask are no longer needed: reuse them for the kernel window |pi - tau| < eps/2
+                u = pi.sub_(tau).abs_()
+                win = torch.lt(u, 0.5 * sae.bandwidth, out=mask)
                 wr, wc = win.nonzero(as_tuple=True)
                 g_f_win = (g_xhat[wr] * DT[wc]).sum(1)
         else:
-            f = pi * mask
-            x_hat = torch.addmm(sae.b_dec.detach(), f, D.T)
+            zero = torch.zeros((), dtype=dt, device=dev)
+            f = torch.where(mask, pi, zero, out=ws.get("f", (B, N), dt, dev))
+            l1 = 0.0 if jump else float(f.sum())
+            x_hat = torch.addmm(sae.b_dec.detach(), f, D.T, out=ws.get("x_hat", (B, H), dt, dev))
             resid = x_hat.sub_(x)
-            g_xhat = resid.mul(2.0 / B)
-            grad_D = g_xhat.T @ f  # [H, N]
-            g_f_dense = g_xhat @ D  # [B, N]
-            g_pi_dense = g_f_dense * mask
-            if not jump:
-                g_pi_dense.add_(mask.to(x.dtype), alpha=lam / B)
-            grad_We = g_pi_dense.T @ x  # [N, H]
-            grad_be = g_pi_dense.sum(0)
+            g_xhat = torch.mul(resid, 2.0 / B, out=ws.get("g_xhat", (B, H), dt, dev))
+            grad_D = torch.mm(g_xhat.T, f, out=ws.get("grad_D", (H, N), dt, dev))  # [H, N]
+            g_f = torch.mm(g_xhat, D, out=ws.get("g_f", (B, N), dt, dev))  # [B, N]
             if jump:
-                u = (pi - tau).div_(sae.bandwidth)
-                win = (u > -0.5) & (u < 0.5)
+                u = torch.sub(pi, tau, out=f).abs_()  # f is no longer needed
+                win = torch.lt(u, 0.5 * sae.bandwidth, out=ws.get("win", (B, N), torch.bool, dev))
                 wr, wc = win.nonzero(as_tuple=True)
-                g_f_win = g_f_dense[wr, wc]
+                g_f_win = g_f[wr, wc]
+            g_pi = torch.where(mask, g_f if jump else g_f + lam / B, zero, out=g_f)
+            grad_We = torch.mm(g_pi.T, x, out=ws.get("grad_We", (N, H), dt, dev))  # [N, H]
+            grad_be = torch.mv(g_pi.T, torch.ones(B, dtype=dt, device=dev))  # column sum as a GEMV (much faster)
         mse = float(resid.pow(2).sum()) / B
-        grad_bd = g_xhat.sum(0)
+        grad_bd = torch.mv(g_xhat.T, torch.ones(B, dtype=dt, device=dev))
         if jump:
-            # dL/dtau_j = sum_b kappa_bj * (g_f_bj * (-tau_j/eps) - lambda/(B eps)); dL/dlog tau = tau * dL/dtau
+            # dL/dtau_j = sum_b kappa_bj (g_f_bj (-tau_j / eps) - lambda / (B eps)); dL/dlog tau = tau dL/dtau
+            # (the window |pi - tau| < eps/2 is kappa((pi - tau)/eps) = 1[|u| < 1/2])
             eps = sae.bandwidth
             contrib = g_f_win * (-tau[wc] / eps) - lam / (B * eps)
-            grad_tau = torch.zeros(N, dtype=x.dtype).index_add_(0, wc, contrib)
+            grad_tau = torch.zeros(N, dtype=dt, device=dev).index_add_(0, wc, contrib)
             _set_grad(sae.log_threshold, (grad_tau * tau).to(torch.float32))
             sparsity = lam * nnz / B
         else:
-            sparsity = lam * float(pi.clamp_min(0).sum()) / B
+            sparsity = lam * l1 / B
         if sae.tied:
             _set_grad(sae.W_dec, grad_D + grad_We.T)
         else:
@@ -558,6 +587,37 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
         tot = float(x.pow(2).sum())
         r2v = 1.0 - mse * B / tot if tot > 0 else float("nan")
     return StepStats(mse + sparsity, mse, sparsity, nnz / B, r2v, use_sparse)
+
+
+def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, sparsity_coefficient: float, *,
+                  fast: bool = True, sparse_density: float = 0.15) -> StepStats:
+    """One optimiser step (SPEC §6): gradients, decoder-parallel gradient removed, Adam, decoder renormalised.
+
+    Args:
+        sae: the model.
+        optimizer: e.g. ``Adam(params, betas=(0, 0.999))``.
+        x: ``[B, H]`` batch in SAE coordinates.
+        sparsity_coefficient: ``lambda`` for this step.
+        fast: hand-written gradients (:func:`compute_grads`); False: autograd through :meth:`SparseAutoencoder.forward`.
+        sparse_density: passed to :func:`compute_grads`.
+
+    Returns:
+        :class:`StepStats` of the batch before the update.
+    """
+    if fast:
+        st = compute_grads(sae, x, sparsity_coefficient, sparse_density=sparse_density)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        out = sae(x, sparsity_coefficient)
+        out.loss.backward()
+        mse = float(out.mse.detach())
+        tot = float(x.pow(2).sum())
+        st = StepStats(float(out.loss.detach()), mse, float(out.sparsity_loss.detach()), float(out.l0),
+                       1.0 - mse * x.shape[0] / tot if tot > 0 else float("nan"), False)
+    sae.remove_parallel_decoder_grad()
+    optimizer.step()
+    sae.normalize_decoder()
+    return st
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -629,17 +689,7 @@ def train_sae(acts: torch.Tensor, aip: AIP | None, config: SAEConfig, *, progres
             lr = config.lr * min(1.0, left / config.lr_decay_steps)
         for grp in opt.param_groups:
             grp["lr"] = lr
-        if config.fast:
-            st = compute_grads(sae, x, lam, sparse_density=config.sparse_density)
-        else:
-            opt.zero_grad(set_to_none=True)
-            out = sae(x, lam)
-            out.loss.backward()
-            mse = float(out.mse.detach())
-            st = StepStats(float(out.loss.detach()), mse, float(out.sparsity_loss.detach()), float(out.l0), 1.0 - mse * bs / float(x.pow(2).sum()), False)
-        sae.remove_parallel_decoder_grad()
-        opt.step()
-        sae.normalize_decoder()
+        st = training_step(sae, opt, x, lam, fast=config.fast, sparse_density=config.sparse_density)
         if step % config.log_every == 0 or step == config.n_steps - 1:
             rows.append(dict(step=step, loss=st.loss, mse=st.mse, sparsity_loss=st.sparsity_loss, l0=st.l0, r2=st.r2,
                              sparsity_coefficient=lam, lr=lr))
