@@ -416,14 +416,15 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale decoder columns to unit norm (after every step; SPEC §6)."""
-        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        from_sq = _column_dot(self.W_dec, self.W_dec)  # squared column norms, [N]
+        self.W_dec.div_(from_sq.sqrt_().clamp_min_(1e-12)[None, :])
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
         """Project out of ``W_dec.grad`` its component along each (unit) column (dictionary_learning convention)."""
         if self.W_dec.grad is not None:
             g = self.W_dec.grad
-            g.sub_(self.W_dec * (g * self.W_dec).sum(0, keepdim=True))
+            g.sub_(self.W_dec * _column_dot(g, self.W_dec)[None, :])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -473,6 +474,30 @@ def _workspace(sae: SparseAutoencoder) -> _Workspace:
         ws = _Workspace()
         object.__setattr__(sae, "_workspace", ws)  # not a parameter/buffer: never saved
     return ws
+
+
+def _sampled_mm(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``(a @ b)[rows, cols]`` for row-major sorted ``(rows, cols)`` without forming ``a @ b`` (SDDMM on a CSR pattern).
+
+    Args:
+        a: ``[B, H]``; b: ``[H, N]``; rows, cols: ``[nnz]`` int64 sorted by row; counts: ``[B]`` entries per row.
+
+    Returns:
+        ``[nnz]`` values in the order of ``(rows, cols)``.
+    """
+    nnz = rows.numel()
+    if nnz == 0:
+        return torch.zeros(0, dtype=a.dtype, device=a.device)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64, device=a.device), torch.cumsum(counts, 0)])
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(nnz, dtype=a.dtype, device=a.device), (a.shape[0], b.shape[1]))
+        return torch.sparse.sampled_addmm(pattern, a, b).values()
+
+
+def _column_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(0)`` for ``[H, N]`` matrices, as a GEMV (strided column reductions are slow on CPU)."""
+    return torch.mv((a * b).T, torch.ones(a.shape[0], dtype=a.dtype, device=a.device))
 
 
 def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient: float, *, sparse: bool | None = None,
@@ -526,14 +551,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
             resid = x_hat.add_(sae.b_dec.detach()).sub_(x)
             g_xhat = resid.mul(2.0 / B)
             # dL/df on the support: the sampled product (g_xhat D)[rows, cols]
-            if nnz:
-                crow = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(counts, 0)])
-                with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
-                    warnings.simplefilter("ignore", UserWarning)
-                    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(nnz, dtype=dt, device=dev), (B, N))
-                    g_f = torch.sparse.sampled_addmm(pattern, g_xhat, D).values()
-            else:
-                g_f = torch.zeros(0, dtype=dt, device=dev)
+            g_f = _sampled_mm(g_xhat, D, rows, cols, counts)
             g_pi = g_f if jump else g_f + lam / B
             # weight gradients: group the support by latent and sum rows with embedding_bag
             perm = torch.argsort(cols, stable=True)
@@ -547,7 +565,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
                 u = pi.sub_(tau).abs_()
                 win = torch.lt(u, 0.5 * sae.bandwidth, out=mask)
                 wr, wc = win.nonzero(as_tuple=True)
-                g_f_win = (g_xhat[wr] * DT[wc]).sum(1)
+                g_f_win = _sampled_mm(g_xhat, D, wr, wc, torch.bincount(wr, minlength=B))
         else:
             zero = torch.zeros((), dtype=dt, device=dev)
             f = torch.where(mask, pi, zero, out=ws.get("f", (B, N), dt, dev))
