@@ -67,10 +67,11 @@ import torch
 import atomsnb.plots as plots
 from atomsnb.aip import AIP
 from atomsnb.claims import record
-from atomsnb.metrics import q_star
-from atomsnb.sae import SAEConfig, neuron_baseline, train_sae
+from atomsnb.metrics import gram_abs, q_star, r2
+from atomsnb.sae import SAEConfig, neuron_baseline, refit_on_support, train_sae
 from atomsnb.synthetic import (
     SyntheticConfig, atom_recovery, construction_phase_grid, make_world, mixing_invariance, score_against_truth,
+    support_recovery,
 )
 
 torch.set_num_threads(threads)  # tiny tensors: one thread is as fast, and immune to a busy machine
@@ -195,6 +196,10 @@ units = {
 }
 scores = pd.DataFrame({name: score_against_truth(test, c, xh, D, aip, world.mixed_atoms) for name, (c, xh, D) in units.items()}).T
 cols = ["atom_recovery", "r2_aip", "explained_variance", "q_star", "l0", "dead_latents", "n_latents"]
+# SPEC §4: the neurons' q* is the fraction of neuron pairs with AIP coherence below 1/(2H - 1); report their spread
+G_neurons = gram_abs(neurons.dictionary, aip)
+off = G_neurons[~torch.eye(d_model, dtype=torch.bool)]
+print(f"neuron AIP coherence |G_ij|: median {off.median():.3f}, max {off.max():.3f}; bound 1/(2H-1) = {1 / (2 * d_model - 1):.4f}")
 scores[cols].astype(float).round(4)
 
 # %%
@@ -205,9 +210,21 @@ plots.q_star_curves({name: q_star(c, D, aip) for name, (c, _, D) in units.items(
 plt.tight_layout()
 plt.show()
 
+# %%
+codes_t, _, D_t = units["TSAE atoms"]
+match = atom_recovery(D_t, world.mixed_atoms, aip)  # every true atom is matched: 128 units for 64 atoms
+refit = refit_on_support(test - tsae.bias_raw(aip), codes_t, D_t, aip) @ D_t.T + tsae.bias_raw(aip)
+print(f"TSAE supports exactly right on {support_recovery(codes_t[:, match.assignment], world.codes[n_train:]):.3f} "
+      f"of held-out activations; R^2_S after a refit on its own supports {r2(test, refit, aip):.4f}; "
+      f"{int((codes_t != 0).any(0).sum())} latents alive for {world.atoms.shape[1]} atoms")
+
 # %% [markdown]
-# The TSAE recovers the atoms, reconstructs the held-out activations in the AIP metric and is stable
-# ($q^*$ close to 1). The Euclidean ReLU SAE spends its capacity on the high-variance directions that
+# The TSAE recovers every atom and is far more stable than the baselines, but it does not reach the
+# paper's $R^2 \approx q^* \approx 0.999$ here. Its supports are not always exact (the L0 penalty
+# drops small coefficients: $L_0$ is a little below $K$), its codes are thresholded pre-activations that
+# carry the cross-talk of coherent atoms (the same effect as the construction's literal reconstruction in
+# section 2; a refit on its own supports recovers part of the gap), and the spare capacity
+# ($|D| = 4H$ for $2H$ atoms) leaves extra latents alive, which enter the coherence quantiles of $q^*$. The Euclidean ReLU SAE spends its capacity on the high-variance directions that
 # the mixing created: it explains the Euclidean variance well but not the AIP norm, and its units are
 # not the atoms. The neurons reconstruct perfectly ($R^2 = 1$) but are dense and coherent under the AIP,
 # so $q^*$ is near 0: faithful, not unique. This is the ordering the paper reports (its numbers are on
@@ -220,12 +237,13 @@ assert t.r2_aip >= 0.9, "TSAE held-out R^2_S should be at least 0.9"
 assert t.q_star >= 0.7, "TSAE atoms should be stable (q* >= 0.7)"
 assert f.atom_recovery <= 0.5, "the Euclidean ReLU SAE should not recover the atoms"
 assert n.atom_recovery <= 0.5 and n.r2_aip > 1 - 1e-9 and n.q_star <= 0.1, "neurons: faithful but not unique"
+near_paper = t.r2_aip >= 0.99 and t.q_star >= 0.99
 claim = record(CHAPTER, "toy.trained_tsae",
-       statement="A trained JumpReLU TSAE in the AIP recovers the atoms with high R^2 and q* (paper §6).",
+       statement="A trained JumpReLU TSAE in the AIP recovers the atoms, with R^2 and q* near 1 (paper §6).",
        paper="TSAE atoms R^2 99.92%, q* 99.74% (Gemma2-2B, §6)",
        ours=f"recovery {t.atom_recovery:.3f}, R^2_S {t.r2_aip:.3f}, q* {t.q_star:.3f}",
-       model="synthetic world", verdict="reproduced",
-       criterion="recovery >= 0.9, held-out R^2_S >= 0.9, q* >= 0.7")
+       model="synthetic world", verdict="reproduced" if near_paper else "partly reproduced",
+       criterion="reproduced: recovery >= 0.9 with R^2_S >= 0.99 and q* >= 0.99; partly: recovery >= 0.9 only")
 claim = record(CHAPTER, "toy.baselines",
        statement="Neurons are faithful but not unique; standard SAE features are neither the atoms nor faithful in the AIP (paper §4).",
        paper="neurons R^2 100%, q* 0.5%; features R^2 48.8%, q* 68.2% (§4)",
