@@ -1,6 +1,13 @@
-"""Figures of the book (matplotlib/seaborn). Each function returns the ``Figure`` it drew."""
+"""Figures shared by the chapters (matplotlib only; every function draws on axes it is given or creates).
+
+Each helper takes the package's result objects (angles, :class:`~atomsnb.metrics.QStarResult`, the
+DataFrame of :func:`~atomsnb.synthetic.construction_phase_grid`) and returns the matplotlib axes, so
+the notebooks stay one call per figure.
+"""
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -8,12 +15,116 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-__all__ = ["angle_histograms", "angles_by_layer"]
+__all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer"]
 
+
+def _axes(ax):
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    return ax
+
+
+def angle_histograms(angles: Mapping[str, torch.Tensor], *, ax=None, bins: int = 90, title: str | None = None):
+    """Overlaid histograms of pair angles in degrees (SPEC §2), with a dashed line at 90 degrees.
+
+    Args:
+        angles: label -> ``[n_pairs]`` angles in degrees.
+    """
+    ax = _axes(ax)
+    edges = np.linspace(0, 180, bins + 1)
+    for i, (label, a) in enumerate(angles.items()):
+        a = torch.as_tensor(a).double().numpy()
+        ax.hist(a, bins=edges, histtype="step", density=True, lw=1.5, ls=("-", "--", ":", "-.")[i % 4],
+                label=f"{label} (mean {a.mean():.1f}°)")
+    ax.axvline(90, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("angle between activation pairs (degrees)")
+    ax.set_ylabel("density")
+    ax.set_xlim(0, 180)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def phase_diagram(df, *, value: str = "support_recovery", ax=None, title: str | None = None):
+    """Support recovery of the TSAE construction over coherence x coefficient spread (paper §5, SPEC §5).
+
+    Each point is one synthetic world at ``x = eps (2K - 1)`` and ``y = delta_min / delta_max``; the
+    theorem's boundary ``y = x`` is drawn: above it the threshold interval is non-empty.
+
+    Args:
+        df: the DataFrame of :func:`~atomsnb.synthetic.construction_phase_grid`.
+        value: the column that colours the points (in ``[0, 1]``).
+    """
+    ax = _axes(ax)
+    sc = ax.scatter(df["coherence_bound"], df["ratio"], c=df[value], cmap="viridis", vmin=0, vmax=1,
+                    edgecolors=np.where(df["feasible"], "k", "none"), s=45)
+    hi = max(1.0, float(df["coherence_bound"].max()) * 1.05)
+    t = np.linspace(0, hi, 50)
+    ax.plot(t, t, "r--", lw=1.2, label=r"boundary $\delta_{\min}/\delta_{\max} = \varepsilon(2K-1)$")
+    ax.fill_between(t, t, 1.0, where=t < 1.0, color="r", alpha=0.06, label="feasible region")
+    ax.set_xlabel(r"$\varepsilon\,(2K-1)$ (AIP coherence of the true atoms)")
+    ax.set_ylabel(r"$\delta_{\min}/\delta_{\max}$")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, 1.02)
+    plt.colorbar(sc, ax=ax, label=value.replace("_", " "))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def q_star_curves(results: Mapping[str, object], *, ax=None, title: str | None = None):
+    """Coherence quantile ``mu_q`` (solid) against the bound ``b(K_q)`` (dashed) per unit set; ``q*`` marked (SPEC §4).
+
+    Args:
+        results: label -> :class:`~atomsnb.metrics.QStarResult`.
+    """
+    ax = _axes(ax)
+    for i, (label, r) in enumerate(results.items()):
+        c = f"C{i}"
+        q = r.q.numpy()
+        ax.plot(q, r.mu_q.numpy(), color=c, lw=1.5, label=f"{label}: $\\mu_q$ (q* = {r.q_star:.3f})")
+        b = r.bound.numpy().copy()
+        b[~np.isfinite(b)] = np.nan
+        ax.plot(q, b, color=c, lw=1.0, ls="--")
+        ax.axvline(r.q_star, color=c, lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("quantile level q")
+    ax.set_ylabel(r"$\mu_q$ (solid), $1/(2K_q-1)$ (dashed)")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def match_cosines(cosines: Mapping[str, torch.Tensor], *, threshold: float = 0.9, ax=None, title: str | None = None):
+    """Sorted AIP ``|cos|`` of each true atom with its matched learned atom, per unit set (SPEC §7).
+
+    Args:
+        cosines: label -> ``[n_true]`` matched cosines (:attr:`~atomsnb.synthetic.AtomRecovery.cosines`).
+        threshold: the recovery threshold, drawn as a horizontal line.
+    """
+    ax = _axes(ax)
+    for label, c in cosines.items():
+        c = np.sort(torch.as_tensor(c).double().numpy())[::-1]
+        ax.plot(np.arange(1, len(c) + 1) / len(c), c, lw=1.5, label=label)
+    ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"threshold {threshold}")
+    ax.set_xlabel("fraction of true atoms (sorted)")
+    ax.set_ylabel("AIP |cos| with matched unit")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# --- representation shift (chapter 1) ---
 _COLORS = {"euclidean": "#d95f02", "aip": "#1b9e77"}
 
 
-def angle_histograms(angles: dict[str, tuple[torch.Tensor, torch.Tensor]], *, title: str = "") -> plt.Figure:
+def angle_histogram_panels(angles: dict[str, tuple[torch.Tensor, torch.Tensor]], *, title: str = "") -> plt.Figure:
     """One panel per entry: 1-degree histograms of Euclidean and AIP pair angles (SPEC §2).
 
     Args:

@@ -115,7 +115,7 @@ table.round({"euclidean_mean": 1, "euclidean_median": 1, "euclidean_std": 1, "ai
 
 # %%
 mid = layer_list[len(layer_list) // 2]
-fig = plots.angle_histograms(
+fig = plots.angle_histogram_panels(
     {f"layer {l}, {name}": pair_angles(aips[l], sets[name][l], n_pairs=n_pairs, seed=seed)
      for l in (layer_list[0], mid, layer_list[-1]) for name in ("held-out",)},
     title=f"{lm.name}: random-pair angles on held-out text")

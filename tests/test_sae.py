@@ -1,0 +1,284 @@
+"""Tests of atomsnb.sae: JumpReLU pseudo-gradients, the fast step, training, persistence, the construction (SPEC §5-6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from atomsnb.aip import AIP
+from atomsnb.io import CacheCorruptError
+from atomsnb.metrics import r2, r2_all
+from atomsnb.sae import (
+    JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, compute_grads, construct_tsae,
+    feasible_threshold_interval, load_sae, neuron_baseline, rectangle, refit_on_support, save_sae, train_sae, unwhiten,
+)
+from atomsnb.synthetic import SyntheticConfig, atom_recovery, make_world, support_recovery
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------------------- pseudo-gradients
+def _smoothed_step(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Heaviside convolved with the rectangle kernel of width eps: a ramp from 0 to 1 over |z| < eps/2."""
+    return (z / eps + 0.5).clamp(0.0, 1.0)
+
+
+def test_rectangle_kernel():
+    u = torch.tensor([-0.6, -0.5, -0.49, 0.0, 0.49, 0.5, 0.6], dtype=torch.float64)
+    assert rectangle(u).tolist() == [0, 0, 1, 1, 1, 0, 0]
+
+
+def test_step_pseudo_gradient_is_derivative_of_smoothed_step():
+    eps = 1e-2
+    tau = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64, requires_grad=True)
+    # inside the window (away from the ramp's kinks), outside below, outside above
+    pi = torch.tensor([[0.302, 0.4, 0.8]], dtype=torch.float64, requires_grad=True)
+    StepFunction.apply(pi, tau, eps).sum().backward()
+    h = 1e-6
+    for j in range(3):
+        tp, tm = tau.detach().clone(), tau.detach().clone()
+        tp[j] += h
+        tm[j] -= h
+        fd = (_smoothed_step(pi.detach()[0, j] - tp[j], eps) - _smoothed_step(pi.detach()[0, j] - tm[j], eps)) / (2 * h)
+        assert float(tau.grad[j]) == pytest.approx(float(fd), rel=1e-6, abs=1e-9), j
+    assert float(tau.grad[0]) == pytest.approx(-1 / eps)
+    assert torch.equal(pi.grad, torch.zeros_like(pi))  # dH/dpi = 0: an L0 penalty trains no encoder weight
+
+
+def test_jumprelu_pseudo_gradient_matches_smoothed_jumprelu():
+    eps = 1e-2
+    tau = torch.tensor([0.3, 0.5], dtype=torch.float64, requires_grad=True)
+    pi = torch.tensor([[0.302, 0.9]], dtype=torch.float64, requires_grad=True)
+    JumpReLUFunction.apply(pi, tau, eps).sum().backward()
+    # smoothed JumpReLU pi * H_eps(pi - tau): d/dtau = -(pi/eps) kappa; the pseudo-gradient uses tau for pi,
+    # which differs by |pi - tau|/eps <= 1/2 inside the window
+    h = 1e-7
+    p, t = 0.302, 0.3
+    fd = (p * _smoothed_step(torch.tensor(p - t - h), eps) - p * _smoothed_step(torch.tensor(p - t + h), eps)) / (2 * h)
+    assert float(tau.grad[0]) == pytest.approx(-t / eps)
+    assert abs(float(tau.grad[0]) - float(fd)) <= abs(p - t) / eps + 1e-6
+    assert float(tau.grad[1]) == 0.0
+    assert pi.grad.tolist() == [[1.0, 1.0]]  # dJumpReLU/dpi = H(pi - tau)
+
+
+def test_pseudo_gradient_matches_finite_difference_of_the_batch_sum():
+    """Summed over many pre-activations, the kernel estimate equals the derivative of the expected jump."""
+    eps, tau0, spacing = 1e-3, 0.3, 1e-6
+    pi = torch.arange(0.2, 0.4, spacing, dtype=torch.float64)[:, None]  # uniform density 1/spacing
+    tau = torch.tensor([tau0], dtype=torch.float64, requires_grad=True)
+    JumpReLUFunction.apply(pi, tau, eps).sum().backward()
+    g_jump = float(tau.grad[0])
+    tau.grad = None
+    StepFunction.apply(pi, tau, eps).sum().backward()
+    g_step = float(tau.grad[0])
+    d = 1e-3
+    F = lambda t: float((pi * (pi > t)).sum())
+    Hs = lambda t: float((pi > t).sum())
+    fd_jump = (F(tau0 + d) - F(tau0 - d)) / (2 * d)
+    fd_step = (Hs(tau0 + d) - Hs(tau0 - d)) / (2 * d)
+    assert g_step == pytest.approx(fd_step, rel=1e-3)
+    assert g_jump == pytest.approx(fd_jump, rel=1e-2)  # fd averages pi over [tau - d, tau + d]: O(d / tau) bias
+
+
+# ----------------------------------------------------------------------------------------------- fast step vs autograd
+@pytest.mark.parametrize("kind", ["jumprelu", "relu"])
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fast_step_equals_autograd(kind, tied, sparse):
+    g = torch.Generator().manual_seed(7)
+    sae = SparseAutoencoder.init_random(12, 40, seed=2, kind=kind, tied=tied, dtype=torch.float64, init_threshold=0.15, bandwidth=0.05)
+    with torch.no_grad():
+        sae.b_enc.copy_(0.05 * torch.randn(40, generator=g, dtype=torch.float64))
+        sae.b_dec.copy_(0.1 * torch.randn(12, generator=g, dtype=torch.float64))
+        sae.log_threshold.add_(0.3 * torch.randn(40, generator=g).float())
+    x = torch.randn(96, 12, generator=g, dtype=torch.float64) / 3
+    out = sae(x, 0.3)
+    out.loss.backward()
+    ref = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+    if kind == "jumprelu":
+        assert float(ref["log_threshold"].abs().max()) > 1e-3  # the window is populated: the test can fail
+    for p in sae.parameters():
+        p.grad = None
+    st = compute_grads(sae, x, 0.3, sparse=sparse)
+    assert st.sparse == sparse
+    assert st.loss == pytest.approx(float(out.loss.detach()), abs=1e-12)
+    assert st.l0 == pytest.approx(float(out.l0), abs=1e-12)
+    got = {n: p.grad for n, p in sae.named_parameters() if p.grad is not None}
+    assert set(got) == set(ref)
+    for n in ref:
+        tol = 1e-6 * max(1.0, float(ref[n].abs().max())) if n == "log_threshold" else 1e-12  # log tau is float32
+        assert torch.allclose(got[n].double(), ref[n].double(), atol=tol, rtol=0), n
+
+
+def test_l0_penalty_sends_no_gradient_to_encoder():
+    sae = SparseAutoencoder.init_random(8, 20, seed=0, dtype=torch.float64, init_threshold=0.1, bandwidth=0.1)
+    x = torch.randn(64, 8, dtype=torch.float64)
+    out = sae(x, 1.0)
+    out.sparsity_loss.backward()
+    assert float(sae.W_enc.grad.abs().max()) == 0.0 and float(sae.b_enc.grad.abs().max()) == 0.0
+    assert float(sae.log_threshold.grad.abs().max()) > 0.0
+
+
+# ----------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def small_world():
+    w = make_world(SyntheticConfig(d_model=16, k=2, n_tokens=12000, cond=100.0, gamma=3.0, beta=1.0, seed=0))
+    train, test = w.acts[:10000], w.acts[10000:]
+    return w, train, test, AIP.fit(train)
+
+
+_TRAIN = dict(n_latents=64, sparsity_coefficient=0.03, lr=3e-3, n_steps=1500, batch_size=512, init_threshold=0.05,
+              bandwidth=0.01, sparsity_warmup_steps=300, lr_decay_steps=300, log_every=100)
+
+
+def test_tsae_recovers_synthetic_atoms(small_world):
+    w, train, test, aip = small_world
+    sae, hist = train_sae(train, aip, SAEConfig(**_TRAIN), progress=False)
+    rec = atom_recovery(sae.dictionary_raw(aip), w.mixed_atoms, aip, threshold=0.9)
+    assert rec.fraction >= 0.9, rec.cosines
+    assert r2(test, sae.reconstruct_raw(test, aip), aip) > 0.9
+    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2", "sparsity_coefficient", "lr"]
+    assert hist["l0"].iloc[-1] < 4  # true K = 2
+    # decoder columns stay unit-norm
+    assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)
+
+
+def test_training_is_deterministic_and_fast_equals_autograd_path(small_world):
+    _, train, _, aip = small_world
+    cfg = SAEConfig(**{**_TRAIN, "n_steps": 30, "dtype": "float64"})
+    a, ha = train_sae(train, aip, cfg, progress=False)
+    b, hb = train_sae(train, aip, cfg, progress=False)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+    c, hc = train_sae(train, aip, SAEConfig(**{**_TRAIN, "n_steps": 30, "dtype": "float64", "fast": False}), progress=False)
+    for (n, p), (_, q) in zip(a.state_dict().items(), c.state_dict().items()):
+        assert torch.allclose(p.double(), q.double(), atol=1e-5), n
+
+
+def test_raw_coordinate_maps_are_consistent(small_world):
+    _, train, test, aip = small_world
+    sae = SparseAutoencoder.init_random(16, 64, seed=1, input_scale=4.0, dtype=torch.float64)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.1)
+    m = test[:50]
+    codes = sae.encode_raw(m, aip)
+    xr = sae.reconstruct_raw(m, aip)
+    assert torch.allclose(xr, codes @ sae.dictionary_raw(aip).T + sae.bias_raw(aip), atol=1e-10)
+    # same thing through the SAE's own coordinates: m_hat = c W^{-1} x_hat
+    x_hat = sae(sae.to_input(m, aip)).x_hat
+    assert torch.allclose(xr, 4.0 * unwhiten(aip, x_hat), atol=1e-10)
+    assert torch.allclose(unwhiten(aip, aip.whiten(m)), m.double(), atol=1e-10)
+    with pytest.raises(ValueError, match="whitened coordinates"):
+        sae.encode_raw(m)
+
+
+def test_save_load_round_trip(tmp_path, small_world):
+    _, train, test, aip = small_world
+    sae, _ = train_sae(train, aip, SAEConfig(**{**_TRAIN, "n_steps": 20}), progress=False)
+    path = save_sae(sae, tmp_path / "sae.safetensors")
+    back = load_sae(path)
+    for (n, p), (_, q) in zip(sae.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(p, q) and p.dtype == q.dtype, n
+    assert back.config == sae.config and back.input_scale == sae.input_scale and back.kind == "jumprelu"
+    assert torch.equal(back.encode_raw(test, aip), sae.encode_raw(test, aip))
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-7] + bytes([raw[-7] ^ 1]) + raw[-6:])
+    with pytest.raises(CacheCorruptError):
+        load_sae(path)
+
+
+def test_external_sae_wrapping_and_neurons(small_world):
+    _, _, test, aip = small_world
+    g = torch.Generator().manual_seed(0)
+    We, Wd = torch.randn(30, 16, generator=g, dtype=torch.float64), torch.randn(16, 30, generator=g, dtype=torch.float64)
+    be, bd = torch.randn(30, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+    sae = SparseAutoencoder.from_weights(We, be, Wd, bd, threshold=0.5)
+    pi = test @ We.T + be
+    f = pi * (pi > 0.5)
+    assert torch.allclose(sae.encode_raw(test), f, atol=1e-12)
+    assert torch.allclose(sae.reconstruct_raw(test), f @ Wd.T + bd, atol=1e-10)
+    assert torch.equal(sae.dictionary_raw(), Wd)
+    relu = SparseAutoencoder.from_weights(We, be, Wd, bd)
+    assert relu.kind == "relu" and torch.allclose(relu.encode_raw(test), pi.clamp_min(0), atol=1e-12)
+    with pytest.raises(ValueError, match="W_dec"):
+        SparseAutoencoder.from_weights(We, be, Wd.T, bd)
+    nb = neuron_baseline(test)
+    assert torch.equal(nb.codes, test.double()) and torch.equal(nb.dictionary, torch.eye(16, dtype=torch.float64))
+    assert all(v == pytest.approx(1.0, abs=1e-12) for v in r2_all(test, nb.x_hat, aip).values())
+
+
+# ----------------------------------------------------------------------------------------------- construction (SPEC §5)
+def test_feasible_threshold_interval():
+    iv = feasible_threshold_interval(0.05, 3, 1.0, 2.0)
+    assert iv.low == pytest.approx(0.3, abs=1e-15) and iv.high == pytest.approx(0.8, abs=1e-15) and iv.nonempty
+    assert iv.mid == pytest.approx(0.55, abs=1e-15)
+    # empty iff delta_min <= eps (2K - 1) delta_max: at eps = 0.1 the boundary is 1.0 = 0.1 * 5 * 2.0
+    assert not feasible_threshold_interval(0.1, 3, 1.0, 2.0 + 1e-12).nonempty
+    assert feasible_threshold_interval(0.1, 3, 1.0, 2.0 - 1e-9).nonempty
+    v = feasible_threshold_interval(torch.tensor([0.0, 0.1, 0.2]), 2, 1.0, 2.0)
+    assert v.nonempty.tolist() == [True, True, False]
+    with pytest.raises(ValueError):
+        feasible_threshold_interval(0.1, 0, 1.0, 2.0)
+
+
+def _construction_case(family, H, K, dmin, dmax, seed=1):
+    w = make_world(SyntheticConfig(family=family, d_model=H, k=K, n_tokens=6000, delta_min=dmin, delta_max=dmax,
+                                   cond=100.0, gamma=3.0, seed=seed))
+    aip = AIP.fit(w.acts)
+    c = construct_tsae(w.mixed_atoms, aip, 1.0)
+    nz = (w.codes * c.atom_norms)[w.codes > 0]  # codes of the S-normalised atoms
+    return w, aip, c, float(nz.min()), float(nz.max())
+
+
+def test_construction_recovers_supports_inside_the_feasible_region():
+    w, aip, c, dmin, dmax = _construction_case("two_ortho", 64, 2, 1.0, 1.2)
+    iv = feasible_threshold_interval(c.eps, 2, dmin, dmax)
+    assert iv.nonempty
+    for tau in (iv.low + 1e-6 * (iv.high - iv.low), iv.mid, iv.high - 1e-6 * (iv.high - iv.low)):
+        sae = construct_tsae(w.mixed_atoms, aip, tau).sae
+        codes = sae.encode_raw(w.acts)
+        assert support_recovery(codes, w.codes) == 1.0
+    # W_enc = D^T S on S-normalised atoms: the pre-activations are G delta
+    assert torch.allclose(aip.norm(c.dictionary.T), torch.ones(128, dtype=torch.float64), atol=1e-10)
+    # the literal reconstruction is not exact (coherent atoms), the refit on the recovered support is (SPEC §5)
+    x_hat = sae.reconstruct_raw(w.acts)
+    assert r2(w.acts, x_hat, aip) < 1 - 1e-4
+    delta = refit_on_support(w.acts, codes, c.dictionary, aip)
+    assert torch.equal(delta != 0, w.codes != 0)
+    assert torch.allclose(delta, w.codes * c.atom_norms, atol=1e-8)
+    assert r2(w.acts, delta @ c.dictionary.T, aip) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_construction_exact_for_orthonormal_atoms_and_degrades_outside():
+    # orthonormal atoms with their own oracle S = (D D^T)^{-1}: eps = 0 and R^2 = 1 exactly (SPEC §8 (a))
+    g = torch.Generator().manual_seed(0)
+    D = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64)).Q
+    codes = torch.zeros(4000, 16, dtype=torch.float64)
+    idx = torch.rand(4000, 16, generator=g).argsort(1)[:, :3]
+    codes.scatter_(1, idx, 1 + torch.rand(4000, 3, generator=g, dtype=torch.float64))
+    acts = codes @ D.T
+    aip = AIP.fit(acts)
+    c = construct_tsae(D, aip, 0.5)
+    assert c.eps < 0.5  # estimated S is not the oracle: non-negative codes add a rank-one term (SPEC §1.5)
+    # outside the region: random atoms, K = 8, wide coefficients -> support recovery collapses (SPEC §8: 0.2%)
+    w, aip2, c2, dmin, dmax = _construction_case("gaussian", 32, 8, 0.2, 2.0)
+    assert not feasible_threshold_interval(c2.eps, 8, dmin, dmax).nonempty
+    best = max(support_recovery(construct_tsae(w.mixed_atoms, aip2, t).sae.encode_raw(w.acts), w.codes)
+               for t in torch.linspace(0.05, 1.5, 15).tolist())
+    assert best < 0.5
+    # oracle S for the orthonormal atoms: exact reconstruction by the construction itself
+    oracle = AIP.fit(torch.cat([D.T * math.sqrt(16), -D.T * math.sqrt(16)]), min_tokens_per_dim=0)  # M = D D^T
+    co = construct_tsae(D, oracle, 0.5)
+    assert co.eps == pytest.approx(0.0, abs=1e-12)
+    rec = co.sae.reconstruct_raw(acts)
+    assert support_recovery(co.sae.encode_raw(acts), codes) == 1.0
+    assert torch.allclose(rec, acts, atol=1e-10)
