@@ -623,7 +623,8 @@ def uniqueness_certificate(codes: torch.Tensor, dictionary: torch.Tensor, aip: A
 # One call per unit set
 # ---------------------------------------------------------------------------------------------------------------------
 def evaluate_dictionary(x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor, dictionary: torch.Tensor,
-                        aip: AIP, *, estimator: Literal["pairwise", "support", "joint"] = "pairwise") -> dict[str, float]:
+                        aip: AIP, *, estimator: Literal["pairwise", "support", "joint"] = "pairwise",
+                        return_q_star: bool = False):
     """Every metric of paper §4 for one unit set (neurons, features or atoms).
 
     Args:
@@ -633,14 +634,16 @@ def evaluate_dictionary(x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tenso
         dictionary: ``[d_model, n_latents]`` raw-coordinate atoms (neurons: identity).
         aip: the fitted AIP.
         estimator: the ``q*`` estimator (SPEC §4).
+        return_q_star: also return the :class:`QStarResult` (its curves, for plots).
 
     Returns:
         ``{"r2_aip", "explained_variance", "r2_per_dim", "r2_uncentred", "q_star", "l0",
-        "dead_latents" (fraction), "n_dead", "n_latents", "n_alive"}``.
+        "dead_latents" (fraction), "n_dead", "n_latents", "n_alive"}``, and with ``return_q_star`` the
+        tuple ``(that dict, QStarResult)``.
     """
     out: dict[str, float] = dict(r2_all(x, x_hat, aip))
     qs = q_star(codes, dictionary, aip, estimator=estimator)
     dl = dead_latents(codes)
     out.update(q_star=qs.q_star, l0=l0(codes), dead_latents=dl.fraction, n_dead=dl.count,
                n_latents=int(codes.shape[1]), n_alive=qs.n_alive)
-    return out
+    return (out, qs) if return_q_star else out

@@ -15,7 +15,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-__all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer"]
+__all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer",
+           "unit_set_frontier"]
 
 
 def _axes(ax):
@@ -172,3 +173,45 @@ def angles_by_layer(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
     sns.despine(fig)
     fig.tight_layout()
     return fig
+
+
+# --- neurons, features, atoms (chapter 2) ---
+_FAMILY_STYLE = {"neurons": ("#7570b3", "s"), "features": ("#d95f02", "o"), "atoms": ("#1b9e77", "D"),
+                 "ablation": ("#666666", "^")}
+
+
+def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, float]] | None = None, ax=None,
+                      title: str | None = None, r2_floor: float = -0.1):
+    """Faithfulness (``R^2`` in the AIP) against stability (``q*``) of every unit set, by family.
+
+    Points with ``R^2 < r2_floor`` are drawn at the floor with a downward arrow and their value printed.
+
+    Args:
+        table: held-out rows of :func:`atomsnb.units.compare_unit_sets` (columns ``family``, ``r2_aip``, ``q_star``, ``lambda``).
+        paper: label -> ``(q*, R^2)`` points of the paper, drawn hollow and labelled as the paper's.
+    """
+    ax = _axes(ax)
+    for family, df in table.groupby("family", sort=False):
+        color, marker = _FAMILY_STYLE.get(family, ("k", "o"))
+        r2 = df["r2_aip"].clip(lower=r2_floor)
+        ax.scatter(df["q_star"], r2, color=color, marker=marker, s=45, label=family, zorder=3)
+        for i, (q, r, raw, lam) in enumerate(zip(df["q_star"], r2, df["r2_aip"], df["lambda"])):
+            note = f"λ={lam:g}" if lam else ""
+            if raw < r2_floor:
+                ax.annotate("", xy=(q, r2_floor - 0.05), xytext=(q, r2_floor), arrowprops=dict(arrowstyle="->", color=color))
+                note += f" (R²={raw:.3g})"
+            if note:
+                ax.annotate(note, (q, r), textcoords="offset points", xytext=(5, 4 + (10 * (i % 3) if raw < r2_floor else 0)),
+                            fontsize=7, color=color)
+    for label, (q, r) in (paper or {}).items():
+        ax.scatter([q], [r], facecolors="none", edgecolors="k", s=60, zorder=2)
+        ax.annotate(f"paper: {label}", (q, r), textcoords="offset points", xytext=(-4, -12), fontsize=7, ha="right")
+    ax.axhline(1, color="k", lw=0.5, ls=":")
+    ax.set_xlim(-0.02, 1.05)
+    ax.set_ylim(r2_floor - 0.1, 1.05)
+    ax.set_xlabel("stability q* (fraction)")
+    ax.set_ylabel("faithfulness R² in the AIP (held-out)")
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
