@@ -18,7 +18,7 @@ import torch
 from .default_model import DEFAULT_MODEL_NAME, ensure_default_model
 
 __all__ = ["DEFAULT_MODEL_NAME", "LoadedModel", "ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device",
-           "decoder_layers"]
+           "decoder_layers", "check_model"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -112,6 +112,35 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: no ModuleList of length {n}")
 
 
+def _not_found(name: str, exc: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {name!r} is not a registered name ('default', {DEFAULT_MODEL_NAME!r}), not a local directory, and "
+        f"the Hugging Face hub did not provide it (the hub is unreachable from here, or the name is unknown or "
+        f"gated). Download it where the hub is reachable (huggingface-cli download {name} --local-dir DIR) and pass "
+        f"the local directory instead, e.g. load_model('DIR') or -p model DIR with papermill. ({type(exc).__name__})")
+
+
+def check_model(name: str) -> tuple[int, int]:
+    """Check that ``name`` resolves to a causal LM config without loading its weights.
+
+    Returns:
+        ``(n_layers, d_model)`` from the model's config.
+
+    Raises:
+        ModelNotFoundError: as :func:`load_model`.
+    """
+    from transformers import AutoConfig
+
+    path = _resolve_path(name)
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        if os.path.isdir(path):
+            raise ModelNotFoundError(f"local directory {path!r} holds no model config: {exc}") from exc
+        raise _not_found(name, exc) from exc
+    return int(cfg.num_hidden_layers), int(cfg.hidden_size)
+
+
 def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
     """Load a causal LM and its tokenizer by registered name, local path or hub id.
 
@@ -139,12 +168,7 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
     except OSError as exc:
         if os.path.isdir(path):
             raise ModelNotFoundError(f"could not load a causal LM from local directory {path!r}: {exc}") from exc
-        raise ModelNotFoundError(
-            f"model {name!r} is not a registered name ('default', {DEFAULT_MODEL_NAME!r}), not a local directory, and "
-            f"the Hugging Face hub did not provide it (the hub is unreachable from here, or the name is unknown or "
-            f"gated). Download it where the hub is reachable (huggingface-cli download {name} --local-dir DIR) and pass "
-            f"the local directory instead, e.g. load_model('DIR') or -p model DIR with papermill. ({type(exc).__name__})"
-        ) from exc
+        raise _not_found(name, exc) from exc
     model.to(dev).eval()
     n_layers = len(decoder_layers(model))
     display = DEFAULT_MODEL_NAME if name == "default" else name

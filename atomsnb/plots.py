@@ -7,7 +7,7 @@ the notebooks stay one call per figure.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,7 +16,7 @@ import seaborn as sns
 import torch
 
 __all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer",
-           "unit_set_frontier"]
+           "unit_set_frontier", "grid_heatmaps", "layer_curves"]
 
 
 def _axes(ax):
@@ -215,3 +215,60 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+# --- capacity grid and per-layer results (chapters 3-4) ---
+def grid_heatmaps(df: pd.DataFrame, values: Mapping[str, str], *, critical: Mapping[int, float] | None = None,
+                  title: str | None = None) -> plt.Figure:
+    """One heatmap per metric over data size ``|M|`` (rows) and capacity ``|D|`` (columns).
+
+    Args:
+        df: capacity-grid rows (columns ``n_train``, ``n_latents`` and the metric columns).
+        values: column -> panel title, e.g. ``{"train_r2_aip": "R² (train)", "heldout_r2_aip": "R² (held-out)"}``.
+        critical: ``|M|`` -> critical ``|D|`` (NaN if none), outlined in every panel.
+    """
+    n = len(values)
+    cols = min(n, 2)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5.2 * cols, 3.6 * ((n + cols - 1) // cols)), squeeze=False)
+    for ax, (col, name) in zip(axes.flat, values.items()):
+        piv = df.pivot_table(index="n_train", columns="n_latents", values=col, aggfunc="mean").sort_index(ascending=False)
+        sns.heatmap(piv, ax=ax, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, cbar=False,
+                    annot_kws={"fontsize": 8})
+        if critical:
+            for i, m in enumerate(piv.index):
+                d = critical.get(m)
+                if d is not None and np.isfinite(d) and d in list(piv.columns):
+                    j = list(piv.columns).index(d)
+                    ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="red", lw=2))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("|D| (dictionary size)")
+        ax.set_ylabel("|M| (training activations)")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_star"), title: str | None = None) -> plt.Figure:
+    """Per-layer ``R^2`` (AIP) and ``q*`` of neurons, features and atoms from a layer study.
+
+    Args:
+        df: rows of :func:`atomsnb.grid.layer_point` (columns ``layer`` and ``<family>_<metric>``).
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.4), squeeze=False)
+    df = df.sort_values("layer")
+    for ax, metric in zip(axes[0], metrics):
+        for fam in ("neurons", "features", "atoms"):
+            color, marker = _FAMILY_STYLE[fam]
+            ax.plot(df["layer"], df[f"{fam}_{metric}"], marker=marker, color=color, label=fam)
+        ax.set_xlabel("layer")
+        ax.set_ylabel({"r2_aip": "R² in the AIP (held-out)", "q_star": "q* (held-out)"}.get(metric, metric))
+        ax.set_xticks(sorted(df["layer"].unique()))
+        ax.axhline(1, color="k", lw=0.5, ls=":")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

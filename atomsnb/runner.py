@@ -236,3 +236,27 @@ def grid_points(models: Iterable[str], layers: Iterable[int], n_train: Iterable[
 
 
 __all__.append("grid_points")
+
+
+def dask_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1):
+    """A ``dask.distributed.Client``: connected to ``scheduler`` (e.g. ``"tcp://host:8786"``, or a SLURM cluster's
+    scheduler started with ``dask-jobqueue``), or to a new ``LocalCluster`` of ``n_workers`` processes on loopback."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                           host="127.0.0.1", dashboard_address=None)
+    return Client(cluster)
+
+
+__all__.append("dask_client")
+
+
+def results_dir(name: str, override: str | None = None) -> Path:
+    """Where a chapter keeps its results store: ``override`` if given, else ``$ATOMSNB_BUILD/results/<name>``
+    (``build/results/<name>`` by default)."""
+    return Path(override) if override else Path(os.environ.get("ATOMSNB_BUILD", "build")) / "results" / name
+
+
+__all__.append("results_dir")

@@ -1,0 +1,84 @@
+"""The capacity grid and the layer study: validation before work, real points, Dask, aggregation."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from atomsnb.grid import (CapacityGridConfig, LayerStudyConfig, capacity_point, code_version, critical_capacity,
+                          layer_point, paper_table)
+from atomsnb.models import ModelNotFoundError
+from atomsnb.runner import run_grid
+from tiny_models import save_tiny
+
+SMALL = dict(n_fit_tokens=1000, n_eval_tokens=300, n_steps=20, batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return str(save_tiny("llama", tmp_path_factory.mktemp("llama")))
+
+
+def test_impossible_grids_fail_before_any_work(tiny_path):
+    with pytest.raises(ModelNotFoundError, match="'no/such-model'"):
+        CapacityGridConfig(model="no/such-model").points()
+    with pytest.raises(ValueError, match=r"\|M\| values \[0\] impossible"):
+        CapacityGridConfig(model=tiny_path, m_values=(0, 100), **SMALL).points()
+    with pytest.raises(ValueError, match=r"\|M\| values \[5000\] impossible.*n_fit_tokens=1000"):
+        CapacityGridConfig(model=tiny_path, m_values=(5000,), **SMALL).points()
+    with pytest.raises(ValueError, match=r"size < 1"):
+        CapacityGridConfig(model=tiny_path, m_values=(100,), d_multiples=(0,), **SMALL).points()
+    with pytest.raises(ValueError, match=r"layer\(s\) \[7\] out of range"):
+        CapacityGridConfig(model=tiny_path, layer=7, **SMALL).points()
+    with pytest.raises(ValueError, match="below 20 x d_model = 640"):
+        LayerStudyConfig(model=tiny_path, n_fit_tokens=100, n_train_tokens=100).points()
+    with pytest.raises(ValueError, match="n_train_tokens=2000 impossible"):
+        LayerStudyConfig(model=tiny_path, n_train_tokens=2000, **SMALL).points()
+
+
+def test_points_carry_the_code_version(tiny_path):
+    pts = CapacityGridConfig(model=tiny_path, m_values=(100, 400), d_multiples=(1, 2), **SMALL).points()
+    assert len(pts) == 4 and {p.n_latents for p in pts} == {32, 64}
+    assert all(p.param("code") == code_version() for p in pts)
+
+
+def test_capacity_point_is_deterministic_and_sane(tiny_path):
+    p = CapacityGridConfig(model=tiny_path, m_values=(200,), d_multiples=(2,), **SMALL).points()[0]
+    a, b = capacity_point(p), capacity_point(p)
+    assert a == b
+    assert a["d_model"] == 32 and 0 <= a["train_q_star"] <= 1 and 0 <= a["heldout_q_star"] <= 1
+    assert math.isfinite(a["heldout_r2_aip"]) and a["train_r2_aip"] <= 1
+
+
+def test_capacity_grid_through_a_dask_local_cluster(tiny_path, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    pts = CapacityGridConfig(model=tiny_path, m_values=(100, 400), d_multiples=(1, 2), **SMALL).points()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        df = run_grid(pts, capacity_point, tmp_path, backend="dask", client=client, progress=False)
+    assert len(df) == 4 and (df["status"] == "ok").all(), df.get("error")
+    seq = capacity_point(pts[0])
+    row = df[df["key"] == pts[0].key].iloc[0]
+    assert row["heldout_r2_aip"] == pytest.approx(seq["heldout_r2_aip"], rel=1e-6)  # same numbers on any backend
+
+
+def test_layer_point_and_paper_table(tiny_path):
+    pts = LayerStudyConfig(model=tiny_path, n_train_tokens=800, **SMALL).points()
+    assert [p.layer for p in pts] == [1, 2]
+    row = layer_point(pts[0])
+    assert row["neurons_r2_aip"] == pytest.approx(1.0, abs=1e-9)
+    for fam in ("features", "atoms"):
+        assert 0 <= row[f"{fam}_q_star"] <= 1 and math.isfinite(row[f"{fam}_r2_aip"])
+    df = pd.DataFrame([{"status": "ok", "model": "m", "layer": l, **{f"{f}_{k}": v for f in ("neurons", "features", "atoms")
+                                                                   for k, v in (("r2_aip", l / 10), ("q_star", l / 20))}}
+                       for l in (1, 2, 3)] + [{"status": "error", "model": "m", "layer": 4}])
+    t = paper_table(df).set_index("unit set")
+    assert t.loc["atoms", "R^2"] == pytest.approx(0.2) and t.loc["atoms", "q*"] == pytest.approx(0.1)
+    assert t.loc["atoms", "layers"] == "1-3" and t.loc["atoms", "n_layers"] == 3
+
+
+def test_critical_capacity():
+    df = pd.DataFrame({"n_train": [10, 10, 10, 20, 20], "n_latents": [1, 2, 4, 1, 2],
+                       "train_r2_aip": [0.5, 0.995, 1.0, 0.4, 0.6]})
+    c = critical_capacity(df, threshold=0.99)
+    assert c[10] == 2 and math.isnan(c[20])
