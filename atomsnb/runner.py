@@ -170,27 +170,31 @@ def _versions() -> dict:
 
 
 def run_grid(points: Sequence[GridPoint], fn: Callable[[GridPoint], dict], store: ResultsStore | str | os.PathLike, *,
-             backend: str = "sequential", client=None, max_workers: int = 2, retry_errors: bool = False,
-             progress: bool = True) -> pd.DataFrame:
-    """Run every point of a grid not yet in ``store`` and return the whole store as a table.
+             backend: str = "sequential", client=None, dask_scheduler: str | None = None, max_workers: int = 2,
+             retry_errors: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Run every point of a grid not yet in ``store`` and return the grid's rows as a table.
 
     Args:
         points: the grid.
         fn: ``GridPoint -> dict`` of metrics (module-level, so that it pickles for processes and Dask).
         store: a :class:`ResultsStore` or its directory.
         backend: ``"sequential"`` (in-process), ``"processes"`` (``ProcessPoolExecutor`` with
-            ``max_workers`` spawned workers) or ``"dask"`` (``client`` must be a ``dask.distributed.Client``).
-        client: the Dask client for ``backend="dask"``.
-        max_workers: processes for ``backend="processes"``.
+            ``max_workers`` spawned workers) or ``"dask"`` (a ``dask.distributed.Client``).
+        client: the Dask client for ``backend="dask"``; if ``None``, one is made by :func:`dask_client`
+            (connected to ``dask_scheduler``, or a ``LocalCluster`` of ``max_workers`` processes) and closed after.
+        dask_scheduler: address of a running Dask scheduler (e.g. a SLURM cluster's), for ``backend="dask"``.
+        max_workers: processes for ``backend="processes"`` or for a new ``LocalCluster``.
         retry_errors: also re-run points whose stored row is an error.
         progress: print one line per finished point.
 
     Returns:
-        ``store.read()`` after the run.
+        The rows of ``points`` (the store may hold other grids' rows too), read back from the store.
 
     Raises:
-        ValueError: an unknown backend, ``backend="dask"`` without a client, or duplicate points.
+        ValueError: an unknown backend or duplicate points.
     """
+    if backend not in ("sequential", "processes", "dask"):
+        raise ValueError(f"unknown backend {backend!r}; use 'sequential', 'processes' or 'dask'")
     store = store if isinstance(store, ResultsStore) else ResultsStore(Path(store))
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
@@ -215,16 +219,21 @@ def run_grid(points: Sequence[GridPoint], fn: Callable[[GridPoint], dict], store
             for p, status in zip(todo, pool.map(execute_point, [fn] * len(todo), todo, [root] * len(todo))):
                 report(p, status)
     elif backend == "dask":
-        if client is None:
-            raise ValueError("backend='dask' needs client=dask.distributed.Client(...) (e.g. on a LocalCluster)")
         from dask.distributed import as_completed
 
-        futures = {client.submit(execute_point, fn, p, root, pure=False): p for p in todo}
-        for fut in as_completed(futures):
-            report(futures[fut], fut.result())
+        own = client is None
+        client = dask_client(dask_scheduler, n_workers=max_workers) if own else client
+        try:
+            futures = {client.submit(execute_point, fn, p, root, pure=False): p for p in todo}
+            for fut in as_completed(futures):
+                report(futures[fut], fut.result())
+        finally:
+            if own:
+                client.close()
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'sequential', 'processes' or 'dask'")
-    return store.read()
+    df = store.read()
+    return df[df["key"].isin(keys)].reset_index(drop=True) if len(df) else df
 
 
 def grid_points(models: Iterable[str], layers: Iterable[int], n_train: Iterable[int], n_latents: Iterable[int],

@@ -55,7 +55,7 @@ import pandas as pd
 
 from atomsnb import claims, plots
 from atomsnb.grid import CapacityGridConfig, capacity_point, critical_capacity
-from atomsnb.runner import dask_client, results_dir, run_grid
+from atomsnb.runner import results_dir, run_grid
 
 CHAPTER = "03_capacity_grid"
 config = CapacityGridConfig(model=model, layer=layer, corpus=corpus, m_values=tuple(m_values),
@@ -67,11 +67,8 @@ print(f"{len(points)} points: |M| in {list(m_values)}, |D| in {sorted({p.n_laten
       f"{n_steps} steps each, layer {layer} of {model}")
 
 # %% tags=["nbval-ignore-output"]
-client = dask_client(dask_scheduler, n_workers=n_workers) if backend == "dask" else None
-df = run_grid(points, capacity_point, results_dir(CHAPTER, results), backend=backend, client=client, max_workers=n_workers)
-if client is not None:
-    client.close()
-df = df[df["key"].isin([p.key for p in points])]
+df = run_grid(points, capacity_point, results_dir(CHAPTER, results), backend=backend, dask_scheduler=dask_scheduler,
+              max_workers=n_workers)
 print(f"{(df['status'] == 'ok').sum()} of {len(points)} points ok, {df['wall_time_s'].sum():.0f} s of compute")
 
 # %%

@@ -60,7 +60,7 @@ import pandas as pd
 
 from atomsnb import claims, plots
 from atomsnb.grid import LayerStudyConfig, layer_point, paper_table
-from atomsnb.runner import dask_client, results_dir, run_grid
+from atomsnb.runner import results_dir, run_grid
 
 CHAPTER = "04_per_model_results"
 config = LayerStudyConfig(model=model, layers=None if layers is None else tuple(layers), corpus=corpus,
@@ -72,11 +72,8 @@ print(f"{model}: layers {[p.layer for p in points]}, |D| = {points[0].n_latents}
       f"{n_steps} steps per SAE")
 
 # %% tags=["nbval-ignore-output"]
-client = dask_client(dask_scheduler, n_workers=n_workers) if backend == "dask" else None
-df = run_grid(points, layer_point, results_dir(CHAPTER, results), backend=backend, client=client, max_workers=n_workers)
-if client is not None:
-    client.close()
-df = df[df["key"].isin([p.key for p in points])]
+df = run_grid(points, layer_point, results_dir(CHAPTER, results), backend=backend, dask_scheduler=dask_scheduler,
+              max_workers=n_workers)
 print(f"{(df['status'] == 'ok').sum()} of {len(points)} layers ok, {df['wall_time_s'].sum():.0f} s of compute")
 
 # %%

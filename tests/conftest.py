@@ -17,6 +17,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def mixed_data(n: int = 4000, d: int = 16, seed: int = 0, offset: float = 3.0) -> torch.Tensor:
     """Anisotropic data with a common offset: [n, d] float64."""
     g = torch.Generator().manual_seed(seed)

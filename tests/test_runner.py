@@ -62,8 +62,6 @@ def test_damaged_results_file_is_detected(tmp_path):
 def test_bad_backend_and_duplicates(tmp_path):
     with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         run_grid(POINTS, product_task, tmp_path, backend="slurm", progress=False)
-    with pytest.raises(ValueError, match="needs client"):
-        run_grid(POINTS, product_task, tmp_path, backend="dask", progress=False)
     with pytest.raises(ValueError, match="duplicate"):
         run_grid(POINTS + POINTS[:1], product_task, tmp_path, progress=False)
 
@@ -82,3 +80,15 @@ def test_dask_local_cluster_on_loopback(tmp_path):
         assert df["worker_pid"].nunique() >= 1
         df = run_grid(POINTS, product_task, tmp_path, backend="dask", client=client, retry_errors=True, progress=False)
         assert (df["status"] == "ok").all()
+
+
+def test_dask_backend_starts_and_closes_its_own_local_cluster(tmp_path):
+    pytest.importorskip("dask.distributed")
+    df = run_grid(POINTS[:2], product_task, tmp_path, backend="dask", max_workers=2, progress=False)
+    assert (df["status"] == "ok").all() and len(df) == 2
+
+
+def test_returns_only_this_grids_rows(tmp_path):
+    run_grid(POINTS, product_task, tmp_path, progress=False)
+    df = run_grid(POINTS[:1], product_task, tmp_path, progress=False)
+    assert list(df["key"]) == [POINTS[0].key]

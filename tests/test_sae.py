@@ -17,13 +17,7 @@ from atomsnb.sae import (
 from atomsnb.synthetic import SyntheticConfig, atom_recovery, make_world, support_recovery
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- pseudo-gradients
