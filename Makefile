@@ -58,7 +58,12 @@ $(MATHJAX):
 	tar xzf .cache/npm/mathjax-$(MATHJAX_VERSION).tgz -C book/_static/mathjax --strip-components=2 package/es5
 	test -f $@
 
-book/_build/html/index.html: $(EXECUTED) $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
+# The reproduction-status page is generated from the claim records the chapters wrote while executing;
+# tools/status_page.py fails if a chapter has no (or stale) records, so a stale page is never built.
+book/status.md: $(EXECUTED) tools/status_page.py tools/run_notebook.py | $(STAMP)
+	$(BIN)/python tools/status_page.py --claims-dir $(ATOMSNB_CLAIMS_DIR) --out $@
+
+book/_build/html/index.html: $(EXECUTED) book/status.md $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
 	rm -rf book/_build
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
@@ -69,4 +74,4 @@ test: model $(EXECUTED)
 	$(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 
 clean:
-	rm -rf book/_build book/chapters build
+	rm -rf book/_build book/chapters book/status.md build

@@ -13,11 +13,13 @@ papermill injects is tagged ``remove-cell`` so the book does not show it; the ch
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jupytext
 import nbformat
@@ -25,6 +27,33 @@ import papermill
 import yaml
 
 KERNEL = "atomsnb"
+RERUN_TAG = "rerun-box"
+
+
+class Parameter(NamedTuple):
+    """One assignment of a chapter's ``parameters`` cell."""
+
+    name: str
+    default: str
+    """The default as written in the source."""
+    comment: str
+    """The trailing comment, if any."""
+
+
+def chapter_parameters(src: Path | nbformat.NotebookNode) -> list[Parameter]:
+    """The parameters of a chapter (jupytext source or notebook), in order, read from its ``parameters`` cell."""
+    nb = jupytext.read(src) if isinstance(src, (str, Path)) else src
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            lines = cell.source.splitlines()
+            out = []
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    line = lines[node.lineno - 1]
+                    comment = line.split("#", 1)[1].strip() if "#" in line[node.value.end_col_offset:] else ""
+                    out.append(Parameter(node.targets[0].id, ast.get_source_segment(cell.source, node.value), comment))
+            return out
+    return []
 
 
 def run(src: Path, dst: Path, parameters: dict, kernel: str = KERNEL) -> float:
