@@ -72,6 +72,8 @@ book: model book/_build/html/index.html
 
 test: model $(EXECUTED)
 	$(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+	# the teaching guide's exercise tests, against the solutions (students run them on their own answers)
+	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
 clean:
 	rm -rf book/_build book/chapters book/status.md build
