@@ -108,7 +108,8 @@ def rerun_box(src: Path, dst: Path, params: list[Parameter]) -> str:
         "",
         "```bash",
         "make install  # once: .venv and the atomsnb kernel",
-        f".venv/bin/python tools/run_notebook.py {rel_src} out/{stem}.ipynb {args}".rstrip(),
+        f".venv/bin/python tools/run_notebook.py {rel_src} \\",
+        f"    out/{stem}.ipynb" + (f" \\\n    {args}" if args else ""),
         "```",
         "",
     ]
@@ -119,8 +120,10 @@ def rerun_box(src: Path, dst: Path, params: list[Parameter]) -> str:
         "or with papermill itself:",
         "",
         "```bash",
-        f".venv/bin/jupytext --to ipynb {rel_src} -o {stem}.ipynb",
-        f".venv/bin/papermill {stem}.ipynb {stem}_out.ipynb -k atomsnb {args}".rstrip(),
+        f".venv/bin/jupytext --to ipynb {rel_src} \\",
+        f"    -o {stem}.ipynb",
+        ".venv/bin/papermill -k atomsnb \\",
+        f"    {stem}.ipynb {stem}_out.ipynb" + (f" \\\n    {args}" if args else ""),
         "```",
         "",
         f"Download: {{download}}`the jupytext source ({src.name}) <{link_src}>` | "
