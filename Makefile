@@ -24,12 +24,14 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 NOTEBOOKS := $(sort $(wildcard notebooks/*.py))
 EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(NOTEBOOKS))
 PACKAGE := $(wildcard atomsnb/*.py)
-BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' | grep -v _build)
+BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
+	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg
 
 .PHONY: book test install model notebooks clean help
 help:
 	@echo "make book   - install, build the default model, execute the chapters, build the HTML book (book/_build/html)"
-	@echo "make test   - install, execute the chapters if needed, run pytest (package + nbval over the chapters)"
+	@echo "make test   - install, execute the chapters and build the book if needed, run pytest (package, exercises,"
+	@echo "              nbval over the chapters, the book in headless Chromium)"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,15 +60,28 @@ $(MATHJAX):
 	tar xzf .cache/npm/mathjax-$(MATHJAX_VERSION).tgz -C book/_static/mathjax --strip-components=2 package/es5
 	test -f $@
 
-book/_build/html/index.html: $(EXECUTED) $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
+# The reproduction-status page is generated from the claim records the chapters wrote while executing;
+# tools/status_page.py fails if a chapter has no (or stale) records, so a stale page is never built.
+book/status.md: $(EXECUTED) tools/status_page.py tools/run_notebook.py | $(STAMP)
+	$(BIN)/python tools/status_page.py --claims-dir $(ATOMSNB_CLAIMS_DIR) --out $@
+
+book/_build/html/index.html: $(EXECUTED) book/status.md $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
 	rm -rf book/_build
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
 
 book: model book/_build/html/index.html
 
-test: model $(EXECUTED)
+# The real-browser test (tests/test_book_browser.py) drives Debian's Chromium through Playwright.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium
+
+# pytest over the package, the browser test and nbval over the executed chapters; then the teaching guide's
+# exercise tests against the solutions (students run `pytest exercises` on their own answers).
+test: model $(EXECUTED) book/_build/html/index.html | $(CHROMIUM)
 	$(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
 clean:
-	rm -rf book/_build book/chapters build
+	rm -rf book/_build book/chapters book/status.md build

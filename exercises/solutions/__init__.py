@@ -1,0 +1,1 @@
+"""Solutions of ``exercises/aip_exercises.py`` (same function names)."""

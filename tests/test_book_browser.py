@@ -1,0 +1,243 @@
+"""The built book in a real browser: headless Chromium (Debian's) driven through Playwright.
+
+For every page of ``_toc.yml``: HTTP 200, no console errors, no failed request to our server, every image
+loaded, MathJax (served from ``_static/mathjax``, no CDN) has typeset every math element, and every internal
+link resolves with HTTP 200. Screenshots of the landing page and chapter 1 go to ``test-artifacts/``.
+
+The book is built first if ``book/_build/html/index.html`` is missing (``make test`` builds it before pytest).
+The browser is ``/usr/bin/chromium`` (``apt-get install -y chromium``; ``make test`` installs it if missing), or
+``$ATOMSNB_CHROMIUM``. Every wait is bounded; the whole module takes well under two minutes.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urldefrag, urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+HTML = REPO / "book" / "_build" / "html"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("ATOMSNB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 30_000  # any single navigation or wait
+LINK_TIMEOUT_S = 10
+BUILD_TIMEOUT_S = 900
+
+
+def toc_pages(toc: Path = REPO / "_toc.yml") -> list[str]:
+    """Every page of a jupyter-book ``_toc.yml`` (root first), as paths without suffix."""
+    data = yaml.safe_load(toc.read_text())
+    pages = [data["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                pages.append(e["file"])
+            walk(e.get("sections"))
+            walk(e.get("chapters"))
+
+    for part in data.get("parts", []):
+        walk(part.get("chapters"))
+    walk(data.get("chapters"))
+    return pages
+
+
+PAGES = toc_pages()
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    """The built HTML; built here (book only, chapters as executed) if it is missing."""
+    if not (HTML / "index.html").is_file():
+        jb = Path(sys.executable).parent / "jupyter-book"
+        try:
+            r = subprocess.run([str(jb), "build", ".", "--path-output", "book", "-W", "--keep-going"], cwd=REPO,
+                               capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"jupyter-book build did not finish in {BUILD_TIMEOUT_S} s")
+        if r.returncode != 0 or not (HTML / "index.html").is_file():
+            pytest.fail(f"jupyter-book build failed (run `make book`):\n{(r.stdout + r.stderr)[-3000:]}")
+    return HTML
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest's output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    """``http.server`` on 127.0.0.1, a free port, in a thread; shut down after the module."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Playwright client is missing: pip install -r requirements.lock (make install does)")
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (make test does), or set ATOMSNB_CHROMIUM")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PageVisit:
+    """A page opened in a fresh browser context, with its console errors and failed requests recorded."""
+
+    def __init__(self, browser, origin: str):
+        self.origin = origin
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.context.set_default_navigation_timeout(TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.console_errors: list[str] = []
+        self.failed: list[str] = []
+        self.foreign: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(f"{m.text} ({m.location})"))
+        self.page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
+        self.page.on("requestfailed", self._request_failed)
+        self.page.on("response", self._response)
+        self.page.on("request", self._request)
+
+    def _ours(self, url: str) -> bool:
+        return url.startswith(self.origin + "/")
+
+    def _request(self, req):
+        if not self._ours(req.url) and urlsplit(req.url).scheme in ("http", "https"):
+            self.foreign.append(req.url)
+
+    def _request_failed(self, req):
+        if self._ours(req.url):
+            self.failed.append(f"{req.url}: {req.failure}")
+
+    def _response(self, resp):
+        if self._ours(resp.url) and resp.status >= 400:
+            self.failed.append(f"{resp.url}: HTTP {resp.status}")
+
+    def close(self):
+        self.context.close()
+
+
+def _wait_for_images(page) -> list[str]:
+    """Load every image (lazy ones too) and return those that did not load."""
+    page.evaluate("() => document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=TIMEOUT_MS)
+    return page.evaluate("() => Array.from(document.images).filter(i => !(i.naturalWidth > 0))"
+                         ".map(i => i.currentSrc || i.src)")
+
+
+def _wait_for_mathjax(page) -> dict:
+    """Wait until MathJax has typeset the page; report the math elements and how many it rendered."""
+    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=TIMEOUT_MS)
+    page.evaluate("() => { MathJax.startup.promise.then(() => { window.__atomsnb_typeset = true; }); }")
+    page.wait_for_function("() => window.__atomsnb_typeset === true", timeout=TIMEOUT_MS)
+    return page.evaluate("""() => {
+        const math = Array.from(document.querySelectorAll('.math'));
+        return {
+            math: math.length,
+            rendered: math.filter(m => m.querySelector('mjx-container')).length,
+            containers: document.querySelectorAll('mjx-container').length,
+            errors: Array.from(document.querySelectorAll('mjx-merror')).map(e => e.textContent).slice(0, 5),
+            script: Array.from(document.scripts).map(s => s.src).filter(s => s.includes('mathjax')),
+        };
+    }""")
+
+
+_checked_links: dict[str, int | str] = {}
+
+
+def _http_status(url: str) -> int | str:
+    if url not in _checked_links:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=LINK_TIMEOUT_S) as r:
+                _checked_links[url] = r.status
+        except urllib.error.HTTPError as e:
+            _checked_links[url] = e.code
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            _checked_links[url] = f"{type(e).__name__}: {e}"
+    return _checked_links[url]
+
+
+@pytest.mark.parametrize("page_path", PAGES)
+def test_page_in_browser(browser, server, page_path):
+    visit = PageVisit(browser, server)
+    try:
+        page = visit.page
+        resp = page.goto(f"{server}/{page_path}.html", wait_until="load")
+        assert resp is not None and resp.status == 200, f"{page_path}: HTTP {resp and resp.status}"
+
+        broken = _wait_for_images(page)
+        assert not broken, f"{page_path}: images that did not load: {broken}"
+
+        has_math = page.evaluate("() => document.querySelectorAll('.math').length") > 0
+        if has_math:
+            mj = _wait_for_mathjax(page)
+            assert mj["containers"] > 0, f"{page_path}: MathJax rendered nothing: {mj}"
+            assert mj["rendered"] == mj["math"], f"{page_path}: math elements left untypeset: {mj}"
+            assert not mj["errors"], f"{page_path}: MathJax errors: {mj['errors']}"
+            assert mj["script"] and all(s.startswith(server + "/_static/mathjax/") for s in mj["script"]), mj["script"]
+
+        links = page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+        internal = sorted({urldefrag(u)[0] for u in links if u.startswith(server + "/")})
+        assert internal, f"{page_path}: no internal links at all"
+        bad = {u: s for u in internal if (s := _http_status(u)) != 200}
+        assert not bad, f"{page_path}: internal links that do not resolve: {bad}"
+
+        assert not visit.console_errors, f"{page_path}: console errors: {visit.console_errors}"
+        assert not visit.failed, f"{page_path}: failed requests to our server: {visit.failed}"
+        assert not visit.foreign, f"{page_path}: requests outside the book's server (CDN?): {visit.foreign}"
+    finally:
+        visit.close()
+
+
+def test_screenshots(browser, server):
+    """Screenshots of the landing page (through the root redirect) and of chapter 1, for a human to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    chapter = next(p for p in PAGES if Path(p).name.startswith("01_"))
+    shots = {"landing.png": f"{server}/", "chapter01.png": f"{server}/{chapter}.html"}
+    for name, url in shots.items():
+        visit = PageVisit(browser, server)
+        try:
+            visit.page.goto(url, wait_until="load")
+            visit.page.wait_for_url(f"{server}/**/*.html", timeout=TIMEOUT_MS)  # index.html redirects to the root page
+            visit.page.wait_for_load_state("load")
+            _wait_for_images(visit.page)
+            if visit.page.evaluate("() => document.querySelectorAll('.math').length") > 0:
+                _wait_for_mathjax(visit.page)
+            visit.page.screenshot(path=str(ARTIFACTS / name), timeout=TIMEOUT_MS)
+            if name == "chapter01.png":  # the re-run box, and the chapter's first figure scrolled into view
+                box = visit.page.locator(".admonition", has_text="Re-run this chapter").first
+                box.screenshot(path=str(ARTIFACTS / "chapter01_rerun_box.png"), timeout=TIMEOUT_MS)
+                fig = visit.page.locator(".cell_output img").first
+                fig.scroll_into_view_if_needed(timeout=TIMEOUT_MS)
+                visit.page.screenshot(path=str(ARTIFACTS / "chapter01_figure.png"), timeout=TIMEOUT_MS)
+        finally:
+            visit.close()
+        assert (ARTIFACTS / name).stat().st_size > 10_000, f"{name} looks empty"
