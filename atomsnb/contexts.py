@@ -40,8 +40,9 @@ class Context:
         activation: the unit's code value at this token (for random contexts: 0).
         token_id: the token's id.
         token: the token decoded alone (e.g. ``" widget"``; a leading space is kept).
-        left: decoded text of up to ``width_left`` tokens before it, inside the same window.
-        right: decoded text of up to ``width_right`` tokens after it, inside the same window.
+        left: decoded text of up to ``width_left`` tokens before it, in the same window and document (it stops
+            at a special token such as the BOS or the EOS that separates documents).
+        right: decoded text of up to ``width_right`` tokens after it, in the same window and document.
         window: index of the window (context of the LM) the token comes from.
         position: position of the token in its window.
     """
@@ -98,7 +99,8 @@ def normalise_token(token: str) -> str:
     return "⏎" if "\n" in t else "␣" if t else ""
 
 
-def sample_units(codes: torch.Tensor, n: int, seed: int, *, min_active: int = 8) -> list[int]:
+def sample_units(codes: torch.Tensor, n: int, seed: int, *, min_active: int = 8,
+                 window: torch.Tensor | None = None) -> list[int]:
     """``n`` units drawn at random (seeded) among those active (code > 0) on at least ``min_active`` tokens.
 
     Args:
@@ -106,18 +108,25 @@ def sample_units(codes: torch.Tensor, n: int, seed: int, *, min_active: int = 8)
         n: how many units; fewer are returned when fewer qualify.
         seed: seed of the draw (``torch.Generator``), so the same units are drawn on every run.
         min_active: a unit must be active on at least this many tokens (use the number of contexts shown).
+        window: ``[n_tokens]`` window index of each token (``Activations.window``); if given, ``min_active``
+            counts distinct windows instead of tokens (use with ``top_contexts(..., max_per_window=1)``).
 
     Returns:
         Sorted unit indices.
     """
-    active = (codes > 0).sum(0)
+    on = codes > 0
+    if window is None:
+        active = on.sum(0)
+    else:
+        per_window = torch.zeros(int(window.max()) + 1, codes.shape[1]).index_add_(0, window.long(), on.float())
+        active = (per_window > 0).sum(0)
     eligible = torch.nonzero(active >= min_active).flatten()
     order = torch.randperm(len(eligible), generator=torch.Generator().manual_seed(seed))
     return sorted(eligible[order[:n]].tolist())
 
 
 class _Decoder:
-    """Decodes windows of token ids, remembering what it has decoded (special tokens are dropped)."""
+    """Decodes pieces of windows, remembering what it has decoded; contexts stop at special tokens."""
 
     def __init__(self, tokenizer, activations: Activations):
         self.tok = tokenizer
@@ -128,7 +137,7 @@ class _Decoder:
     def decode(self, ids: Sequence[int]) -> str:
         key = tuple(ids)
         if key not in self._memo:
-            self._memo[key] = self.tok.decode([i for i in key if i not in self.special]) if key else ""
+            self._memo[key] = self.tok.decode(list(key)) if key else ""
         return self._memo[key]
 
     def token(self, token_id: int) -> str:
@@ -142,8 +151,15 @@ class _Decoder:
         w, p = int(a.window[index]), int(a.position[index])
         row = a.windows[w].tolist()
         tid = int(a.token_ids[index])
-        left = self.decode(row[max(0, p - width_left):p])
-        right = self.decode(row[p + 1:p + 1 + width_right])
+        left = row[max(0, p - width_left):p]
+        right = row[p + 1:p + 1 + width_right]
+        cut = [i for i, t in enumerate(left) if t in self.special]
+        if cut:  # a special token (BOS, EOS between documents) ends the left context: same document only
+            left = left[cut[-1] + 1:]
+        cut = [i for i, t in enumerate(right) if t in self.special]
+        if cut:
+            right = right[:cut[0]]
+        left, right = self.decode(left), self.decode(right)
         return Context(index=int(index), activation=float(activation), token_id=tid, token=self.token(tid), left=left,
                        right=right, window=w, position=p)
 

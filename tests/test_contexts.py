@@ -92,3 +92,22 @@ def test_render_html_escapes_and_highlights():
     assert "a &lt; b &amp;" in html and "A &lt;title&gt;" in html
     assert "rgba(255, 140, 0, 1.00)" in html and "rgba(255, 140, 0, 0.36)" in html
     assert c.marked() == "if a < b & [[<b>]] \"x\"\n" and c.text == "if a < b & <b> \"x\"\n"
+
+
+def test_contexts_stop_at_document_boundaries():
+    acts = make_activations(n_windows=1, seq_len=9)
+    acts.windows[0] = torch.tensor([0, 1, 2, 0, 3, 4, 5, 0, 6])  # BOS, doc 1 " the cat", EOS, doc 2, EOS, doc 3
+    acts.token_ids = acts.windows[0, 1:].clone()
+    codes = torch.zeros(8, 1)
+    codes[5, 0] = 1.0  # row 5 = position 6: " mat" in doc 2 (" sat on mat")
+    c = top_contexts(codes, acts, WordTokenizer(), [0], k=1, width_left=8, width_right=8)[0].contexts[0]
+    assert (c.left, c.token, c.right, c.position) == (" sat on", " mat", "", 6)
+
+
+def test_sample_units_counts_distinct_windows():
+    acts = make_activations(n_windows=6, seq_len=9)
+    codes = torch.zeros(len(acts.token_ids), 2)
+    codes[:8, 0] = 1.0  # 8 tokens, all in window 0
+    codes[::8, 1] = 1.0  # one token in each of the 6 windows
+    assert sample_units(codes, 5, 0, min_active=5) == [0, 1]
+    assert sample_units(codes, 5, 0, min_active=5, window=acts.window) == [1]
