@@ -300,9 +300,10 @@ def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, 
             ax.errorbar([i], [row["mean"]], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
                         fmt=marker, color=color, capsize=4, ms=7, zorder=3)
             if "chance (shuffled)" in df and np.isfinite(row["chance (shuffled)"]):
-                ax.plot([i - 0.25, i + 0.25], [row["chance (shuffled)"]] * 2, color=color, ls="--", lw=1.2, zorder=2,
-                        label="chance: contexts shuffled within the set" if i == 0 else None)
-        if "chance (random tokens)" in df:
+                ax.plot([i - 0.25, i + 0.25], [row["chance (shuffled)"]] * 2, color=color, ls="--", lw=1.2, zorder=2)
+        if "chance (shuffled)" in df and np.isfinite(df["chance (shuffled)"]).any():
+            ax.plot([], [], color="0.4", ls="--", lw=1.2, label="chance: the set's contexts shuffled across its units")
+        if "chance (random tokens)" in df and np.isfinite(df["chance (random tokens)"].iloc[0]):
             ax.axhline(df["chance (random tokens)"].iloc[0], color="0.4", ls=":", lw=1.2,
                        label="chance: random tokens")
         ax.set_xticks(x, sets)
