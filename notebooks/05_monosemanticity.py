@@ -47,8 +47,8 @@ corpus = "docstrings"
 n_train_tokens = 40_000  # activations that fit S and train the SAEs
 n_eval_tokens = 20_000  # held-out activations: the contexts come from these
 capacity = 4  # |D| = capacity * d_model
-n_steps = 250  # SAE training steps (a CPU budget: about a minute; chapter 2 trains longer)
-batch_size = 1024
+n_steps = 600  # SAE training steps (a CPU budget of about half a minute; chapter 2 trains longer)
+batch_size = 2048
 feature_coefficient = 3e-2  # standard SAE, L1
 atom_coefficient = 3e-3  # TSAE, L0
 n_units = 80  # units sampled per unit set
@@ -66,6 +66,7 @@ llm_api_key = None  # better: set OPENAI_API_KEY (a key given here is saved in t
 ratings_file = None  # a filled rating sheet (CSV) exported by this chapter, to add the human judge
 device = "cpu"
 dtype = "float32"
+threads = 1  # torch CPU threads: 1 keeps the run fast on a shared machine; None = torch's default
 
 # %%
 import os
@@ -77,6 +78,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 from IPython.display import HTML, display
 
 from atomsnb import claims, plots
@@ -92,6 +94,8 @@ from atomsnb.units import UnitSetSpec, compare_unit_sets, default_sae_config
 CHAPTER = "05_monosemanticity"
 SETS = ("neurons", "features", "atoms")
 pd.set_option("display.width", 160)
+if threads:
+    torch.set_num_threads(threads)
 t_start = time.time()
 
 # %% [markdown]
