@@ -31,9 +31,9 @@
 # scores them with
 #
 # - **token concentration**: are a unit's top tokens one token type, beyond that type's base rate?
-#   ({class}`~atomsnb.judges.TokenConcentrationJudge`);
+#   (`atomsnb.judges.TokenConcentrationJudge`);
 # - **embedding coherence**: are its contexts about one thing, as a sentence-embedding model sees them
-#   (mean pairwise cosine; {class}`~atomsnb.judges.EmbeddingJudge`)?
+#   (mean pairwise cosine; `atomsnb.judges.EmbeddingJudge`)?
 # - optionally an **LLM judge** with the prompt in `atomsnb/prompts/monosemanticity.md`, and **human ratings**
 #   from a blinded rating sheet this chapter exports.
 #
@@ -46,7 +46,7 @@ layer = 2  # residual stream after this block
 corpus = "docstrings"
 n_train_tokens = 40_000  # activations that fit S and train the SAEs
 n_eval_tokens = 20_000  # held-out activations: the contexts come from these
-capacity = 4  # |D| = capacity * d_model
+capacity = 4  # dictionary size in units of d_model (paper: 4)
 n_steps = 600  # SAE training steps (a CPU budget of about half a minute; chapter 2 trains longer)
 batch_size = 2048
 feature_coefficient = 3e-2  # standard SAE, L1
@@ -66,7 +66,7 @@ llm_api_key = None  # better: set OPENAI_API_KEY (a key given here is saved in t
 ratings_file = None  # a filled rating sheet (CSV) exported by this chapter, to add the human judge
 device = "cpu"
 dtype = "float32"
-threads = 1  # torch CPU threads: 1 keeps the run fast on a shared machine; None = torch's default
+threads = 1  # torch CPU threads: 1 keeps the run fast on a shared machine; None: the torch default
 
 # %%
 import os
@@ -324,11 +324,16 @@ print(f"q* orders the sets {' > '.join(order_q)}; "
 print(f"Offline verdict: {n_up} of {n_all} atom comparisons have a 95% CI above 0.")
 
 # %% [markdown]
-# What would change this verdict: the offline judges measure two proxies of meaning (one token type; one topic in
-# a sentence embedding) and read short docstring contexts of a small model; an LLM judge or human ratings
-# (parameters above) ask the paper's question directly. More training (chapter 2 trains longer), a larger model
-# (`-p model google/gemma-2-2b -p device cuda`), more units (`-p n_units 200`) for narrower intervals, or other
-# sparsity coefficients would each move the numbers.
+# How to read this. The two offline judges measure two proxies of meaning. Token concentration asks whether a
+# unit is about one token type; a unit about one concept written with many words scores low on it. Embedding
+# coherence asks whether a sentence-embedding model finds the contexts alike; it also rewards units that fire on one
+# *genre* of text (doctest code against prose, say) without one meaning, which is one reason a set can score well on
+# one judge and not the other, and why their agreement over units is only moderate. Neither is the paper's judge.
+#
+# What would change this verdict: an LLM judge or human ratings (parameters above), which ask the paper's question
+# directly; longer training (chapter 2 trains longer); a larger model (`-p model google/gemma-2-2b -p device cuda`);
+# more units (`-p n_units 200`) for narrower intervals; other sparsity coefficients; or top contexts from a different
+# text domain than the docstrings the model and the SAEs were trained on.
 
 # %% tags=["nbval-ignore-output"]
 print(f"chapter ran in {time.time() - t_start:.0f} s")
