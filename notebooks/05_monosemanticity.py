@@ -149,6 +149,17 @@ for i, name in enumerate(SETS):
 
 # %% [markdown]
 # ## The judges and their chance baselines
+#
+# For a unit with top contexts $c_1, \dots, c_k$ (tokens $t_i$, compared lowercased and stripped of white space):
+#
+# $$
+# \mathrm{TC} = \max_t \, \mathrm{clip}\!\left(\frac{s(t) - p(t)}{1 - p(t)}, 0, 1\right), \qquad
+# \mathrm{EC} = \frac{2}{k(k-1)} \sum_{i<j} \cos(e_i, e_j),
+# $$
+#
+# where $s(t)$ is the share of the $k$ contexts whose token is $t$, $p(t)$ the base rate of $t$ in the held-out text,
+# and $e_i$ the sentence embedding of context $c_i$. TC is 1 when every context is one token type and near 0 when no
+# type is over-represented; EC is read against its chance level, since unrelated texts have positive cosine.
 
 # %% tags=["nbval-ignore-output"]
 tc_judge = J.TokenConcentrationJudge.from_activations(held, lm.tokenizer)
