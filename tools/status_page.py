@@ -4,8 +4,8 @@
 
 Every chapter records its claim checks with :func:`atomsnb.claims.record` as JSON lines in
 ``$ATOMSNB_CLAIMS_DIR/<chapter>.jsonl`` while it executes. This script reads them and writes one
-Markdown page: a count of verdicts, then one table per chapter (claim, where it is tested, model,
-the paper's number beside ours, verdict). Nothing on the page is typed by hand.
+Markdown page: a count of verdicts, then one table per chapter (verdict first; the claim with its
+criterion and where it is tested; the paper's number beside ours and the model ours ran on). Nothing on the page is typed by hand.
 
 The script refuses to write a page that could be stale or incomplete: it exits non-zero with a message
 naming the chapter if a notebook in ``notebooks/`` has no claims file (or an empty one), if a claims file is
@@ -132,13 +132,14 @@ def render(chapters: list[tuple[Path, list[dict]]], params_dir: Path) -> str:
         title = chapter_title(src)
         doc = f"chapters/{src.stem}"
         lines += [f"## {{doc}}`{md(title)} <{doc}>`", ""]
-        lines += ["| claim | tested in | model | paper's number | ours | verdict |", "|---|---|---|---|---|---|"]
+        lines += ["| verdict | claim | paper's number | ours |", "|---|---|---|---|"]
         not_run = []
         for r in recs:
             lines.append(
-                f"| {md(r['statement'])}<br>criterion: {md(r['criterion'])} "
-                f"| {{doc}}`chapter {src.stem[:2]} <{doc}>`, `{r['claim_id']}` "
-                f"| {md(r['model'])} | {md(r['paper'])} | {md(r['ours'])} | *{r['verdict']}* |"
+                f"| **{r['verdict']}** "
+                f"| {md(r['statement'])}<br><small>criterion: {md(r['criterion'])}; tested in "
+                f"{{doc}}`chapter {src.stem[:2]} <{doc}>` (`{r['claim_id']}`)</small> "
+                f"| {md(r['paper'])} | {md(r['ours'])}<br><small>on {md(r['model'])}</small> |"
             )
             if r["verdict"] == "not run here":
                 not_run.append(r)
