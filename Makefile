@@ -79,10 +79,11 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update && apt-get install -y chromium
 
-# pytest over the package, the browser test and nbval over the executed chapters; then the teaching guide's
+# pytest over the package, the browser test and nbval over the executed chapters (with ATOMSNB_CLAIMS_DIR unset,
+# so that nbval's re-execution does not record the chapters' claims a second time); then the teaching guide's
 # exercise tests against the solutions (students run `pytest exercises` on their own answers).
 test: model $(EXECUTED) book/_build/html/index.html | $(CHROMIUM)
-	$(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
 clean:

@@ -82,6 +82,9 @@ def load_claims(notebooks: Path, claims_dir: Path) -> list[tuple[Path, list[dict
                 problems.append(f"{path}:{i}: verdict {rec['verdict']!r} is not one of {VERDICTS}")
             elif rec["chapter"] != src.stem:
                 problems.append(f"{path}:{i}: record of chapter {rec['chapter']!r} in the file of {src.stem!r}")
+            elif any(r["claim_id"] == rec["claim_id"] for r in records):
+                problems.append(f"{path}:{i}: claim {rec['claim_id']!r} recorded twice (the chapter ran twice into one "
+                                f"file; re-execute it: rm -f book/chapters/{src.stem}.ipynb && make book)")
             else:
                 records.append(rec)
         if not records and not any(p.startswith(str(path)) for p in problems):
