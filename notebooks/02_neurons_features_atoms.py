@@ -46,6 +46,7 @@ whitened_relu_coefficient = 0.1  # ablation; None to skip
 seed = 0
 device = "cpu"
 dtype = "float32"
+threads = 1  # torch CPU threads; 1 makes training bit-reproducible on a busy machine (nbval re-runs this chapter); None = torch's default
 
 # %%
 import warnings
@@ -53,6 +54,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto, imported by transformers
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 
 from atomsnb import claims, plots
 from atomsnb.activations import ActivationConfig, collect_activations
@@ -62,6 +64,8 @@ from atomsnb.units import compare_unit_sets, default_sae_config, default_unit_se
 
 CHAPTER = "02_neurons_features_atoms"
 pd.set_option("display.width", 160)
+if threads:
+    torch.set_num_threads(threads)
 
 # %% [markdown]
 # ## Activations and the AIP
