@@ -7,6 +7,14 @@ One module per idea of the paper:
 - :mod:`atomsnb.default_model`: the small GPT-2-architecture model built offline.
 - :mod:`atomsnb.models`: one loader for every causal LM (hub name, local path, the default).
 - :mod:`atomsnb.activations`: residual-stream activations through forward hooks, cached.
+- :mod:`atomsnb.shift`: representation shift per layer, held-out and other-domain text, related pairs (paper §3).
+- :mod:`atomsnb.metrics`: ``R^2`` (AIP and Euclidean), coherence, ``q*``, L0, dead latents (SPEC §3-4).
+- :mod:`atomsnb.sae`: the TSAE (JumpReLU), the ReLU + L1 baseline and the identifiability construction (SPEC §5-6).
+- :mod:`atomsnb.synthetic`: the toy world with known atoms (SPEC §7).
+- :mod:`atomsnb.units`: neurons, features and atoms trained and evaluated the same way (paper §4-6).
+- :mod:`atomsnb.runner`, :mod:`atomsnb.grid`: resumable experiment grids and the paper's two large experiments.
+- :mod:`atomsnb.contexts`, :mod:`atomsnb.judges`, :mod:`atomsnb.ratings`: monosemanticity (paper §7).
+- :mod:`atomsnb.plots`: the book's figures.
 - :mod:`atomsnb.claims`: each chapter's claim checks, for the reproduction-status page.
 """
 
