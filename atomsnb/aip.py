@@ -238,6 +238,23 @@ class AIP:
             f["W_sym"] = (U * lam.sqrt()) @ U.T  # S^{1/2}
         return x @ f["W_sym"].T
 
+    def unwhiten(self, y: torch.Tensor) -> torch.Tensor:
+        """Map whitened rows back to raw coordinates, the inverse of :meth:`whiten` (Cholesky route, SPEC §1.2).
+
+        Args:
+            y: ``[n, r]`` whitened coordinates.
+
+        Returns:
+            ``[n, d_model]`` float64: ``y L^T`` (Cholesky), or ``y (W^+)^T`` with ``pinv=True`` (exact on the range of ``M``).
+        """
+        f = self._finalize()
+        y = torch.as_tensor(y).to(torch.float64)
+        if self.pinv:
+            if "W_pinv" not in f:
+                f["W_pinv"] = torch.linalg.pinv(f["W"])  # [H, r]
+            return y @ f["W_pinv"].T
+        return y @ f["L"].T
+
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         """AIP norm ``||x||_S = sqrt(x^T S x)`` of each row of ``x`` ``[n, d_model]`` -> ``[n]``."""
         return self.whiten(x).norm(dim=1)

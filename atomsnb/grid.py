@@ -34,7 +34,7 @@ from .sae import train_sae
 from .units import UnitSetSpec, compare_unit_sets, default_sae_config
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
-           "critical_capacity", "paper_table"]
+           "critical_capacity", "paper_table", "PAPER_ATOMS", "compare_with_paper"]
 
 
 def code_version() -> str:
@@ -256,3 +256,42 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
                          "n_layers": int(g["layer"].nunique()), "R^2": g[f"{fam}_r2_aip"].mean(),
                          "q*": g[f"{fam}_q_star"].mean()})
     return pd.DataFrame(rows)
+
+
+#: The paper's per-model atoms table (paper §6; the paper's numbers, fractions) and the parameter file that runs each.
+PAPER_ATOMS = (
+    {"model": "google/gemma-2-2b", "layers": "1-26", "R^2": 0.9992, "q*": 0.9974, "params": "params/gemma-2-2b.yaml"},
+    {"model": "google/gemma-2-9b", "layers": "1-42", "R^2": 0.9993, "q*": 0.9987, "params": "params/gemma-2-9b.yaml"},
+    {"model": "meta-llama/Llama-3.1-8B", "layers": "1-30", "R^2": 0.9985, "q*": 0.9995, "params": "params/llama-3.1-8b.yaml"},
+)
+
+
+def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS) -> pd.DataFrame:
+    """The paper's per-model rows beside ours (atoms, averaged over layers), for chapter 4's table.
+
+    Args:
+        ours: the output of :func:`paper_table`.
+        paper: the paper's rows (default :data:`PAPER_ATOMS`).
+
+    Returns:
+        Rows with ``model``, ``layers``, ``source`` (``"paper"``, ``"ours (this build)"`` or ``"not run here"``),
+        ``R^2`` and ``q*`` formatted as percentages, and for rows not run here the ``command`` that would run them.
+        Models of ours that the paper did not report follow the paper's rows.
+    """
+    atoms = ours[ours["unit set"] == "atoms"]
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    rows = []
+    for r in paper:
+        rows.append({"model": r["model"], "layers": r["layers"], "source": "paper", "R^2": pct(r["R^2"]), "q*": pct(r["q*"])})
+        mine = atoms[atoms["model"] == r["model"]]
+        if len(mine):
+            rows.append({"model": r["model"], "layers": mine["layers"].iloc[0], "source": "ours (this build)",
+                         "R^2": pct(mine["R^2"].iloc[0]), "q*": pct(mine["q*"].iloc[0])})
+        else:
+            rows.append({"model": r["model"], "layers": r["layers"], "source": "not run here",
+                         "command": f"tools/run_notebook.py notebooks/04_per_model_results.py out.ipynb -f {r['params']}"})
+    reported = {r["model"] for r in paper}
+    for _, r in atoms[~atoms["model"].isin(reported)].iterrows():
+        rows.append({"model": r["model"], "layers": r["layers"], "source": "ours (this build)", "R^2": pct(r["R^2"]),
+                     "q*": pct(r["q*"])})
+    return pd.DataFrame(rows).fillna("")

@@ -57,7 +57,6 @@ __all__ = [
     "ConstructedTSAE",
     "construct_tsae",
     "refit_on_support",
-    "unwhiten",
 ]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -187,25 +186,6 @@ class JumpReLUFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------------------
 # Whitening helpers
 # ---------------------------------------------------------------------------------------------------------------------
-def unwhiten(aip: AIP, y: torch.Tensor) -> torch.Tensor:
-    """Map whitened rows back to raw coordinates, ``m = W^{-1} y`` (``W^+`` for a pseudo-inverse AIP) (SPEC §1.2, §6).
-
-    Args:
-        aip: the fitted AIP.
-        y: ``[n, r]`` whitened coordinates.
-
-    Returns:
-        ``[n, d_model]`` float64, the inverse of :meth:`AIP.whiten` (Cholesky route: ``y L^T``).
-    """
-    f = aip._finalize()
-    y = torch.as_tensor(y).to(torch.float64)
-    if aip.pinv:
-        if "W_pinv" not in f:
-            f["W_pinv"] = torch.linalg.pinv(f["W"])  # [H, r]
-        return y @ f["W_pinv"].T
-    return y @ f["L"].T
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The module
 # ---------------------------------------------------------------------------------------------------------------------
@@ -397,14 +377,14 @@ class SparseAutoencoder(nn.Module):
         """The atoms in raw coordinates, ``D = W^{-1} D~`` ``[d_model, N]`` float64 (SPEC §6)."""
         self._check_aip(aip)
         D = self.W_dec.detach().to(torch.float64)
-        return unwhiten(aip, D.T).T.contiguous() if self.whitened else D.clone()
+        return aip.unwhiten(D.T).T.contiguous() if self.whitened else D.clone()
 
     @torch.no_grad()
     def bias_raw(self, aip: AIP | None = None) -> torch.Tensor:
         """Decoder bias in raw coordinates, ``input_scale * W^{-1} b_d`` ``[d_model]`` float64."""
         self._check_aip(aip)
         b = self.b_dec.detach().to(torch.float64)
-        b = unwhiten(aip, b[None])[0] if self.whitened else b
+        b = aip.unwhiten(b[None])[0] if self.whitened else b
         return b * self.input_scale
 
     @torch.no_grad()

@@ -59,7 +59,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from atomsnb import claims, plots
-from atomsnb.grid import LayerStudyConfig, layer_point, paper_table
+from atomsnb.grid import PAPER_ATOMS, LayerStudyConfig, compare_with_paper, layer_point, paper_table
 from atomsnb.runner import results_dir, run_grid
 
 CHAPTER = "04_per_model_results"
@@ -93,30 +93,7 @@ plt.show()
 # book build) say so, with the command that would run them.
 
 # %%
-ours = paper_table(df)
-ours = ours[ours["unit set"] == "atoms"].assign(source="ours (this build)")
-paper_rows = pd.DataFrame([
-    {"model": "google/gemma-2-2b", "layers": "1-26", "R^2": 0.9992, "q*": 0.9974, "params": "params/gemma-2-2b.yaml"},
-    {"model": "google/gemma-2-9b", "layers": "1-42", "R^2": 0.9993, "q*": 0.9987, "params": "params/gemma-2-9b.yaml"},
-    {"model": "meta-llama/Llama-3.1-8B", "layers": "1-30", "R^2": 0.9985, "q*": 0.9995, "params": "params/llama-3.1-8b.yaml"},
-])
-rows = []
-for _, r in paper_rows.iterrows():
-    rows.append({"model": r["model"], "layers": r["layers"], "source": "paper", "R^2": r["R^2"], "q*": r["q*"]})
-    mine = ours[ours["model"] == r["model"]]
-    if len(mine):
-        rows.append({"model": r["model"], "layers": mine["layers"].iloc[0], "source": "ours (this build)",
-                     "R^2": mine["R^2"].iloc[0], "q*": mine["q*"].iloc[0]})
-    else:
-        rows.append({"model": r["model"], "layers": r["layers"], "source": "not run here", "R^2": None, "q*": None,
-                     "command": f"tools/run_notebook.py notebooks/04_per_model_results.py out.ipynb -f {r['params']}"})
-for _, r in ours.iterrows():
-    if r["model"] not in set(paper_rows["model"]):
-        rows.append({"model": r["model"], "layers": r["layers"], "source": "ours (this build)", "R^2": r["R^2"], "q*": r["q*"]})
-table = pd.DataFrame(rows)
-table["R^2"] = table["R^2"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-table["q*"] = table["q*"].map(lambda v: "" if pd.isna(v) else f"{100 * v:.2f}%")
-table.fillna("")
+compare_with_paper(paper_table(df))
 
 # %%
 full = paper_table(df).set_index("unit set")
@@ -136,7 +113,7 @@ _ = claims.record(
     model=f"{model}, {n_steps} steps on {n_train_tokens:,} tokens per layer",
     verdict="reproduced" if atoms_row["R^2"] >= 0.99 and atoms_row["q*"] >= 0.99 else "not reproduced",
     criterion="mean over layers of held-out R^2 >= 0.99 and q* >= 0.99")
-for _, r in paper_rows.iterrows():
+for r in PAPER_ATOMS:
     if r["model"] != model:
         _ = claims.record(
             CHAPTER, f"layers.{r['model'].split('/')[-1]}",

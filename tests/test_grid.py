@@ -82,3 +82,18 @@ def test_critical_capacity():
                        "train_r2_aip": [0.5, 0.995, 1.0, 0.4, 0.6]})
     c = critical_capacity(df, threshold=0.99)
     assert c[10] == 2 and math.isnan(c[20])
+
+
+def test_compare_with_paper_marks_what_was_not_run():
+    from atomsnb.grid import PAPER_ATOMS, compare_with_paper
+
+    ours = pd.DataFrame([{"model": "google/gemma-2-2b", "unit set": "atoms", "layers": "1-26", "R^2": 0.5, "q*": 0.25},
+                         {"model": "mine", "unit set": "atoms", "layers": "1-4", "R^2": 0.7, "q*": 0.1},
+                         {"model": "mine", "unit set": "features", "layers": "1-4", "R^2": -3.0, "q*": 0.1}])
+    t = compare_with_paper(ours)
+    assert len(t) == 2 * len(PAPER_ATOMS) + 1
+    gemma = t[t["model"] == "google/gemma-2-2b"].set_index("source")
+    assert gemma.loc["paper", "R^2"] == "99.92%" and gemma.loc["ours (this build)", "q*"] == "25.00%"
+    not_run = t[t["source"] == "not run here"]
+    assert len(not_run) == 2 and not_run["command"].str.contains("params/gemma-2-9b.yaml").any()
+    assert t.iloc[-1]["model"] == "mine" and t.iloc[-1]["R^2"] == "70.00%"

@@ -12,7 +12,7 @@ from atomsnb.io import CacheCorruptError
 from atomsnb.metrics import r2, r2_all
 from atomsnb.sae import (
     JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, compute_grads, construct_tsae,
-    feasible_threshold_interval, load_sae, neuron_baseline, rectangle, refit_on_support, save_sae, train_sae, unwhiten,
+    feasible_threshold_interval, load_sae, neuron_baseline, rectangle, refit_on_support, save_sae, train_sae,
 )
 from atomsnb.synthetic import SyntheticConfig, atom_recovery, make_world, support_recovery
 
@@ -169,8 +169,8 @@ def test_raw_coordinate_maps_are_consistent(small_world):
     assert torch.allclose(xr, codes @ sae.dictionary_raw(aip).T + sae.bias_raw(aip), atol=1e-10)
     # same thing through the SAE's own coordinates: m_hat = c W^{-1} x_hat
     x_hat = sae(sae.to_input(m, aip)).x_hat
-    assert torch.allclose(xr, 4.0 * unwhiten(aip, x_hat), atol=1e-10)
-    assert torch.allclose(unwhiten(aip, aip.whiten(m)), m.double(), atol=1e-10)
+    assert torch.allclose(xr, 4.0 * aip.unwhiten(x_hat), atol=1e-10)
+    assert torch.allclose(aip.unwhiten(aip.whiten(m)), m.double(), atol=1e-10)
     with pytest.raises(ValueError, match="whitened coordinates"):
         sae.encode_raw(m)
 
