@@ -17,9 +17,11 @@ Conventions used throughout:
   ``G = D~^T D~`` (SPEC §4), so every number here is invariant under ``x -> A x`` for covariant
   dictionaries (SPEC §1.3). Everything is computed in float64.
 
-The field's standard names (SAELens ``evals.py``) are used for the standard quantities:
-:func:`l0`, :func:`dead_latents`, :func:`explained_variance`; our own names (``r2_aip``,
-``q_star``) only for what is new.
+The field's standard names (SAELens ``evals.py``, sparsify) are used for the standard quantities, one
+name per quantity: :func:`explained_variance` (Euclidean, pooled), :func:`fvu` (``1 -`` that),
+:func:`l0` (mean active latents per token), ``frac_dead`` / ``n_dead`` (:func:`dead_latents`: the
+fraction / the number of latents never active); our own names only for what is new:
+:func:`r2_aip` (``R^2`` in the AIP, which needs the fitted AIP: there is no default) and ``q_star``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import torch
 from .aip import AIP
 
 __all__ = [
-    "r2",
+    "r2_aip",
     "r2_all",
     "explained_variance",
+    "fvu",
+    "METRIC_LABELS",
     "l0",
     "DeadLatents",
     "dead_latents",
@@ -70,12 +74,42 @@ def _check_pair(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, tor
         raise ValueError(f"x and x_hat must have the same shape [n_tokens, d_model]; got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     if x.shape[0] == 0:
         raise ValueError("x has no rows: R^2 of an empty set is undefined")
+    for name, t in (("x", x), ("x_hat", x_hat)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).any(dim=1).sum())
+            raise ValueError(f"{name} has NaN or inf in {n_bad} of {t.shape[0]} rows: a metric of it would be NaN")
     return x, x_hat
+
+
+#: Reader-ready column headers (units included) for the metric names of this module, used by every reader table.
+METRIC_LABELS = {
+    "r2_aip": "R² (AIP)",
+    "explained_variance": "explained variance (Euclidean)",
+    "fvu": "FVU (Euclidean)",
+    "r2_per_dim": "R² (per dimension)",
+    "r2_uncentred": "R² (uncentred, Euclidean)",
+    "q_star": "q*",
+    "l0": "L0 (latents/token)",
+    "frac_dead": "dead latents (fraction)",
+    "n_dead": "dead latents (count)",
+    "n_latents": "|D| (latents)",
+    "n_alive": "alive latents (count)",
+    "l0_coefficient": "L0 coefficient",
+    "l1_coefficient": "L1 coefficient",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Faithfulness (SPEC §3)
 # ---------------------------------------------------------------------------------------------------------------------
+def _check_aip(aip, d_model: int) -> None:
+    if not isinstance(aip, AIP):
+        raise TypeError(f"aip must be a fitted atomsnb.aip.AIP (R^2 in the AIP needs S); got {type(aip).__name__}. "
+                        "For the Euclidean quantity use explained_variance(x, x_hat)")
+    if aip.d_model != d_model:
+        raise ValueError(f"the AIP was fitted on d_model={aip.d_model} but x has d_model={d_model}")
+
+
 def _r2_aip(x: torch.Tensor, x_hat: torch.Tensor, aip: AIP) -> float:
     sse = 0.0
     sst = 0.0
@@ -89,11 +123,37 @@ def _r2_aip(x: torch.Tensor, x_hat: torch.Tensor, aip: AIP) -> float:
     return 1.0 - sse / sst
 
 
+def r2_aip(x: torch.Tensor, x_hat: torch.Tensor, aip: AIP) -> float:
+    """Faithfulness ``R^2`` in the AIP, the primary metric of the book (paper §4, SPEC §3).
+
+    ``R^2_S = 1 - sum_n ||x_n - x_hat_n||_S^2 / sum_n ||x_n||_S^2``: uncentred, in the metric
+    ``S = E[hh^T]^{-1}``, hence invariant under ``x -> A x`` when ``S`` is re-estimated (SPEC §1.3).
+    It is *not* the Euclidean :func:`explained_variance` (SAELens' ``explained_variance``); the two
+    have separate names so that neither is ever returned in place of the other.
+
+    Args:
+        x: activations ``[n_tokens, d_model]`` (raw coordinates, any float dtype).
+        x_hat: reconstructions ``[n_tokens, d_model]``.
+        aip: the fitted :class:`~atomsnb.aip.AIP` (fit it on data disjoint from ``x`` for held-out numbers). Required.
+
+    Returns:
+        A float ``<= 1`` (1 for a perfect reconstruction; can be negative).
+
+    Raises:
+        TypeError: ``aip`` is not an :class:`~atomsnb.aip.AIP` (e.g. ``None``).
+        ValueError: shapes differ, ``x`` is empty, NaN/inf in ``x`` or ``x_hat``, the AIP's ``d_model`` differs,
+            or every activation is zero.
+    """
+    x, x_hat = _check_pair(x, x_hat)
+    _check_aip(aip, x.shape[1])
+    return _r2_aip(x, x_hat, aip)
+
+
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Euclidean fraction of variance explained, ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` (SPEC §3 [Alt]).
 
     SAELens calls this ``explained_variance`` (the pooled version over all tokens, not the
-    per-token average). It is *not* invariant under ``x -> A x``.
+    per-token average). It is *not* invariant under ``x -> A x``; see :func:`r2_aip` for the AIP metric.
 
     Args:
         x: activations ``[n_tokens, d_model]``.
@@ -103,7 +163,7 @@ def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
         A float ``<= 1`` (1 for a perfect reconstruction; can be negative).
 
     Raises:
-        ValueError: shapes differ, ``x`` is empty, or ``x`` has zero variance.
+        ValueError: shapes differ, ``x`` is empty, NaN/inf in ``x`` or ``x_hat``, or ``x`` has zero variance.
     """
     x, x_hat = _check_pair(x, x_hat)
     x, x_hat = x.to(torch.float64), x_hat.to(torch.float64)
@@ -114,29 +174,15 @@ def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return 1.0 - sse / sst
 
 
-def r2(x: torch.Tensor, x_hat: torch.Tensor, aip: AIP | None = None) -> float:
-    """Faithfulness ``R^2`` of a reconstruction (paper §4, SPEC §3).
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Fraction of variance unexplained, ``1 - explained_variance(x, x_hat)`` (Euclidean; sparsify's ``fvu``).
 
-    With an ``aip`` this is the primary AIP metric
-    ``R^2_S = 1 - sum_n ||x_n - x_hat_n||_S^2 / sum_n ||x_n||_S^2`` (uncentred, invariant under
-    ``x -> A x`` when ``S`` is re-estimated, SPEC §1.3). Without one it is the Euclidean
-    :func:`explained_variance`.
-
-    Args:
-        x: activations ``[n_tokens, d_model]`` (raw coordinates, any float dtype).
-        x_hat: reconstructions ``[n_tokens, d_model]``.
-        aip: the fitted :class:`~atomsnb.aip.AIP` (fit it on data disjoint from ``x`` for held-out numbers).
+    Args and Raises: as :func:`explained_variance`.
 
     Returns:
-        A float ``<= 1``.
-
-    Raises:
-        ValueError: shapes differ, ``x`` is empty, or the denominator is zero.
+        A float ``>= 0`` (0 for a perfect reconstruction).
     """
-    x, x_hat = _check_pair(x, x_hat)
-    if aip is None:
-        return explained_variance(x, x_hat)
-    return _r2_aip(x, x_hat, aip)
+    return 1.0 - explained_variance(x, x_hat)
 
 
 def r2_all(x: torch.Tensor, x_hat: torch.Tensor, aip: AIP) -> dict[str, float]:
@@ -157,9 +203,10 @@ def r2_all(x: torch.Tensor, x_hat: torch.Tensor, aip: AIP) -> dict[str, float]:
         - ``r2_uncentred``: Euclidean uncentred, ``1 - SSE / sum ||x||^2``.
 
     Raises:
-        ValueError: as :func:`r2`.
+        TypeError, ValueError: as :func:`r2_aip`.
     """
     x, x_hat = _check_pair(x, x_hat)
+    _check_aip(aip, x.shape[1])
     xd, xh = x.to(torch.float64), x_hat.to(torch.float64)
     err2 = (xd - xh) ** 2
     sse_d = err2.sum(dim=0)
@@ -200,16 +247,19 @@ def l0(codes: torch.Tensor) -> float:
 class DeadLatents(NamedTuple):
     """Latents never active on the evaluated tokens (SAELens "dead latents")."""
 
-    count: int
-    """Number of latents that are zero on every evaluated token."""
-    fraction: float
-    """``count / n_latents``."""
+    n_dead: int
+    """Number of latents that are zero on every evaluated token (a count)."""
+    frac_dead: float
+    """``n_dead / n_latents`` (a fraction in ``[0, 1]``)."""
     mask: torch.Tensor
     """``[n_latents]`` bool, True where the latent is dead."""
 
 
 def dead_latents(codes: torch.Tensor) -> DeadLatents:
-    """Count the latents that never fire on ``codes`` ``[n_tokens, n_latents]`` (SAELens "dead latents").
+    """The latents that never fire on ``codes`` ``[n_tokens, n_latents]`` (SAELens "dead latents").
+
+    Returns:
+        A :class:`DeadLatents` with ``n_dead`` (count), ``frac_dead`` (fraction) and the ``mask``.
 
     Raises:
         ValueError: ``codes`` is not 2-D or has no latents.
@@ -638,12 +688,18 @@ def evaluate_dictionary(x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tenso
 
     Returns:
         ``{"r2_aip", "explained_variance", "r2_per_dim", "r2_uncentred", "q_star", "l0",
-        "dead_latents" (fraction), "n_dead", "n_latents", "n_alive"}``, and with ``return_q_star`` the
+        "frac_dead" (fraction), "n_dead" (count), "n_latents", "n_alive"}``, and with ``return_q_star`` the
         tuple ``(that dict, QStarResult)``.
+
+    Raises:
+        TypeError, ValueError: as :func:`r2_aip` and :func:`q_star`; codes whose row count differs from ``x``'s.
     """
+    codes = _as2d(codes, "codes")
+    if codes.shape[0] != torch.as_tensor(x).shape[0]:
+        raise ValueError(f"codes have {codes.shape[0]} rows but x has {torch.as_tensor(x).shape[0]}: one code per activation")
     out: dict[str, float] = dict(r2_all(x, x_hat, aip))
     qs = q_star(codes, dictionary, aip, estimator=estimator)
     dl = dead_latents(codes)
-    out.update(q_star=qs.q_star, l0=l0(codes), dead_latents=dl.fraction, n_dead=dl.count,
+    out.update(q_star=qs.q_star, l0=l0(codes), frac_dead=dl.frac_dead, n_dead=dl.n_dead,
                n_latents=int(codes.shape[1]), n_alive=qs.n_alive)
     return (out, qs) if return_q_star else out

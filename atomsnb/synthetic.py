@@ -306,7 +306,7 @@ def check_construction(world: SyntheticWorld, aip: AIP, *, n_tau: int = 64) -> C
     Returns:
         A :class:`ConstructionCheck`.
     """
-    from .metrics import r2
+    from .metrics import r2_aip
     from .sae import construct_tsae, feasible_threshold_interval, refit_on_support
 
     c = construct_tsae(world.mixed_atoms, aip, 1.0)
@@ -329,8 +329,8 @@ def check_construction(world: SyntheticWorld, aip: AIP, *, n_tau: int = 64) -> C
     codes = sae.encode_raw(world.acts)
     delta = refit_on_support(world.acts, codes, c.dictionary, aip)
     return ConstructionCheck(c.eps, K, dmin, dmax, bool(iv.nonempty), dmin / dmax - c.eps * (2 * K - 1), tau, sup,
-                             float(rec.max()), r2(world.acts, sae.reconstruct_raw(world.acts), aip),
-                             r2(world.acts, delta @ c.dictionary.T, aip))
+                             float(rec.max()), r2_aip(world.acts, sae.reconstruct_raw(world.acts), aip),
+                             r2_aip(world.acts, delta @ c.dictionary.T, aip))
 
 
 def construction_phase_grid(configs: list[SyntheticConfig], *, n_tau: int = 64, progress: bool = True):

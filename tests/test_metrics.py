@@ -9,8 +9,8 @@ import torch
 
 from atomsnb.aip import AIP
 from atomsnb.metrics import (
-    coherence, dead_latents, evaluate_dictionary, explained_variance, gram_abs, iter_coherence_blocks, l0, q_star,
-    q_star_from_samples, r2, r2_all, support_coherence, uniqueness_bound, uniqueness_certificate, whitened_atoms,
+    coherence, dead_latents, evaluate_dictionary, explained_variance, fvu, gram_abs, iter_coherence_blocks, l0, q_star,
+    q_star_from_samples, r2_aip, r2_all, support_coherence, uniqueness_bound, uniqueness_certificate, whitened_atoms,
 )
 from atomsnb.synthetic import SyntheticConfig, make_world
 
@@ -71,7 +71,7 @@ def test_r2_values_on_a_hand_example():
     xh = torch.tensor([[1.0, 1.0], [3.0, 2.0]], dtype=torch.float64)
     # SSE = 1; centred SST = 2 + 2 = 4; uncentred = 1 + 13 = 14
     assert explained_variance(x, xh) == pytest.approx(0.75, abs=1e-15)
-    assert r2(x, xh) == pytest.approx(0.75, abs=1e-15)
+    assert fvu(x, xh) == pytest.approx(0.25, abs=1e-15)
     aip = AIP.fit(x, min_tokens_per_dim=1)
     out = r2_all(x, xh, aip)
     assert out["r2_uncentred"] == pytest.approx(1 - 1 / 14, abs=1e-15)
@@ -81,7 +81,8 @@ def test_r2_values_on_a_hand_example():
     e = x - xh
     ref = 1 - float(torch.einsum("ni,ij,nj->", e, S, e) / torch.einsum("ni,ij,nj->", x, S, x))
     assert out["r2_aip"] == pytest.approx(ref, abs=1e-12)
-    assert r2(x, xh, aip) == out["r2_aip"]
+    assert r2_aip(x, xh, aip) == out["r2_aip"]
+    assert r2_aip(x, xh, aip) != explained_variance(x, xh)  # two quantities, two names
 
 
 def test_r2_aip_invariant_under_mixing_euclidean_is_not(mild):
@@ -92,7 +93,7 @@ def test_r2_aip_invariant_under_mixing_euclidean_is_not(mild):
     x_hat = noisy_codes @ world.mixed_atoms.T
     A = torch.randn(32, 32, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(0, -1, 32, dtype=torch.float64))
     aip_A = AIP.fit(x @ A.T)
-    before, after = r2(x, x_hat, aip), r2(x @ A.T, x_hat @ A.T, aip_A)
+    before, after = r2_aip(x, x_hat, aip), r2_aip(x @ A.T, x_hat @ A.T, aip_A)
     assert 0.3 < before < 0.99
     tol = _roundoff(aip_A)
     assert after == pytest.approx(before, abs=tol)
@@ -103,14 +104,31 @@ def test_r2_aip_invariant_under_mixing_euclidean_is_not(mild):
     ev_before, ev_after = explained_variance(x, x_drop), explained_variance(x @ B.T, x_drop @ B.T)
     assert ev_before > 0.99 and ev_after < 0.9
     aip_B = AIP.fit(x @ B.T)
-    assert r2(x @ B.T, x_drop @ B.T, aip_B) == pytest.approx(r2(x, x_drop, aip), abs=_roundoff(aip_B))
+    assert r2_aip(x @ B.T, x_drop @ B.T, aip_B) == pytest.approx(r2_aip(x, x_drop, aip), abs=_roundoff(aip_B))
 
 
 def test_r2_rejects_bad_shapes(aip):
     with pytest.raises(ValueError, match="same shape"):
-        r2(torch.zeros(3, 32), torch.zeros(4, 32), aip)
+        r2_aip(torch.zeros(3, 32), torch.zeros(4, 32), aip)
     with pytest.raises(ValueError, match="zero variance"):
         explained_variance(torch.ones(5, 2), torch.ones(5, 2))
+
+
+def test_r2_aip_requires_the_aip_and_refuses_what_would_be_silently_wrong(aip):
+    x = torch.randn(10, 32, dtype=torch.float64)
+    # no silent switch to the Euclidean quantity: the AIP is required
+    with pytest.raises(TypeError, match="explained_variance"):
+        r2_aip(x, x, None)
+    with pytest.raises(ValueError, match="d_model=32 but x has d_model=4"):
+        r2_aip(x[:, :4], x[:, :4], aip)
+    bad = x.clone()
+    bad[3, 5] = float("nan")
+    with pytest.raises(ValueError, match="x_hat has NaN or inf in 1 of 10 rows"):
+        r2_aip(x, bad, aip)
+    with pytest.raises(ValueError, match="x has NaN or inf"):
+        explained_variance(bad, x)
+    with pytest.raises(TypeError, match="AIP"):
+        r2_all(x, x, None)
 
 
 # ----------------------------------------------------------------------------------------------------- SAE metrics
@@ -118,7 +136,7 @@ def test_l0_and_dead_latents():
     codes = torch.tensor([[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 3.0], [0.0, -1.0, 0.0, 0.0]])
     assert l0(codes) == pytest.approx(4 / 3)
     d = dead_latents(codes)
-    assert d.count == 2 and d.fraction == 0.5 and d.mask.tolist() == [True, False, True, False]
+    assert d.n_dead == 2 and d.frac_dead == 0.5 and d.mask.tolist() == [True, False, True, False]
 
 
 # ----------------------------------------------------------------------------------------------------- coherence
@@ -272,5 +290,6 @@ def test_uniqueness_certificate(world, aip):
 def test_evaluate_dictionary_neurons(world, aip):
     out = evaluate_dictionary(world.acts, world.acts, world.acts, torch.eye(32, dtype=torch.float64), aip)
     assert out["r2_aip"] == pytest.approx(1.0, abs=1e-12) and out["explained_variance"] == pytest.approx(1.0, abs=1e-12)
-    assert out["l0"] == 32.0 and out["dead_latents"] == 0.0 and out["n_latents"] == 32
+    assert out["l0"] == 32.0 and out["frac_dead"] == 0.0 and out["n_dead"] == 0 and out["n_latents"] == 32
+    assert "dead_latents" not in out
     assert out["q_star"] < 0.1
