@@ -2,10 +2,11 @@
 
     python tools/status_page.py [--claims-dir DIR] [--notebooks notebooks] [--out book/status.md]
 
-Every chapter records its claim checks with :func:`atomsnb.claims.record` as JSON lines in
-``$ATOMSNB_CLAIMS_DIR/<chapter>.jsonl`` while it executes. This script reads them and writes one
-Markdown page: a count of verdicts, then one table per chapter (verdict first; the claim with its
-criterion and where it is tested; the paper's number beside ours and the model ours ran on). Nothing on the page is typed by hand.
+Every chapter records the verdicts that :mod:`atomsnb.paper` computed from its numbers with
+:func:`atomsnb.claims.record`, as JSON lines in ``$ATOMSNB_CLAIMS_DIR/<chapter>.jsonl`` while it executes.
+This script reads them and writes one Markdown page: a count of verdicts, then one table per chapter
+(verdict first; the claim with its paper section, criterion and where it is tested; the paper's number
+beside ours, the model ours ran on and the reading of our numbers). Nothing on the page is typed by hand.
 
 The script refuses to write a page that could be stale or incomplete: it exits non-zero with a message
 naming the chapter if a notebook in ``notebooks/`` has no claims file (or an empty one), if a claims file is
@@ -29,6 +30,7 @@ from run_notebook import chapter_parameters  # noqa: E402
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run here")
 FIELDS = ("chapter", "claim_id", "statement", "paper", "ours", "model", "verdict", "criterion")
+OPTIONAL = ("section", "interpretation", "command")  # atomsnb.claims.OPTIONAL_FIELDS
 _MD_SPECIAL = set("\\`*_{}[]<>|$#!")
 
 
@@ -75,9 +77,12 @@ def load_claims(notebooks: Path, claims_dir: Path) -> list[tuple[Path, list[dict
             except json.JSONDecodeError as e:
                 problems.append(f"{path}:{i}: not JSON ({e})")
                 continue
-            missing = [f for f in FIELDS if f not in rec]
+            missing = [f for f in FIELDS if f not in rec] if isinstance(rec, dict) else list(FIELDS)
+            bad = [f for f in (*FIELDS, *OPTIONAL) if isinstance(rec, dict) and f in rec and not isinstance(rec[f], str)]
             if missing:
                 problems.append(f"{path}:{i}: missing fields {missing}")
+            elif bad:
+                problems.append(f"{path}:{i}: fields {bad} are not text")
             elif rec["verdict"] not in VERDICTS:
                 problems.append(f"{path}:{i}: verdict {rec['verdict']!r} is not one of {VERDICTS}")
             elif rec["chapter"] != src.stem:
@@ -138,17 +143,19 @@ def render(chapters: list[tuple[Path, list[dict]]], params_dir: Path) -> str:
         lines += ["| verdict | claim | paper's number | ours |", "|---|---|---|---|"]
         not_run = []
         for r in recs:
+            section = f" (paper {md(r['section'])})" if r.get("section") else ""
+            reading = f"<br><small>reading: {md(r['interpretation'])}</small>" if r.get("interpretation") else ""
             lines.append(
                 f"| **{r['verdict']}** "
-                f"| {md(r['statement'])}<br><small>criterion: {md(r['criterion'])}; tested in "
+                f"| {md(r['statement'])}{section}<br><small>criterion: {md(r['criterion'])}; tested in "
                 f"{{doc}}`chapter {src.stem[:2]} <{doc}>` (`{r['claim_id']}`)</small> "
-                f"| {md(r['paper'])} | {md(r['ours'])}<br><small>on {md(r['model'])}</small> |"
+                f"| {md(r['paper'])} | {md(r['ours'])}<br><small>on {md(r['model'])}</small>{reading} |"
             )
             if r["verdict"] == "not run here":
                 not_run.append(r)
         lines.append("")
         for r in not_run:
-            cmd = rerun_command(src, r["model"], params_dir)
+            cmd = r.get("command") or rerun_command(src, r["model"], params_dir)
             if cmd:
                 lines += [f"`{r['claim_id']}` was not run in this build; the command that runs it:", "",
                           "```bash", cmd, "```", ""]
