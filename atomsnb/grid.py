@@ -23,18 +23,20 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-import torch
 
-from .activations import ActivationConfig, collect_activations
-from .aip import AIP, MIN_TOKENS_PER_DIM
-from .metrics import evaluate_dictionary
+from .aip import MIN_TOKENS_PER_DIM
+from .metrics import METRIC_LABELS
 from .models import check_model
+from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS
 from .runner import GridPoint
-from .sae import train_sae
-from .units import UnitSetSpec, compare_unit_sets, default_sae_config
+from .units import UnitSetSpec, compare_unit_sets, default_sae_config, layer_data
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
-           "critical_capacity", "paper_table", "PAPER_ATOMS", "compare_with_paper"]
+           "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
+           "describe_capacity", "describe_layers", "FAMILIES"]
+
+#: The unit-set families of the layer study, in the paper's order.
+FAMILIES = ("neurons", "features", "atoms")
 
 
 def code_version() -> str:
@@ -47,11 +49,11 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def _acts(model: str, layer: int, split: str, n_tokens: int, corpus: str, seed: int, device: str, dtype: str,
-          seq_len: int = 128) -> torch.Tensor:
-    cfg = ActivationConfig(model=model, layers=(layer,), corpus=corpus, split=split, n_tokens=n_tokens, seq_len=seq_len,
-                           seed=seed, device=device, dtype=dtype)
-    return collect_activations(cfg, progress=False).acts[layer]
+def _layer_data(point: GridPoint):
+    """The point's activations and AIP (:func:`atomsnb.units.layer_data`); ``seq_len`` from the point, default 128."""
+    p = dict(point.params)
+    return layer_data(point.model, point.layer, p["corpus"], p["n_fit_tokens"], p["n_eval_tokens"], point.seed,
+                      p["device"], p["dtype"], seq_len=int(p.get("seq_len", 128)))
 
 
 @dataclass
@@ -102,7 +104,7 @@ class CapacityGridConfig(_Common):
     """Data sizes ``|M|`` (training activations, the first ``|M|`` of the fitting pool)."""
     d_multiples: tuple[float, ...] = (1, 4, 16)
     """Capacities ``|D|`` as multiples of ``d_model`` (paper: steps of ``4H``)."""
-    sparsity_coefficient: float = 3e-3
+    l0_coefficient: float = 3e-3
     """TSAE L0 coefficient."""
     n_train_eval: int = 4096
     """Training activations (at most ``|M|``) on which train-set metrics are computed."""
@@ -123,7 +125,7 @@ class CapacityGridConfig(_Common):
     def points(self) -> list[GridPoint]:
         """Every (``|M|``, ``|D|``, seed) point, after :meth:`validate`."""
         d_model = self.validate()
-        params = tuple(sorted(self._params(sparsity_coefficient=self.sparsity_coefficient,
+        params = tuple(sorted(self._params(l0_coefficient=self.l0_coefficient,
                                            n_train_eval=self.n_train_eval, experiment="capacity").items()))
         return [GridPoint(self.model, int(self.layer), int(m), int(round(k * d_model)), int(s), params)
                 for m in self.m_values for k in self.d_multiples for s in self.seeds]
@@ -134,33 +136,49 @@ def capacity_point(point: GridPoint) -> dict:
     evaluate it on those (up to ``n_train_eval``) and on held-out activations (paper §5, SPEC §3-4).
 
     ``S`` is fitted on the whole fitting pool (``n_fit_tokens``), independent of ``|M|``, as the paper
-    estimates ``S`` separately from the SAE's training data.
+    estimates ``S`` separately from the SAE's training data. The TSAE goes through
+    :func:`atomsnb.units.compare_unit_sets`, like every other unit set of the book.
 
     Returns:
-        ``{"train_r2_aip", "train_q_star", "train_l0", "heldout_r2_aip", "heldout_q_star", "heldout_l0",
-        "heldout_explained_variance", "dead_latents", "d_model"}``.
+        ``{"train_r2_aip", "train_q_star", "train_l0", "train_explained_variance", "heldout_r2_aip",
+        "heldout_q_star", "heldout_l0", "heldout_explained_variance", "frac_dead", "n_dead", "d_model"}``
+        (``frac_dead`` / ``n_dead`` on held-out activations).
     """
     p = dict(point.params)
-    pool = _acts(point.model, point.layer, "fit", p["n_fit_tokens"], p["corpus"], point.seed, p["device"], p["dtype"])
-    held = _acts(point.model, point.layer, "eval", p["n_eval_tokens"], p["corpus"], point.seed, p["device"], p["dtype"])
-    aip = AIP.fit(pool)
-    train = pool[: point.n_train]
-    cfg = default_sae_config(pool.shape[1], n_steps=p["n_steps"], batch_size=min(p["batch_size"], point.n_train),
+    data = _layer_data(point)
+    cfg = default_sae_config(data.d_model, n_steps=p["n_steps"], batch_size=min(p["batch_size"], point.n_train),
                              seed=point.seed, device=p["device"])
-    cfg = replace(cfg, n_latents=point.n_latents, sparsity_coefficient=p["sparsity_coefficient"])
-    sae, _ = train_sae(train, aip, cfg, progress=False)
-    row: dict = {"d_model": int(pool.shape[1])}
-    for split, x in (("train", train[: p["n_train_eval"]]), ("heldout", held)):
-        m = evaluate_dictionary(x, sae.encode_raw(x, aip), sae.reconstruct_raw(x, aip), sae.dictionary_raw(aip), aip)
-        row.update({f"{split}_r2_aip": m["r2_aip"], f"{split}_q_star": m["q_star"], f"{split}_l0": m["l0"],
-                    f"{split}_explained_variance": m["explained_variance"]})
+    cfg = replace(cfg, n_latents=point.n_latents)
+    res = compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip, [UnitSetSpec.atoms(p["l0_coefficient"], "atoms")],
+                            cfg, n_train_eval=min(p["n_train_eval"], point.n_train), progress=False)
+    row: dict = {"d_model": data.d_model}
+    for _, r in res.table.iterrows():
+        split = "heldout" if r["split"] == "held-out" else "train"
+        row.update({f"{split}_{k}": float(r[k]) for k in ("r2_aip", "q_star", "l0", "explained_variance")})
         if split == "heldout":
-            row["dead_latents"] = m["dead_latents"]
+            row.update(frac_dead=float(r["frac_dead"]), n_dead=int(r["n_dead"]))
     return row
 
 
-def critical_capacity(df: pd.DataFrame, *, value: str = "train_r2_aip", threshold: float = 0.99) -> pd.Series:
-    """Smallest ``|D|`` per ``|M|`` at which ``value`` reaches ``threshold`` (NaN if none): the paper's critical capacity."""
+def critical_capacity(df: pd.DataFrame, *, value: str = "train_r2_aip",
+                      threshold: float = CAPACITY_R2_THRESHOLD) -> pd.Series:
+    """Smallest ``|D|`` per ``|M|`` at which ``value`` reaches ``threshold`` (NaN if none): the paper's critical
+    capacity (paper §5; default threshold :data:`atomsnb.paper.CAPACITY_R2_THRESHOLD`).
+
+    Args:
+        df: capacity-grid rows with ``n_train``, ``n_latents`` and ``value``.
+
+    Returns:
+        A Series indexed by ``|M|`` (ascending).
+
+    Raises:
+        ValueError: a missing column or a threshold that is not finite.
+    """
+    missing = [c for c in ("n_train", "n_latents", value) if c not in df]
+    if missing:
+        raise ValueError(f"the capacity-grid table lacks {missing}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite; got {threshold}")
     out = {}
     for m, g in df.groupby("n_train"):
         ok = g[g[value] >= threshold]
@@ -178,9 +196,9 @@ class LayerStudyConfig(_Common):
     """``|M|``: SAE training activations per layer (the first of the fitting pool)."""
     capacity: int = 4
     """``|D| = capacity * d_model`` (paper: 4)."""
-    atom_coefficient: float = 3e-3
+    l0_coefficient: float = 3e-3
     """TSAE L0 coefficient."""
-    feature_coefficient: float = 3e-2
+    l1_coefficient: float = 3e-2
     """Standard-SAE L1 coefficient."""
 
     def resolved_layers(self) -> list[int]:
@@ -200,8 +218,8 @@ class LayerStudyConfig(_Common):
     def points(self) -> list[GridPoint]:
         """One point per (layer, seed), after :meth:`validate`."""
         d_model = self.validate()
-        params = tuple(sorted(self._params(atom_coefficient=self.atom_coefficient,
-                                           feature_coefficient=self.feature_coefficient,
+        params = tuple(sorted(self._params(l0_coefficient=self.l0_coefficient,
+                                           l1_coefficient=self.l1_coefficient,
                                            experiment="layers").items()))
         return [GridPoint(self.model, l, int(self.n_train_tokens), int(self.capacity * d_model), int(s), params)
                 for l in self.resolved_layers() for s in self.seeds]
@@ -212,26 +230,24 @@ def layer_point(point: GridPoint) -> dict:
 
     Returns:
         ``{"<family>_<metric>": value}`` for family in neurons/features/atoms and metric in
-        ``r2_aip, explained_variance, q_star, l0, dead_latents``, plus ``train_<family>_r2_aip`` and
-        ``condition_number``.
+        ``r2_aip, explained_variance, q_star, l0, frac_dead``, plus ``train_<family>_r2_aip``,
+        ``train_<family>_q_star``, ``d_model`` and ``condition_number``.
     """
     p = dict(point.params)
-    pool = _acts(point.model, point.layer, "fit", p["n_fit_tokens"], p["corpus"], point.seed, p["device"], p["dtype"])
-    held = _acts(point.model, point.layer, "eval", p["n_eval_tokens"], p["corpus"], point.seed, p["device"], p["dtype"])
-    aip = AIP.fit(pool)
-    d_model = pool.shape[1]
-    cfg = replace(default_sae_config(d_model, n_steps=p["n_steps"], batch_size=p["batch_size"], seed=point.seed,
+    data = _layer_data(point)
+    cfg = replace(default_sae_config(data.d_model, n_steps=p["n_steps"], batch_size=p["batch_size"], seed=point.seed,
                                      device=p["device"]), n_latents=point.n_latents)
-    specs = [UnitSetSpec("neurons", "neurons", "neurons"),
-             UnitSetSpec("features", "features", "relu", False, p["feature_coefficient"]),
-             UnitSetSpec("atoms", "atoms", "jumprelu", True, p["atom_coefficient"])]
-    res = compare_unit_sets(pool[: point.n_train], held, aip, specs, cfg, n_train_eval=min(4096, point.n_train),
-                            progress=False)
-    row: dict = {"d_model": int(d_model), "condition_number": aip.condition_number}
+    specs = [UnitSetSpec.neurons(), UnitSetSpec.features(p["l1_coefficient"], "features"),
+             UnitSetSpec.atoms(p["l0_coefficient"], "atoms")]
+    res = compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip, specs, cfg,
+                            n_train_eval=min(4096, point.n_train), progress=False)
+    row: dict = {"d_model": data.d_model, "condition_number": data.aip.condition_number}
     for _, r in res.table.iterrows():
-        prefix = r["family"] if r["split"] == "held-out" else f"train_{r['family']}"
-        keys = ("r2_aip", "explained_variance", "q_star", "l0", "dead_latents") if r["split"] == "held-out" else ("r2_aip", "q_star")
-        row.update({f"{prefix}_{k}": float(r[k]) for k in keys})
+        if r["split"] == "held-out":
+            row.update({f"{r['family']}_{k}": float(r[k]) for k in ("r2_aip", "explained_variance", "q_star", "l0",
+                                                                     "frac_dead")})
+        else:
+            row.update({f"train_{r['family']}_{k}": float(r[k]) for k in ("r2_aip", "q_star")})
     return row
 
 
@@ -239,59 +255,150 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate a layer study's rows into the paper's format: ``R^2`` and ``q*`` per unit set averaged over layers.
 
     Args:
-        df: rows of :func:`layer_point` (one per layer, ``status == "ok"``), as read from the results store.
+        df: rows of :func:`layer_point` (one per layer; rows with ``status != "ok"`` are left out), as read from the
+            results store.
 
     Returns:
-        One row per (model, unit set) with ``layers`` (range), ``R^2`` and ``q*`` (means over layers, fractions)
-        and ``n_layers``.
+        One row per (model, unit set) with ``layers`` (range), ``n_layers``, ``r2_aip`` and ``q_star`` (means over
+        layers, fractions).
+
+    Raises:
+        ValueError: no row with ``status == "ok"``, or a missing metric column.
     """
     from .models import DEFAULT_MODEL_NAME
 
     ok = df[df["status"] == "ok"]
+    if ok.empty:
+        raise ValueError("no layer finished (no row with status 'ok'): nothing to aggregate")
+    missing = [f"{f}_{k}" for f in FAMILIES for k in ("r2_aip", "q_star") if f"{f}_{k}" not in ok]
+    if missing:
+        raise ValueError(f"the layer rows lack {missing}; they must come from grid.layer_point")
     rows = []
     for model, g in ok.groupby("model", sort=False):
         model = DEFAULT_MODEL_NAME if model == "default" else model
-        for fam in ("neurons", "features", "atoms"):
+        for fam in FAMILIES:
             rows.append({"model": model, "unit set": fam, "layers": f"{g['layer'].min()}-{g['layer'].max()}",
-                         "n_layers": int(g["layer"].nunique()), "R^2": g[f"{fam}_r2_aip"].mean(),
-                         "q*": g[f"{fam}_q_star"].mean()})
+                         "n_layers": int(g["layer"].nunique()), "r2_aip": g[f"{fam}_r2_aip"].mean(),
+                         "q_star": g[f"{fam}_q_star"].mean()})
     return pd.DataFrame(rows)
 
 
-#: The paper's per-model atoms table (paper §6; the paper's numbers, fractions) and the parameter file that runs each.
-PAPER_ATOMS = (
-    {"model": "google/gemma-2-2b", "layers": "1-26", "R^2": 0.9992, "q*": 0.9974, "params": "params/gemma-2-2b.yaml"},
-    {"model": "google/gemma-2-9b", "layers": "1-42", "R^2": 0.9993, "q*": 0.9987, "params": "params/gemma-2-9b.yaml"},
-    {"model": "meta-llama/Llama-3.1-8B", "layers": "1-30", "R^2": 0.9985, "q*": 0.9995, "params": "params/llama-3.1-8b.yaml"},
-)
-
-
 def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS) -> pd.DataFrame:
-    """The paper's per-model rows beside ours (atoms, averaged over layers), for chapter 4's table.
+    """The paper's per-model rows beside ours (atoms, averaged over layers): chapter 4's table, for a reader.
 
     Args:
         ours: the output of :func:`paper_table`.
-        paper: the paper's rows (default :data:`PAPER_ATOMS`).
+        paper: the paper's rows (default :data:`atomsnb.paper.PAPER_ATOMS`).
 
     Returns:
         Rows with ``model``, ``layers``, ``source`` (``"paper"``, ``"ours (this build)"`` or ``"not run here"``),
-        ``R^2`` and ``q*`` formatted as percentages, and for rows not run here the ``command`` that would run them.
-        Models of ours that the paper did not report follow the paper's rows.
+        ``R² (AIP)`` and ``q*`` formatted as percentages, and for rows not run here the ``command`` that would run
+        them. Models of ours that the paper did not report follow the paper's rows.
     """
+    from .paper import rerun_command
+
     atoms = ours[ours["unit set"] == "atoms"]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    r2, q = METRIC_LABELS["r2_aip"], METRIC_LABELS["q_star"]
     rows = []
     for r in paper:
-        rows.append({"model": r["model"], "layers": r["layers"], "source": "paper", "R^2": pct(r["R^2"]), "q*": pct(r["q*"])})
+        rows.append({"model": r["model"], "layers": r["layers"], "source": "paper", r2: pct(r["r2_aip"]),
+                     q: pct(r["q_star"])})
         mine = atoms[atoms["model"] == r["model"]]
         if len(mine):
             rows.append({"model": r["model"], "layers": mine["layers"].iloc[0], "source": "ours (this build)",
-                         "R^2": pct(mine["R^2"].iloc[0]), "q*": pct(mine["q*"].iloc[0])})
+                         r2: pct(mine["r2_aip"].iloc[0]), q: pct(mine["q_star"].iloc[0])})
         else:
             rows.append({"model": r["model"], "layers": r["layers"], "source": "not run here",
-                         "command": f"tools/run_notebook.py notebooks/04_per_model_results.py out.ipynb -f {r['params']}"})
+                         "command": rerun_command("04_per_model_results", r["params"])})
     reported = {r["model"] for r in paper}
     for _, r in atoms[~atoms["model"].isin(reported)].iterrows():
-        rows.append({"model": r["model"], "layers": r["layers"], "source": "ours (this build)", "R^2": pct(r["R^2"]),
-                     "q*": pct(r["q*"])})
+        rows.append({"model": r["model"], "layers": r["layers"], "source": "ours (this build)", r2: pct(r["r2_aip"]),
+                     q: pct(r["q_star"])})
     return pd.DataFrame(rows).fillna("")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables and readings for a reader
+# ---------------------------------------------------------------------------------------------------------------------
+def capacity_reader_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Chapter 3's grid for a reader: one row per ``(|M|, |D|)``, training and held-out metrics side by side.
+
+    Args:
+        df: capacity-grid rows (``n_train``, ``n_latents``, ``train_/heldout_`` ``r2_aip``, ``q_star``, ``l0``).
+
+    Returns:
+        Index ``(|M| (training activations), |D| (latents))``; columns ``R² (AIP), train``, ``R² (AIP), held-out``,
+        ``q*, train``, ``q*, held-out`` (3 decimals), ``L0 (latents/token), train``, ``L0 (latents/token), held-out``
+        (1 decimal).
+    """
+    cols = {}
+    for metric, digits in (("r2_aip", 3), ("q_star", 3), ("l0", 1)):
+        for split, label in (("train", "train"), ("heldout", "held-out")):
+            cols[f"{METRIC_LABELS[metric]}, {label}"] = df[f"{split}_{metric}"].round(digits).to_numpy()
+    idx = pd.MultiIndex.from_arrays([df["n_train"].to_numpy(), df["n_latents"].to_numpy()],
+                                    names=["|M| (training activations)", "|D| (latents)"])
+    return pd.DataFrame(cols, index=idx).sort_index()
+
+
+def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Chapter 4's per-layer results for a reader: held-out ``R²`` (AIP) and ``q*`` per family, and the atoms' L0.
+
+    Args:
+        df: :func:`layer_point` rows (``layer``, ``<family>_r2_aip``, ``<family>_q_star``, ``atoms_l0``,
+            ``status``).
+
+    Returns:
+        Index ``layer``; columns a two-level header (metric, family), 3 decimals; L0 with 1 decimal.
+    """
+    ok = df[df["status"] == "ok"].sort_values("layer").set_index("layer") if "status" in df else df.set_index("layer")
+    cols = {(METRIC_LABELS[m], fam): ok[f"{fam}_{m}"].round(3) for m in ("r2_aip", "q_star") for fam in FAMILIES}
+    cols[(METRIC_LABELS["l0"], "atoms")] = ok["atoms_l0"].round(1)
+    return pd.DataFrame(cols)
+
+
+def describe_capacity(df: pd.DataFrame, *, threshold: float = CAPACITY_R2_THRESHOLD) -> list[str]:
+    """Chapter 3's memorisation reading: does each ``|M|``'s jump (training ``R^2 >= threshold``) survive on held-out
+    activations? Every verdict word is chosen from the numbers (not a claim of the paper: SPEC §3's caveat).
+
+    Args:
+        df: capacity-grid rows (``n_train``, ``n_latents``, ``train_r2_aip``, ``heldout_r2_aip``).
+        threshold: the ``R^2`` that counts as "about 1".
+
+    Returns:
+        One line per ``|M|``, a summary line and the best held-out point.
+    """
+    crit = critical_capacity(df, value="train_r2_aip", threshold=threshold)
+    lines, survived, tested = [], 0, 0
+    for m, d in crit.items():
+        if pd.isna(d):
+            lines.append(f"|M| = {m}: no |D| in the grid reaches training R² >= {threshold:g}.")
+            continue
+        row = df[(df["n_train"] == m) & (df["n_latents"] == d)].iloc[0]
+        ok = row["heldout_r2_aip"] >= threshold
+        survived, tested = survived + ok, tested + 1
+        lines.append(f"|M| = {m}: at |D| = {int(d)}, training R² = {row['train_r2_aip']:.3f}, held-out R² = "
+                     f"{row['heldout_r2_aip']:.3f}: the jump {'survives' if ok else 'does NOT survive (memorisation)'}.")
+    if tested:
+        lines.append("Every jump survives on held-out text: the dictionaries learn structure that transfers."
+                     if survived == tested else
+                     "No jump survives on held-out text: on this grid the jump is memorisation." if survived == 0 else
+                     f"{survived} of {tested} jumps survive on held-out text; the others are memorisation.")
+    best = df.loc[df["heldout_r2_aip"].idxmax()]
+    lines.append(f"Best held-out R² in the grid: {best['heldout_r2_aip']:.3f} at |M| = {int(best['n_train'])}, "
+                 f"|D| = {int(best['n_latents'])}.")
+    return lines
+
+
+def describe_layers(df: pd.DataFrame) -> str:
+    """Chapter 4's ordering sentence: at how many layers atoms are more stable than features, and the mean ``R²``
+    of the three families (from :func:`layer_point` rows)."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    if ok.empty:
+        raise ValueError("no layer finished (no row with status 'ok')")
+    higher = int((ok["atoms_q_star"] > ok["features_q_star"]).sum())
+    n = len(ok)
+    where = ("at every layer" if higher == n else "at no layer" if higher == 0 else f"at {higher} of {n} layers")
+    return (f"Atoms are more stable than features (higher held-out q*) {where}; mean R² in the AIP: atoms "
+            f"{ok['atoms_r2_aip'].mean():.3f}, features {ok['features_r2_aip'].mean():.3g}, neurons "
+            f"{ok['neurons_r2_aip'].mean():.3f}.")

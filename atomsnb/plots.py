@@ -187,7 +187,8 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
     Points with ``R^2 < r2_floor`` are drawn at the floor with a downward arrow and their value printed.
 
     Args:
-        table: held-out rows of :func:`atomsnb.units.compare_unit_sets` (columns ``family``, ``r2_aip``, ``q_star``, ``lambda``).
+        table: held-out rows of :func:`atomsnb.units.compare_unit_sets` (columns ``family``, ``r2_aip``, ``q_star`` and,
+            optionally, ``l0_coefficient`` / ``l1_coefficient``, NaN where not applicable).
         paper: label -> ``(q*, R^2)`` points of the paper, drawn hollow and labelled as the paper's.
     """
     ax = _axes(ax)
@@ -195,8 +196,10 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
         color, marker = _FAMILY_STYLE.get(family, ("k", "o"))
         r2 = df["r2_aip"].clip(lower=r2_floor)
         ax.scatter(df["q_star"], r2, color=color, marker=marker, s=45, label=family, zorder=3)
-        for i, (q, r, raw, lam) in enumerate(zip(df["q_star"], r2, df["r2_aip"], df["lambda"])):
-            note = f"λ={lam:g}" if lam else ""
+        l0c = df["l0_coefficient"] if "l0_coefficient" in df else pd.Series(np.nan, index=df.index)
+        l1c = df["l1_coefficient"] if "l1_coefficient" in df else pd.Series(np.nan, index=df.index)
+        for i, (q, r, raw, c0, c1) in enumerate(zip(df["q_star"], r2, df["r2_aip"], l0c, l1c)):
+            note = f"λ₀={c0:g}" if np.isfinite(c0) else f"λ₁={c1:g}" if np.isfinite(c1) else ""
             if raw < r2_floor:
                 ax.annotate("", xy=(q, r2_floor - 0.05), xytext=(q, r2_floor), arrowprops=dict(arrowstyle="->", color=color))
                 note += f" (R²={raw:.3g})"

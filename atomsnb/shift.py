@@ -19,7 +19,11 @@ import torch
 
 from .aip import AIP, euclidean_angles, sample_pairs, summarize_angles
 
-__all__ = ["angle_study", "pair_angles", "related_pair_angles"]
+__all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
+           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN"]
+
+#: The evaluation sets' names used by the book (chapter 1) and by the claim checks of :mod:`atomsnb.paper`.
+IN_SAMPLE, HELD_OUT, OTHER_DOMAIN = "in-sample (fit)", "held-out", "other domain"
 
 
 def pair_angles(aip: AIP, acts: torch.Tensor, *, n_pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,3 +114,109 @@ def related_pair_angles(aip: AIP, acts: torch.Tensor, token_ids: torch.Tensor, w
         rows.append({"pairs": name, "n_pairs": int(len(p)), "euclidean_mean": float(e.mean()),
                      "aip_mean": float(s.mean()), "aip_median": float(s.median())})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables and readings for a reader
+# ---------------------------------------------------------------------------------------------------------------------
+_STATS = {"mean": "mean", "median": "median", "std": "std"}
+
+
+def reader_table(table: pd.DataFrame, *, stats: tuple[str, ...] = ("mean",)) -> pd.DataFrame:
+    """:func:`angle_study`'s long table for a reader: one row per layer, angles in degrees, one decimal.
+
+    Args:
+        table: :func:`angle_study` output.
+        stats: which of ``"mean"``, ``"median"``, ``"std"`` to show.
+
+    Returns:
+        Index ``layer``; a two-level header (evaluation set, ``"Euclidean <stat> (degrees)"`` /
+        ``"AIP <stat> (degrees)"``), sets in the order they appear in ``table``.
+
+    Raises:
+        ValueError: an unknown statistic.
+    """
+    bad = [s for s in stats if s not in _STATS]
+    if bad or not stats:
+        raise ValueError(f"stats must be a non-empty subset of {tuple(_STATS)}; got {stats!r}")
+    sets = list(dict.fromkeys(table["set"]))
+    cols = {}
+    for name in sets:
+        t = table[table["set"] == name].set_index("layer")
+        for st in stats:
+            cols[(name, f"Euclidean {st} (degrees)")] = t[f"euclidean_{st}"].round(1)
+            cols[(name, f"AIP {st} (degrees)")] = t[f"aip_{st}"].round(1)
+    out = pd.DataFrame(cols)
+    out.index.name = "layer"
+    return out
+
+
+def related_reader_table(related: pd.DataFrame) -> pd.DataFrame:
+    """:func:`related_pair_angles` rows of several layers (with a ``layer`` column) for a reader: mean AIP angle
+    (degrees, one decimal) per layer and kind of pair."""
+    out = related.pivot_table(index="layer", columns="pairs", values="aip_mean", sort=False).round(1)
+    out.columns = [f"{c}: AIP mean (degrees)" for c in out.columns]
+    return out
+
+
+def describe(table: pd.DataFrame, related: pd.DataFrame | None = None, *, fit_corpus: str, other_corpus: str,
+             held_out: str = HELD_OUT, other: str = OTHER_DOMAIN) -> list[str]:
+    """Chapter 1's readings that are not claims of the paper: how far ``S`` transfers to another domain, and
+    whether the AIP keeps related activations together. Each number-dependent word is chosen from the numbers
+    (thresholds :data:`atomsnb.paper.AIP_CENTRE_TOL_DEG`, :data:`atomsnb.paper.RELATED_GAP_MIN_DEG`).
+
+    Args:
+        table: :func:`angle_study` output with rows of sets ``held_out`` and ``other`` (``layer``, ``aip_mean``).
+        related: :func:`related_pair_angles` rows with a ``layer`` column (or None to skip that reading).
+        fit_corpus, other_corpus: the corpora's names, quoted.
+
+    Returns:
+        The sentences.
+
+    Raises:
+        ValueError: a set missing from ``table``.
+    """
+    from .paper import AIP_CENTRE_TOL_DEG, RELATED_GAP_MIN_DEG
+
+    lines = []
+    for name in (held_out, other):
+        if not (table["set"] == name).any():
+            raise ValueError(f"the angle table has no rows of set {name!r}; sets present: {sorted(set(table['set']))}")
+    ho = table[table["set"] == held_out].set_index("layer")["aip_mean"]
+    od = table[table["set"] == other].set_index("layer")["aip_mean"]
+    dev_ho, dev_od = float((ho - 90).abs().max()), float((od - 90).abs().max())
+    rng = f"{od.min():.1f}-{od.max():.1f} degrees"
+    if dev_od <= AIP_CENTRE_TOL_DEG:
+        verdict = (f"the re-centring holds there too, within {AIP_CENTRE_TOL_DEG:g} degrees in every layer: S transfers "
+                   "across these text types")
+    elif dev_od > dev_ho:
+        verdict = (f"it holds less well than on held-out {fit_corpus!r} text (up to {dev_od:.1f} against "
+                   f"{dev_ho:.1f} degrees from 90): S is partly specific to the text it was fitted on")
+    else:
+        verdict = (f"it misses 90 by up to {dev_od:.1f} degrees, no more than on held-out {fit_corpus!r} text "
+                   f"({dev_ho:.1f}): the miss is not specific to the other domain")
+    lines.append(f"On {other_corpus!r} text, with S fitted on {fit_corpus!r}, the mean AIP angles are {rng}: {verdict}.")
+    if related is not None and len(related):
+        rel = related.pivot_table(index="layer", columns="pairs", values="aip_mean", sort=False)
+        need = ["random", "same token, other context"]
+        if all(c in rel for c in need):
+            gap = (rel["random"] - rel["same token, other context"]).dropna()
+            if len(gap):
+                lo, hi = float(gap.min()), float(gap.max())
+                if lo >= RELATED_GAP_MIN_DEG:
+                    reading = ("so the metric keeps related activations together rather than spreading everything "
+                               "to 90")
+                elif hi < RELATED_GAP_MIN_DEG:
+                    reading = (f"less than {RELATED_GAP_MIN_DEG:g} degrees in every layer, so under the AIP related "
+                               "activations are hardly closer than random ones")
+                else:
+                    n_ok = int((gap >= RELATED_GAP_MIN_DEG).sum())
+                    reading = (f"at least {RELATED_GAP_MIN_DEG:g} degrees in {n_ok} of {len(gap)} layers only, so the "
+                               "metric keeps related activations together in some layers, not all")
+                span = lambda a, b: f"{a:.1f}" if f"{a:.1f}" == f"{b:.1f}" else f"{a:.1f}-{b:.1f}"  # noqa: E731
+                position = (f"{span(lo, hi)} degrees below" if lo >= 0 else
+                            f"{span(-hi, -lo)} degrees above" if hi < 0 else
+                            f"from {-lo:.1f} degrees above to {hi:.1f} degrees below")
+                lines.append(f"Same-token pairs from different contexts sit {position} random pairs under the AIP, "
+                             f"{reading}.")
+    return lines

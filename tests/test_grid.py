@@ -50,6 +50,31 @@ def test_capacity_point_is_deterministic_and_sane(tiny_path):
     assert math.isfinite(a["heldout_r2_aip"]) and a["train_r2_aip"] <= 1
 
 
+def test_capacity_point_equals_training_and_scoring_by_hand(tiny_path):
+    """capacity_point goes through layer_data + compare_unit_sets; the same numbers by the low-level route."""
+    from dataclasses import replace
+
+    from atomsnb.activations import ActivationConfig, collect_activations
+    from atomsnb.aip import AIP
+    from atomsnb.metrics import evaluate_dictionary
+    from atomsnb.sae import train_sae
+    from atomsnb.units import default_sae_config
+
+    p = CapacityGridConfig(model=tiny_path, m_values=(200,), d_multiples=(2,), **SMALL).points()[0]
+    row = capacity_point(p)
+    common = dict(model=tiny_path, layers=(1,), corpus="docstrings", seq_len=128, seed=0)
+    pool = collect_activations(ActivationConfig(split="fit", n_tokens=1000, **common), progress=False).acts[1]
+    held = collect_activations(ActivationConfig(split="eval", n_tokens=300, **common), progress=False).acts[1]
+    aip = AIP.fit(pool)
+    cfg = replace(default_sae_config(32, n_steps=20, batch_size=128, seed=0), n_latents=64, sparsity_coefficient=3e-3)
+    sae, _ = train_sae(pool[:200], aip, cfg, progress=False)
+    for split, x in (("train", pool[:200]), ("heldout", held)):
+        m = evaluate_dictionary(x, sae.encode_raw(x, aip), sae.reconstruct_raw(x, aip), sae.dictionary_raw(aip), aip)
+        for k in ("r2_aip", "q_star", "l0", "explained_variance"):
+            assert row[f"{split}_{k}"] == m[k], (split, k)
+    assert row["frac_dead"] == m["frac_dead"] and row["n_dead"] == m["n_dead"] and "dead_latents" not in row
+
+
 def test_capacity_grid_through_a_dask_local_cluster(tiny_path, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     pts = CapacityGridConfig(model=tiny_path, m_values=(100, 400), d_multiples=(1, 2), **SMALL).points()
@@ -67,13 +92,14 @@ def test_layer_point_and_paper_table(tiny_path):
     assert [p.layer for p in pts] == [1, 2]
     row = layer_point(pts[0])
     assert row["neurons_r2_aip"] == pytest.approx(1.0, abs=1e-9)
+    assert {"atoms_frac_dead", "features_frac_dead", "train_atoms_q_star"} <= set(row) and "atoms_dead_latents" not in row
     for fam in ("features", "atoms"):
         assert 0 <= row[f"{fam}_q_star"] <= 1 and math.isfinite(row[f"{fam}_r2_aip"])
     df = pd.DataFrame([{"status": "ok", "model": "m", "layer": l, **{f"{f}_{k}": v for f in ("neurons", "features", "atoms")
                                                                    for k, v in (("r2_aip", l / 10), ("q_star", l / 20))}}
                        for l in (1, 2, 3)] + [{"status": "error", "model": "m", "layer": 4}])
     t = paper_table(df).set_index("unit set")
-    assert t.loc["atoms", "R^2"] == pytest.approx(0.2) and t.loc["atoms", "q*"] == pytest.approx(0.1)
+    assert t.loc["atoms", "r2_aip"] == pytest.approx(0.2) and t.loc["atoms", "q_star"] == pytest.approx(0.1)
     assert t.loc["atoms", "layers"] == "1-3" and t.loc["atoms", "n_layers"] == 3
 
 
@@ -85,15 +111,31 @@ def test_critical_capacity():
 
 
 def test_compare_with_paper_marks_what_was_not_run():
-    from atomsnb.grid import PAPER_ATOMS, compare_with_paper
+    from atomsnb.grid import compare_with_paper
+    from atomsnb.paper import PAPER_ATOMS
 
-    ours = pd.DataFrame([{"model": "google/gemma-2-2b", "unit set": "atoms", "layers": "1-26", "R^2": 0.5, "q*": 0.25},
-                         {"model": "mine", "unit set": "atoms", "layers": "1-4", "R^2": 0.7, "q*": 0.1},
-                         {"model": "mine", "unit set": "features", "layers": "1-4", "R^2": -3.0, "q*": 0.1}])
+    ours = pd.DataFrame([{"model": "google/gemma-2-2b", "unit set": "atoms", "layers": "1-26", "r2_aip": 0.5, "q_star": 0.25},
+                         {"model": "mine", "unit set": "atoms", "layers": "1-4", "r2_aip": 0.7, "q_star": 0.1},
+                         {"model": "mine", "unit set": "features", "layers": "1-4", "r2_aip": -3.0, "q_star": 0.1}])
     t = compare_with_paper(ours)
     assert len(t) == 2 * len(PAPER_ATOMS) + 1
     gemma = t[t["model"] == "google/gemma-2-2b"].set_index("source")
-    assert gemma.loc["paper", "R^2"] == "99.92%" and gemma.loc["ours (this build)", "q*"] == "25.00%"
+    assert gemma.loc["paper", "R² (AIP)"] == "99.92%" and gemma.loc["ours (this build)", "q*"] == "25.00%"
     not_run = t[t["source"] == "not run here"]
     assert len(not_run) == 2 and not_run["command"].str.contains("params/gemma-2-9b.yaml").any()
-    assert t.iloc[-1]["model"] == "mine" and t.iloc[-1]["R^2"] == "70.00%"
+    assert t.iloc[-1]["model"] == "mine" and t.iloc[-1]["R² (AIP)"] == "70.00%"
+
+
+def test_reader_tables():
+    from atomsnb.grid import capacity_reader_table, layer_reader_table
+
+    df = pd.DataFrame({"n_train": [20, 10], "n_latents": [4, 4], "train_r2_aip": [0.12345, 0.5], "heldout_r2_aip": [0.1, 0.4],
+                       "train_q_star": [0.9, 0.8], "heldout_q_star": [0.7, 0.6], "train_l0": [3.26, 2.0],
+                       "heldout_l0": [3.0, 2.0]})
+    t = capacity_reader_table(df)
+    assert t.index.names == ["|M| (training activations)", "|D| (latents)"] and t.index[0] == (10, 4)
+    assert t.loc[(20, 4), "R² (AIP), train"] == 0.123 and t.loc[(20, 4), "L0 (latents/token), train"] == 3.3
+    rows = pd.DataFrame([{"status": "ok", "layer": l, "atoms_l0": 5.0, **{f"{f}_{m}": 0.5 for f in ("neurons", "features", "atoms")
+                                                                          for m in ("r2_aip", "q_star")}} for l in (2, 1)])
+    lt = layer_reader_table(rows)
+    assert list(lt.index) == [1, 2] and ("R² (AIP)", "atoms") in lt and ("L0 (latents/token)", "atoms") in lt
