@@ -11,11 +11,14 @@ One module per idea of the paper:
 - :mod:`atomsnb.metrics`: ``R^2`` (AIP and Euclidean), coherence, ``q*``, L0, dead latents (SPEC §3-4).
 - :mod:`atomsnb.sae`: the TSAE (JumpReLU), the ReLU + L1 baseline and the identifiability construction (SPEC §5-6).
 - :mod:`atomsnb.synthetic`: the toy world with known atoms (SPEC §7).
-- :mod:`atomsnb.units`: neurons, features and atoms trained and evaluated the same way (paper §4-6).
+- :mod:`atomsnb.units`: one interface for every unit set (neurons, trained, constructed and external SAEs), trained
+  and evaluated the same way; the shared prologue :func:`atomsnb.units.layer_data` (paper §4-6).
 - :mod:`atomsnb.runner`, :mod:`atomsnb.grid`: resumable experiment grids and the paper's two large experiments.
-- :mod:`atomsnb.contexts`, :mod:`atomsnb.judges`, :mod:`atomsnb.ratings`: monosemanticity (paper §7).
+- :mod:`atomsnb.contexts`, :mod:`atomsnb.judges`, :mod:`atomsnb.ratings`, :mod:`atomsnb.monosemanticity`:
+  monosemanticity (paper §7).
 - :mod:`atomsnb.plots`: the book's figures.
-- :mod:`atomsnb.claims`: each chapter's claim checks, for the reproduction-status page.
+- :mod:`atomsnb.paper`: the paper's claims, its numbers, and the criteria that turn our numbers into verdicts.
+- :mod:`atomsnb.claims`: the verdict records, for the reproduction-status page.
 """
 
 __version__ = "0.1.0"

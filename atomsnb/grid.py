@@ -10,8 +10,11 @@ Each config is a dataclass whose fields are the chapters' papermill parameters; 
 turns it into :class:`~atomsnb.runner.GridPoint` s and :meth:`validate` rejects an impossible grid
 before any work (an unknown model, a layer out of range, ``|M|`` or ``|D|`` of 0 or larger than
 the activations available). The point functions (:func:`capacity_point`, :func:`layer_point`) are
-module-level so that process pools and Dask workers can run them; activations come from the shared
-activation cache, so a (model, layer, corpus) is collected once per machine.
+module-level so that process pools and Dask workers can run them; each gets its activations and AIP
+from :func:`atomsnb.units.layer_data` (the shared activation cache, so a (model, layer, corpus) is
+collected once per machine) and scores its unit sets with :func:`atomsnb.units.compare_unit_sets`, as
+the chapters do. :func:`capacity_reader_table`, :func:`layer_reader_table` and :func:`compare_with_paper`
+give the tables for a reader; :func:`describe_capacity` and :func:`describe_layers` the readings.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ __all__ = [
     "PAPER_S_ESTIMATE", "paper_unit_points",
     # thresholds
     "AIP_INVARIANCE_TOL", "EUCLIDEAN_CHANGE_MIN", "SUPPORTS_PARTLY_MIN", "EXACT_R2_TOL", "TREND_RHO_MIN",
-    "ATOM_RECOVERY_MIN", "NEAR_ONE", "TOY_NEURON_Q_STAR_MAX", "TOY_FEATURE_RECOVERY_MAX", "EUCLIDEAN_AIP_GAP",
+    "ATOM_RECOVERY_MIN", "NEAR_ONE", "L0_MATCH_TOL", "TOY_NEURON_Q_STAR_MAX", "TOY_FEATURE_RECOVERY_MAX", "EUCLIDEAN_AIP_GAP",
     "SHIFT_MIN_DEG", "AIP_CENTRE_TOL_DEG", "RELATED_GAP_MIN_DEG", "NEURON_R2_MIN", "NEURON_Q_STAR_MAX",
     "FEATURES_TOL", "FEATURES_UNFAITHFUL_R2", "CAPACITY_R2_THRESHOLD", "MONO_CI",
     # claims and checks
@@ -113,6 +113,8 @@ TREND_RHO_MIN = 0.5
 ATOM_RECOVERY_MIN = 0.9
 #: Chapters 0, 2, 4: ``R^2`` and ``q*`` "near 1", as the paper's 99.9% / 99.7%.
 NEAR_ONE = 0.99
+#: Chapter 0: a trained TSAE's L0 within this of K (latents per token) "matches K"; further away it is below/above.
+L0_MATCH_TOL = 0.05
 #: Chapter 0: neurons are "not unique" on the toy world when their q* is at most this.
 TOY_NEURON_Q_STAR_MAX = 0.1
 #: Chapter 0: standard-SAE features "are not the atoms" when they recover at most this fraction of them.
@@ -464,9 +466,9 @@ def check_toy_trained_tsae(scores: pd.DataFrame, *, k: int, support_exact: float
     words = [f"The TSAE recovers {'every one' if rec == 1 else f'{rec:.0%}'} of the true atoms"
              + (f" and reaches R^2 and q* of at least {NEAR_ONE:g} (R^2 {r2:.3f}, q* {q:.3f})." if near else
                 f" but does not reach R^2 and q* of {NEAR_ONE:g} here (R^2 {r2:.3f}, q* {q:.3f}).")]
-    if l0 < k - 0.05:
+    if l0 < k - L0_MATCH_TOL:
         words.append(f"Its L0 ({l0:.2f}) is below K = {k}: the L0 penalty drops small coefficients.")
-    elif l0 > k + 0.05:
+    elif l0 > k + L0_MATCH_TOL:
         words.append(f"Its L0 ({l0:.2f}) is above K = {k}: latents beside the atoms fire too.")
     else:
         words.append(f"Its L0 ({l0:.2f}) matches K = {k}.")

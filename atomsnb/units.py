@@ -37,7 +37,7 @@ from .sae import SAEConfig, SparseAutoencoder, train_sae
 
 __all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_sae_config", "default_unit_sets",
            "evaluate_unit_set", "compare_unit_sets", "UnitSetResults", "LayerData", "layer_data", "reader_table",
-           "train_vs_heldout_table", "describe", "SPLITS"]
+           "train_vs_heldout_table", "describe", "SPLITS", "is_unit_set"]
 
 #: The families a unit set can belong to (the row groups of the book's tables).
 FAMILIES = ("neurons", "features", "atoms", "ablation", "constructed", "external")
@@ -73,6 +73,21 @@ class UnitSet(Protocol):
     def dictionary(self) -> torch.Tensor:
         """``[d_model, n_latents]`` float64, atoms as columns, raw coordinates."""
         ...
+
+
+_UNIT_SET_MEMBERS = ("name", "family", "d_model", "n_latents", "codes", "reconstruct", "dictionary")
+
+
+def is_unit_set(obj) -> bool:
+    """Whether ``obj`` presents every member of :class:`UnitSet`.
+
+    Looked up statically (``inspect.getattr_static``), so that a ``dictionary`` property is not computed (on
+    Python 3.11 ``isinstance(obj, UnitSet)`` would evaluate it: seconds for a large whitened SAE).
+    """
+    import inspect
+
+    sentinel = object()
+    return all(inspect.getattr_static(obj, m, sentinel) is not sentinel for m in _UNIT_SET_MEMBERS)
 
 
 def _check_name_family(name, family) -> None:
@@ -209,7 +224,7 @@ def evaluate_unit_set(units: UnitSet, x: torch.Tensor, aip: AIP, *, estimator: s
         TypeError: ``units`` does not present the :class:`UnitSet` interface, or ``aip`` is not an AIP.
         ValueError: widths disagree, NaN/inf activations, or a unit set that returns arrays of the wrong shape.
     """
-    if not isinstance(units, UnitSet):
+    if not is_unit_set(units):
         raise TypeError(f"units must present the UnitSet interface (name, family, d_model, n_latents, codes, "
                         f"reconstruct, dictionary); got {type(units).__name__}")
     if not isinstance(aip, AIP):
@@ -403,7 +418,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
     if not specs:
         raise ValueError("no unit set to compare: give at least one spec")
     for s in specs:
-        if not isinstance(s, (UnitSetSpec, UnitSet)):
+        if not (isinstance(s, UnitSetSpec) or is_unit_set(s)):
             raise TypeError(f"a spec must be a UnitSetSpec or a UnitSet; got {type(s).__name__}")
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -592,6 +607,12 @@ def train_vs_heldout_table(table: pd.DataFrame) -> pd.DataFrame:
                          f"{METRIC_LABELS['q_star']}, train": trn["q_star"]}).round(3)
 
 
+def _span(values, fmt: str = "{:.3f}") -> str:
+    """``"a-b"``, or one number when both ends print the same."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> list[str]:
     """Readings of chapter 2's held-out table that are not claims of the paper (those are in :mod:`atomsnb.paper`).
 
@@ -620,9 +641,8 @@ def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> li
     abl = held[held["family"] == "ablation"]
     if len(feats):
         gap = feats["explained_variance"] - feats["r2_aip"]
-        line = (f"Standard-SAE features: Euclidean explained variance {feats['explained_variance'].min():.3f}-"
-                f"{feats['explained_variance'].max():.3f}, R² in the AIP {feats['r2_aip'].min():.3g} to "
-                f"{feats['r2_aip'].max():.3g}. ")
+        line = (f"Standard-SAE features: Euclidean explained variance {_span(feats['explained_variance'])}, R² in the "
+                f"AIP {_span(feats['r2_aip'], '{:.3g}')}. ")
         cond = f" (cond(E[hh^T]) = {condition_number:.1e} here)" if condition_number is not None else ""
         if (gap > EUCLIDEAN_AIP_GAP).all():
             line += (f"At every coefficient the Euclidean score is higher: a Euclidean loss neglects the low-variance "
@@ -639,9 +659,8 @@ def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> li
                  else "larger L0 coefficients raise q* without a steady cost in R²" if q_up
                  else "larger L0 coefficients lower R² without a steady gain in q*" if r_down
                  else "no monotone trade-off between R² and q* across L0 coefficients")
-        lines.append(f"TSAE atoms: R² {atoms['r2_aip'].min():.3f}-{atoms['r2_aip'].max():.3f}, q* "
-                     f"{atoms['q_star'].min():.3f}-{atoms['q_star'].max():.3f}, L0 {atoms['l0'].min():.1f}-"
-                     f"{atoms['l0'].max():.1f} latents/token: {trend}.")
+        lines.append(f"TSAE atoms: R² {_span(atoms['r2_aip'])}, q* {_span(atoms['q_star'])}, L0 "
+                     f"{_span(atoms['l0'], '{:.1f}')} latents/token: {trend}.")
     if len(abl) and len(feats):
         a = abl.iloc[0]
         lifts = a["r2_aip"] > feats["r2_aip"].max()

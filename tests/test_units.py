@@ -13,7 +13,7 @@ from atomsnb.sae import SAEConfig, SparseAutoencoder, construct_tsae, train_sae
 from atomsnb.synthetic import SyntheticConfig, check_construction, make_world
 from atomsnb.units import (
     Neurons, SAEUnits, UnitSet, UnitSetSpec, compare_unit_sets, default_unit_sets, describe, evaluate_unit_set,
-    layer_data, reader_table, train_vs_heldout_table,
+    is_unit_set, layer_data, reader_table, train_vs_heldout_table,
 )
 from tiny_models import save_tiny
 
@@ -46,7 +46,7 @@ def _brute_r2_aip(x, x_hat, aip):
 # ----------------------------------------------------------------------------------------------------- the contract
 def test_neurons_present_the_contract(world, aip):
     n = Neurons(H)
-    assert isinstance(n, UnitSet) and n.family == "neurons" and n.n_latents == H
+    assert isinstance(n, UnitSet) and is_unit_set(n) and n.family == "neurons" and n.n_latents == H
     x = world.acts[:50].float()
     assert n.codes(x).dtype == torch.float64 and torch.equal(n.codes(x), x.double())
     assert torch.equal(n.reconstruct(x), x.double())
@@ -63,6 +63,7 @@ def test_external_sae_codes_and_reconstruction_match_a_hand_computation():
     W_dec, b_dec = torch.randn(H, 24, generator=g, dtype=torch.float64), torch.randn(H, generator=g, dtype=torch.float64)
     tau = torch.rand(24, generator=g, dtype=torch.float64) + 0.1
     u = SAEUnits(SparseAutoencoder.from_weights(W_enc, b_enc, W_dec, b_dec, tau), name="ext", family="external")
+    assert is_unit_set(u) and not is_unit_set(UnitSetSpec.neurons())
     x = torch.randn(30, H, generator=g, dtype=torch.float64)
     # brute force, one row and one latent at a time
     ref = torch.zeros(30, 24, dtype=torch.float64)
