@@ -36,6 +36,7 @@ from .units import UnitSetSpec, compare_unit_sets, default_sae_config, layer_dat
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
+           "critical_capacity_table", "paper_reader_table",
            "describe_capacity", "describe_layers", "FAMILIES"]
 
 #: The unit-set families of the layer study, in the paper's order.
@@ -342,6 +343,26 @@ def capacity_reader_table(df: pd.DataFrame) -> pd.DataFrame:
     idx = pd.MultiIndex.from_arrays([df["n_train"].to_numpy(), df["n_latents"].to_numpy()],
                                     names=["|M| (training activations)", "|D| (latents)"])
     return pd.DataFrame(cols, index=idx).sort_index()
+
+
+def critical_capacity_table(df: pd.DataFrame, *, threshold: float = CAPACITY_R2_THRESHOLD) -> pd.DataFrame:
+    """The critical ``|D|`` per ``|M|`` on training and on held-out activations, for a reader.
+
+    Returns:
+        Index ``|M| (training activations)``; columns ``critical |D|, train`` and ``critical |D|, held-out``
+        (nullable integers: ``<NA>`` where no ``|D|`` of the grid reaches ``R² >= threshold``).
+    """
+    out = pd.DataFrame({"critical |D|, train": critical_capacity(df, value="train_r2_aip", threshold=threshold),
+                        "critical |D|, held-out": critical_capacity(df, value="heldout_r2_aip", threshold=threshold)})
+    out.index.name = "|M| (training activations)"
+    return out.astype("Int64")
+
+
+def paper_reader_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`paper_table` for a reader: index (model, unit set); ``layers``, ``R² (AIP)`` and ``q*`` (3 decimals)."""
+    out = table.set_index(["model", "unit set"])
+    return pd.DataFrame({"layers": out["layers"], METRIC_LABELS["r2_aip"]: out["r2_aip"].round(3),
+                         METRIC_LABELS["q_star"]: out["q_star"].round(3)})
 
 
 def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:

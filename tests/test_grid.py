@@ -139,3 +139,16 @@ def test_reader_tables():
                                                                           for m in ("r2_aip", "q_star")}} for l in (2, 1)])
     lt = layer_reader_table(rows)
     assert list(lt.index) == [1, 2] and ("R² (AIP)", "atoms") in lt and ("L0 (latents/token)", "atoms") in lt
+
+
+def test_critical_capacity_and_paper_reader_tables():
+    from atomsnb.grid import critical_capacity_table, paper_reader_table
+
+    df = pd.DataFrame({"n_train": [10, 10, 20, 20], "n_latents": [1, 2, 1, 2], "train_r2_aip": [0.5, 0.99, 0.4, 0.6],
+                       "heldout_r2_aip": [0.5, 0.5, 0.4, 0.6]})
+    t = critical_capacity_table(df, threshold=0.95)
+    assert t.index.name == "|M| (training activations)" and t.loc[10, "critical |D|, train"] == 2
+    assert pd.isna(t.loc[20, "critical |D|, train"]) and pd.isna(t.loc[10, "critical |D|, held-out"])
+    pt = pd.DataFrame([{"model": "m", "unit set": "atoms", "layers": "1-2", "n_layers": 2, "r2_aip": 0.12345, "q_star": 0.5}])
+    r = paper_reader_table(pt)
+    assert r.loc[("m", "atoms"), "R² (AIP)"] == 0.123 and list(r.columns) == ["layers", "R² (AIP)", "q*"]
