@@ -55,7 +55,7 @@ def test_damaged_results_file_is_detected(tmp_path):
     with pytest.raises(CacheCorruptError, match="checksum"):
         ResultsStore(tmp_path).read()
     assert not ResultsStore(tmp_path).has(POINTS[0])  # so a re-run recomputes it
-    with pytest.warns(UserWarning, match=rf"{path.name} fails its checksum.*recomputing"):
+    with pytest.warns(UserWarning, match=rf"{path.name} fails its checksum.*Recomputing"):
         df = run_grid(POINTS[:1], product_task, tmp_path, progress=False)
     assert df["product"].iloc[0] == 30
 
