@@ -587,3 +587,54 @@ def test_token_concentration_base_rates_are_normalised_and_checked():
     assert J.TokenConcentrationJudge({" The": 0.25, "the": 0.25, "cat": 0.5}).base_rates == {"the": 0.5, "cat": 0.5}
     with pytest.raises(ValueError, match=r"'the': 50.*frequencies"):
         J.TokenConcentrationJudge({"the": 50, "cat": 10})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rating sheet: formula injection, spreadsheet encodings, a key from another export (issue 9 §4.11)
+# ---------------------------------------------------------------------------------------------------------------------
+DANGEROUS = ["=HYPERLINK(\"http://x\",\"click\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tx = 1",
+             "\rreturn", "'quoted already", "=", "plain text"]
+
+
+def _dangerous_units():
+    return {"atoms": [UnitContexts("atoms", 0, [ctx(" t", left=left, index=i) for i, left in enumerate(DANGEROUS)], 9)]}
+
+
+def test_rating_sheet_cells_cannot_start_a_formula(tmp_path):
+    from atomsnb.ratings import read_sheet
+
+    path, _ = export_for_rating(tmp_path / "ratings.csv", _dangerous_units(), seed=0)
+    with open(path, newline="", encoding="utf-8") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    starts = ("=", "+", "-", "@", "\t", "\r")
+    assert not [c for c in cells if c.startswith(starts)], "a cell a spreadsheet would run as a formula"
+    # read back exactly: the neutralising quote is removed, and only it
+    sheet = read_sheet(path)
+    assert list(sheet["context"]) == [ctx(" t", left=left).marked() for left in DANGEROUS]
+    assert list(sheet.columns) == ["item", "set", "context_rank", "context", "relative_activation", "rating"]
+
+
+def test_rating_sheet_saved_by_a_spreadsheet_is_read(tmp_path):
+    """Excel's "CSV UTF-8" adds a byte-order mark; some locales separate with ';'."""
+    path, key = export_for_rating(tmp_path / "ratings.csv", _units(), seed=0)
+    rows = _fill(path, lambda r: "4")
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=";")
+        w.writeheader()
+        w.writerows(rows)
+    got = read_ratings(path)
+    assert len(got) == 5 and (got["rating"] == 4).all()
+    path.write_bytes(path.read_text(encoding="utf-8-sig").replace("⏎", "").encode("cp1252") + b"\xe9\x9d")
+    with pytest.raises(RatingError, match="not UTF-8"):
+        read_ratings(path)
+
+
+def test_rating_sheet_with_the_key_of_another_export_is_refused(tmp_path):
+    a, key_a = export_for_rating(tmp_path / "a.csv", _units(), seed=0)
+    b, _ = export_for_rating(tmp_path / "b.csv", _units(), seed=3)
+    _fill(b, lambda r: "5")
+    with pytest.raises(RatingError, match="different exports"):
+        read_ratings(b, key_a)
+    (tmp_path / "broken.key.json").write_text("{not json")
+    with pytest.raises(RatingError, match="broken.key.json"):
+        read_ratings(a, tmp_path / "broken.key.json")
