@@ -243,7 +243,14 @@ def top_contexts(codes: torch.Tensor, activations: Activations, tokenizer, units
         _check_int("max_per_window", max_per_window, 1)
     n_units = codes.shape[1]
     units = list(units)
-    bad = [j for j in units if isinstance(j, bool) or not hasattr(j, "__index__") or not 0 <= operator.index(j) < n_units]
+
+    def _ok(j) -> bool:
+        try:
+            return not isinstance(j, bool) and 0 <= operator.index(j) < n_units
+        except TypeError:
+            return False
+
+    bad = [j for j in units if not _ok(j)]
     if bad:
         raise ValueError(f"unit {bad[0]!r} is out of range: the codes have units 0..{n_units - 1}")
     dec = _Decoder(tokenizer, activations)
