@@ -572,7 +572,8 @@ class LLMJudge(Judge):
     def messages(self, contexts: Sequence[Context]) -> list[dict]:
         """The chat messages sent for one unit."""
         lines = "\n".join(f"{i + 1}. {c.marked().replace(chr(10), ' ⏎ ')}" for i, c in enumerate(contexts))
-        user = self.template.replace("{contexts}", lines).replace("{k}", str(len(contexts)))
+        # {k} first: a context that contains "{k}" (a format string in a docstring) must reach the judge verbatim
+        user = self.template.replace("{k}", str(len(contexts))).replace("{contexts}", lines, 1)
         return [{"role": "user", "content": user}]
 
     def _key(self, messages: list[dict], contexts: Sequence[Context]) -> str:
@@ -720,8 +721,12 @@ def _check_columns(df, needed: Sequence[str], what: str) -> None:
 
 
 def _clean(x) -> np.ndarray:
+    """Scores as floats with NaN ("could not tell") dropped; an infinite score is a bug upstream and is refused."""
     a = np.asarray(x, dtype=float).ravel()
-    return a[np.isfinite(a)]
+    if np.isinf(a).any():
+        raise ValueError(f"scores contain {a[np.isinf(a)][0]}: scores must be finite numbers (NaN, meaning 'could not "
+                         "tell', is dropped)")
+    return a[~np.isnan(a)]
 
 
 def bootstrap_mean(scores, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Estimate:

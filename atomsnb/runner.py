@@ -473,7 +473,13 @@ __all__.append("dask_client")
 
 def results_dir(name: str, override: str | None = None) -> Path:
     """Where a chapter keeps its results store: ``override`` if given, else ``$ATOMSNB_BUILD/results/<name>``
-    (``build/results/<name>`` by default)."""
+    (``build/results/<name>`` by default).
+
+    Raises:
+        ValueError: ``name`` is empty or not a single folder name (``""`` or ``".."`` would mix every chapter's rows).
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"results name {name!r} is not allowed: it must be one folder name, e.g. '03_capacity_grid'")
     return Path(override) if override else Path(os.environ.get("ATOMSNB_BUILD", "build")) / "results" / name
 
 

@@ -27,7 +27,7 @@ from atomsnb.contexts import Context, UnitContexts, context_for_token, random_co
 from atomsnb.grid import CapacityGridConfig, LayerStudyConfig
 from atomsnb.io import CacheCorruptError, load_json, load_tensors, save_json, save_tensors
 from atomsnb.ratings import RatingError, export_for_rating, read_ratings
-from atomsnb.runner import GridPoint, ResultsStore, grid_points, run_grid
+from atomsnb.runner import GridPoint, ResultsStore, grid_points, results_dir, run_grid
 from grid_tasks import product_task
 from tiny_models import save_tiny
 
@@ -342,6 +342,14 @@ CASES = [
                  id="cli -f not a mapping"),
     pytest.param(lambda: cli("-f", str(E()["root"] / "none.yaml"))(), SystemExit, ["none.yaml", "cannot be read"],
                  id="cli -f missing"),
+    pytest.param(lambda: RN.main([CH02, CH02]), SystemExit, ["02_neurons_features_atoms.py", ".ipynb file",
+                                                             "not the chapter source"], id="cli output is the source"),
+    pytest.param(lambda: RN.main([CH02, str(_fresh())]), SystemExit, ["atomsnb-bad-inputs", ".ipynb file"],
+                 id="cli output is a directory"),
+    pytest.param(lambda: results_dir(".."), ValueError, ["'..'", "one folder name"], id="results_dir .."),
+    pytest.param(lambda: results_dir(""), ValueError, ["''", "one folder name"], id="results_dir empty"),
+    pytest.param(lambda: J.bootstrap_mean([0.5, float("inf")]), ValueError, ["inf", "finite numbers"],
+                 id="bootstrap inf score"),
 ]
 
 

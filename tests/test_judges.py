@@ -638,3 +638,12 @@ def test_rating_sheet_with_the_key_of_another_export_is_refused(tmp_path):
     (tmp_path / "broken.key.json").write_text("{not json")
     with pytest.raises(RatingError, match="broken.key.json"):
         read_ratings(a, tmp_path / "broken.key.json")
+
+
+def test_contexts_reach_the_llm_verbatim_even_with_template_placeholders():
+    """A docstring context such as "'{k}={v}'.format(...)" is not rewritten by the prompt template."""
+    judge = J.LLMJudge("http://127.0.0.1:9/v1", "m", prompt="Rate these {k} contexts:\n{contexts}\nOf {k}.")
+    c = ctx(" format", left="return '{k}={v}'.", right=" and {contexts}")
+    text = judge.messages([c, c])[0]["content"]
+    assert text.startswith("Rate these 2 contexts:") and text.endswith("Of 2.")
+    assert text.count("return '{k}={v}'.[[ format]] and {contexts}") == 2

@@ -283,6 +283,10 @@ def collect_parameters(args: argparse.Namespace) -> dict:
     """
     if not Path(args.source).is_file():
         raise ParameterError(f"chapter source {str(args.source)!r} does not exist or is not a file")
+    out = Path(args.output)
+    if out.suffix != ".ipynb" or out.resolve() == Path(args.source).resolve() or out.is_dir():
+        raise ParameterError(f"output {str(out)!r} is not allowed: it must be a new or old .ipynb file, not the chapter "
+                             "source and not a directory")
     params = load_parameters_file(args.parameters_file) if args.parameters_file else {}
     params.update(cli_parameters(args.parameter))
     check_parameters(args.source, params)
