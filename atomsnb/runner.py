@@ -7,7 +7,10 @@ key and written atomically with a checksum, so
 - re-running a grid skips the points already done, and a killed run resumes where it stopped;
 - a worker killed mid-point leaves no partial row (the rename never happened);
 - a point that raised records its error (``status = "error"``) and the others go on;
-- a damaged results file is detected on read (:class:`atomsnb.io.CacheCorruptError`).
+- a damaged results file is detected on read (:class:`atomsnb.io.CacheCorruptError`), and so is a row
+  copied or renamed under another point's name (each row holds its own key and point, checked on read);
+  :func:`run_grid` recomputes such a point, warns naming the file, reads back only its own points (other
+  files in the store cannot make it fail) and never raises after the work is done.
 
 Backends (:func:`run_grid`): ``"sequential"`` (in-process, default), ``"processes"`` (a local
 process pool) and ``"dask"`` (a ``dask.distributed`` ``Client``: a ``LocalCluster`` on one machine,
