@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import atexit
 import functools
-import json
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -95,6 +93,13 @@ NAN_CODES[4, 1] = float("nan")
 
 def _ctx(i: int = 0) -> Context:
     return Context(index=i, activation=1.0, token_id=1, token=" t", left="x = ", right=" y", window=i, position=1)
+
+
+class _NaNEmbedder(J.Embedder):
+    name = "nan-embedder"
+
+    def embed(self, texts):
+        return torch.full((len(texts), 3), float("nan"))
 
 
 # ------------------------------------------------------------------------------------------------------------ ratings
@@ -256,8 +261,8 @@ CASES = [
     pytest.param(lambda: J.summary_table(pd.DataFrame({"judge": ["x"], "score": [0.5]})), ValueError,
                  ["['unit set']", "expected"], id="summary_table columns"),
     pytest.param(lambda: J.MiniLMEmbedder(batch_size=0), ValueError, ["batch_size", "0", ">= 1"], id="MiniLM batch_size 0"),
-    pytest.param(lambda: J.EmbeddingJudge(type("NaNEmb", (J.Embedder,), {"embed": lambda self, t: torch.full((len(t), 3), float("nan"))})()).score([_ctx(0), _ctx(1)]),
-                 ValueError, ["NaN", "embedder"], id="embedder returns NaN"),
+    pytest.param(lambda: J.EmbeddingJudge(_NaNEmbedder()).score([_ctx(0), _ctx(1)]), ValueError,
+                 ["'nan-embedder'", "NaN"], id="embedder returns NaN"),
     # ---- ratings
     pytest.param(lambda: export_for_rating(_fresh() / "r.csv", {}), ValueError, ["unit_contexts is empty", "no unit sets"],
                  id="ratings export nothing"),
