@@ -17,6 +17,8 @@ direction. Ties are broken by token index (a stable sort), so results are determ
 from __future__ import annotations
 
 import html
+import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -86,6 +88,23 @@ class UnitContexts:
         return len(self.contexts)
 
 
+def _check_int(name: str, value, minimum: int) -> int:
+    """An integer ``>= minimum`` (bools and floats refused), or ``ValueError`` naming ``name`` and its value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not allowed: it must be an integer >= {minimum}")
+    return int(value)
+
+
+def _check_codes(codes: torch.Tensor) -> None:
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 2:
+        shape = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"codes must be a 2-D tensor [n_tokens, n_units]; got {shape}")
+    if codes.is_floating_point() and not torch.isfinite(codes).all():
+        bad = torch.nonzero(~torch.isfinite(codes))[0].tolist()
+        raise ValueError(f"codes contain NaN or inf (first at token {bad[0]}, unit {bad[1]}); a NaN would sort above "
+                         "every real activation")
+
+
 def normalise_token(token: str) -> str:
     """Lemma-ish normal form of a decoded token: strip surrounding white space (and a byte-level ``Ġ``), lowercase.
 
@@ -113,7 +132,16 @@ def sample_units(codes: torch.Tensor, n: int, seed: int, *, min_active: int = 8,
 
     Returns:
         Sorted unit indices.
+
+    Raises:
+        ValueError: ``codes`` not 2-D or with NaN/inf, ``n < 0``, ``min_active < 1``, or ``window`` not one entry
+            per token.
     """
+    _check_codes(codes)
+    _check_int("n", n, 0)
+    _check_int("min_active", min_active, 1)
+    if window is not None and tuple(window.shape) != (codes.shape[0],):
+        raise ValueError(f"window has shape {list(window.shape)}; expected [{codes.shape[0]}] (one per token of codes)")
     on = codes > 0
     if window is None:
         active = on.sum(0)
@@ -166,7 +194,17 @@ class _Decoder:
 
 def context_for_token(activations: Activations, tokenizer, index: int, *, activation: float = 0.0, width_left: int = 12,
                       width_right: int = 4) -> Context:
-    """The :class:`Context` of the token at row ``index`` of ``activations``."""
+    """The :class:`Context` of the token at row ``index`` of ``activations``.
+
+    Raises:
+        ValueError: ``index`` outside ``0..n_tokens-1`` (a negative index is not counted from the end), or a
+            negative width.
+    """
+    n = len(activations.token_ids)
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < n:
+        raise ValueError(f"token index {index!r} is out of range: allowed 0..{n - 1}")
+    _check_int("width_left", width_left, 0)
+    _check_int("width_right", width_right, 0)
     return _Decoder(tokenizer, activations).context(index, activation, width_left, width_right)
 
 
@@ -191,12 +229,30 @@ def top_contexts(codes: torch.Tensor, activations: Activations, tokenizer, units
         (ties: lower token index first).
 
     Raises:
-        ValueError: ``codes`` and ``activations`` disagree on the number of tokens, or ``k < 1``.
+        ValueError: ``codes`` and ``activations`` disagree on the number of tokens, ``codes`` hold NaN/inf, a unit
+            outside ``0..n_units-1`` (a negative unit is not counted from the end), ``k < 1``, a negative width,
+            or ``max_per_window < 1``.
     """
+    _check_codes(codes)
     if codes.shape[0] != len(activations.token_ids):
         raise ValueError(f"codes have {codes.shape[0]} rows but the activations hold {len(activations.token_ids)} tokens")
-    if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
+    _check_int("k", k, 1)
+    _check_int("width_left", width_left, 0)
+    _check_int("width_right", width_right, 0)
+    if max_per_window is not None:
+        _check_int("max_per_window", max_per_window, 1)
+    n_units = codes.shape[1]
+    units = list(units)
+
+    def _ok(j) -> bool:
+        try:
+            return not isinstance(j, bool) and 0 <= operator.index(j) < n_units
+        except TypeError:
+            return False
+
+    bad = [j for j in units if not _ok(j)]
+    if bad:
+        raise ValueError(f"unit {bad[0]!r} is out of range: the codes have units 0..{n_units - 1}")
     dec = _Decoder(tokenizer, activations)
     window = activations.window
     out = []
@@ -221,8 +277,17 @@ def top_contexts(codes: torch.Tensor, activations: Activations, tokenizer, units
 
 def random_contexts(activations: Activations, tokenizer, n: int, seed: int, *, width_left: int = 12,
                     width_right: int = 4) -> list[Context]:
-    """``n`` contexts at tokens drawn uniformly without replacement (seeded): the "random tokens" chance pool."""
+    """``n`` contexts at tokens drawn uniformly without replacement (seeded): the "random tokens" chance pool.
+
+    Raises:
+        ValueError: ``n`` negative or larger than the number of tokens, or a negative width.
+    """
     n_tokens = len(activations.token_ids)
+    _check_int("n", n, 0)
+    if n > n_tokens:
+        raise ValueError(f"n={n} contexts drawn without replacement, but the activations hold only {n_tokens} tokens")
+    _check_int("width_left", width_left, 0)
+    _check_int("width_right", width_right, 0)
     idx = torch.randperm(n_tokens, generator=torch.Generator().manual_seed(seed))[:n].tolist()
     dec = _Decoder(tokenizer, activations)
     return [dec.context(i, 0.0, width_left, width_right) for i in idx]
@@ -246,13 +311,18 @@ def render_html(units: Sequence[UnitContexts], *, max_contexts: int | None = Non
         max_contexts: show at most this many contexts per unit.
         title: optional heading.
         scores: optional ``unit -> text`` shown next to the unit's name (e.g. the judges' scores).
+
+    Raises:
+        ValueError: ``max_contexts < 1`` (``None`` shows all).
     """
+    if max_contexts is not None:
+        _check_int("max_contexts", max_contexts, 1)
     parts = ['<div style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.85em; '
              'line-height: 1.5">']
     if title:
         parts.append(f"<div style='font-weight: bold; margin: 0.4em 0'>{html.escape(title)}</div>")
     for u in units:
-        ctxs = u.contexts[:max_contexts] if max_contexts else u.contexts
+        ctxs = u.contexts[:max_contexts] if max_contexts is not None else u.contexts
         amax = max((c.activation for c in ctxs), default=0.0)
         extra = f" &middot; {html.escape(scores[u.unit])}" if scores and u.unit in scores else ""
         parts.append(f"<div style='margin-top: 0.5em'><b>{html.escape(u.unit_set)} #{u.unit}</b> "

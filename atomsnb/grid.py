@@ -114,7 +114,21 @@ class CapacityGridConfig(_Common):
     """Training activations (at most ``|M|``) on which train-set metrics are computed."""
 
     def validate(self) -> int:
-        """Raise ``ValueError`` / ``ModelNotFoundError`` for an impossible grid; return ``d_model``."""
+        """Raise for an impossible grid, before any work; return ``d_model``.
+
+        Checks every field's type and range (integers, non-negative finite coefficients, non-empty lists without
+        duplicates), the device (exists here), dtype and corpus source, the model and layer, ``|M|`` and ``|D|``,
+        ``seq_len`` against the model's positions, and that the corpus holds ``n_fit_tokens`` and
+        ``n_eval_tokens`` (tokenised as far as needed).
+
+        Raises:
+            TypeError: a field of the wrong type (e.g. ``n_fit_tokens="4e4"``).
+            ValueError: a value out of range, naming the field, the value and what is allowed.
+            ModelNotFoundError: an unknown model.
+        """
+        from ._validate import check_data, check_fields
+
+        check_fields(self)
         d_model = self._check_common([self.layer])
         bad_m = [m for m in self.m_values if not 1 <= int(m) <= self.n_fit_tokens]
         if bad_m or not self.m_values:
@@ -124,6 +138,11 @@ class CapacityGridConfig(_Common):
         if bad_d or not self.d_multiples:
             raise ValueError(f"|D| multiples {bad_d or list(self.d_multiples)} give a dictionary of size < 1 for "
                              f"d_model={d_model}")
+        sizes = [int(round(d * d_model)) for d in self.d_multiples]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"d_multiples={list(self.d_multiples)} give the dictionary sizes {sizes} for "
+                             f"d_model={d_model}: some twice (the same point twice)")
+        check_data(self)
         return d_model
 
     def points(self) -> list[GridPoint]:
@@ -211,12 +230,26 @@ class LayerStudyConfig(_Common):
         return list(range(1, n_layers + 1)) if self.layers is None else [int(l) for l in self.layers]
 
     def validate(self) -> int:
-        """Raise for an impossible study (unknown model, bad layer, ``|M|`` > pool); return ``d_model``."""
+        """Raise for an impossible study, before any work; return ``d_model``.
+
+        Checks every field's type and range, the device, dtype and corpus source, the model and layers,
+        ``|M|`` <= pool, ``seq_len`` against the model's positions, and that the corpus holds ``n_fit_tokens``
+        and ``n_eval_tokens``.
+
+        Raises:
+            TypeError: a field of the wrong type.
+            ValueError: a value out of range, naming the field, the value and what is allowed.
+            ModelNotFoundError: an unknown model.
+        """
+        from ._validate import check_data, check_fields
+
+        check_fields(self)
         d_model = self._check_common(self.resolved_layers())
         if not 1 <= self.n_train_tokens <= self.n_fit_tokens:
             raise ValueError(f"n_train_tokens={self.n_train_tokens} impossible: must be in 1..n_fit_tokens={self.n_fit_tokens}")
         if self.capacity < 1:
             raise ValueError(f"capacity must be >= 1; got {self.capacity}")
+        check_data(self)
         return d_model
 
     def points(self) -> list[GridPoint]:

