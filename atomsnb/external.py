@@ -321,8 +321,8 @@ def _check_shapes(weights: Mapping[str, torch.Tensor], d_in: int, d_sae: int, so
     where = f" in {source}" if source else ""
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
                 "threshold": (d_sae,)}
-    for key, t in weights.items():
-        want, got = expected[key], tuple(t.shape)
+    for key in [k for k in expected if k in weights]:  # W_enc first: the message names the encoder when both are off
+        want, got = expected[key], tuple(weights[key].shape)
         if got == want:
             continue
         if len(want) == 2 and got == want[::-1]:
