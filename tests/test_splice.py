@@ -303,3 +303,29 @@ def test_faithfulness_verdict_tie_and_too_small():
                           "explained_variance": [0.3, 0.1, 0.2, 0.5]})
     v = faithfulness_correlations(small)
     assert v.n == 3 and v.winner is None and "too few (fewer than 5)" in v.sentence and "Only 3 unit sets" in v.sentence
+
+
+# ------------------------------------------------------------------ against SAELens itself
+def test_matches_saelens_get_recons_loss():
+    """SAELens 6.54.12's get_recons_loss on a TransformerLens copy of a tiny trained GPT-2 with a JumpReLU SAE
+    (tests/data/saelens_splice/make_reference.py). SAELens' zero ablation zeroes BOS too: ablate_special_tokens=True.
+    The two GPT-2 implementations' logits differ by float32 rounding only (recorded in reference.json)."""
+    import json
+    from pathlib import Path
+
+    from atomsnb.external import load_saelens
+
+    here = Path(__file__).resolve().parent / "data" / "saelens_splice"
+    ref = json.loads((here / "reference.json").read_text())
+    assert ref["max_abs_logit_gap_transformer_lens_vs_transformers"] < 1e-5
+    lm = load_model(str(here / "model"))
+    sae = load_saelens(here / "sae")
+    assert sae.layer == ref["layer"] == 1
+    s = spliced_scores(lm, sae, torch.tensor(ref["tokens"]), sae.layer, ablate_special_tokens=True)
+    m = ref["metrics"]
+    for name in SCORE_NAMES:
+        assert getattr(s, name) == pytest.approx(m[name], rel=1e-6, abs=1e-7), name
+    assert s.n_tokens == m["n_ce_loss_with_sae"] and s.n_tokens_kl == m["n_kl_div_with_sae"]
+    # the default keeps BOS in the ablation too; only the ablation baseline moves
+    d = spliced_scores(lm, sae, torch.tensor(ref["tokens"]), 1)
+    assert d.ce_loss_with_sae == s.ce_loss_with_sae and d.ce_loss_with_ablation != s.ce_loss_with_ablation
