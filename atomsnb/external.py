@@ -590,8 +590,8 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
     Local: a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``, :func:`load_saelens`) or a
     Gemma Scope ``params.npz`` / its directory (:func:`load_gemma_scope`). Hub: ``"<owner>/<repo>/<folder>"``,
     e.g. ``"google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"``; the folder's files are
-    downloaded with ``huggingface_hub.snapshot_download`` (needs the hub, and for Gemma Scope nothing
-    else: the repository is not gated) and then read as above.
+    downloaded with ``huggingface_hub.snapshot_download`` (needs the hub; a gated repository also needs its
+    licence accepted and ``HF_TOKEN``) and then read as above.
 
     Args:
         source: local path or hub spec.
