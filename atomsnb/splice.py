@@ -436,7 +436,9 @@ def faithfulness_correlations(table: pd.DataFrame, *, score: str = "ce_loss_scor
     coefficients, layers) of ``table``, and a paired bootstrap (``n_boot`` resamples of the rows, seeded)
     of the difference of the two correlations. The verdict names a predictor only when the
     ``confidence`` interval of the difference excludes 0; otherwise the two tie at this sample size.
-    With fewer than ``min_n`` complete rows it says the sample is too small.
+    With fewer than ``min_n`` complete rows it says the sample is too small. The neurons score 1 on all
+    three columns by construction; include them or not, but say which (they add one concordant point to
+    both correlations).
 
     Args:
         table: one row per unit set with the columns ``score`` and ``predictors`` (NaN rows are dropped).

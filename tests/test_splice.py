@@ -329,3 +329,24 @@ def test_matches_saelens_get_recons_loss():
     # the default keeps BOS in the ablation too; only the ablation baseline moves
     d = spliced_scores(lm, sae, torch.tensor(ref["tokens"]), 1)
     assert d.ce_loss_with_sae == s.ce_loss_with_sae and d.ce_loss_with_ablation != s.ce_loss_with_ablation
+
+
+def test_ce_loss_score_scatter_shows_the_verdicts_correlations():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from atomsnb.plots import ce_loss_score_scatter
+
+    t = pd.DataFrame({"family": ["neurons"] + ["features"] * 3 + ["atoms"] * 3,
+                      "ce_loss_score": [1, .6, .7, .8, .9, .93, np.nan], "r2_aip": [1, .3, .5, .7, .9, .95, .99],
+                      "explained_variance": [1, .8, .85, .9, .7, .75, .8]})
+    v = faithfulness_correlations(t, min_n=3)
+    axes = ce_loss_score_scatter(t, verdict=v)
+    assert [ax.get_title() for ax in axes] == [f"Spearman ρ = {v.rho['r2_aip']:+.2f} (n = 6)",
+                                               f"Spearman ρ = {v.rho['explained_variance']:+.2f} (n = 6)"]
+    assert sum(len(c.get_offsets()) for c in axes[0].collections) == 6  # the NaN row is not drawn
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['r2_aip'\]"):
+        ce_loss_score_scatter(t.drop(columns="r2_aip"))
