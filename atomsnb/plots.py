@@ -322,3 +322,66 @@ def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, 
 
 
 __all__.append("judge_scores")
+
+
+# --- spliced-in faithfulness (issue 11) ---
+def ce_loss_score_scatter(table: pd.DataFrame, *, verdict=None, score: str = "ce_loss_score",
+                          predictors: Sequence[str] = ("r2_aip", "explained_variance"), axes=None,
+                          title: str | None = None):
+    """Downstream faithfulness (``ce_loss_score``) against each activation-space metric, one panel per metric.
+
+    One point per row of ``table`` (unit sets, coefficients, layers), coloured by ``family`` when the
+    column exists; each panel's title gives the Spearman rank correlation over the finite rows (from
+    ``verdict`` when given, so figure and text agree). The verdict sentence itself belongs in the
+    chapter's text (:func:`atomsnb.splice.faithfulness_correlations`).
+
+    Args:
+        table: rows with the columns ``score`` and ``predictors`` (and optionally ``family``).
+        verdict: a :class:`atomsnb.splice.FaithfulnessVerdict` for the same table, or ``None``.
+        score: the downstream column on the y axis.
+        predictors: the columns on the x axes.
+        axes: one axes per predictor (created if ``None``).
+
+    Returns:
+        The array of axes.
+
+    Raises:
+        ValueError: a missing column.
+    """
+    from scipy.stats import spearmanr
+
+    missing = [c for c in (score, *predictors) if c not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks column(s) {missing}; it has {list(table.columns)}")
+    if axes is None:
+        _, axes = plt.subplots(1, len(predictors), figsize=(4.4 * len(predictors), 3.8), squeeze=False)
+        axes = axes[0]
+    labels = {"r2_aip": "R² in the AIP (held-out)", "explained_variance": "explained variance (Euclidean)",
+              "ce_loss_score": "ce_loss_score (spliced in)", "kl_div_score": "kl_div_score (spliced in)"}
+    for ax, pred in zip(axes, predictors):
+        df = table[[score, pred] + (["family"] if "family" in table.columns else [])].copy()
+        df = df[np.isfinite(df[[score, pred]].astype(float).to_numpy()).all(1)]
+        families = list(dict.fromkeys(df["family"])) if "family" in df else [None]
+        for fam in families:
+            sub = df if fam is None else df[df["family"] == fam]
+            color, marker = _FAMILY_STYLE.get(fam, ("k", "o"))
+            ax.scatter(sub[pred], sub[score], color=color, marker=marker, s=36, label=fam, zorder=3)
+        if verdict is not None and pred in verdict.rho:
+            rho, n = verdict.rho[pred], verdict.n
+        else:
+            n = len(df)
+            rho = float(spearmanr(df[pred], df[score]).statistic) if n >= 3 else float("nan")
+        ax.set_title(f"Spearman ρ = {rho:+.2f} (n = {n})", fontsize=10)
+        ax.set_xlabel(labels.get(pred, pred))
+        ax.set_ylabel(labels.get(score, score))
+        ax.axhline(1, color="k", lw=0.5, ls=":")
+        ax.axhline(0, color="k", lw=0.5, ls=":")
+    if "family" in table.columns:
+        axes[0].legend(fontsize=8)
+    if title:
+        axes[0].figure.suptitle(title, fontsize=11)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+__all__.append("ce_loss_score_scatter")
