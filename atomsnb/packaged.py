@@ -416,3 +416,24 @@ def card_summary(card: dict) -> dict:
             "n_parameters": card["n_parameters"], "n_layers": card["n_layers"], "d_model": card["d_model"],
             "vocab_size": card["vocab_size"], "conversion_time_s": card["conversion_time_s"]}
 
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m atomsnb.packaged [NAME ...]``: convert the packaged models (all by default) if they are not
+    converted yet, and print each card's key fields (:func:`card_summary`) and its directory."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m atomsnb.packaged", description=main.__doc__)
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"registered names (default: all of {list(PACKAGED_MODELS)})")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.names if n not in PACKAGED_MODELS]
+    if unknown:
+        ap.error(f"unknown packaged model(s) {unknown}; registered: {list(PACKAGED_MODELS)}")
+    for name in args.names or list(PACKAGED_MODELS):
+        path = ensure_packaged_model(name)
+        summary = card_summary(model_card(path))
+        print(f"{name}: {path}\n  " + "\n  ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -39,3 +39,34 @@ def test_bad_sources():
         Corpus("file:/no/such/file.txt").documents()
     with pytest.raises(ValueError, match="split must be one of"):
         Corpus().documents("test")
+
+
+def test_pydoc_topics_is_prose_split_by_section_with_stable_ids():
+    from pydoc_data.topics import topics
+
+    c = Corpus("pydoc-topics")
+    docs = c.documents()
+    ids = [d.doc_id for d in docs]
+    assert len(ids) == len(set(ids)) and len(docs) > len(topics)  # one document per section
+    assert all(i.startswith("pydoc:") for i in ids)
+    # every topic's text is covered: its sections joined give back the topic (modulo the whitespace stripped at cuts)
+    for topic in ("assert", "compound", "specialnames"):
+        joined = "".join(d.text for d in docs if d.doc_id.startswith(f"pydoc:{topic}::"))
+        assert "".join(topics[topic].split()) == "".join(joined.split())
+    by_id = {d.doc_id: d.text for d in docs}
+    exc = by_id['pydoc:compound::Compound statements/The "try" statement/"except" clause']
+    assert exc.startswith('"except" clause\n---------------')
+    # prose, not code: most lines are sentences
+    words = sum(len(d.text.split()) for d in docs)
+    assert words > 50_000
+    assert Corpus("pydoc-topics").fingerprint("eval") == c.fingerprint("eval")
+    assert {s: len(c.documents(s)) for s in SPLITS} == {s: sum(1 for i in ids if split_of(i) == s) for s in SPLITS}
+
+
+def test_file_corpus_errors_name_the_file(tmp_path):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("Caf\xe9 au lait, enough text for a document.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt.*not UTF-8"):
+        Corpus(f"file:{latin}").documents()
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path.name}'? is a directory"):
+        Corpus(f"file:{tmp_path}")
