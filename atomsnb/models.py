@@ -28,7 +28,7 @@ import torch
 
 from .default_model import MODEL_NAME as DOCSTRING_GPT2_NAME
 from .default_model import ensure_default_model
-from .packaged import PACKAGED_MODELS, ensure_packaged_model
+from .packaged import PACKAGED_MODELS, PackageNotInstalledError, ensure_packaged_model
 
 __all__ = ["DEFAULT_MODEL_NAME", "DOCSTRING_GPT2_NAME", "REGISTERED_MODELS", "PACKAGED_MODELS", "LoadedModel",
            "ModelNotFoundError", "UnsupportedModelError", "load_model", "resolve_dtype", "resolve_device",
@@ -171,7 +171,7 @@ def resolve_model_path(name: str, *, verbose: bool = True) -> str:
     if canon in PACKAGED_MODELS:
         try:
             return str(ensure_packaged_model(canon, verbose=verbose))
-        except OSError as exc:  # PackageNotInstalledError
+        except PackageNotInstalledError as exc:
             raise ModelNotFoundError(str(exc)) from exc
     if canon == DOCSTRING_GPT2_NAME:
         return str(ensure_default_model(verbose=verbose))

@@ -58,6 +58,8 @@ __all__ = ["CONVERTER_VERSION", "CARD_FILE", "PackagedModel", "PACKAGED_MODELS",
 CONVERTER_VERSION = 1
 #: The model card written next to the converted weights.
 CARD_FILE = "atomsnb_card.json"
+#: Disk space a conversion needs (float32 safetensors + tokenizer, plus Gemma's assembled GGUF), MB.
+_NEEDED_MB = {"smollm2-135m": 600, "gemma3-270m": 1500}
 #: Text whose logits must be bit-identical before and after the save/reload round trip.
 PROBE_TEXT = 'def absolute(x):\n    """Return the absolute value of x."""\n    return abs(x)\n'
 
@@ -288,6 +290,7 @@ def ensure_packaged_model(name: str, *, verbose: bool = True) -> Path:
         KeyError: ``name`` is not registered.
         PackageNotInstalledError: the model is not converted yet and its package is missing.
         ConversionError: checksum mismatch, or the saved copy does not reproduce the GGUF model's logits.
+        OSError: the conversion could not be written (disk full...): the message names the directory and the space needed.
     """
     spec = _registered(name)
     path = packaged_model_path(name)
@@ -300,7 +303,15 @@ def ensure_packaged_model(name: str, *, verbose: bool = True) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
         try:
-            _convert(spec, tmp, verbose=verbose)
+            try:
+                _convert(spec, tmp, verbose=verbose)
+            except PackageNotInstalledError:
+                raise
+            except OSError as exc:  # disk full, read-only cache...: say where and how much room it needs
+                need = _NEEDED_MB.get(spec.name, 0)
+                raise OSError(exc.errno, f"converting {spec.name!r} into {str(tmp)!r} failed: {exc.strerror or exc}. "
+                              f"The conversion needs about {need} MB free in {str(path.parent)!r} (set ATOMSNB_CACHE "
+                              "to move the cache)") from exc
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)

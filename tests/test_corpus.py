@@ -70,3 +70,30 @@ def test_file_corpus_errors_name_the_file(tmp_path):
         Corpus(f"file:{latin}").documents()
     with pytest.raises(IsADirectoryError, match=rf"{tmp_path.name}'? is a directory"):
         Corpus(f"file:{tmp_path}")
+
+
+def test_parsed_sources_are_cached_and_a_changed_file_is_parsed_again(tmp_path):
+    from atomsnb import corpus as cmod
+
+    root = tmp_path / "lib"
+    (root / "pkg").mkdir(parents=True)
+    mod = root / "pkg" / "m.py"
+    mod.write_text('def f():\n    """First version of a docstring."""\n')
+    calls = []
+
+    def build():  # an independent parse: ast on the file as it is now
+        import ast
+
+        calls.append(1)
+        return (cmod.Document("x", ast.get_docstring(ast.parse(mod.read_text()).body[0])),)
+
+    roots = [("t", root)]
+    assert cmod._cached_documents("t", roots, build)[0].text == "First version of a docstring."
+    assert cmod._cached_documents("t", roots, build)[0].text == "First version of a docstring." and len(calls) == 1
+    mod.write_text('def f():\n    """Second version, longer than the first."""\n')
+    assert cmod._cached_documents("t", roots, build)[0].text == "Second version, longer than the first."
+    assert len(calls) == 2
+    for f in cmod.cache_dir("corpus").glob("t-*.json"):
+        f.write_text('{"key": ')  # damaged: rebuilt, not used
+    assert cmod._cached_documents("t", roots, build)[0].text == "Second version, longer than the first."
+    assert len(calls) == 3
