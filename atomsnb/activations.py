@@ -9,12 +9,19 @@ returns the *final-norm* output there. Hooks stop the forward pass after the dee
 requested block, so early layers cost only what they compute.
 
 Text comes from :class:`atomsnb.corpus.Corpus`: documents of one split are shuffled with the
-seed, tokenised, joined with EOS and cut into windows of ``seq_len`` tokens, each starting
-with the tokenizer's BOS token (when it has one). Position 0 (the BOS / attention-sink token,
-whose massive activations dominate second moments in real LLMs) is dropped by default.
+seed, tokenised without special tokens, joined with EOS and cut into windows of ``seq_len`` tokens.
+Every window begins the way the model's own tokenizer begins a text it encodes on its own
+(:func:`atomsnb.models.tokenizer_prefix`, i.e. ``add_special_tokens=True``): Gemma's tokenizer puts
+``<bos>`` first, so Gemma windows are ``<bos>`` + text; SmolLM2's adds nothing, so SmolLM2 windows start
+with a text token; the docstring GPT-2's tokenizer adds ``<|endoftext|>`` as it was trained. Position 0
+(the BOS, or whatever token comes first: the attention sink whose massive activations dominate second
+moments in real LLMs, SPEC §1.1) is dropped by default (``drop_bos``), whatever token it holds.
 
-Results are cached per layer as checksummed safetensors (:mod:`atomsnb.io`) under a key of
-model, dtype, corpus split fingerprint, token count, window length, seed and BOS handling.
+Results are cached per layer as checksummed safetensors (:mod:`atomsnb.io`) under a key of the model's
+*content* (:attr:`atomsnb.models.LoadedModel.fingerprint`: SHA-256 of its weights, config and tokenizer
+files, never the folder's name), dtype, the window prefix, corpus split fingerprint, token count, window
+length, seed, BOS handling and :data:`CAPTURE_VERSION`. A model changed in memory after loading has the
+fingerprint of its files: collect from it with ``cache=False``.
 """
 
 from __future__ import annotations
@@ -22,20 +29,41 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
+import os
+import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
 from .aip import check_finite
-from .corpus import Corpus
-from .io import CacheCorruptError, load_tensors, save_tensors
-from .models import LoadedModel, decoder_layers, load_model
+from .corpus import SPLITS, Corpus
+from .io import CacheCorruptError, load_tensors, save_tensors, tensor_digest
+from .models import (LoadedModel, decoder_layers, load_model, resolve_device, resolve_dtype, resolve_model_path,
+                     tokenizer_prefix)
 from .paths import cache_dir
 
-__all__ = ["ActivationConfig", "Activations", "collect_activations", "token_windows", "capture_residual_stream"]
+__all__ = ["ActivationConfig", "Activations", "CAPTURE_VERSION", "collect_activations", "token_windows",
+           "capture_residual_stream", "next_token_loss"]
+
+#: Bump when the capture code changes what it returns for the same model and config (enters every cache key).
+CAPTURE_VERSION = 2
+
+
+def _int_field(name: str, value, minimum: int, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer >= {minimum}{hint}; got {value!r} "
+                            f"({type(value).__name__})") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{hint}; got {value}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,41 @@ class ActivationConfig:
     """``"cpu"``, ``"cuda"`` or ``"auto"``."""
     dtype: str = "float32"
     """Model dtype (activations are stored float32 regardless)."""
+
+    def __post_init__(self):
+        """Validate every field before any work starts (``TypeError`` / ``ValueError`` naming the field,
+        the bad value and what is allowed); ``layers`` is normalised to a sorted tuple without duplicates."""
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise TypeError(f"model must be a non-empty string (a registered name, a local directory or a hub id); "
+                            f"got {self.model!r}")
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, int) and not isinstance(self.layers, bool) else self.layers
+            try:
+                items = list(layers)
+            except TypeError:
+                raise TypeError(f"layers must be None or a sequence of layer indices >= 0; got {self.layers!r}") from None
+            if not items:
+                raise ValueError("layers must be None (all layers 1..n_layers) or a non-empty sequence of layer "
+                                 "indices >= 0; got an empty sequence")
+            clean = tuple(sorted({_int_field("each layer", l, 0, " (0 = embeddings, l = after block l)") for l in items}))
+            object.__setattr__(self, "layers", clean)
+        Corpus(self.corpus)  # validates the source string (and a file: path) without reading anything
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
+        object.__setattr__(self, "n_tokens", _int_field("n_tokens", self.n_tokens, 1))
+        object.__setattr__(self, "seq_len", _int_field("seq_len", self.seq_len, 2, " (position 0 is dropped)"))
+        object.__setattr__(self, "batch_size", _int_field("batch_size", self.batch_size, 1))
+        object.__setattr__(self, "seed", _int_field("seed", self.seed, 0))
+        if not isinstance(self.drop_bos, bool):
+            raise TypeError(f"drop_bos must be True or False; got {self.drop_bos!r}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"device must be a string ('cpu', 'cuda', 'cuda:N', 'mps' or 'auto'); got {self.device!r}")
+        resolve_device(self.device)
+        if not isinstance(self.dtype, str):
+            raise TypeError(f"dtype must be a string ('float32', 'bfloat16', 'float16'); got {self.dtype!r}")
+        resolve_dtype(self.dtype)
 
 
 @dataclass
@@ -95,20 +158,24 @@ def token_windows(tokenizer, corpus: Corpus, split: str, *, n_tokens: int, seq_l
                   drop_bos: bool = True) -> torch.Tensor:
     """Windows ``[n_windows, seq_len]`` of token ids holding at least ``n_tokens`` usable tokens.
 
-    Documents of ``split`` are shuffled with ``seed`` and tokenised only until enough tokens are
-    available, so a large corpus is not tokenised in full.
+    Each window is the tokenizer's own prefix (:func:`atomsnb.models.tokenizer_prefix`: ``[<bos>]`` for Gemma,
+    nothing for SmolLM2) followed by ``seq_len - len(prefix)`` tokens of the stream of documents (tokenised
+    without special tokens, joined with EOS). Documents of ``split`` are shuffled with ``seed`` and tokenised
+    only until enough tokens are available, so a large corpus is not tokenised in full. Usable tokens per
+    window: ``seq_len - 1`` with ``drop_bos`` (position 0 dropped), else ``seq_len``.
 
     Raises:
-        ValueError: ``seq_len < 2``, ``n_tokens < 1``, or the split has fewer tokens than asked
-            (the message gives both numbers).
+        ValueError: ``seq_len < 2``, ``n_tokens < 1``, a prefix as long as the window, or the split has fewer
+            tokens than asked (the message gives both numbers).
     """
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2; got {seq_len}")
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be >= 1; got {n_tokens}")
-    bos = getattr(tokenizer, "bos_token_id", None)
+    seq_len = _int_field("seq_len", seq_len, 2, " (position 0 is dropped)")
+    n_tokens = _int_field("n_tokens", n_tokens, 1)
+    prefix = tokenizer_prefix(tokenizer)
     sep = getattr(tokenizer, "eos_token_id", None)
-    body_len = seq_len - 1 if bos is not None else seq_len
+    body_len = seq_len - len(prefix)
+    if body_len < 1:
+        raise ValueError(f"seq_len={seq_len} leaves no room for text after the tokenizer's {len(prefix)} prefix "
+                         f"token(s); use seq_len >= {len(prefix) + 1}")
     per_window = seq_len - 1 if drop_bos else seq_len
     n_windows = math.ceil(n_tokens / per_window)
     docs = corpus.texts(split)
@@ -128,8 +195,8 @@ def token_windows(tokenizer, corpus: Corpus, split: str, *, n_tokens: int, seq_l
         raise ValueError(f"corpus {corpus.source!r} split {split!r} has about {available} usable tokens at "
                          f"seq_len={seq_len}; asked for n_tokens={n_tokens}. Lower n_tokens or use a larger corpus.")
     body = torch.tensor(stream[:need], dtype=torch.long).view(n_windows, body_len)
-    if bos is not None:
-        body = torch.cat([torch.full((n_windows, 1), bos, dtype=torch.long), body], dim=1)
+    if prefix:
+        body = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(n_windows, len(prefix)), body], dim=1)
     return body
 
 
@@ -183,19 +250,55 @@ def capture_residual_stream(lm: LoadedModel, input_ids: torch.Tensor, layers: Se
     return out
 
 
-def _model_id(lm: LoadedModel) -> str:
-    cfg = lm.model.config.to_dict()
-    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
-        cfg.pop(k, None)
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{Path(str(lm.path)).name}-{digest}"
+def _model_fingerprint(lm: LoadedModel) -> str:
+    """The loaded model's content fingerprint; for a hand-built :class:`LoadedModel` without one, a digest of its
+    tensors and config (slow, but never the folder's name)."""
+    if not lm.fingerprint:
+        cfg = lm.model.config.to_dict()
+        for k in ("_name_or_path", "transformers_version"):
+            cfg.pop(k, None)
+        h = hashlib.sha256(tensor_digest(dict(lm.model.state_dict())).encode())
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        lm.fingerprint = "tensors-" + h.hexdigest()
+    return lm.fingerprint
 
 
-def _cache_key(lm: LoadedModel, cfg: ActivationConfig, corpus: Corpus) -> str:
-    blob = json.dumps({"model": _model_id(lm), "dtype": str(lm.dtype), "corpus": corpus.source,
-                       "fingerprint": corpus.fingerprint(cfg.split), "split": cfg.split, "n_tokens": cfg.n_tokens,
-                       "seq_len": cfg.seq_len, "seed": cfg.seed, "drop_bos": cfg.drop_bos}, sort_keys=True)
+def _cache_key(lm: LoadedModel, cfg: ActivationConfig, corpus: Corpus, prefix: list[int]) -> str:
+    blob = json.dumps({"capture_version": CAPTURE_VERSION, "model": _model_fingerprint(lm), "dtype": str(lm.dtype),
+                       "prefix": prefix, "corpus": corpus.source, "fingerprint": corpus.fingerprint(cfg.split),
+                       "split": cfg.split, "n_tokens": cfg.n_tokens, "seq_len": cfg.seq_len, "seed": cfg.seed,
+                       "drop_bos": cfg.drop_bos}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_model_matches(lm: LoadedModel, config: ActivationConfig) -> None:
+    """Refuse a loaded model that is not the one ``config`` names (path, dtype, device)."""
+    if not isinstance(lm, LoadedModel):
+        raise TypeError(f"model must be a LoadedModel from atomsnb.models.load_model (or None); got "
+                        f"{type(lm).__name__}")
+    expected = resolve_model_path(config.model, verbose=False)
+    same = (os.path.realpath(expected) == os.path.realpath(lm.path)) if os.path.isdir(expected) else expected == lm.path
+    if not same:
+        raise ValueError(f"the model passed to collect_activations was loaded from {lm.path!r} (name {lm.name!r}), but "
+                         f"config.model={config.model!r} resolves to {expected!r}; pass the model config.model names, "
+                         "or model=None to load it")
+    if lm.dtype != resolve_dtype(config.dtype):
+        raise ValueError(f"the model passed to collect_activations has dtype {lm.dtype}, but config.dtype="
+                         f"{config.dtype!r}; load it with dtype={config.dtype!r} or change the config")
+    dev = resolve_device(config.device)
+    if lm.device.type != dev.type or (dev.index is not None and (lm.device.index or 0) != dev.index):
+        raise ValueError(f"the model passed to collect_activations is on device {str(lm.device)!r}, but config.device="
+                         f"{config.device!r}; load it with device={config.device!r} or change the config")
+
+
+def _save(path, tensors, meta) -> None:
+    """Write one cache file; a failed write (disk full, read-only) warns naming the file and is not fatal."""
+    try:
+        save_tensors(path, tensors, meta)
+    except OSError as exc:
+        warnings.warn(f"could not write the activation cache file {str(path)!r} ({exc.strerror or exc}); the "
+                      "activations are returned but not cached. Free space there, set ATOMSNB_CACHE to another "
+                      "directory, or pass cache=False", RuntimeWarning, stacklevel=3)
 
 
 def collect_activations(config: ActivationConfig, *, model: LoadedModel | None = None, cache: bool = True,
@@ -203,26 +306,40 @@ def collect_activations(config: ActivationConfig, *, model: LoadedModel | None =
     """Collect (or load from cache) residual-stream activations for ``config``.
 
     Args:
-        config: what to collect (:class:`ActivationConfig`).
-        model: an already loaded model to reuse (must match ``config.model``); loaded if ``None``.
+        config: what to collect (:class:`ActivationConfig`, validated when it was built).
+        model: an already loaded model to reuse; it must be the one ``config.model`` names, with ``config.dtype``
+            and on ``config.device``, else ``ValueError``. Loaded if ``None``.
         cache: read and write the on-disk cache (``$ATOMSNB_CACHE/activations``). A damaged cache
-            file is reported and recomputed, never used.
+            file is reported and recomputed, never used; a cache file that cannot be written (disk full)
+            gives a ``RuntimeWarning`` naming it, and the activations are still returned.
         progress: show a tqdm progress bar (also silenced by ``TQDM_DISABLE=1``).
 
     Returns:
         :class:`Activations` with ``acts[layer]`` of shape ``[config.n_tokens, d_model]``, float32.
 
     Raises:
-        ValueError: a layer out of range, an empty corpus, fewer tokens than asked, or NaN/inf in the
-            activations (naming the layer).
+        TypeError: ``config`` is not an :class:`ActivationConfig`, or ``model`` not a :class:`LoadedModel`.
+        ValueError: a model that does not match ``config``, a layer out of range, ``seq_len`` above the model's
+            maximum positions, an empty corpus, fewer tokens than asked, or NaN/inf in the activations (naming
+            the layer).
+        RuntimeError: the forward loop did not fill every row (a bug; nothing is cached).
     """
+    if not isinstance(config, ActivationConfig):
+        raise TypeError(f"config must be an ActivationConfig; got {type(config).__name__}")
+    if model is not None:
+        _check_model_matches(model, config)
     lm = model or load_model(config.model, device=config.device, dtype=config.dtype)
-    layers = tuple(range(1, lm.n_layers + 1)) if config.layers is None else tuple(sorted(set(config.layers)))
+    layers = tuple(range(1, lm.n_layers + 1)) if config.layers is None else config.layers
     bad = [l for l in layers if not 0 <= l <= lm.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layer(s) {bad or list(layers)} out of range for {config.model!r}: allowed 0..{lm.n_layers}")
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range for {lm.name!r}: residual-stream layers are 0..{lm.n_layers} "
+                         "(0 = embeddings, l = after block l)")
+    if lm.max_positions is not None and config.seq_len > lm.max_positions:
+        raise ValueError(f"seq_len={config.seq_len} exceeds the maximum positions of {lm.name!r} "
+                         f"({lm.max_positions}); use seq_len <= {lm.max_positions}")
     corpus = Corpus(config.corpus)
-    key = _cache_key(lm, config, corpus)
+    prefix = tokenizer_prefix(lm.tokenizer)
+    key = _cache_key(lm, config, corpus, prefix)
     folder = cache_dir("activations", key)
     acts: dict[int, torch.Tensor] = {}
     tokens = None
@@ -256,20 +373,68 @@ def collect_activations(config: ActivationConfig, *, model: LoadedModel | None =
             bar = tqdm(range(0, len(windows), config.batch_size), desc=f"activations {lm.name} layers {missing}",
                        disable=not progress or None, leave=False)
             for start in bar:
+                if filled >= config.n_tokens:
+                    break
                 ids = windows[start:start + config.batch_size]
                 res = capture_residual_stream(lm, ids, missing)
                 take = min(len(ids) * per_window, config.n_tokens - filled)
                 for l in missing:
                     buf[l][filled:filled + take] = res[l][:, first:].reshape(-1, lm.d_model)[:take].float().cpu()
                 filled += take
+            if filled != config.n_tokens:
+                raise RuntimeError(f"collect_activations filled {filled} of {config.n_tokens} rows for {lm.name!r} "
+                                   f"(windows {tuple(windows.shape)}, batch_size {config.batch_size}); nothing was cached")
             for l in missing:
                 check_finite(buf[l], name=f"activations of {lm.name!r} at layer {l}")
                 acts[l] = buf[l]
                 if cache:
-                    save_tensors(folder / f"layer{l:03d}.safetensors", {"acts": buf[l]},
-                                 {"layer": l, "config": asdict(config), "model_path": str(lm.path)})
+                    _save(folder / f"layer{l:03d}.safetensors", {"acts": buf[l]},
+                          {"layer": l, "config": asdict(config), "model_path": str(lm.path),
+                           "model_fingerprint": lm.fingerprint, "capture_version": CAPTURE_VERSION})
         if cache:
-            save_tensors(folder / "tokens.safetensors", tokens, {"config": asdict(config)})
+            _save(folder / "tokens.safetensors", tokens, {"config": asdict(config), "prefix": prefix})
     return Activations(acts={l: acts[l] for l in layers}, token_ids=tokens["token_ids"], window=tokens["window"],
                        position=tokens["position"], windows=tokens["windows"], config=config,
-                       meta={"cache_key": key, "n_layers": lm.n_layers, "d_model": lm.d_model, "model_path": str(lm.path)})
+                       meta={"cache_key": key, "n_layers": lm.n_layers, "d_model": lm.d_model, "model_path": str(lm.path),
+                             "model_fingerprint": lm.fingerprint, "prefix": prefix})
+
+
+def next_token_loss(lm: LoadedModel, corpus: str = "docstrings", split: str = "eval", *, n_tokens: int = 8192,
+                    seq_len: int = 128, seed: int = 0, batch_size: int = 4) -> dict:
+    """Mean next-token cross-entropy (nats/token) of ``lm`` on windows of a corpus split.
+
+    Windows are those of :func:`token_windows` (the model's own prefix first); every position ``t >= 1`` of a
+    window is predicted from positions ``< t`` and scored, so a window of ``seq_len`` scores ``seq_len - 1``
+    tokens (position 0 has no context and is never scored).
+
+    Args:
+        lm: a loaded model.
+        corpus, split: the text (:class:`atomsnb.corpus.Corpus`).
+        n_tokens: scored tokens (rounded up to whole windows).
+        seq_len: window length in tokens.
+        seed: document order.
+        batch_size: windows per forward pass (Gemma's 262k-token vocabulary makes logits large: keep it small).
+
+    Returns:
+        ``{"loss": float (nats/token), "n_tokens": int (scored), "n_windows": int, "seq_len": int,
+        "perplexity": float}``.
+
+    Raises:
+        ValueError: as :func:`token_windows`, or ``seq_len`` above the model's maximum positions.
+    """
+    if lm.max_positions is not None and seq_len > lm.max_positions:
+        raise ValueError(f"seq_len={seq_len} exceeds the maximum positions of {lm.name!r} ({lm.max_positions})")
+    batch_size = _int_field("batch_size", batch_size, 1)
+    windows = token_windows(lm.tokenizer, Corpus(corpus), split, n_tokens=n_tokens, seq_len=seq_len, seed=seed,
+                            drop_bos=True)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            ids = windows[start:start + batch_size].to(lm.device)
+            logits = lm.model(input_ids=ids, use_cache=False).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                     ids[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss)
+            count += ids[:, 1:].numel()
+    return {"loss": total / count, "n_tokens": count, "n_windows": int(len(windows)), "seq_len": seq_len,
+            "perplexity": math.exp(total / count)}

@@ -89,6 +89,8 @@ class AIP:
     Attributes (after fitting):
         d_model: ``H``.
         n_tokens: number of activation vectors accumulated.
+        n_excluded: number of rows left out through ``exclude`` (massive tokens, :mod:`atomsnb.massive`);
+            informational, not saved by :meth:`save`.
         second_moment: ``M = (1/n) sum_n m_n m_n^T``, ``[H, H]`` float64 (uncentred, SPEC §1.1).
         S: ``M^{-1}`` (or ``(M + ridge)^{-1}``, or the pseudo-inverse), ``[H, H]`` float64.
         condition_number: ``lambda_max / lambda_min`` of ``M`` (``inf`` if ``lambda_min <= 0``).
@@ -115,30 +117,48 @@ class AIP:
         self.min_tokens_per_dim = float(min_tokens_per_dim)
         self._sum = torch.zeros(d_model, d_model, dtype=torch.float64)
         self.n_tokens = 0
+        self.n_excluded = 0
         self._fitted: dict | None = None
 
     # ------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, acts: torch.Tensor, *, ridge: float = 0.0, pinv: bool = False, batch_size: int = 16384,
-            min_tokens_per_dim: float = MIN_TOKENS_PER_DIM) -> "AIP":
+            min_tokens_per_dim: float = MIN_TOKENS_PER_DIM, exclude: torch.Tensor | None = None) -> "AIP":
         """Estimate the AIP from activations ``acts`` ``[n_tokens, d_model]`` (any float dtype).
 
+        Args:
+            exclude: optional ``[n_tokens]`` bool mask of rows to leave out of ``E[h h^T]``, e.g. massive tokens
+                (:func:`atomsnb.massive.massive_token_mask`: norm above ``k`` x the median norm). ``None`` (default)
+                fits on every row, as SPEC §1.1 states it. The token-count requirement applies to the rows kept.
+
         Raises:
-            ValueError: ``acts`` is not 2-D or contains NaN/inf.
+            ValueError: ``acts`` is not 2-D or contains NaN/inf; ``exclude`` is not a bool mask of length
+                ``n_tokens`` or excludes every row.
             InsufficientTokensError: ``n_tokens < min_tokens_per_dim * d_model`` with no ridge/pinv.
             SingularSecondMomentError: ``M`` is singular or its condition number exceeds 1e13 in float64.
         """
         acts = _as_tensor(acts, "acts")
         aip = cls(acts.shape[1], ridge=ridge, pinv=pinv, min_tokens_per_dim=min_tokens_per_dim)
-        aip.partial_fit(acts, batch_size=batch_size)
+        aip.partial_fit(acts, batch_size=batch_size, exclude=exclude)
         aip._finalize()
         return aip
 
-    def partial_fit(self, acts: torch.Tensor, *, batch_size: int = 16384) -> "AIP":
-        """Accumulate ``sum m m^T`` over a batch ``[n, d_model]`` in float64; returns ``self``."""
+    def partial_fit(self, acts: torch.Tensor, *, batch_size: int = 16384, exclude: torch.Tensor | None = None) -> "AIP":
+        """Accumulate ``sum m m^T`` over a batch ``[n, d_model]`` in float64; returns ``self``.
+
+        ``exclude``: optional ``[n]`` bool mask of rows to leave out (see :meth:`fit`)."""
         acts = _as_tensor(acts, "acts")
         if acts.shape[1] != self.d_model:
             raise ValueError(f"acts have d_model={acts.shape[1]}, but this AIP was built for d_model={self.d_model}")
+        if exclude is not None:
+            exclude = torch.as_tensor(exclude)
+            if exclude.dtype != torch.bool or tuple(exclude.shape) != (acts.shape[0],):
+                raise ValueError(f"exclude must be a bool mask of shape ({acts.shape[0]},) (one flag per row of acts); "
+                                 f"got {exclude.dtype} of shape {tuple(exclude.shape)}")
+            if acts.shape[0] and bool(exclude.all()):
+                raise ValueError(f"exclude masks all {acts.shape[0]} rows; nothing is left to estimate E[hh^T]")
+            self.n_excluded += int(exclude.sum())
+            acts = acts[~exclude]
         check_finite(acts)
         for start in range(0, acts.shape[0], batch_size):
             x = acts[start : start + batch_size].to(torch.float64)

@@ -1,13 +1,17 @@
-"""The offline default model: a small GPT-2-architecture causal LM trained here, on CPU.
+"""The docstring GPT-2 (registered name ``"docstring-gpt2"``): a small causal LM trained here, on CPU.
 
-No model hub is reachable from this project's machines, so the book's default model is built
-by the project itself: a byte-level BPE tokenizer (``tokenizers``) and a ``transformers``
-``GPT2LMHeadModel`` trained with a fixed seed on the ``train`` split of the offline
-docstring corpus (:mod:`atomsnb.corpus`). It is saved with ``save_pretrained`` (safetensors
-and tokenizer files) into ``$ATOMSNB_CACHE/models/<name>-<key>``, where ``key`` hashes the
-corpus, the config and :data:`RECIPE_VERSION`, next to a model card (``atomsnb_card.json``)
-recording corpus hash and size, tokens seen, train/validation loss and wall time. Later runs
-load it through the same ``from_pretrained`` path a hub model uses (:func:`atomsnb.models.load_model`).
+It was the book's default before real pretrained LLMs came in (:mod:`atomsnb.packaged`); it stays as a
+model a teacher can rebuild from scratch in a few minutes, and as a fixture. A byte-level BPE tokenizer
+(``tokenizers``) and a ``transformers`` ``GPT2LMHeadModel`` are trained with a fixed seed on the ``train``
+split of the offline docstring corpus (:mod:`atomsnb.corpus`). Every training window starts with
+``<|endoftext|>`` as BOS, and the saved tokenizer adds that BOS itself when it encodes a text
+(``add_special_tokens=True``), so :func:`atomsnb.activations.token_windows` begins windows the way the
+model was trained. It is saved with ``save_pretrained`` (safetensors and tokenizer files) into
+``$ATOMSNB_CACHE/models/docstring-gpt2-<key>``, where ``key`` hashes the corpus, the config and
+:data:`RECIPE_VERSION`, next to a model card (``atomsnb_card.json``) recording corpus hash and size, tokens
+seen, train/validation loss and wall time. Later runs load it through the same ``from_pretrained`` path as
+any local model (:func:`atomsnb.models.load_model`). Computing the key parses the whole corpus (seconds), so
+this model is built on demand, outside the book's default path.
 """
 
 from __future__ import annotations
@@ -28,22 +32,24 @@ from pathlib import Path
 import torch
 
 from .corpus import Corpus
+from .fingerprints import file_sha256
 from .io import CacheCorruptError, load_json, save_json
 from .paths import cache_dir
 
-__all__ = ["DEFAULT_MODEL_NAME", "RECIPE_VERSION", "DefaultModelConfig", "ensure_default_model", "default_model_path",
+__all__ = ["MODEL_NAME", "RECIPE_VERSION", "DefaultModelConfig", "ensure_default_model", "default_model_path",
            "model_card"]
 
-#: The name under which :func:`atomsnb.models.load_model` finds the default model.
-DEFAULT_MODEL_NAME = "atomsnb/docstring-gpt2"
-#: Bump when the training recipe changes in a way the config does not capture.
-RECIPE_VERSION = 1
+#: The registered name under which :func:`atomsnb.models.load_model` finds this model.
+MODEL_NAME = "docstring-gpt2"
+#: Bump when the training recipe changes in a way the config does not capture
+#: (2: the saved tokenizer adds the BOS itself).
+RECIPE_VERSION = 2
 CARD_FILE = "atomsnb_card.json"
 
 
 @dataclass(frozen=True)
 class DefaultModelConfig:
-    """Architecture and training recipe of the default model (all fields enter the cache key)."""
+    """Architecture and training recipe of the docstring GPT-2 (all fields enter the cache key)."""
 
     corpus: str = "docstrings"
     """Corpus source (:class:`atomsnb.corpus.Corpus`); the model trains on its ``train`` split."""
@@ -79,30 +85,24 @@ class DefaultModelConfig:
 
 
 def default_model_path(config: DefaultModelConfig | None = None) -> Path:
-    """Directory where the default model for ``config`` lives (whether or not it is built yet)."""
+    """Directory where the docstring GPT-2 for ``config`` lives (whether or not it is built yet)."""
     config = config or DefaultModelConfig()
     key = config.key(Corpus(config.corpus).fingerprint("train"))
     return cache_dir("models") / f"docstring-gpt2-{key}"
 
 
 def model_card(path: str | os.PathLike) -> dict:
-    """Read the model card of a built default model (raises ``CacheCorruptError`` if unreadable)."""
+    """Read the model card of a built docstring GPT-2 (raises ``CacheCorruptError`` if unreadable).
+
+    :func:`atomsnb.models.model_card` reads the card of any registered model by name."""
     return load_json(Path(path) / CARD_FILE)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_valid(path: Path) -> bool:
     try:
         card = model_card(path)
-        return _sha256_file(path / "model.safetensors") == card["weights_sha256"]
-    except (FileNotFoundError, CacheCorruptError, KeyError):
+        return file_sha256(path / "model.safetensors") == card["weights_sha256"]
+    except (FileNotFoundError, NotADirectoryError, CacheCorruptError, KeyError, TypeError):
         return False
 
 
@@ -118,7 +118,7 @@ def _file_lock(path: Path):
 
 
 def ensure_default_model(config: DefaultModelConfig | None = None, *, verbose: bool = True) -> Path:
-    """Return the directory of the default model, building it first if it is not cached.
+    """Return the directory of the docstring GPT-2, building it first if it is not cached.
 
     The build takes a few minutes on 2 CPU cores; a cached model is verified (weights
     checksum against the model card) and rebuilt if damaged. Concurrent callers wait on a
@@ -155,7 +155,13 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
                             show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    from tokenizers.processors import TemplateProcessing
+
+    eot = "<|endoftext|>"
+    backend = bpe._tokenizer
+    backend.post_processor = TemplateProcessing(single=f"{eot} $A", pair=f"{eot} $A {eot} $B",
+                                                special_tokens=[(eot, backend.token_to_id(eot))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=eot, eos_token=eot, unk_token=eot)
     return tok
 
 
@@ -184,7 +190,7 @@ def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
     tok = _train_tokenizer(train_texts, config.vocab_size)
     train_stream, val_stream = _token_stream(tok, train_texts), _token_stream(tok, val_texts)
     if verbose:
-        print(f"[default model] tokenizer trained ({time.time() - t0:.0f} s); train tokens {len(train_stream):,}, "
+        print(f"[docstring-gpt2] tokenizer trained ({time.time() - t0:.0f} s); train tokens {len(train_stream):,}, "
               f"val tokens {len(val_stream):,}", flush=True)
 
     cfg = GPT2Config(vocab_size=len(tok), n_positions=config.n_ctx, n_embd=config.n_embd, n_layer=config.n_layer,
@@ -220,7 +226,7 @@ def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
         opt.step()
         losses.append(float(loss.detach()))
         if verbose and (step + 1) % 50 == 0:
-            print(f"[default model] step {step + 1}/{config.n_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
+            print(f"[docstring-gpt2] step {step + 1}/{config.n_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
 
     model.eval()
@@ -236,7 +242,7 @@ def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
     import transformers
 
     card = {
-        "name": DEFAULT_MODEL_NAME,
+        "name": MODEL_NAME,
         "architecture": "GPT2LMHeadModel",
         "config": asdict(config),
         "recipe_version": RECIPE_VERSION,
@@ -249,11 +255,11 @@ def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
         "val_loss": val_loss,
         "val_loss_uniform_baseline": math.log(len(tok)),
         "wall_time_s": time.time() - t0,
-        "weights_sha256": _sha256_file(out / "model.safetensors"),
+        "weights_sha256": file_sha256(out / "model.safetensors", use_stamp=False),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
     }
     save_json(out / CARD_FILE, card)
     if verbose:
-        print(f"[default model] built in {card['wall_time_s']:.0f} s: {card['n_parameters']:,} parameters, "
+        print(f"[docstring-gpt2] built in {card['wall_time_s']:.0f} s: {card['n_parameters']:,} parameters, "
               f"val loss {val_loss:.3f} nats/token (uniform: {math.log(len(tok)):.2f})", flush=True)

@@ -1,10 +1,15 @@
-"""The offline default model: deterministic build, model card, checksum, one loading path."""
+"""The docstring GPT-2 (registered name "docstring-gpt2"): deterministic build, model card, checksum, BOS, one loading path.
+
+The full-size build takes minutes and is no longer on the book's default path; these tests build a micro
+configuration of the same recipe.
+"""
 
 import pytest
 
-from atomsnb.default_model import (DEFAULT_MODEL_NAME, DefaultModelConfig, _is_valid, default_model_path,
-                                   ensure_default_model, model_card)
-from atomsnb.models import load_model
+from atomsnb import models
+from atomsnb.default_model import (MODEL_NAME, DefaultModelConfig, _is_valid, default_model_path, ensure_default_model,
+                                   model_card)
+from atomsnb.models import load_model, tokenizer_prefix
 
 MICRO = DefaultModelConfig(vocab_size=300, n_embd=32, n_layer=2, n_head=2, n_ctx=32, batch_size=4, n_steps=6,
                            warmup_steps=2, n_val_sequences=4)
@@ -14,6 +19,7 @@ def test_micro_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("ATOMSNB_CACHE", str(tmp_path / "a"))
     p1 = ensure_default_model(MICRO, verbose=False)
     card = model_card(p1)
+    assert card["name"] == MODEL_NAME == "docstring-gpt2"
     assert card["tokens_seen"] == 6 * 4 * 32 and card["val_loss"] > 0
     assert card["corpus"]["train_fingerprint"] and card["weights_sha256"]
     mtime = (p1 / "model.safetensors").stat().st_mtime
@@ -28,10 +34,11 @@ def test_damaged_model_is_detected_and_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("ATOMSNB_CACHE", str(tmp_path))
     p = ensure_default_model(MICRO, verbose=False)
     sha = model_card(p)["weights_sha256"]
+    assert _is_valid(p)  # (this records the weights' hash stamp)
     weights = p / "model.safetensors"
     raw = bytearray(weights.read_bytes())
     raw[-10] ^= 0xFF
-    weights.write_bytes(bytes(raw))
+    weights.write_bytes(bytes(raw))  # same size: only the stamp's mtime/ctime tell
     assert not _is_valid(p)
     assert model_card(ensure_default_model(MICRO, verbose=False))["weights_sha256"] == sha
 
@@ -40,15 +47,29 @@ def test_cache_key_depends_on_config():
     assert default_model_path(MICRO) != default_model_path(DefaultModelConfig())
 
 
-@pytest.mark.shared_cache
-def test_default_model_is_a_real_trained_lm():
-    """The book's default model (built once, shared with the book via the repo's cache)."""
-    path = ensure_default_model()
-    card = model_card(path)
-    assert card["val_loss"] < card["val_loss_uniform_baseline"] - 2.0, "the model must have learned the corpus"
-    for name in ("default", DEFAULT_MODEL_NAME, str(path)):
+def test_tokenizer_adds_the_bos_it_was_trained_with_and_windows_start_with_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOMSNB_CACHE", str(tmp_path))
+    p = ensure_default_model(MICRO, verbose=False)
+    lm = load_model(str(p))
+    eot = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer_prefix(lm.tokenizer) == [eot]
+    text = "Return the absolute value of x."
+    ids = lm.tokenizer(text)["input_ids"]
+    assert ids[0] == eot and lm.tokenizer.decode(ids[1:]) == text
+
+
+def test_registered_name_routes_to_the_docstring_gpt2(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATOMSNB_CACHE", str(tmp_path))
+    built = ensure_default_model(MICRO, verbose=False)
+    monkeypatch.setattr(models, "ensure_default_model", lambda verbose=True: built)
+    for name in ("docstring-gpt2", "atomsnb/docstring-gpt2"):
         lm = load_model(name)
-        assert lm.n_layers == 4 and lm.d_model == 256
-        assert type(lm.model).__name__ == "GPT2LMHeadModel"
-    ids = lm.tokenizer("Return the absolute value of x.", return_tensors="pt")["input_ids"]
-    assert lm.tokenizer.decode(ids[0]) == "Return the absolute value of x."
+        assert lm.name == "docstring-gpt2" and lm.path == str(built)
+        assert type(lm.model).__name__ == "GPT2LMHeadModel" and lm.n_layers == 2 and lm.d_model == 32
+    assert models.model_card("docstring-gpt2")["config"]["n_embd"] == 32
+    assert models.DEFAULT_MODEL_NAME == "smollm2-135m" != MODEL_NAME
+
+
+@pytest.mark.parametrize("alias", ["default", "smollm2-135m"])
+def test_default_resolves_to_smollm2(alias):
+    assert models.canonical_name(alias) == "smollm2-135m"

