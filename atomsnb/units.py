@@ -473,7 +473,10 @@ class LayerData:
         lm: the loaded model (:class:`atomsnb.models.LoadedModel`).
         layer: the residual-stream layer.
         fit_activations, eval_activations: the :class:`atomsnb.activations.Activations` (token ids, windows,
-            positions: what contexts need).
+            positions: what contexts need), with every collected token, massive ones included.
+        fit_rows, eval_rows: ``[n]`` int64 rows of ``fit_activations`` / ``eval_activations`` that ``fit`` / ``eval``
+            hold (all rows unless massive tokens were excluded).
+        massive_k: the criterion used to exclude massive tokens (:func:`atomsnb.massive.massive_token_mask`), or None.
     """
 
     fit: torch.Tensor
@@ -483,6 +486,16 @@ class LayerData:
     layer: int
     fit_activations: object = None
     eval_activations: object = None
+    fit_rows: torch.Tensor | None = None
+    eval_rows: torch.Tensor | None = None
+    massive_k: float | None = None
+
+    @property
+    def n_excluded(self) -> tuple[int, int]:
+        """Massive tokens left out of ``(fit, eval)``."""
+        def gone(acts, rows):
+            return 0 if acts is None or rows is None else int(acts.acts[self.layer].shape[0] - rows.numel())
+        return gone(self.fit_activations, self.fit_rows), gone(self.eval_activations, self.eval_rows)
 
     @property
     def d_model(self) -> int:
@@ -498,11 +511,14 @@ def _positive_int(name: str, v, minimum: int = 1) -> int:
 
 def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_tokens: int, seed: int = 0,
                device: str = "cpu", dtype: str = "float32", lm=None, *, seq_len: int = 128, ridge: float = 0.0,
-               cache: bool = True, progress: bool = False) -> LayerData:
+               cache: bool = True, progress: bool = False, massive_k: float | None = None) -> LayerData:
     """Collect fitting and held-out activations of one layer and fit the AIP: every experiment's prologue.
 
     Activations come from :func:`atomsnb.activations.collect_activations` (cached on disk); ``S`` is fitted
-    on the ``"fit"`` split only, never on the held-out one (SPEC §1.1).
+    on the ``"fit"`` split only, never on the held-out one (SPEC §1.1). With ``massive_k``, massive tokens
+    (norm above ``massive_k`` times the median token norm of their own split,
+    :func:`atomsnb.massive.massive_token_mask`) are treated like the BOS token: left out of both splits, so that
+    ``S`` is neither fitted on them nor evaluated on them (chapter 1 shows what this choice changes).
 
     Args:
         model: registered name, local directory or hub id.
@@ -516,6 +532,7 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
         ridge: relative ridge of the AIP (0: none, SPEC §1.4).
         cache: use the on-disk activation cache.
         progress: show progress bars.
+        massive_k: exclude massive tokens with this criterion (a number > 1, e.g. 20); None keeps every token.
 
     Returns:
         :class:`LayerData`.
@@ -534,6 +551,10 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
     n_fit_tokens = _positive_int("n_fit_tokens", n_fit_tokens)
     n_eval_tokens = _positive_int("n_eval_tokens", n_eval_tokens)
     seq_len = _positive_int("seq_len", seq_len, 2)
+    if massive_k is not None and (isinstance(massive_k, bool) or not isinstance(massive_k, numbers.Real)
+                                  or not math.isfinite(massive_k) or massive_k <= 1):
+        raise ValueError(f"massive_k must be None (keep every token) or a finite number > 1 (multiple of the median "
+                         f"token norm); got {massive_k!r}")
     lm = lm if lm is not None else load_model(model, device=device, dtype=dtype)
     if layer > lm.n_layers:
         raise ValueError(f"layer {layer} out of range for {model!r}: allowed 0..{lm.n_layers}")
@@ -542,8 +563,18 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
                               progress=progress)
     held = collect_activations(ActivationConfig(split="eval", n_tokens=n_eval_tokens, **common), model=lm, cache=cache,
                                progress=progress)
-    aip = AIP.fit(fit.acts[layer], ridge=ridge)
-    return LayerData(fit.acts[layer], held.acts[layer], aip, lm, layer, fit, held)
+    x_fit, x_eval = fit.acts[layer], held.acts[layer]
+    if massive_k is None:
+        fit_rows, eval_rows = torch.arange(x_fit.shape[0]), torch.arange(x_eval.shape[0])
+    else:
+        from .massive import massive_token_mask
+
+        fit_rows = (~massive_token_mask(x_fit, float(massive_k))).nonzero().flatten()
+        eval_rows = (~massive_token_mask(x_eval, float(massive_k))).nonzero().flatten()
+        x_fit, x_eval = x_fit[fit_rows], x_eval[eval_rows]
+    aip = AIP.fit(x_fit, ridge=ridge)
+    return LayerData(x_fit, x_eval, aip, lm, layer, fit, held, fit_rows, eval_rows,
+                     None if massive_k is None else float(massive_k))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

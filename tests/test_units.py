@@ -259,6 +259,24 @@ def test_layer_data_is_the_shared_prologue(tiny_path):
     assert torch.equal(again.fit, d.fit) and torch.equal(again.eval, d.eval)
 
 
+def test_layer_data_leaves_massive_tokens_out_of_both_splits(tiny_path):
+    full = layer_data(tiny_path, 1, "docstrings", 1000, 300, seed=0)
+    k = 1.2  # a random tiny model has no massive tokens: a low multiple of the median excludes some of each split
+    d = layer_data(tiny_path, 1, "docstrings", 1000, 300, seed=0, lm=full.lm, massive_k=k)
+    for x_all, x_kept, rows in ((full.fit, d.fit, d.fit_rows), (full.eval, d.eval, d.eval_rows)):
+        norms = [float(sum(v * v for v in row) ** 0.5) for row in x_all.double().tolist()]  # brute force
+        med = sorted(norms)[(len(norms) - 1) // 2]
+        keep = [i for i, n in enumerate(norms) if not n > k * med]
+        assert 0 < len(keep) < len(norms) and rows.tolist() == keep and torch.equal(x_kept, x_all[keep])
+    assert d.n_excluded == (1000 - len(d.fit_rows), 300 - len(d.eval_rows)) and d.massive_k == k
+    M = d.fit.double().T @ d.fit.double() / len(d.fit)  # S from the kept fitting tokens only
+    assert torch.allclose(d.aip.second_moment, M, rtol=1e-10, atol=1e-12)
+    assert full.n_excluded == (0, 0)
+    for bad in (1.0, float("nan"), True, "20"):
+        with pytest.raises(ValueError, match="massive_k must be None"):
+            layer_data(tiny_path, 1, "docstrings", 1000, 300, lm=full.lm, massive_k=bad)
+
+
 def test_layer_data_refuses_bad_inputs_before_any_work(tiny_path):
     with pytest.raises(ValueError, match="layer must be an integer >= 0; got -1"):
         layer_data("no/such-model", -1, "docstrings", 1000, 300)
