@@ -556,12 +556,27 @@ def _angle_rows(table: pd.DataFrame, set_name: str, columns: Sequence[str]) -> p
     rows = table[table["set"] == set_name]
     if rows.empty:
         raise ValueError(f"the angle table has no rows of set {set_name!r}; sets present: {sorted(set(table['set']))}")
-    return rows.sort_values("layer")
+    return rows.sort_values(["model", "layer"] if "model" in rows else "layer", kind="stable")
 
 
 def _layers(rows: pd.DataFrame) -> str:
+    """'layer 3' / 'layers 1-30', or with a ``model`` column 'layers 1-30 of A and 1-18 of B'."""
+    if "model" in rows:
+        parts = []
+        for i, (m, g) in enumerate(rows.groupby("model", sort=False)):
+            ls = g["layer"].tolist()
+            span = f"{ls[0]}" if len(ls) == 1 else f"{ls[0]}-{ls[-1]}"
+            parts.append(f"{'layer' if len(ls) == 1 else 'layers'} {span} of {m}" if i == 0 else f"{span} of {m}")
+        return " and ".join(parts)
     ls = rows["layer"].tolist()
     return f"layer {ls[0]}" if len(ls) == 1 else f"layers {ls[0]}-{ls[-1]}"
+
+
+def _per_layer(rows: pd.DataFrame, column: str) -> str:
+    """The column's values per layer, '76.3, 77.1, ...', or per model with a ``model`` column 'A: ...; B: ...'."""
+    if "model" in rows:
+        return "; ".join(f"{m}: " + ", ".join(f"{v:.1f}" for v in g[column]) for m, g in rows.groupby("model", sort=False))
+    return ", ".join(f"{v:.1f}" for v in rows[column])
 
 
 def check_shift_euclidean_below_90(table: pd.DataFrame, *, model: str, set_name: str = "held-out") -> Verdict:
@@ -569,7 +584,8 @@ def check_shift_euclidean_below_90(table: pd.DataFrame, *, model: str, set_name:
 
     Args:
         table: :func:`atomsnb.shift.angle_study` output; reads the rows of ``set == set_name`` and their
-            ``layer``, ``euclidean_mean`` (degrees), ``shift`` (``90 - euclidean_mean``).
+            ``layer``, ``euclidean_mean`` (degrees), ``shift`` (``90 - euclidean_mean``); with a ``model`` column
+            (several models' tables concatenated) every (model, layer) counts.
         set_name: the held-out evaluation set.
 
     Returns:
@@ -584,8 +600,7 @@ def check_shift_euclidean_below_90(table: pd.DataFrame, *, model: str, set_name:
              + (f"shift is present in {where}." if ok.any() else
                 f"shift is absent (no layer is {SHIFT_MIN_DEG:g} degrees or more below 90)."))
     return _verdict("shift.euclidean_below_90", verdict,
-                    ours=f"{set_name} mean Euclidean angle per layer: "
-                         + ", ".join(f"{v:.1f}" for v in rows["euclidean_mean"]),
+                    ours=f"{set_name} mean Euclidean angle per layer: " + _per_layer(rows, "euclidean_mean"),
                     criterion=f"reproduced: every layer's {set_name} mean Euclidean angle <= {90 - SHIFT_MIN_DEG:g} "
                               "degrees; partly: some layers",
                     interpretation=words, model=model, values={"n_layers": len(rows), "n_below": int(ok.sum())})
@@ -611,7 +626,7 @@ def check_shift_aip_recentres(table: pd.DataFrame, *, model: str, set_name: str 
              + (f"the re-centring holds within {AIP_CENTRE_TOL_DEG:g} degrees in {where}." if ok.any() else
                 f"the re-centring does not hold within {AIP_CENTRE_TOL_DEG:g} degrees in any layer."))
     return _verdict("shift.aip_recentres", verdict,
-                    ours=f"{set_name} mean AIP angle per layer: " + ", ".join(f"{v:.1f}" for v in rows["aip_mean"]),
+                    ours=f"{set_name} mean AIP angle per layer: " + _per_layer(rows, "aip_mean"),
                     criterion=f"reproduced: every layer's {set_name} mean AIP angle within {AIP_CENTRE_TOL_DEG:g} "
                               "degrees of 90, S fitted on a disjoint split; partly: some layers",
                     interpretation=words, model=model, values={"n_layers": len(rows), "n_centred": int(ok.sum())})

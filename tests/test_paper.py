@@ -196,6 +196,17 @@ def test_shift_claims(capsys):
         P.check_shift_euclidean_below_90(bad, model="m")
 
 
+def test_shift_claims_over_several_models(capsys):
+    both = pd.concat([_angles([40.0, 60.0, 50.0], [90, 90, 90]).assign(model="A"),
+                      _angles([88.0, 30.0], [90, 90]).assign(model="B")])
+    v = P.check_shift_euclidean_below_90(both, model="A and B")
+    assert v.verdict == "partly reproduced" and "present in 4 of 5 layers" in v.interpretation
+    assert "layers 1-3 of A and 1-2 of B" in v.interpretation
+    assert v.ours == "held-out mean Euclidean angle per layer: A: 40.0, 60.0, 50.0; B: 88.0, 30.0"
+    v = P.check_shift_euclidean_below_90(both[both["model"] == "A"], model="A")
+    assert v.verdict == "reproduced" and "layers 1-3 of A" in v.interpretation
+
+
 def test_shift_describe_flips_its_words():
     from atomsnb.shift import describe
 
