@@ -20,7 +20,11 @@ import torch
 from .aip import AIP, euclidean_angles, sample_pairs, summarize_angles
 
 __all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
-           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN"]
+           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "describe_massive_choice", "WHITENING_GAIN"]
+
+#: How much better (ratio of condition numbers) excluding massive tokens must whiten held-out ordinary tokens
+#: before the numbers are said to support excluding them (:func:`describe_massive_choice`).
+WHITENING_GAIN = 10.0
 
 #: The evaluation sets' names used by the book (chapter 1) and by the claim checks of :mod:`atomsnb.paper`.
 IN_SAMPLE, HELD_OUT, OTHER_DOMAIN = "in-sample (fit)", "held-out", "other domain"
@@ -219,4 +223,123 @@ def describe(table: pd.DataFrame, related: pd.DataFrame | None = None, *, fit_co
                             f"from {-lo:.1f} degrees above to {hi:.1f} degrees below")
                 lines.append(f"Same-token pairs from different contexts sit {position} random pairs under the AIP, "
                              f"{reading}.")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Massive activations: fit S with or without them (chapter 1)
+# ---------------------------------------------------------------------------------------------------------------------
+def _whitened_cond(aip: AIP, x: torch.Tensor) -> float:
+    w = aip.whiten(x)
+    ev = torch.linalg.eigvalsh(w.T @ w / w.shape[0])
+    return float(ev[-1] / ev[0]) if float(ev[0]) > 0 else float("inf")
+
+
+def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch.Tensor], *, k: float,
+                   n_pairs: int = 20_000, seed: int = 0) -> pd.DataFrame:
+    """What fitting ``S`` with or without massive tokens changes, per layer (paper §3, SPEC §1.1).
+
+    SPEC §1.1 excludes only the BOS / position-0 token; real LLMs carry a few further tokens whose norm dwarfs
+    the rest (:mod:`atomsnb.massive`). For each layer this fits ``S`` twice, on every fitting token (*kept*) and
+    without the tokens that :func:`atomsnb.massive.massive_token_mask` flags with criterion ``k`` in their own
+    split (*excluded*; held-out massive tokens are left out of that evaluation too), and compares.
+
+    Args:
+        fit: layer -> fitting activations ``[n_fit, d_model]``.
+        held_out: layer -> held-out activations ``[n_eval, d_model]``.
+        k: the criterion (a token is massive when its norm exceeds ``k`` times the median token norm).
+        n_pairs, seed: random pairs for the mean angles (the same index pairs for both fits).
+
+    Returns:
+        One row per layer: ``layer``; ``n_massive_fit``, ``n_massive_eval`` (tokens flagged); ``share_sq_norm``
+        (fraction of the fitting tokens' ``sum ||m||^2`` the massive ones carry); ``max_abs`` and ``max_abs_dim``
+        (the largest ``|x|`` and its coordinate); ``share_trace_top_dim`` (the largest coordinate's share of
+        ``trace(E[mm^T])``); ``cond_kept``, ``cond_excluded`` (condition number of ``E[hh^T]``);
+        ``aip_mean_kept``, ``aip_mean_excluded`` (mean held-out AIP angle of random pairs, degrees, over the tokens
+        each fit is evaluated on); ``whitened_cond_kept``, ``whitened_cond_excluded`` (condition number of the
+        second moment of held-out *ordinary* tokens after whitening with each ``S``: 1 for a perfect whitening).
+
+    Raises:
+        ValueError: layers that differ between ``fit`` and ``held_out``, or a bad ``k`` (from the mask).
+    """
+    from .massive import massive_activation_stats, massive_token_mask
+
+    if set(fit) != set(held_out):
+        raise ValueError(f"fit and held_out must have the same layers; got {sorted(fit)} and {sorted(held_out)}")
+    rows = []
+    for layer in sorted(fit):
+        x, y = fit[layer], held_out[layer]
+        m_fit, m_eval = massive_token_mask(x, k), massive_token_mask(y, k)
+        st = massive_activation_stats(x, mask=m_fit, k=k)
+        kept, excl = AIP.fit(x), AIP.fit(x, exclude=m_fit)
+        ordinary = y[~m_eval]
+        i, j = sample_pairs(y.shape[0], n_pairs, seed=seed)
+        p, q = sample_pairs(ordinary.shape[0], n_pairs, seed=seed)
+        rows.append({"layer": layer, "n_massive_fit": int(m_fit.sum()), "n_massive_eval": int(m_eval.sum()),
+                     "share_sq_norm": st["share_sq_norm_masked"], "max_abs": st["max_abs"],
+                     "max_abs_dim": st["max_abs_dim"], "share_trace_top_dim": st["share_trace_top_dim"],
+                     "cond_kept": kept.condition_number, "cond_excluded": excl.condition_number,
+                     "aip_mean_kept": float(kept.angles(y[i], y[j]).mean()),
+                     "aip_mean_excluded": float(excl.angles(ordinary[p], ordinary[q]).mean()),
+                     "whitened_cond_kept": _whitened_cond(kept, ordinary),
+                     "whitened_cond_excluded": _whitened_cond(excl, ordinary)})
+    return pd.DataFrame(rows)
+
+
+def describe_massive_choice(table: pd.DataFrame, *, k: float, chosen: float | None, model: str) -> list[str]:
+    """Chapter 1's reading of :func:`massive_choice`, every number-dependent word chosen from the numbers.
+
+    The numbers *support excluding* massive tokens when, in some layer that has them, ``S`` fitted without them
+    whitens held-out ordinary tokens at least :data:`WHITENING_GAIN` times better (ratio of condition numbers);
+    they *support keeping* them when excluding never helps that much and makes it worse somewhere by the same
+    factor; otherwise the choice makes no material difference.
+
+    Args:
+        table: :func:`massive_choice` output.
+        k: the criterion the table was computed with.
+        chosen: the criterion the chapter runs with (``massive_k``), or None if it keeps every token.
+        model: the model's name, for the sentences.
+
+    Returns:
+        The sentences.
+    """
+    need = {"layer", "n_massive_fit", "share_sq_norm", "aip_mean_kept", "aip_mean_excluded", "whitened_cond_kept",
+            "whitened_cond_excluded"}
+    missing = need - set(table.columns)
+    if missing or table.empty:
+        raise ValueError(f"the massive-choice table needs rows with columns {sorted(need)}; missing {sorted(missing)}")
+    has = table[table["n_massive_fit"] > 0]
+    if has.empty:
+        return [f"{model}: no fitting token exceeds {k:g} times the median token norm in any layer, so excluding "
+                "massive tokens changes nothing here; " + ("the chapter's choice to exclude them is moot."
+                                                           if chosen is not None else "every token is kept.")]
+    dangle = float((has["aip_mean_kept"] - has["aip_mean_excluded"]).abs().max())
+    gain = has["whitened_cond_kept"] / has["whitened_cond_excluded"]
+    layers = has["layer"].tolist()
+    where = f"layer {layers[0]}" if len(layers) == 1 else f"{len(layers)} layers ({layers[0]}-{layers[-1]})"
+    lines = [f"{model}: at {k:g} times the median token norm, {where} {'has' if len(layers) == 1 else 'have'} massive "
+             "fitting tokens "
+             f"({int(has['n_massive_fit'].min())}-{int(has['n_massive_fit'].max())} per layer) carrying "
+             f"{100 * has['share_sq_norm'].min():.0f}-{100 * has['share_sq_norm'].max():.0f}% of the fitting tokens' "
+             f"sum of squared norms."]
+    lines.append(f"Excluding them moves the mean held-out AIP angle by at most {dangle:.2f} degrees, while the "
+                 f"condition number of held-out ordinary tokens after whitening goes from "
+                 f"{has['whitened_cond_kept'].min():.3g}-{has['whitened_cond_kept'].max():.3g} (S fitted with them) to "
+                 f"{has['whitened_cond_excluded'].min():.3g}-{has['whitened_cond_excluded'].max():.3g} (without; 1 is a "
+                 "perfect whitening).")
+    if float(gain.max()) >= WHITENING_GAIN:
+        support = "exclude"
+        why = (f"S fitted without them whitens ordinary tokens up to {float(gain.max()):.3g} times better, so the "
+               "numbers support excluding them")
+    elif float((1 / gain).max()) >= WHITENING_GAIN:
+        support = "keep"
+        why = "S fitted without them whitens ordinary tokens worse, so the numbers support keeping them"
+    else:
+        support = "either"
+        why = (f"neither fit whitens ordinary tokens {WHITENING_GAIN:g} times better than the other, so the choice "
+               "makes no material difference")
+    runs = "excludes them" if chosen is not None else "keeps them"
+    agree = (support == "either" or (support == "exclude") == (chosen is not None))
+    lines.append(f"{why}; the book {runs}" + (", as the numbers support." if agree and support != "either" else
+                                              "." if agree else ", against what these numbers support."))
     return lines

@@ -1,0 +1,57 @@
+"""Chapter 1's massive-token choice: :func:`atomsnb.shift.massive_choice` and its reading."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from atomsnb.shift import WHITENING_GAIN, describe_massive_choice, massive_choice
+
+
+def _planted(n: int, seed: int, n_massive: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g, dtype=torch.float64) @ torch.diag(torch.arange(1.0, 9.0, dtype=torch.float64))
+    x[:n_massive, 0] += 3000.0  # a few tokens hundreds of times the median norm, on one coordinate
+    return x
+
+
+def test_massive_choice_against_numpy():
+    fit, held = {3: _planted(4000, 0, 5)}, {3: _planted(2000, 1, 2)}
+    t = massive_choice(fit, held, k=20, n_pairs=5000, seed=0).iloc[0]
+    assert (t["layer"], t["n_massive_fit"], t["n_massive_eval"], t["max_abs_dim"]) == (3, 5, 2, 0)
+    x = fit[3].numpy()
+    sq = (x * x).sum(1)
+    assert t["share_sq_norm"] == pytest.approx(sq[:5].sum() / sq.sum(), rel=1e-12)
+    cond = lambda m: np.linalg.cond(m)  # noqa: E731
+    assert t["cond_kept"] == pytest.approx(cond(x.T @ x / len(x)), rel=1e-8)
+    assert t["cond_excluded"] == pytest.approx(cond(x[5:].T @ x[5:] / len(x[5:])), rel=1e-8)
+    # whitening ordinary held-out tokens with S fitted on ordinary tokens is near perfect; with the massive ones, not
+    y = held[3].numpy()[2:]
+    for col, m in (("whitened_cond_kept", x.T @ x / len(x)), ("whitened_cond_excluded", x[5:].T @ x[5:] / len(x[5:]))):
+        L = np.linalg.cholesky(m)
+        w = np.linalg.solve(L, y.T).T
+        assert t[col] == pytest.approx(cond(w.T @ w / len(w)), rel=1e-8)
+    assert t["whitened_cond_excluded"] < 1.5 < WHITENING_GAIN * 1.5 < t["whitened_cond_kept"]
+    with pytest.raises(ValueError, match="same layers"):
+        massive_choice(fit, {4: held[3]}, k=20)
+
+
+def _table(n_massive, kept, excluded, dangle=0.01):
+    return pd.DataFrame([{"layer": l, "n_massive_fit": n, "share_sq_norm": 0.5, "aip_mean_kept": 89.9,
+                          "aip_mean_excluded": 89.9 + dangle, "whitened_cond_kept": a, "whitened_cond_excluded": b}
+                         for l, (n, a, b) in enumerate(zip(n_massive, kept, excluded), start=1)])
+
+
+def test_describe_massive_choice_follows_the_numbers():
+    ex = describe_massive_choice(_table([0, 10], [1.5, 5e4], [1.4, 30.0]), k=20, chosen=20, model="M")
+    assert "layer 2 has massive" in ex[0] and "support excluding" in ex[2] and "as the numbers support" in ex[2]
+    against = describe_massive_choice(_table([0, 10], [1.5, 5e4], [1.4, 30.0]), k=20, chosen=None, model="M")
+    assert "keeps them, against what these numbers support" in against[2]
+    keep = describe_massive_choice(_table([3, 4], [2.0, 3.0], [50.0, 3.0]), k=20, chosen=20, model="M")
+    assert "support keeping them" in keep[2] and "against" in keep[2] and "2 layers (1-2)" in keep[0]
+    either = describe_massive_choice(_table([3], [2.0], [1.5], dangle=0.25), k=20, chosen=20, model="M")
+    assert "no material difference" in either[2] and "at most 0.25 degrees" in either[1] and "against" not in either[2]
+    none = describe_massive_choice(_table([0, 0], [1.2, 1.3], [1.2, 1.3]), k=20, chosen=20, model="M")
+    assert len(none) == 1 and "moot" in none[0]
+    with pytest.raises(ValueError, match="missing"):
+        describe_massive_choice(pd.DataFrame({"layer": [1]}), k=20, chosen=20, model="M")
