@@ -27,6 +27,7 @@ from .io import load_tensors, save_tensors
 
 __all__ = [
     "AIP",
+    "symmetric_eigenvalues",
     "InsufficientTokensError",
     "SingularSecondMomentError",
     "check_finite",
@@ -41,6 +42,24 @@ __all__ = [
 MIN_TOKENS_PER_DIM = 20
 #: Condition numbers above this are treated as singular in float64 unless ridge/pinv is asked for.
 MAX_CONDITION = 1e13
+
+
+def symmetric_eigenvalues(m: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues, ascending, of a symmetric matrix ``m`` ``[H, H]`` -> ``[H]`` float64.
+
+    LAPACK's MRRR driver (``?syevr`` through :func:`scipy.linalg.eigh`): on the ill-conditioned second moments of real
+    LLMs (condition numbers up to 1e8) it is 10-40 times faster on the CPU than ``torch.linalg.eigvalsh``, with the same
+    accuracy (absolute error about ``eps * ||m||``).
+    """
+    import scipy.linalg
+    from threadpoolctl import threadpool_limits
+
+    a = torch.as_tensor(m).detach().to(torch.float64).cpu().numpy()
+    # one BLAS thread: scipy's BLAS threads would otherwise compete with torch's spinning OpenMP threads (seconds
+    # instead of tens of milliseconds on a 2-core machine)
+    with threadpool_limits(limits=1, user_api="blas"):
+        ev = scipy.linalg.eigh(a, eigvals_only=True, driver="evr", check_finite=False)
+    return torch.from_numpy(ev.copy())
 
 
 class InsufficientTokensError(ValueError):
@@ -186,7 +205,10 @@ class AIP:
                 f"S = E[hh^T]^-1 without regularisation (SPEC §1.1); got {self.n_tokens}. Collect more tokens, "
                 "or pass ridge>0 or pinv=True, which break exact invariance (SPEC §1.4)."
             )
-        evals, evecs = torch.linalg.eigh(M)
+        if self.pinv:
+            evals, evecs = torch.linalg.eigh(M)
+        else:
+            evals = symmetric_eigenvalues(M)
         lmin, lmax = float(evals[0]), float(evals[-1])
         cond = lmax / lmin if lmin > 0 else math.inf
         out: dict = {"condition_number": cond, "eigenvalues": evals}
@@ -199,7 +221,7 @@ class AIP:
         else:
             Mr = M + self.ridge * (torch.trace(M) / H) * torch.eye(H, dtype=torch.float64) if self.ridge > 0 else M
             L, info = torch.linalg.cholesky_ex(Mr)
-            r_evals = torch.linalg.eigvalsh(Mr) if self.ridge > 0 else evals
+            r_evals = symmetric_eigenvalues(Mr) if self.ridge > 0 else evals
             r_cond = float(r_evals[-1] / r_evals[0]) if float(r_evals[0]) > 0 else math.inf
             if int(info) != 0 or not r_cond < MAX_CONDITION:
                 rel = max(1e-9, 1e-3 * lmin / (float(torch.trace(M)) / H)) if lmin > 0 else 1e-9
@@ -208,8 +230,7 @@ class AIP:
                     f"smallest eigenvalue {lmin:.3g}, condition number {cond:.3g} (allowed < {MAX_CONDITION:.0e}). "
                     f"Pass a relative ridge (start near ridge={rel:.1g} and raise it until the fit succeeds) or pinv=True, and report the invariance error (SPEC §1.4)."
                 )
-            out["L"] = L
-            out["S"] = torch.cholesky_inverse(L)
+            out["L"] = L  # S = (L L^T)^{-1} is formed only when asked for (whitening never needs it)
             out["rank"] = H
         self._fitted = out
         return out
@@ -217,7 +238,10 @@ class AIP:
     @property
     def S(self) -> torch.Tensor:
         """``S = M^{-1}``, ``[H, H]`` float64 (the AIP's metric tensor, paper §3)."""
-        return self._finalize()["S"]
+        f = self._finalize()
+        if "S" not in f:
+            f["S"] = torch.cholesky_inverse(f["L"])
+        return f["S"]
 
     @property
     def condition_number(self) -> float:

@@ -95,12 +95,14 @@ def _second_moment(x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
 
 
 def _cond(m: torch.Tensor) -> float:
-    ev = torch.linalg.eigvalsh(m)
+    from .aip import symmetric_eigenvalues
+
+    ev = symmetric_eigenvalues(m)
     return float(ev[-1] / ev[0]) if float(ev[0]) > 0 else math.inf
 
 
 def massive_activation_stats(acts: torch.Tensor, *, k: float = DEFAULT_K, n_top: int = 32,
-                             mask: torch.Tensor | None = None) -> dict:
+                             mask: torch.Tensor | None = None, conditioning: bool = True) -> dict:
     """How much a few tokens and one coordinate dominate the second moment of ``acts``.
 
     Args:
@@ -108,6 +110,7 @@ def massive_activation_stats(acts: torch.Tensor, *, k: float = DEFAULT_K, n_top:
         k: criterion of :func:`massive_token_mask` (used when ``mask`` is not given).
         n_top: the number of largest-norm tokens whose share is reported.
         mask: ``[n_tokens]`` bool, the tokens to treat as massive (default: :func:`massive_token_mask` with ``k``).
+        conditioning: compute ``cond`` and ``cond_unmasked`` (two eigendecompositions; False leaves them out).
 
     Returns:
         A dict of floats/ints:
@@ -169,6 +172,5 @@ def massive_activation_stats(acts: torch.Tensor, *, k: float = DEFAULT_K, n_top:
         "top_dim": top_dim,
         "share_trace_top_dim": float(diag[top_dim] / diag.sum()),
         "share_trace_top_dim_unmasked": float(diag_rest.max() / diag_rest.sum()),
-        "cond": _cond(m_all),
-        "cond_unmasked": _cond(m_rest),
+        **({"cond": _cond(m_all), "cond_unmasked": _cond(m_rest)} if conditioning else {}),
     }

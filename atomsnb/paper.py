@@ -556,7 +556,11 @@ def _angle_rows(table: pd.DataFrame, set_name: str, columns: Sequence[str]) -> p
     rows = table[table["set"] == set_name]
     if rows.empty:
         raise ValueError(f"the angle table has no rows of set {set_name!r}; sets present: {sorted(set(table['set']))}")
-    return rows.sort_values(["model", "layer"] if "model" in rows else "layer", kind="stable")
+    if "model" in rows:  # models in the order they appear, layers ascending within each
+        order = {m: i for i, m in enumerate(dict.fromkeys(rows["model"]))}
+        return rows.assign(_order=rows["model"].map(order)).sort_values(["_order", "layer"], kind="stable").drop(
+            columns="_order")
+    return rows.sort_values("layer", kind="stable")
 
 
 def _layers(rows: pd.DataFrame) -> str:

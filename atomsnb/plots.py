@@ -149,13 +149,24 @@ def angle_histogram_panels(angles: dict[str, tuple[torch.Tensor, torch.Tensor]],
     return fig
 
 
-def angles_by_layer(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
+def _layer_ticks(ax, layers) -> None:
+    layers = sorted(set(int(l) for l in layers))
+    step = 1 if len(layers) <= 12 else 2 if len(layers) <= 24 else 5
+    ax.set_xticks([l for l in layers if l == layers[0] or l % step == 0])
+
+
+def angles_by_layer(table: pd.DataFrame, *, title: str = "", ax=None) -> plt.Figure:
     """Mean pair angle per layer for Euclidean and AIP, one line style per evaluation set (band: ± 1 std of the first set).
 
     Args:
         table: the table of :func:`atomsnb.shift.angle_study` (columns ``layer``, ``set``, ``*_mean``, ``*_std``).
+        title: the panel's title.
+        ax: an axes to draw into (a new 7 x 3.6 inch figure if None).
+
+    Returns:
+        The figure.
     """
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = (plt.subplots(figsize=(7, 3.6)) if ax is None else (ax.figure, ax))
     styles = ["-", "--", ":", "-."]
     for k, (name, df) in enumerate(table.groupby("set", sort=False)):
         for metric, label in (("euclidean", "Euclidean"), ("aip", "AIP")):
@@ -166,10 +177,57 @@ def angles_by_layer(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
     ax.axhline(90, color="k", lw=0.8, ls="--")
     ax.set_xlabel("layer (residual stream after block)")
     ax.set_ylabel("mean pair angle (degrees)")
-    ax.set_xticks(sorted(table["layer"].unique()))
-    ax.legend(frameon=False, fontsize=7, ncol=2, loc="lower right")
+    _layer_ticks(ax, table["layer"])
+    ax.legend(frameon=False, fontsize=8, ncol=2, loc="lower right")
     if title:
         ax.set_title(title, fontsize=11)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def angles_by_layer_models(tables: Mapping[str, pd.DataFrame], *, title: str = "") -> plt.Figure:
+    """:func:`angles_by_layer` for several models side by side, one panel per model (shared y axis).
+
+    Args:
+        tables: model name -> its :func:`atomsnb.shift.angle_study` table.
+    """
+    fig, axes = plt.subplots(1, len(tables), figsize=(6.2 * len(tables), 4.2), sharey=True, squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        angles_by_layer(t, title=name, ax=ax)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def massive_choice_by_layer(tables: Mapping[str, pd.DataFrame], *, title: str = "") -> plt.Figure:
+    """What fitting ``S`` with or without massive tokens changes, per layer and model (chapter 1).
+
+    Left: condition number of ``E[hh^T]`` with every fitting token (solid) and without the massive ones (dashed).
+    Right: condition number of held-out ordinary tokens after whitening with each ``S`` (1 = perfect whitening).
+
+    Args:
+        tables: model name -> :func:`atomsnb.shift.massive_choice` table.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.0))
+    palette = sns.color_palette("dark", len(tables))
+    for colour, (name, t) in zip(palette, tables.items()):
+        for ax, stem in zip(axes, ("cond", "whitened_cond")):
+            ax.plot(t["layer"], t[f"{stem}_kept"], "-", color=colour, marker="o", ms=3, label=f"{name}, all tokens")
+            ax.plot(t["layer"], t[f"{stem}_excluded"], "--", color=colour, marker="x", ms=4,
+                    label=f"{name}, massive tokens excluded")
+    layers = pd.concat([t["layer"] for t in tables.values()])
+    for ax, ylabel, sub in ((axes[0], "cond(E[hh$^T$]) of the fitting tokens", "second moment"),
+                            (axes[1], "cond after whitening (held-out ordinary tokens)", "whitening of held-out text")):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (residual stream after block)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(sub, fontsize=10)
+        _layer_ticks(ax, layers)
+    axes[1].legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=12)
     sns.despine(fig)
     fig.tight_layout()
     return fig

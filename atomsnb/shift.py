@@ -17,10 +17,10 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from .aip import AIP, euclidean_angles, sample_pairs, summarize_angles
+from .aip import AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
 
 __all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
-           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "describe_massive_choice", "WHITENING_GAIN"]
+           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "massive_reader_table", "describe_massive_choice", "WHITENING_GAIN"]
 
 #: How much better (ratio of condition numbers) excluding massive tokens must whiten held-out ordinary tokens
 #: before the numbers are said to support excluding them (:func:`describe_massive_choice`).
@@ -231,7 +231,7 @@ def describe(table: pd.DataFrame, related: pd.DataFrame | None = None, *, fit_co
 # ---------------------------------------------------------------------------------------------------------------------
 def _whitened_cond(aip: AIP, x: torch.Tensor) -> float:
     w = aip.whiten(x)
-    ev = torch.linalg.eigvalsh(w.T @ w / w.shape[0])
+    ev = symmetric_eigenvalues(w.T @ w / w.shape[0])
     return float(ev[-1] / ev[0]) if float(ev[0]) > 0 else float("inf")
 
 
@@ -270,7 +270,7 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
     for layer in sorted(fit):
         x, y = fit[layer], held_out[layer]
         m_fit, m_eval = massive_token_mask(x, k), massive_token_mask(y, k)
-        st = massive_activation_stats(x, mask=m_fit, k=k)
+        st = massive_activation_stats(x, mask=m_fit, k=k, conditioning=False)  # the AIPs give them
         kept, excl = AIP.fit(x), AIP.fit(x, exclude=m_fit)
         ordinary = y[~m_eval]
         i, j = sample_pairs(y.shape[0], n_pairs, seed=seed)
@@ -284,6 +284,31 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
                      "whitened_cond_kept": _whitened_cond(kept, ordinary),
                      "whitened_cond_excluded": _whitened_cond(excl, ordinary)})
     return pd.DataFrame(rows)
+
+
+def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`massive_choice` for a reader: one row per layer, units in the headers, condition numbers in 2 digits.
+
+    Returns:
+        Index ``layer``; columns: massive fitting tokens, their share of ``sum ||m||^2`` (%), the largest ``|x|`` and
+        its coordinate, the top coordinate's share of the trace (%), cond(E[hh^T]) with all tokens / without the
+        massive ones, the same for held-out ordinary tokens after whitening, and the change of the mean held-out AIP
+        angle (degrees).
+    """
+    out = pd.DataFrame({
+        "massive tokens": table["n_massive_fit"].astype(int),
+        "their share of Σ‖m‖² (%)": (100 * table["share_sq_norm"]).round(1),
+        "largest |x|": table["max_abs"].map("{:.3g}".format),
+        "at coordinate": table["max_abs_dim"].astype(int),
+        "top coordinate's share of tr E[hhᵀ] (%)": (100 * table["share_trace_top_dim"]).round(1),
+        "cond E[hhᵀ], all tokens": table["cond_kept"].map("{:.1e}".format),
+        "cond E[hhᵀ], massive excluded": table["cond_excluded"].map("{:.1e}".format),
+        "whitened held-out cond, S from all": table["whitened_cond_kept"].map("{:.2g}".format),
+        "whitened held-out cond, S without massive": table["whitened_cond_excluded"].map("{:.2g}".format),
+        "Δ mean held-out AIP angle (degrees)": (table["aip_mean_excluded"] - table["aip_mean_kept"]).round(2),
+    })
+    out.index = pd.Index(table["layer"].astype(int), name="layer")
+    return out
 
 
 def describe_massive_choice(table: pd.DataFrame, *, k: float, chosen: float | None, model: str) -> list[str]:
