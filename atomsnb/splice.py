@@ -232,6 +232,8 @@ class _Splice:
         self.mask: torch.Tensor | None = None
         self.replace = None
         self.handle = None
+        self.record = False
+        self.norms: torch.Tensor | None = None
 
     def __enter__(self):
         self.handle = self.block.register_forward_hook(self._hook)
@@ -241,9 +243,11 @@ class _Splice:
         self.handle.remove()
 
     def _hook(self, module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        if self.record:
+            self.norms = h.detach().float().norm(dim=-1)
         if self.replace is None:
             return None
-        h = output[0] if isinstance(output, tuple) else output
         new = h.clone()
         new[self.mask] = self.replace(h[self.mask])
         return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
@@ -288,6 +292,7 @@ def _kl_per_token(logp_clean: torch.Tensor, logp_new: torch.Tensor) -> torch.Ten
 def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *, batch_size: int = 8,
                    ablation: str = "zero", ablation_activations: torch.Tensor | None = None,
                    exclude_special_tokens: bool | Sequence[int] = True, ablate_special_tokens: bool = False,
+                   keep_clean_above: float | None = None,
                    progress: bool = True) -> SpliceScores | dict[str, SpliceScores]:
     """Spliced-in scores (SAELens' ``ce_loss_score``, ``kl_div_score`` and their parts) of unit sets at one layer.
 
@@ -311,6 +316,11 @@ def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *,
             Position 0 is skipped in every case (module docstring).
         ablate_special_tokens: ablate the skipped positions too, as SAELens' zero-ablation hook does
             (default ``False``: the ablation replaces exactly the spliced positions).
+        keep_clean_above: a residual-stream norm (the model's units): positions whose clean activation at ``layer``
+            is larger are treated like special tokens: kept clean in every pass and left out of the scores. The
+            book passes ``massive_k`` times the median token norm of the fitting activations, so that massive
+            tokens (:mod:`atomsnb.massive`), which the unit sets were neither trained nor evaluated on, are not
+            spliced either. None (default) splices every non-special position.
         progress: show a tqdm progress bar (also silenced by ``TQDM_DISABLE=1``).
 
     Returns:
@@ -336,6 +346,9 @@ def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *,
     skip[:, 0] = True
     keep = ~skip
     n_ce, n_kl = int(keep[:, :-1].sum()), int(keep.sum())
+    if keep_clean_above is not None and (isinstance(keep_clean_above, bool) or not isinstance(keep_clean_above, (int, float))
+                                         or not math.isfinite(keep_clean_above) or keep_clean_above <= 0):
+        raise ValueError(f"keep_clean_above must be None or a finite norm > 0; got {keep_clean_above!r}")
     if n_ce == 0:
         raise ValueError(f"no position of the {tuple(w.shape)} windows can be scored: every token but the last of each "
                          f"window is position 0 or a skipped special token {skip_ids}")
@@ -351,9 +364,15 @@ def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *,
         for start in bar:
             ids = w[start:start + batch_size].to(lm.device)
             k = keep[start:start + batch_size].to(lm.device)
-            ce_mask, kl_mask = k[:, :-1], k
-            splice.replace = None
+            splice.replace, splice.record = None, keep_clean_above is not None
             logp_clean = _log_probs(lm, ids)
+            splice.record = False
+            if keep_clean_above is not None:  # massive positions: kept clean and unscored, like special tokens
+                gone = k & (splice.norms > keep_clean_above)
+                n_ce -= int(gone[:, :-1].sum())
+                n_kl -= int(gone.sum())
+                k = k & ~gone
+            ce_mask, kl_mask = k[:, :-1], k
             ce_sum["clean"] += float(_ce_per_token(logp_clean, ids)[ce_mask].double().sum())
             for key, fn, mask in [("ablation", ablate_fn, torch.ones_like(k) if ablate_special_tokens else k)] + \
                                  [(n, fns[n], k) for n in unit_map]:
@@ -364,6 +383,9 @@ def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *,
                 kl_sum[key] += float(_kl_per_token(logp_clean, logp)[kl_mask].double().sum())
                 del logp
 
+    if n_ce == 0 or n_kl == 0:
+        raise ValueError(f"every scored position's activation norm exceeds keep_clean_above={keep_clean_above}: nothing "
+                         "was spliced; raise the threshold")
     ce_clean, ce_abl, kl_abl = ce_sum["clean"] / n_ce, ce_sum["ablation"] / n_ce, kl_sum["ablation"] / n_kl
     out = {}
     for n in unit_map:

@@ -99,13 +99,27 @@ def random_models(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ an independent reference implementation
-def _reference(lm, fn, windows, layer, *, skip_ids, replace_skipped=False):
+def _reference(lm, fn, windows, layer, *, skip_ids, replace_skipped=False, norm_above=None):
     """Second implementation: a forward *pre*-hook on the module after block ``layer`` (the next block, or
     the final norm), a per-position loop for the replacement, and per-position float64 log-softmax loops
     for CE and KL. Returns (ce_clean, ce_new, kl_new, n_ce, n_kl)."""
     model = lm.model
     nxt = decoder_layers(model)[layer] if layer < lm.n_layers else model.transformer.ln_f
     keep = [[t > 0 and int(tok) not in skip_ids for t, tok in enumerate(row)] for row in windows.tolist()]
+    if norm_above is not None:  # positions whose clean activation is larger stay clean and unscored
+        seen = {}
+
+        def record(module, a, kw):
+            seen["h"] = (a[0] if a else kw["hidden_states"]).clone()
+
+        handle = nxt.register_forward_pre_hook(record, with_kwargs=True)
+        with torch.no_grad():
+            model(input_ids=windows)
+        handle.remove()
+        for b in range(windows.shape[0]):
+            for t in range(windows.shape[1]):
+                if float(seen["h"][b, t].double().norm()) > norm_above:
+                    keep[b][t] = False
 
     def pre_hook(module, args, kwargs):
         h = args[0] if args else kwargs["hidden_states"]
@@ -192,6 +206,30 @@ def test_matches_independent_reference(trained, layer, one_thread):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert s.ce_loss_score == pytest.approx((ce_z - ce_n) / (ce_z - ce_c), rel=1e-5)
     assert s.kl_div_score == pytest.approx((kl_z - kl_n) / kl_z, rel=1e-5)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_massive_positions_stay_clean_and_unscored(trained, layer, one_thread):
+    from atomsnb.activations import capture_residual_stream
+
+    tok = trained.tokenizer
+    w = _windows(tok, n_windows=3, seq_len=20, offset=5)
+    norms = capture_residual_stream(trained, w, [layer])[layer].double().norm(dim=-1)
+    thr = float(norms[:, 1:].median())  # half of the positions count as "massive"
+    skip_ids = {tok.bos_token_id, tok.eos_token_id}
+    units = Perturbed(1.0)
+    s = spliced_scores(trained, units, w, layer, batch_size=2, keep_clean_above=thr)
+    full = spliced_scores(trained, units, w, layer, batch_size=2)
+    ce_c, ce_n, kl_n, n_ce, n_kl = _reference(trained, units.reconstruct, w, layer, skip_ids=skip_ids, norm_above=thr)
+    _, ce_z, kl_z, _, _ = _reference(trained, lambda x: torch.zeros_like(x), w, layer, skip_ids=skip_ids, norm_above=thr)
+    assert (s.n_tokens, s.n_tokens_kl) == (n_ce, n_kl) and n_ce < full.n_tokens
+    for got, want in [(s.ce_loss_without_sae, ce_c), (s.ce_loss_with_sae, ce_n), (s.ce_loss_with_ablation, ce_z),
+                      (s.kl_div_with_sae, kl_n), (s.kl_div_with_ablation, kl_z)]:
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="keep_clean_above must be None or a finite norm > 0"):
+        spliced_scores(trained, units, w, layer, keep_clean_above=-1.0)
+    with pytest.raises(ValueError, match="nothing was spliced"):
+        spliced_scores(trained, units, w, layer, keep_clean_above=1e-9)
 
 
 def test_counts_follow_saelens_masking(trained):
