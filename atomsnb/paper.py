@@ -90,6 +90,14 @@ PAPER_ABLATIONS = (
 PAPER_S_ESTIMATE = "about 100K Wikipedia activations"
 
 
+def paper_units_table() -> pd.DataFrame:
+    """The paper's unit-set numbers (:data:`PAPER_UNITS`) as a table for a reader, labelled as the paper's:
+    columns ``unit set``, ``R² (AIP), paper``, ``q*, paper`` (percent strings), ``model``, ``section``."""
+    return pd.DataFrame([{"unit set": u["label"], "R² (AIP), paper": f"{100 * u['r2_aip']:.4g}%",
+                          "q*, paper": f"{100 * u['q_star']:.4g}%", "model": u["model"], "section": u["section"]}
+                         for u in PAPER_UNITS]).set_index("unit set")
+
+
 def paper_unit_points() -> dict[str, tuple[float, float]]:
     """The paper's unit-set points as ``{label: (q*, R^2)}`` (the argument ``paper=`` of
     :func:`atomsnb.plots.unit_set_frontier`), from :data:`PAPER_UNITS`."""

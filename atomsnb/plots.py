@@ -443,3 +443,45 @@ def ce_loss_score_scatter(table: pd.DataFrame, *, verdict=None, score: str = "ce
 
 
 __all__.append("ce_loss_score_scatter")
+
+
+def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | None = None) -> plt.Figure:
+    """SAE training curves, one line per unit set: loss, L0, the batch R² and the fraction of dead latents.
+
+    Args:
+        histories: unit-set name -> the history of :func:`atomsnb.sae.train_sae` (columns ``step``, ``loss``, ``l0``,
+            ``r2_aip`` (whitened training) or ``r2_uncentred`` (raw coordinates), ``frac_dead``).
+        title: the figure's title.
+
+    Returns:
+        A figure with four panels.
+
+    Raises:
+        ValueError: no history, or a history without ``step``.
+    """
+    if not histories:
+        raise ValueError("no training history to plot (no SAE was trained)")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    panels = (("loss", "loss (MSE + sparsity)", True), ("l0", "L0 (latents/token)", True),
+              ("r2", "batch R² (AIP if whitened, else uncentred)", False), ("frac_dead", "dead latents (fraction)", False))
+    colours = sns.color_palette("tab10", len(histories))
+    for colour, (name, h) in zip(colours, histories.items()):
+        if "step" not in h:
+            raise ValueError(f"history of {name!r} has no 'step' column")
+        for ax, (col, label, logy) in zip(axes, panels):
+            y = h["r2_aip"] if col == "r2" and "r2_aip" in h else h["r2_uncentred"] if col == "r2" and "r2_uncentred" in h \
+                else h[col] if col in h else None
+            if y is None:
+                continue
+            ax.plot(h["step"], y, color=colour, lw=1.2, label=name)
+            ax.set_ylabel(label)
+            ax.set_xlabel("step")
+            if logy:
+                ax.set_yscale("log")
+    axes[2].set_ylim(top=1.02)
+    axes[0].legend(frameon=False, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig

@@ -702,3 +702,52 @@ def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> li
                      + ("some atom point has a higher q* with R² at least as high)." if dominated else
                         "no atom point has a higher q* with R² at least as high)."))
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spliced-in scores beside the activation-space metrics (chapters 2 and 4)
+# ---------------------------------------------------------------------------------------------------------------------
+def with_spliced_scores(held: pd.DataFrame, spliced: dict) -> pd.DataFrame:
+    """Held-out rows of :func:`compare_unit_sets` joined with :func:`atomsnb.splice.spliced_scores` per unit set.
+
+    Args:
+        held: rows with a ``unit set`` column (e.g. the ``"held-out"`` split of :attr:`UnitSetResults.table`).
+        spliced: unit-set name -> :class:`atomsnb.splice.SpliceScores`.
+
+    Returns:
+        ``held`` with the score columns (``ce_loss_score``, ``kl_div_score``, ``ce_loss_with_sae``, ...) added.
+
+    Raises:
+        ValueError: a unit set of ``held`` without spliced scores, or scores of a unit set not in ``held``.
+    """
+    names = list(held["unit set"])
+    if set(names) != set(spliced):
+        raise ValueError(f"spliced scores are for {sorted(spliced)} but the table has unit sets {sorted(names)}")
+    scores = pd.DataFrame([{"unit set": n, **spliced[n].as_dict()} for n in names])
+    return held.merge(scores.drop(columns=["layer"], errors="ignore"), on="unit set", how="left", validate="one_to_one")
+
+
+def spliced_reader_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`with_spliced_scores` for a reader: per unit set, the activation-space metrics beside the spliced-in ones.
+
+    Returns:
+        Index ``unit set``; ``R² (AIP)``, ``explained variance (Euclidean)``, ``q*``, ``ce_loss_score``,
+        ``kl_div_score`` (3 decimals), ``CE spliced (nats)``, and the shared ``CE clean (nats)`` and
+        ``CE zero-ablated (nats)`` (3 decimals).
+    """
+    need = ["unit set", "r2_aip", "explained_variance", "q_star", "ce_loss_score", "kl_div_score", "ce_loss_with_sae",
+            "ce_loss_without_sae", "ce_loss_with_ablation"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing}; build it with with_spliced_scores")
+    out = pd.DataFrame({
+        METRIC_LABELS.get("r2_aip", "R² (AIP)"): table["r2_aip"].round(3).to_numpy(),
+        METRIC_LABELS.get("explained_variance", "explained variance"): table["explained_variance"].round(3).to_numpy(),
+        METRIC_LABELS.get("q_star", "q*"): table["q_star"].round(3).to_numpy(),
+        "ce_loss_score": table["ce_loss_score"].round(3).to_numpy(),
+        "kl_div_score": table["kl_div_score"].round(3).to_numpy(),
+        "CE spliced (nats)": table["ce_loss_with_sae"].round(3).to_numpy(),
+        "CE clean (nats)": table["ce_loss_without_sae"].round(3).to_numpy(),
+        "CE zero-ablated (nats)": table["ce_loss_with_ablation"].round(3).to_numpy(),
+    }, index=pd.Index(table["unit set"].to_numpy(), name="unit set"))
+    return out
