@@ -130,7 +130,7 @@ def small_world():
     return w, train, test, AIP.fit(train)
 
 
-_TRAIN = dict(n_latents=64, sparsity_coefficient=0.03, lr=3e-3, n_steps=1500, batch_size=512, init_threshold=0.05,
+_TRAIN = dict(n_latents=64, l0_coefficient=0.03, lr=3e-3, n_steps=1500, batch_size=512, init_threshold=0.05,
               bandwidth=0.01, sparsity_warmup_steps=300, lr_decay_steps=300, log_every=100)
 
 
@@ -140,7 +140,7 @@ def test_tsae_recovers_synthetic_atoms(small_world):
     rec = atom_recovery(sae.dictionary_raw(aip), w.mixed_atoms, aip, threshold=0.9)
     assert rec.fraction >= 0.9, rec.cosines
     assert r2(test, sae.reconstruct_raw(test, aip), aip) > 0.9
-    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2", "sparsity_coefficient", "lr"]
+    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_aip", "frac_dead", "l0_coefficient", "lr"]
     assert hist["l0"].iloc[-1] < 4  # true K = 2
     # decoder columns stay unit-norm
     assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)
