@@ -856,7 +856,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
                     and existing.n_tokens >= n:
                 out[l] = existing
                 continue
-            info = {"model_name": lm.name, "model_path": str(lm.path), "layer": l, "config": asdict(config)}
+            info = {"model_name": lm.name, "model_path": str(lm.path), "layer": l}
             writers[l] = _Writer(dirs[l], keys[l], lm.d_model, store_dtype, shard_tokens, info,
                                  name=f"activations of layer {l}")
         if writers:
