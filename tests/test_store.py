@@ -247,7 +247,11 @@ collect_store(cfg, root={root!r}, shard_tokens=256, progress=False)
 
 def test_collection_killed_mid_shard_resumes_byte_identical(tmp_path, tiny, text_file):
     script = _KILLER.format(tests=str(TESTS), kill_at=5, model=str(tiny), corpus=text_file, root=str(tmp_path / "killed"))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    import atomsnb
+
+    root = str(Path(atomsnb.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL, not finished
     leftovers = list((tmp_path / "killed").rglob(".*.tmp"))
     assert leftovers, "the kill must leave a half-written temporary file behind"
