@@ -29,11 +29,12 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg
 
-.PHONY: book test install model notebooks clean help
+.PHONY: book test install install-hub model notebooks clean help
 help:
 	@echo "make book   - install, build the default model, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - install, execute the chapters and build the book if needed, run pytest (package, exercises,"
 	@echo "              nbval over the chapters, the book in headless Chromium)"
+	@echo "make install-hub - also install the optional 'hub' extra (datasets: streaming hf: corpora of params/*.yaml)"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,12 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# The optional `hub` extra: `datasets` streams Hugging Face corpora (`hf:` sources) without downloading them whole.
+# --no-deps: its dependencies are already pinned in requirements.lock, so no pinned version can move.
+install-hub: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-hub.lock
+	$(BIN)/python -c "import datasets; print('datasets', datasets.__version__)"
 
 model: $(STAMP)
 	$(BIN)/python -c "from atomsnb.default_model import ensure_default_model as e, model_card as c; p = e(); print(p, {k: c(p)[k] for k in ('n_parameters', 'val_loss', 'wall_time_s')})"

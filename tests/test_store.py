@@ -172,11 +172,23 @@ def test_stream_memory_formula_and_resources():
     # one fill (buffer rounded down to whole shards, at least one) + two shards + a batch, in the storage dtype
     assert stream_memory_bytes(576, store_dtype="float16", buffer_tokens=1 << 18, shard_tokens=32768,
                                batch_size=4096) == (8 * 32768 + 2 * 32768 + 4096) * 576 * 2
-    r = resources(d_model=2304, n_layers_model=26, model_params=2_614_341_888, layer=1, n_store_tokens=10**9,
-                  n_eval_tokens=0, n_latents=9216, batch_size=4096, n_steps=1000, store_dtype="bfloat16")
-    assert r["disk_GB"] == pytest.approx(10**9 * 2304 * 2 / 1e9)
-    assert r["gpu_GB"] >= 2_614_341_888 * 2 / 1e9  # at least the bf16 weights during collection
-    assert r["hours"] == pytest.approx(r["collect_hours"] + r["train_hours"])
+    from atomsnb.sae import training_memory_bytes
+    from atomsnb.store import Rates
+
+    rates = Rates(gpu_tflops=100.0, cpu_f64_gflops=50.0, disk_gb_s=1.0)
+    r = resources(d_model=2304, model_params=2_600_000_000, n_layers_model=26, deepest_layer=1, n_layer_stores=1,
+                  n_store_tokens=10**9, n_eval_tokens=10**6, trainings=[(9216, 1000), (4608, 500)], batch_size=4096,
+                  n_aip_tokens=10**7, store_dtype="bfloat16", rates=rates)
+    rows = 10**9 + 10**6
+    assert r["disk_GB"] == pytest.approx(rows * 2304 * 2 / 1e9)
+    assert r["gpu_GB"] == pytest.approx((2_600_000_000 * 2 + 12 * 16 * 128 * 2304 * 4) / 1e9)  # the bf16 model dominates
+    assert r["gpu_GB"] * 1e9 > training_memory_bytes(2304, 9216, 4096)
+    collect = 2 * 100e6 * rows / 100e12 + rows * 2304 * 2 / 1e9
+    aip = 2 * 10**7 * 2304**2 / 50e9 + 10**7 * 2304 * 2 / 1e9
+    train = sum(k * ((10 * 4096 * 2304 * n + 4096 * 2304**2) / 100e12 + 4096 * 2304 * 2 / 1e9) for n, k in ((9216, 1000), (4608, 500)))
+    assert r["collect_hours"] == pytest.approx(collect / 3600) and r["aip_hours"] == pytest.approx(aip / 3600)
+    assert r["train_hours"] == pytest.approx(train / 3600)
+    assert r["hours"] == pytest.approx((collect + aip + train) / 3600)
 
 
 # ----------------------------------------------------------------------------------------------- collection from a model
