@@ -36,7 +36,8 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -620,7 +621,7 @@ def _capture_code_version() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-_MODEL_FP_CACHE: dict[int, str] = {}
+_MODEL_FP_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def _model_fingerprint(lm) -> str:
@@ -631,10 +632,10 @@ def _model_fingerprint(lm) -> str:
         fp = getattr(lm, attr, None)
         if fp:
             return str(fp)
-    if id(lm.model) in _MODEL_FP_CACHE:
-        return _MODEL_FP_CACHE[id(lm.model)]
+    if lm.model in _MODEL_FP_CACHE:
+        return _MODEL_FP_CACHE[lm.model]
     fp = None
-    with contextlib.suppress(ImportError, AttributeError, OSError, ValueError):
+    with contextlib.suppress(ImportError, AttributeError, OSError, ValueError, TypeError):
         from . import fingerprints  # type: ignore[attr-defined]
 
         if os.path.isdir(str(lm.path)):
@@ -648,7 +649,7 @@ def _model_fingerprint(lm) -> str:
                 t = t.view(torch.int16)
             h.update(t.numpy().tobytes())
         fp = "params:" + h.hexdigest()
-    _MODEL_FP_CACHE[id(lm.model)] = fp
+    _MODEL_FP_CACHE[lm.model] = fp
     return fp
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -61,7 +60,6 @@ def bench_write(args) -> None:
         for layers, n_tokens in (((1,), args.tokens_shallow), ((15,), args.tokens_deep), (tuple(range(1, 31)), args.tokens_all)):
             cfg = ActivationConfig(model="x", layers=layers, corpus="docstrings", split="fit", n_tokens=n_tokens,
                                    seq_len=128, batch_size=16)
-            per_window = cfg.seq_len - 1
             t0 = time.perf_counter()
             windows = token_windows(lm.tokenizer, corpus, "fit", n_tokens=n_tokens, seq_len=128, seed=0)
             t_tok = time.perf_counter() - t0

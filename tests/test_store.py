@@ -3,12 +3,10 @@ byte-identical resumption after a SIGKILL, streaming hub corpora (issue 10)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest

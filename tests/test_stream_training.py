@@ -16,7 +16,7 @@ import torch
 from atomsnb.aip import AIP
 from atomsnb.io import CacheCorruptError
 from atomsnb.sae import CHECKPOINT_FILE, SAEConfig, SparseAutoencoder, train_sae, training_memory_bytes, training_step
-from atomsnb.store import MANIFEST, ActivationStore, MemorySource, ShuffledBatches, stream_memory_bytes, write_store
+from atomsnb.store import MANIFEST, MemorySource, ShuffledBatches, stream_memory_bytes, write_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
