@@ -1015,7 +1015,6 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
     """
     from tqdm import tqdm
 
-    from .aip import check_finite
     from .models import resolve_device
     from .store import ActivationStore, MemorySource, ShuffledBatches
 
@@ -1027,7 +1026,13 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
         source = data
     elif isinstance(data, torch.Tensor):
         source = MemorySource(data)
-        check_finite(data, name="training activations")
+        for s in range(0, source.n_tokens, 65536):  # in chunks: no full-size mask
+            chunk = data[s:s + 65536]
+            if not bool(torch.isfinite(chunk).all()):
+                bad = ~torch.isfinite(chunk)
+                raise ValueError(f"training activations contain {int(bad.sum())} NaN/inf values in rows {s}.."
+                                 f"{s + chunk.shape[0] - 1} (first in row {s + int(bad.any(1).nonzero()[0])}); check the "
+                                 "model dtype (bf16 overflow?) or the input text")
     else:
         raise TypeError(f"data must be a [n_tokens, d_model] tensor, an ActivationStore or a MemorySource; got "
                         f"{type(data).__name__}")

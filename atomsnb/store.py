@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import inspect
 import json
@@ -346,9 +347,20 @@ class ActivationStore:
         s = self.shards[i]
         path = self.path / s["file"]
         if self.verify_reads:
+            # the manifest's digest must be the one the file carries, and load_tensors checks the bytes against it
+            from safetensors import safe_open
+
+            from .io import _DIGEST_KEY
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    carried = (f.metadata() or {}).get(_DIGEST_KEY)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged store
+                raise CacheCorruptError(f"{path} is unreadable ({exc}); delete the store to recompute") from exc
+            if carried != s["sha256"]:
+                raise CacheCorruptError(f"{path} is not the shard whose SHA-256 {self.path / MANIFEST} records; delete "
+                                        "the store to recompute")
             tensors, _ = load_tensors(path)
-            if tensor_digest(tensors) != s["sha256"]:  # pragma: no cover - guarded by the file's own digest
-                raise CacheCorruptError(f"{path} does not match the SHA-256 recorded in {self.path / MANIFEST}")
         else:
             from safetensors.torch import load_file
 
@@ -513,12 +525,16 @@ class _Writer:
                 self._write_shard(final=False)
 
     def _write_shard(self, final: bool) -> None:
+        from safetensors import safe_open
+
+        from .io import _DIGEST_KEY
+
         i = len(self.shards)
-        x = self.buf[: self.fill].clone()
-        save_tensors(self.path / _SHARD.format(i), {"acts": x})
+        path = save_tensors(self.path / _SHARD.format(i), {"acts": self.buf[: self.fill]})
+        with safe_open(str(path), framework="pt") as f:  # the digest save_tensors computed and embedded (header only)
+            digest = f.metadata()[_DIGEST_KEY]
         start = i * self.shard_tokens
-        self.shards.append({"file": _SHARD.format(i), "start": start, "stop": start + self.fill,
-                            "sha256": tensor_digest({"acts": x})})
+        self.shards.append({"file": _SHARD.format(i), "start": start, "stop": start + self.fill, "sha256": digest})
         self.durable = start + self.fill
         self.fill = 0
         self._since_manifest += 1
@@ -613,6 +629,7 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
 # ---------------------------------------------------------------------------------------------------------------------
 # Collecting from a model
 # ---------------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _capture_code_version() -> str:
     from . import activations
 
@@ -653,12 +670,14 @@ def _model_fingerprint(lm) -> str:
     return fp
 
 
-def collection_key(lm, config, layer: int, store_dtype: str, corpus) -> dict:
+def collection_key(lm, config, layer: int, store_dtype: str, corpus, corpus_fingerprint: str | None = None) -> dict:
     """The key of the store of ``layer`` collected with ``config`` (an :class:`atomsnb.activations.ActivationConfig`):
-    every input that determines its bytes. ``n_tokens`` is not part of it (stores grow; prefixes are stable)."""
-    hub = corpus.source.startswith("hf:")
+    every input that determines its bytes. ``n_tokens`` is not part of it (stores grow; prefixes are stable).
+    ``corpus_fingerprint``: ``corpus.fingerprint(config.split)`` if already computed (``"hub-stream"`` for ``hf:``)."""
+    if corpus_fingerprint is None:
+        corpus_fingerprint = "hub-stream" if corpus.source.startswith("hf:") else corpus.fingerprint(config.split)
     return {"kind": "residual_stream", "model": _model_fingerprint(lm), "layer": int(layer), "corpus": corpus.source,
-            "corpus_fingerprint": ("hub-stream" if hub else corpus.fingerprint(config.split)), "split": config.split,
+            "corpus_fingerprint": corpus_fingerprint, "split": config.split,
             "seed": int(config.seed), "seq_len": int(config.seq_len), "drop_bos": bool(config.drop_bos),
             "forward_batch_size": int(config.batch_size), "model_dtype": str(lm.dtype).removeprefix("torch."),
             "device_type": torch.device(lm.device).type, "store_dtype": store_dtype, "capture_code": _capture_code_version()}
@@ -841,8 +860,9 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
     base = Path(root) if root is not None else cache_dir("stores")
     n = int(config.n_tokens)
     dirs, keys = {}, {}
+    cfp = "hub-stream" if corpus.source.startswith("hf:") else corpus.fingerprint(config.split)
     for l in layers:
-        keys[l] = collection_key(lm, config, l, store_dtype, corpus)
+        keys[l] = collection_key(lm, config, l, store_dtype, corpus, cfp)
         dirs[l] = base / f"{_slug(lm.name)}-L{l:03d}-{config.split}-{_digest_of(keys[l])[:16]}"
     out: dict[int, ActivationStore] = {}
     with contextlib.ExitStack() as locks:

@@ -46,47 +46,51 @@ def smollm2_shaped(path: Path) -> Path:
 
 
 def bench_write(args) -> None:
-    from atomsnb.activations import ActivationConfig, capture_residual_stream, token_windows
+    """Overhead of a store over the forward passes it needs, measured inside the same run (the machine is shared):
+    ``collect_store``'s wall time against the time spent in ``capture_residual_stream`` during it."""
+    import atomsnb.activations as acts
+    from atomsnb.activations import ActivationConfig
     from atomsnb.corpus import Corpus
     from atomsnb.models import load_model
     from atomsnb.store import collect_store
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    real = acts.capture_residual_stream
+    spent = [0.0]
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        out = real(*a, **k)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    acts.capture_residual_stream = timed
     try:
         lm = load_model(str(smollm2_shaped(tmp / "model")))
-        corpus = Corpus("docstrings")
-        corpus.texts("fit")  # parse the corpus once, outside the timings
+        Corpus("docstrings").texts("fit")  # parse the corpus once, outside the timings
         rows = []
         for layers, n_tokens in (((1,), args.tokens_shallow), ((15,), args.tokens_deep), (tuple(range(1, 31)), args.tokens_all)):
             cfg = ActivationConfig(model="x", layers=layers, corpus="docstrings", split="fit", n_tokens=n_tokens,
                                    seq_len=128, batch_size=16)
-            t0 = time.perf_counter()
-            windows = token_windows(lm.tokenizer, corpus, "fit", n_tokens=n_tokens, seq_len=128, seed=0)
-            t_tok = time.perf_counter() - t0
-            # bare forward: the hooks, the stop after the deepest layer, the float32 CPU copy collect_activations makes
-            t0 = time.perf_counter()
-            for s in range(0, len(windows), cfg.batch_size):
-                res = capture_residual_stream(lm, windows[s:s + cfg.batch_size], list(layers))
-                for l in layers:
-                    res[l][:, 1:].reshape(-1, lm.d_model).float().cpu()
-            t_fwd = time.perf_counter() - t0
-            for dtype in ("float32", "float16"):
-                root = tmp / f"stores-{dtype}-{len(layers)}"
-                t0 = time.perf_counter()
-                stores = collect_store(cfg, model=lm, store_dtype=dtype, root=root, progress=False)
-                t_store = time.perf_counter() - t0
-                gb = sum(s.n_tokens * s.d_model * (4 if dtype == "float32" else 2) for s in stores.values()) / 1e9
-                over = (t_store - t_tok - t_fwd) / t_fwd
-                rows.append(f"| {layers[0]}{'-' + str(layers[-1]) if len(layers) > 1 else ''} | {n_tokens:,} | {dtype} | "
-                            f"{t_tok:.1f} | {t_fwd:.1f} ({n_tokens / t_fwd:,.0f} tok/s) | {t_store:.1f} | {gb:.2f} | "
-                            f"{100 * over:+.1f} % |")
-                shutil.rmtree(root)
-        print(f"\nstore write vs bare forward (SmolLM2-135M-shaped random Llama, float32, {torch.get_num_threads()} threads, "
-              "seq_len 128, 16 windows per forward)\n")
-        print("| layers | tokens | store dtype | tokenise s | bare forward s | collect_store s (all) | GB written | overhead vs forward |")
+            for rep in range(args.repeats):
+                for dtype in ("float32", "float16"):
+                    root = tmp / f"stores-{dtype}"
+                    spent[0] = 0.0
+                    t0 = time.perf_counter()
+                    stores = collect_store(cfg, model=lm, store_dtype=dtype, root=root, progress=False)
+                    t_all = time.perf_counter() - t0
+                    gb = sum(s.n_tokens * s.d_model * (4 if dtype == "float32" else 2) for s in stores.values()) / 1e9
+                    name = f"{layers[0]}" + (f"-{layers[-1]}" if len(layers) > 1 else "")
+                    rows.append(f"| {name} | {n_tokens:,} | {dtype} | {rep + 1} | {spent[0]:.1f} ({n_tokens / spent[0]:,.0f} tok/s) | "
+                                f"{t_all:.1f} | {gb:.2f} | {100 * (t_all - spent[0]) / spent[0]:+.1f} % |")
+                    shutil.rmtree(root)
+        print(f"\nstore write vs the forward passes it needs (SmolLM2-135M-shaped random Llama, float32, "
+              f"{torch.get_num_threads()} threads, seq_len 128, 16 windows per forward; both measured in the same call)\n")
+        print("| layers | tokens | store dtype | run | forward s (in the call) | collect_store s | GB written | overhead |")
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     finally:
+        acts.capture_residual_stream = real
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -212,9 +216,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["write", "read", "rss"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens-shallow", type=int, default=200_000)
-    ap.add_argument("--tokens-deep", type=int, default=40_000)
-    ap.add_argument("--tokens-all", type=int, default=20_000)
+    ap.add_argument("--tokens-shallow", type=int, default=100_000)
+    ap.add_argument("--tokens-deep", type=int, default=20_000)
+    ap.add_argument("--tokens-all", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--read-tokens", type=int, default=1 << 20)
     ap.add_argument("--read-batches", type=int, default=200)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 22, 1 << 23])

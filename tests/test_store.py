@@ -89,6 +89,11 @@ def test_damage_is_detected(tmp_path):
         ActivationStore(tmp_path / "s").read(0, 3000)
     with pytest.raises(CacheCorruptError, match="SHA-256"):
         ActivationStore(tmp_path / "s").verify()
+    # a valid shard under another shard's name (same shape) is caught by the manifest's checksum
+    shard.write_bytes((tmp_path / "s" / st.shards[0]["file"]).read_bytes())
+    with pytest.raises(CacheCorruptError, match="is not the shard"):
+        ActivationStore(tmp_path / "s").read(1000, 2000)
+    assert torch.equal(ActivationStore(tmp_path / "s", verify=False).read(1000, 2000), x[:1000])  # unchecked reads trust it
     man = json.loads((tmp_path / "s" / MANIFEST).read_text())
     man["shards"][1]["start"] = 1001  # a hole in the token ranges
     (tmp_path / "s" / MANIFEST).write_text(json.dumps(man))
