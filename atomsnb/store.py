@@ -458,7 +458,8 @@ class ActivationStore:
 class _Writer:
     """Appends rows to a store, shard by shard; the manifest follows every written shard (at most every
     ``ceil(n_shards / 256)``-th one for very large stores, so that rewriting it stays cheap; a shard written but not
-    yet in the manifest is recomputed after a kill)."""
+    yet in the manifest is recomputed after a kill). A full shard is hashed and written by a background thread while
+    the caller goes on (at most one shard in flight, recorded in order), so writing overlaps the forward passes."""
 
     def __init__(self, path: Path, key: Mapping, d_model: int, dtype: str | torch.dtype, shard_tokens: int | None,
                  info: Mapping | None = None, name: str = "activations"):
@@ -492,10 +493,18 @@ class _Writer:
             shards = []
         self.key, self.d_model, self.info = dict(key), int(d_model), dict(info or {})
         self.shards = list(shards)
-        self.durable = self.shards[-1]["stop"] if self.shards else 0  # rows on disk in complete shards
+        self.durable = self.shards[-1]["stop"] if self.shards else 0  # rows on disk in complete, recorded shards
+        self.queued = self.durable  # rows in complete shards handed to the writing thread
         self.buf = torch.empty(self.shard_tokens, self.d_model, dtype=self.dtype)
         self.fill = 0
         self._since_manifest = 0
+        self._pool = None
+        self._pending = None
+
+    @property
+    def held(self) -> int:
+        """Rows received so far: in complete shards (written or being written) and in the current buffer."""
+        return self.queued + self.fill
 
     def _manifest(self) -> None:
         save_json(self.path / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, "key": self.key,
@@ -509,9 +518,11 @@ class _Writer:
         rows = rows.detach()
         if rows.dim() != 2 or rows.shape[1] != self.d_model:
             raise ValueError(f"{self.name} batch must be [n, d_model={self.d_model}]; got shape {tuple(rows.shape)}")
-        check_finite(rows, name=f"{self.name} rows {position}..{position + rows.shape[0]}")
+        # a float64 sum is finite iff every entry is (float32 values cannot overflow it): one cheap reduction
+        if not math.isfinite(float(rows.sum(dtype=torch.float64))):
+            check_finite(rows, name=f"{self.name} rows {position}..{position + rows.shape[0]}")
         conv = rows.to(self.dtype)
-        if self.dtype == torch.float16 and not bool(torch.isfinite(conv).all()):
+        if self.dtype == torch.float16 and not math.isfinite(float(conv.sum(dtype=torch.float64))):
             big = float(rows.abs().max())
             raise ValueError(f"{self.name} rows {position}..{position + rows.shape[0]} reach |x| = {big:.3g}, beyond "
                              "float16's range (65504): store them as dtype='bfloat16' or 'float32'")
@@ -524,29 +535,62 @@ class _Writer:
             if self.fill == self.shard_tokens:
                 self._write_shard(final=False)
 
-    def _write_shard(self, final: bool) -> None:
+    @staticmethod
+    def _save(path: Path, x: torch.Tensor) -> str:
         from safetensors import safe_open
 
         from .io import _DIGEST_KEY
 
-        i = len(self.shards)
-        path = save_tensors(self.path / _SHARD.format(i), {"acts": self.buf[: self.fill]})
+        save_tensors(path, {"acts": x})
         with safe_open(str(path), framework="pt") as f:  # the digest save_tensors computed and embedded (header only)
-            digest = f.metadata()[_DIGEST_KEY]
-        start = i * self.shard_tokens
-        self.shards.append({"file": _SHARD.format(i), "start": start, "stop": start + self.fill, "sha256": digest})
-        self.durable = start + self.fill
-        self.fill = 0
+            return f.metadata()[_DIGEST_KEY]
+
+    def _wait(self, final: bool = False) -> None:
+        """Record the shard in flight once written (its exception, if any, is raised here)."""
+        if self._pending is None:
+            return
+        future, entry = self._pending
+        self._pending = None
+        entry["sha256"] = future.result()
+        self.shards.append(entry)
+        self.durable = entry["stop"]
         self._since_manifest += 1
         if final or self._since_manifest >= max(1, math.ceil(len(self.shards) / 256)):
             self._manifest()
+
+    def _write_shard(self, final: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._wait()
+        i = len(self.shards)
+        start = i * self.shard_tokens
+        entry = {"file": _SHARD.format(i), "start": start, "stop": start + self.fill}
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atomsnb-store")
+        self._pending = (self._pool.submit(self._save, self.path / entry["file"], self.buf[: self.fill]), entry)
+        self.queued = entry["stop"]
+        self.buf = torch.empty(self.shard_tokens, self.d_model, dtype=self.dtype)  # the thread owns the old one
+        self.fill = 0
+        if final:
+            self._wait(final=True)
+
+    def close(self) -> None:
+        """Wait for the shard in flight (recording it) and stop the writing thread."""
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def finish(self) -> ActivationStore:
         """Write the partial last shard (if any) and the manifest; return the store."""
         if self.fill:
             self._write_shard(final=True)
         else:
+            self._wait(final=True)
             self._manifest()
+        self.close()
         return ActivationStore(self.path)
 
 
@@ -610,20 +654,24 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
     with _lock(path):
         _remove_orphans(path)
         w = _Writer(path, key, d_model, dtype, shard_tokens, info)
+        skip = w.durable  # rows already on disk: the data's first rows
         pos = 0
-        for x in tqdm(chunks, desc=f"store {path.name}", disable=not progress or None, leave=False):
-            x = torch.as_tensor(x)
-            n = int(x.shape[0]) if x.dim() == 2 else -1
-            if x.dim() != 2 or x.shape[1] != d_model:
-                raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
-            if pos + n > w.durable:
-                w.add(x[max(0, w.durable - pos):], max(pos, w.durable))
-            pos += n
-        if pos == 0:
-            raise ValueError("data holds no rows: nothing to store")
-        if pos < w.durable:
-            raise StoreMismatchError(f"{path} holds {w.durable} rows but data gave only {pos}: not the same data")
-        return w.finish()
+        try:
+            for x in tqdm(chunks, desc=f"store {path.name}", disable=not progress or None, leave=False):
+                x = torch.as_tensor(x)
+                n = int(x.shape[0]) if x.dim() == 2 else -1
+                if x.dim() != 2 or x.shape[1] != d_model:
+                    raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
+                if pos + n > skip:
+                    w.add(x[max(0, skip - pos):], max(pos, skip))
+                pos += n
+            if pos == 0:
+                raise ValueError("data holds no rows: nothing to store")
+            if pos < skip:
+                raise StoreMismatchError(f"{path} holds {skip} rows but data gave only {pos}: not the same data")
+            return w.finish()
+        finally:
+            w.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -793,16 +841,16 @@ def _collect(lm, config, corpus, writers: dict[int, _Writer], n_tokens: int, pro
             break
         rows = int(ids.shape[0]) * per_window
         hi = min(rows, n_tokens - row)
-        need = [l for l, w in writers.items() if w.durable + w.fill < row + hi]
+        need = [l for l, w in writers.items() if w.held < row + hi]
         if need:
             res = capture_residual_stream(lm, ids, need)
             for l in need:
                 w = writers[l]
-                lo = w.durable + w.fill - row  # rows of this batch that the layer already holds (>= 0)
+                lo = w.held - row  # rows of this batch that the layer already holds (>= 0)
                 x = res[l][:, first:].reshape(-1, lm.d_model)
                 w.add(x[lo:hi].float().cpu(), row + lo)
         row += rows
-    short = [l for l, w in writers.items() if w.durable + w.fill < n_tokens]
+    short = [l for l, w in writers.items() if w.held < n_tokens]
     if short:
         raise ValueError(f"corpus {corpus.source!r} split {config.split!r} ran out before n_tokens={n_tokens} at "
                          f"seq_len={config.seq_len} (layers {short}); lower n_tokens or use a larger corpus")
@@ -881,10 +929,14 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
             info = {"model_name": lm.name, "model_path": str(lm.path), "layer": l}
             writers[l] = _Writer(dirs[l], keys[l], lm.d_model, store_dtype, shard_tokens, info,
                                  name=f"activations of layer {l}")
-        if writers:
-            _collect(lm, config, corpus, writers, n, progress)
-            for l, w in writers.items():
-                out[l] = w.finish()
+        try:
+            if writers:
+                _collect(lm, config, corpus, writers, n, progress)
+                for l, w in writers.items():
+                    out[l] = w.finish()
+        finally:
+            for w in writers.values():
+                w.close()
     return {l: out[l] for l in layers}
 
 
