@@ -128,10 +128,13 @@ def _lock(directory: Path):
 
 
 def _remove_orphans(directory: Path) -> None:
-    """Remove temporary files that a killed writer left (``.NAME.XXXX.tmp``, see :func:`atomsnb.io.atomic_write`)."""
-    for p in directory.glob(".*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+    """Remove temporary files that a killed writer left: ``.NAME.XXXX.tmp`` (:func:`atomsnb.io.atomic_write`) and
+    ``.tmpXXXX`` (safetensors' own temporary file while it serialises). Called with the store's lock held."""
+    for pattern in (".*.tmp", ".tmp*"):
+        for p in directory.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                if p.is_file():
+                    p.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
