@@ -1026,9 +1026,10 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
         source = data
     elif isinstance(data, torch.Tensor):
         source = MemorySource(data)
-        for s in range(0, source.n_tokens, 65536):  # in chunks: no full-size mask
+        for s in range(0, source.n_tokens, 65536):  # min/max propagate NaN and inf: no full-size mask
             chunk = data[s:s + 65536]
-            if not bool(torch.isfinite(chunk).all()):
+            lo, hi = torch.aminmax(chunk)
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
                 bad = ~torch.isfinite(chunk)
                 raise ValueError(f"training activations contain {int(bad.sum())} NaN/inf values in rows {s}.."
                                  f"{s + chunk.shape[0] - 1} (first in row {s + int(bad.any(1).nonzero()[0])}); check the "
@@ -1112,7 +1113,8 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
     for step in tqdm(range(start, config.n_steps), desc=f"train {config.kind} SAE", mininterval=1.0,
                      initial=start, total=config.n_steps, **bar):
         m = next(stream)
-        if not bool(torch.isfinite(m).all()):
+        lo, hi = torch.aminmax(m)
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
             raise ValueError(f"the batch of step {step} holds NaN/inf activations (rows of the source; check the store)")
         x = prep(m)
         lam = config.coefficient * (min(1.0, (step + 1) / config.sparsity_warmup_steps) if config.sparsity_warmup_steps > 0 else 1.0)

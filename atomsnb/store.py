@@ -458,6 +458,12 @@ class ActivationStore:
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------------------
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite: min and max propagate NaN and +-inf (one fast reduction, no mask)."""
+    lo, hi = torch.aminmax(x)
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))
+
+
 class _Writer:
     """Appends rows to a store, shard by shard; the manifest follows every written shard (at most every
     ``ceil(n_shards / 256)``-th one for very large stores, so that rewriting it stays cheap; a shard written but not
@@ -521,11 +527,12 @@ class _Writer:
         rows = rows.detach()
         if rows.dim() != 2 or rows.shape[1] != self.d_model:
             raise ValueError(f"{self.name} batch must be [n, d_model={self.d_model}]; got shape {tuple(rows.shape)}")
-        # a float64 sum is finite iff every entry is (float32 values cannot overflow it): one cheap reduction
-        if not math.isfinite(float(rows.sum(dtype=torch.float64))):
+        if rows.numel() == 0:
+            return
+        if not _all_finite(rows):
             check_finite(rows, name=f"{self.name} rows {position}..{position + rows.shape[0]}")
         conv = rows.to(self.dtype)
-        if self.dtype == torch.float16 and not math.isfinite(float(conv.sum(dtype=torch.float64))):
+        if self.dtype == torch.float16 and not _all_finite(conv):
             big = float(rows.abs().max())
             raise ValueError(f"{self.name} rows {position}..{position + rows.shape[0]} reach |x| = {big:.3g}, beyond "
                              "float16's range (65504): store them as dtype='bfloat16' or 'float32'")

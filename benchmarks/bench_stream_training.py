@@ -69,9 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=1 << 18)
-    ap.add_argument("--buffer-tokens", type=int, default=1 << 16, help="small, so that several fills occur in a run")
-    ap.add_argument("--sizes", default="576x2304:40,2304x9216:10", help="HxN:steps,...")
+    ap.add_argument("--buffer-tokens", type=int, default=1 << 15, help="small, so that several fills occur in a run")
+    ap.add_argument("--sizes", default="576x2304:40:262144,2304x9216:8:65536", help="HxN:steps:tokens,...")
     ap.add_argument("--old-checkout", default=str(ROOT.parent.parent / "main"))
     args = ap.parse_args()
     from atomsnb.aip import AIP
@@ -81,7 +80,8 @@ def main() -> None:
     out = []
     try:
         for spec in args.sizes.split(","):
-            size, steps = spec.split(":")
+            size, steps, n_tok = spec.split(":")
+            args.tokens = int(n_tok)
             H, N = map(int, size.split("x"))
             g = torch.Generator().manual_seed(0)
             A = torch.randn(H, H, generator=g) / H ** 0.5 + torch.eye(H)
@@ -116,7 +116,7 @@ def main() -> None:
                 out.append(f"| {H} x {N} | {mode} | {med:.3f} | {4096 / med:,.0f} | {mean:.3f} | {4096 / mean:,.0f} | "
                            f"{base / med:.2f} |")
             shutil.rmtree(path)
-        print(f"\nTSAE training from a store vs from memory (batch 4096, {args.tokens:,} random activations, buffer "
+        print(f"\nTSAE training from a store vs from memory (batch 4096, random activations (tokens per size: {args.sizes}), buffer "
               f"{args.buffer_tokens:,} rows, {args.threads} threads, median over {args.rounds} interleaved rounds)\n")
         print("| H x N | source | s / step (median) | tok/s | s / step (mean, fills included) | tok/s | speed vs memory |")
         print("|---|---|---|---|---|---|---|")
