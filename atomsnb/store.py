@@ -954,7 +954,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
 # Consumers
 # ---------------------------------------------------------------------------------------------------------------------
 def fit_aip_from_store(store, n_tokens: int | None = None, *, ridge: float = 0.0, pinv: bool = False,
-                       min_tokens_per_dim: float | None = None) -> AIP:
+                       min_tokens_per_dim: float | None = None, cache: bool = False) -> AIP:
     """Fit the AIP (paper §3, SPEC §1) on the first ``n_tokens`` rows of a store by streaming its shards through
     :meth:`atomsnb.aip.AIP.partial_fit` (float64 accumulation; memory one shard plus ``d_model^2``).
 
@@ -962,6 +962,9 @@ def fit_aip_from_store(store, n_tokens: int | None = None, *, ridge: float = 0.0
         store: an :class:`ActivationStore` (or :class:`MemorySource`).
         n_tokens: prefix to use (default: the whole store).
         ridge, pinv, min_tokens_per_dim: as :class:`atomsnb.aip.AIP`.
+        cache: keep the accumulated second moment in the store's directory (``aip-<n_tokens>-<options>.safetensors``,
+            :meth:`atomsnb.aip.AIP.save`: atomic, checksummed), so that grid points sharing a store fit it once.
+            A damaged file is reported and refitted.
 
     Returns:
         The fitted (finalised) :class:`~atomsnb.aip.AIP`.
@@ -970,15 +973,33 @@ def fit_aip_from_store(store, n_tokens: int | None = None, *, ridge: float = 0.0
         ValueError: ``n_tokens`` out of range; the AIP's own errors (too few tokens, singular second moment).
     """
     kw = {} if min_tokens_per_dim is None else {"min_tokens_per_dim": min_tokens_per_dim}
+    n = int(store.n_tokens if n_tokens is None else n_tokens)
+    if not 1 <= n <= store.n_tokens:
+        raise ValueError(f"n_tokens={n_tokens} is out of range: the store holds {store.n_tokens} activations "
+                         f"(allowed 1..{store.n_tokens})")
+    cached = None
+    if cache and isinstance(store, ActivationStore):
+        opts = _digest_of([float(ridge), bool(pinv), min_tokens_per_dim])[:8]
+        cached = store.path / f"aip-{n}-{opts}.safetensors"
+        if cached.is_file():
+            try:
+                aip = AIP.load(cached)
+                if aip.n_tokens == n and aip.d_model == store.d_model:
+                    _ = aip.rank
+                    return aip
+                print(f"[atomsnb] {cached} holds an AIP of {aip.n_tokens} tokens, expected {n}; refitting")
+            except CacheCorruptError as exc:
+                print(f"[atomsnb] {exc}; refitting")
     aip = AIP(int(store.d_model), ridge=ridge, pinv=pinv, **kw)
     if isinstance(store, MemorySource):
-        n = store.n_tokens if n_tokens is None else int(n_tokens)
         chunks: Iterable[torch.Tensor] = (store.read(s, min(s + 65536, n)) for s in range(0, n, 65536))
     else:
-        chunks = store.iter_chunks(n_tokens)
+        chunks = store.iter_chunks(n)
     for x in chunks:
         aip.partial_fit(x)
     _ = aip.rank  # factorise now: errors surface here, not at the first use
+    if cached is not None:
+        aip.save(cached)
     return aip
 
 

@@ -193,11 +193,12 @@ def bench_rss(args) -> None:
                     continue
                 if mode == "old":
                     cmd = [sys.executable, "-c", _CHILD_OLD, "old", str(st.path), str(args.threads)]
-                    env_m = {**os.environ, "PYTHONPATH": str(args.old_checkout)}
+                    code = str(args.old_checkout)
                 else:
                     cmd = [sys.executable, "-c", _CHILD, mode, str(st.path), str(args.threads)]
-                    env_m = env
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env_m)
+                    code = str(ROOT)
+                # python -c imports from its working directory first: run it in the checkout it measures
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": code}, cwd=code)
                 if proc.returncode != 0:
                     rows.append(f"| {m:,} | {mode} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | |")
                     continue

@@ -102,9 +102,11 @@ def main() -> None:
             res: dict[str, list] = {}
             for _ in range(args.rounds):
                 for mode in ("store f32", "store bf16", "memory", "old"):
-                    env = {**os.environ, "PYTHONPATH": str(args.old_checkout if mode == "old" else ROOT)}
+                    code = str(args.old_checkout if mode == "old" else ROOT)  # python -c imports from its cwd first
+                    env = {**os.environ, "PYTHONPATH": code}
                     proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(path), str(H), str(N), steps,
-                                           str(args.threads), str(args.buffer_tokens)], capture_output=True, text=True, env=env)
+                                           str(args.threads), str(args.buffer_tokens)], capture_output=True, text=True,
+                                          env=env, cwd=code)
                     if proc.returncode != 0:
                         print(mode, proc.stderr[-1500:], file=sys.stderr)
                         continue

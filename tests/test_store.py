@@ -169,6 +169,14 @@ def test_fit_aip_from_store_equals_fit_in_memory(tmp_path):
     assert torch.allclose(got.S, ref.S, rtol=1e-10, atol=0)
     part = fit_aip_from_store(st, 2500)
     assert torch.allclose(part.S, AIP.fit(x[:2500].float()).S, rtol=1e-10, atol=0)
+    # cached in the store: the second call reads the file (same S), a damaged file is refitted
+    a = fit_aip_from_store(st, 2500, cache=True)
+    files = list(st.path.glob("aip-2500-*.safetensors"))
+    assert len(files) == 1 and torch.equal(fit_aip_from_store(st, 2500, cache=True).S, a.S)
+    files[0].write_bytes(files[0].read_bytes()[:-10])
+    assert torch.equal(fit_aip_from_store(st, 2500, cache=True).S, a.S)
+    with pytest.raises(ValueError, match="n_tokens=6001"):
+        fit_aip_from_store(st, 6001)
 
 
 def test_stream_memory_formula_and_resources():
