@@ -10,7 +10,8 @@ not grow with |M|:
 - **Shards**: ``shard_NNNNNN.safetensors`` files of ``shard_tokens`` rows ``[rows, d_model]`` in the storage dtype
   (``float32``, or ``bfloat16`` / ``float16`` to halve the disk), each written atomically and checksummed by
   :mod:`atomsnb.io`; a manifest ``manifest.json`` (written atomically, see :data:`MANIFEST`) records the key, the
-  dtype and, per shard, its token range ``[start, stop)`` and SHA-256.
+  dtype and, per shard, its token range ``[start, stop)`` and its checksum (the SHA-256 :mod:`atomsnb.io` writes in the
+  shard's header: checked against the manifest, then against the shard's bytes, on every verified read).
 - **Resumable**: a killed collection resumes at the first shard missing from the manifest, recomputing forward
   passes on the same global grid of batches, so it ends byte-identical to an uninterrupted one. Growing a store
   (asking for more tokens later) appends to it; the first ``n`` rows of a store never depend on its final size,
@@ -307,7 +308,7 @@ class ActivationStore:
 
     Attributes:
         path, key (dict), d_model, dtype (torch dtype), dtype_name, shard_tokens, n_tokens (rows written),
-        shards (list of ``{"file", "start", "stop", "sha256"}``), block_tokens (= shard_tokens).
+        shards (list of ``{"file", "start", "stop", "checksum"}``), block_tokens (= shard_tokens).
 
     Raises:
         FileNotFoundError: no manifest in ``path``.
@@ -336,6 +337,8 @@ class ActivationStore:
                     raise ValueError(f"shard entry {i} {s} is out of sequence")
                 if i < len(self.shards) - 1 and s["stop"] - s["start"] != self.shard_tokens:
                     raise ValueError(f"shard {i} is partial but not the last one")
+                if not isinstance(s.get("checksum"), dict) or not s["checksum"]:
+                    raise ValueError(f"shard {i} has no checksum")
                 pos = s["stop"]
             if man.get("key_digest") != _digest_of(self.key):
                 raise ValueError("the key digest does not match the key")
@@ -353,14 +356,12 @@ class ActivationStore:
             # the manifest's digest must be the one the file carries, and load_tensors checks the bytes against it
             from safetensors import safe_open
 
-            from .io import _DIGEST_KEY
-
             try:
                 with safe_open(str(path), framework="pt") as f:
-                    carried = (f.metadata() or {}).get(_DIGEST_KEY)
+                    carried = dict(f.metadata() or {})
             except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged store
                 raise CacheCorruptError(f"{path} is unreadable ({exc}); delete the store to recompute") from exc
-            if carried != s["sha256"]:
+            if carried != s["checksum"]:
                 raise CacheCorruptError(f"{path} is not the shard whose SHA-256 {self.path / MANIFEST} records; delete "
                                         "the store to recompute")
             tensors, _ = load_tensors(path)
@@ -546,14 +547,14 @@ class _Writer:
                 self._write_shard(final=False)
 
     @staticmethod
-    def _save(path: Path, x: torch.Tensor) -> str:
+    def _save(path: Path, x: torch.Tensor) -> dict:
+        """Write one shard (:func:`atomsnb.io.save_tensors`: atomic, SHA-256 in its header) and return its header
+        metadata, i.e. the checksum it carries, for the manifest (read back from the header: no second hash)."""
         from safetensors import safe_open
 
-        from .io import _DIGEST_KEY
-
         save_tensors(path, {"acts": x})
-        with safe_open(str(path), framework="pt") as f:  # the digest save_tensors computed and embedded (header only)
-            return f.metadata()[_DIGEST_KEY]
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
 
     def _wait(self, final: bool = False) -> None:
         """Record the shard in flight once written (its exception, if any, is raised here)."""
@@ -561,7 +562,7 @@ class _Writer:
             return
         future, entry = self._pending
         self._pending = None
-        entry["sha256"] = future.result()
+        entry["checksum"] = future.result()
         self.shards.append(entry)
         self.durable = entry["stop"]
         self._since_manifest += 1

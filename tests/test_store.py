@@ -14,7 +14,7 @@ import torch
 
 from atomsnb.activations import ActivationConfig, collect_activations
 from atomsnb.aip import AIP
-from atomsnb.io import CacheCorruptError, tensor_digest
+from atomsnb.io import CacheCorruptError, load_tensors
 from atomsnb.store import (
     MANIFEST, ActivationStore, MemorySource, ShuffledBatches, StoreMismatchError, collect_store, default_shard_tokens,
     fit_aip_from_store, resources, stream_memory_bytes, write_store,
@@ -44,10 +44,15 @@ def test_write_read_round_trip_and_manifest(tmp_path, dtype):
     assert torch.equal(st.read(0, 3000), ref) and torch.equal(st.read(700, 1900), ref[700:1900])
     man = json.loads((tmp_path / "s" / MANIFEST).read_text())
     assert man["dtype"] == dtype and man["shard_tokens"] == 512
-    # token ranges tile [0, n) and each checksum is the digest of exactly those rows of the input
+    # token ranges tile [0, n); each checksum is the SHA-256 the shard carries, which load_tensors checks its rows against
     assert [(s["start"], s["stop"]) for s in man["shards"]] == [(i * 512, min(3000, (i + 1) * 512)) for i in range(6)]
+    from safetensors import safe_open
+
     for s in man["shards"]:
-        assert s["sha256"] == tensor_digest({"acts": ref[s["start"]:s["stop"]]})
+        with safe_open(str(tmp_path / "s" / s["file"]), framework="pt") as f:
+            assert s["checksum"] == f.metadata() and any(len(v) == 64 for v in s["checksum"].values())
+        assert torch.equal(load_tensors(tmp_path / "s" / s["file"])[0]["acts"], ref[s["start"]:s["stop"]])
+    assert len({json.dumps(s["checksum"]) for s in man["shards"]}) == 6
     # prefixes: the first n rows, shard by shard
     chunks = list(st.iter_chunks(1100))
     assert [c.shape[0] for c in chunks] == [512, 512, 76] and torch.equal(torch.cat(chunks), ref[:1100])

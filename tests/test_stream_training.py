@@ -215,7 +215,7 @@ def _big_store(path: Path, shard: Path, n_shards: int) -> None:
     for i in range(n_shards):
         name = f"shard_{i:06d}.safetensors"
         os.link(shard, path / name)
-        man["shards"].append({"file": name, "start": i * rows, "stop": (i + 1) * rows, "sha256": entry["sha256"]})
+        man["shards"].append({"file": name, "start": i * rows, "stop": (i + 1) * rows, "checksum": entry["checksum"]})
     (path / MANIFEST).write_text(json.dumps(man))
 
 
