@@ -42,7 +42,6 @@ def timed(*a, **k):
     stamps.append(time.perf_counter())
     return real(*a, **k)
 S.training_step = timed
-aip = AIP.load(path + "/aip.safetensors")
 if mode.startswith("store"):
     from atomsnb.store import ActivationStore
     data = ActivationStore(path + ("/f32" if mode == "store f32" else "/bf16"), verify=True)
@@ -50,6 +49,8 @@ else:
     from safetensors.torch import load_file
     import glob
     data = torch.cat([load_file(p)["acts"] for p in sorted(glob.glob(path + "/f32/shard_*.safetensors"))])
+# the same S for every variant, fitted here (the old checkout does not read files of the new io format)
+aip = AIP.load(path + "/aip.safetensors") if mode.startswith("store") else AIP.fit(data)
 if mode == "old":
     from atomsnb.units import default_sae_config
     from dataclasses import replace
