@@ -790,11 +790,13 @@ def _windows_streaming(lm, corpus, config, shuffle_docs: int = 10_000) -> Iterat
     batch: list[str] = []
 
     def cut():
-        nonlocal stream
-        while len(stream) >= body_len:
-            body = torch.tensor(stream[:body_len], dtype=torch.long)
-            stream = stream[body_len:]
-            yield torch.cat([torch.tensor([bos], dtype=torch.long), body]) if bos is not None else body
+        n_full = len(stream) // body_len
+        if n_full:
+            bodies = torch.tensor(stream[: n_full * body_len], dtype=torch.long).view(n_full, body_len)
+            del stream[: n_full * body_len]
+            if bos is not None:
+                bodies = torch.cat([torch.full((n_full, 1), bos, dtype=torch.long), bodies], dim=1)
+            yield from bodies
 
     for text in shuffled():
         batch.append(text)

@@ -322,3 +322,22 @@ def test_hub_corpus_streams_like_the_full_download(tmp_path, tiny):
     assert a.n_tokens == 600 and a.key["corpus_fingerprint"] == "hub-stream"
     assert _tree(a.path) == _tree(b.path)
     assert bool(torch.isfinite(a.read(0, 600)).all())
+    # the windows: BOS, then the split's documents in some order, each tokenised whole and followed by EOS
+    from atomsnb.models import load_model
+    from atomsnb.store import _windows_streaming
+
+    lm = load_model(str(tiny))
+    tok = lm.tokenizer
+    wins = torch.stack(list(_windows_streaming(lm, Corpus(f"hf:{ds}"), cfg)))
+    assert (wins[:, 0] == tok.bos_token_id).all() and wins.shape[1] == 16
+    body = wins[:, 1:].flatten().tolist()
+    docs = {tuple(tok(d.text, add_special_tokens=False)["input_ids"]) for d in Corpus(f"hf:{ds}").documents("train")}
+    segments, cur = [], []
+    for t in body:
+        if t == tok.eos_token_id:
+            segments.append(tuple(cur))
+            cur = []
+        else:
+            cur.append(t)
+    assert len(segments) == len(set(segments)) and set(segments) <= docs  # no document lost in part, none repeated
+    assert len(segments) >= 0.9 * len(docs)  # all but the tail that does not fill a window
