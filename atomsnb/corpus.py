@@ -41,7 +41,7 @@ from pathlib import Path
 from .io import save_json
 from .paths import cache_dir
 
-__all__ = ["Corpus", "Document", "SPLITS", "SOURCES", "split_of"]
+__all__ = ["Corpus", "Document", "SPLITS", "SOURCES", "split_of", "iter_hf_documents"]
 
 SPLITS = ("train", "fit", "eval")
 #: Bump when the parsing of the built-in sources changes (enters the key of the parsed-corpus cache).
@@ -252,6 +252,54 @@ def _hf_documents(spec: str) -> tuple[Document, ...]:
         raise OSError(f"could not load Hugging Face dataset {name!r} (config {config!r}, split {hf_split!r}): {exc}. "
                       "Offline, use the default 'docstrings' corpus or 'file:/path/to/text.txt'.") from exc
     return tuple(Document(f"hf:{name}:{i}", t) for i, t in enumerate(ds[column]) if t and len(t.strip()) >= _MIN_DOC_CHARS)
+
+
+def iter_hf_documents(spec: str, split: str | None = None):
+    """Stream the documents of a Hugging Face dataset (``hf:`` source without the prefix) without downloading it whole.
+
+    ``datasets.load_dataset(NAME, CONFIG, split=SPLIT, streaming=True)``: rows arrive as the dataset's files are
+    read, so a billion-token corpus is never held on disk or in memory. Document ids, the minimum length and the
+    ``train``/``fit``/``eval`` split by id hash are those of the non-streaming ``hf:`` source. ``NAME`` may be a local
+    dataset directory (e.g. holding ``train.jsonl``), which is how the tests exercise this path offline.
+
+    Args:
+        spec: ``NAME[:CONFIG[:SPLIT[:COLUMN]]]`` (SPLIT defaults to ``train``, COLUMN to ``text``).
+        split: ``"train"``, ``"fit"``, ``"eval"`` or None (all documents).
+
+    Yields:
+        :class:`Document` s in the dataset's order.
+
+    Raises:
+        ImportError: ``datasets`` is not installed (``pip install -e .[hub]`` or ``make install-hub``).
+        OSError: the dataset cannot be opened (offline, unknown name), naming it.
+        KeyError: the column does not exist, naming the columns there are.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None; got {split!r}")
+    parts = spec.split(":")
+    name, config = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
+    hf_split = parts[2] if len(parts) > 2 and parts[2] else "train"
+    column = parts[3] if len(parts) > 3 and parts[3] else "text"
+    try:
+        import datasets  # type: ignore
+    except ImportError as exc:
+        raise ImportError(f"corpus 'hf:{spec}' needs the optional 'hub' extra (the 'datasets' package): "
+                          "pip install -e .[hub], or make install-hub") from exc
+    try:
+        ds = datasets.load_dataset(name, config, split=hf_split, streaming=True)
+    except Exception as exc:  # network, unknown name: say which
+        raise OSError(f"could not stream Hugging Face dataset {name!r} (config {config!r}, split {hf_split!r}): {exc}. "
+                      "Offline, use the default 'docstrings' corpus or 'file:/path/to/text.txt'.") from exc
+    for i, row in enumerate(ds):
+        if column not in row:
+            raise KeyError(f"dataset {name!r} has no column {column!r}; columns: {sorted(row)} "
+                           "(give it as hf:NAME:CONFIG:SPLIT:COLUMN)")
+        text = row[column]
+        if not text or len(text.strip()) < _MIN_DOC_CHARS:
+            continue
+        doc = Document(f"hf:{name}:{i}", text)
+        if split is None or split_of(doc.doc_id) == split:
+            yield doc
 
 
 class Corpus:

@@ -12,21 +12,28 @@ this module trains them as SPEC §6 describes (Rajamanoharan et al. 2024, *Jumpi
   float32); the L0 term sends no gradient to ``W_e``, ``b_e`` (as SAELens);
 - Adam with ``betas = (0, 0.999)``, decoder columns renormalised to unit norm after each step.
 
-The same trainer fits the standard ReLU + L1 SAE ("features", paper §4) with ``kind="relu"``. Neurons
-are the identity dictionary with dense codes (:func:`neuron_baseline`).
+The same trainer fits the standard ReLU + L1 SAE ("features", paper §4) with ``kind="relu"``. The sparsity
+coefficients carry SAELens' names: ``l0_coefficient`` (JumpReLU) and ``l1_coefficient`` (ReLU); the defaults for
+a model of width ``d`` live in :meth:`SAEConfig.for_model`. Neurons are the identity dictionary with dense codes
+(:func:`neuron_baseline`).
 
-The training step used by :func:`train_sae` computes the gradients by hand (:func:`compute_grads`):
-dense with reused buffers at low sparsity, and, once the codes are sparse, decoding with
-``embedding_bag`` and sampled matrix products so that only the encoder's forward matmul stays dense.
-``tests/test_sae.py`` checks that it equals autograd through :meth:`SparseAutoencoder.forward`.
+:func:`train_sae` reads a stream of shuffled batches (:mod:`atomsnb.store`) from an in-memory tensor or an
+on-disk activation store through the same loop, whitens each batch on its own, tracks dead latents (tokens
+since each latent last fired, as EleutherAI/sparsify), keeps a training history, and checkpoints and resumes
+bit-exactly. On the CPU the step computes the gradients by hand (:func:`compute_grads`): dense with reused
+buffers at low sparsity, and, once the codes are sparse, decoding with ``embedding_bag`` and sampled matrix
+products so that only the encoder's forward matmul stays dense. ``tests/test_sae.py`` checks that it equals
+autograd through :meth:`SparseAutoencoder.forward`; on CUDA the step is autograd, optionally under bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -46,8 +53,13 @@ __all__ = [
     "SAEOutput",
     "SparseAutoencoder",
     "StepStats",
+    "DEFAULT_L0_COEFFICIENT",
+    "DEFAULT_L1_COEFFICIENT",
+    "DEFAULT_DEAD_AFTER_TOKENS",
+    "CHECKPOINT_FILE",
     "compute_grads",
     "training_step",
+    "training_memory_bytes",
     "train_sae",
     "save_sae",
     "load_sae",
@@ -59,7 +71,29 @@ __all__ = [
     "refit_on_support",
 ]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_KINDS = ("jumprelu", "relu")
+
+#: Default L0 coefficient of the TSAE (jumprelu) when none is given (the chapters' atoms coefficient).
+DEFAULT_L0_COEFFICIENT = 3e-3
+#: Default L1 coefficient of the ReLU + L1 SAE when none is given (the chapters' features coefficient).
+DEFAULT_L1_COEFFICIENT = 3e-2
+#: Tokens without firing after which a latent counts as dead during training (EleutherAI/sparsify's
+#: ``dead_feature_threshold``).
+DEFAULT_DEAD_AFTER_TOKENS = 10_000_000
+
+
+def _bad(name: str, value, allowed: str) -> ValueError:
+    return ValueError(f"SAEConfig.{name}={value!r} is not allowed: {allowed}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -67,16 +101,31 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 # ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class SAEConfig:
-    """Every knob of a sparse autoencoder and its training run (SPEC §6)."""
+    """Every knob of a sparse autoencoder and its training run (SPEC §6), validated on construction.
+
+    **Sparsity coefficients** (SAELens' names): a JumpReLU TSAE takes ``l0_coefficient`` (the L0 penalty
+    ``lambda sum_j H(pi_j - tau_j)``), a ReLU SAE takes ``l1_coefficient`` (``lambda sum_j f_j``). One config carries
+    the one of its ``kind``; giving the other kind's coefficient is an error (the value would be silently
+    ignored). Leave it None for the default (:data:`DEFAULT_L0_COEFFICIENT`, :data:`DEFAULT_L1_COEFFICIENT`);
+    :attr:`coefficient` is the value in force. Switch kind with :meth:`with_kind`.
+
+    **Defaults for a model of width d** live in one place, :meth:`for_model` (capacity, thresholds and
+    bandwidth scaled with ``1/sqrt(d)``, schedule). The plain defaults below are SAELens' (SPEC §6).
+
+    Raises:
+        ValueError: any field out of range, naming the field, the value and what is allowed.
+    """
 
     kind: Literal["jumprelu", "relu"] = "jumprelu"
     """"jumprelu": the TSAE (L0 penalty, per-latent threshold); "relu": the standard ReLU + L1 SAE baseline."""
     n_latents: int | None = None
-    """Dictionary size ``N = |D|``; None -> ``4 * d_model`` (paper §6)."""
-    sparsity_coefficient: float = 1e-3
-    """``lambda``: the L0 coefficient (jumprelu) or L1 coefficient (relu), per token."""
+    """Dictionary size ``N = |D| >= 1``; None -> ``4 x`` the input width (paper §6)."""
+    l0_coefficient: float | None = None
+    """L0 coefficient ``lambda`` per token (jumprelu only; None: :data:`DEFAULT_L0_COEFFICIENT`)."""
+    l1_coefficient: float | None = None
+    """L1 coefficient ``lambda`` per token (relu only; None: :data:`DEFAULT_L1_COEFFICIENT`)."""
     sparsity_warmup_steps: int = 0
-    """Steps over which ``lambda`` rises linearly from 0 (SAELens ``l0_warm_up_steps``)."""
+    """Steps over which ``lambda`` rises linearly from 0 (SAELens ``l0_warm_up_steps`` / ``l1_warm_up_steps``)."""
     bandwidth: float = 1e-3
     """``epsilon``, the rectangle-kernel bandwidth of the threshold pseudo-gradient (SPEC §6, SAELens default)."""
     init_threshold: float = 1e-3
@@ -88,25 +137,157 @@ class SAEConfig:
     betas: tuple[float, float] = (0.0, 0.999)
     """Adam ``(beta1, beta2)``; ``(0, 0.999)`` as recalled from the paper (SPEC §6, to verify)."""
     batch_size: int = 4096
-    """Tokens per step."""
+    """Tokens per step (at most the training tokens)."""
     n_steps: int = 1000
-    """Optimiser steps."""
+    """Optimiser steps (>= 1)."""
     seed: int = 0
-    """Seed of the initialisation and of the batch order."""
+    """Seed of the initialisation and of the batch stream."""
     whiten: bool = True
     """Train in whitened coordinates ``x = W m / sqrt(H)`` (SPEC §6); False: Euclidean MSE on ``m / c`` ([Alt])."""
     tied: bool = False
     """Tie the encoder to the decoder, ``W_e = D~^T`` (the theorem's family; an ablation, SPEC §6)."""
-    fast: bool = True
-    """Hand-written (sparse when possible) gradients; False: autograd through :meth:`SparseAutoencoder.forward`."""
+    fast: bool | None = None
+    """Gradients: True, hand-written (:func:`compute_grads`, sparse when the codes are); False, autograd through
+    :meth:`SparseAutoencoder.forward`; None (auto): hand-written on the CPU, autograd on CUDA or under autocast
+    (the hand-written step's point is sparse CPU work and reused buffers; on a GPU dense autograd matmuls under
+    bf16 autocast are the usual fast path, and autocast does not reach the hand-written step's ``out=`` matmuls)."""
     sparse_density: float = 0.15
-    """The fast step decodes sparsely when the fraction of active latents in a batch is below this (CPU crossover ~0.2)."""
+    """The hand-written step decodes sparsely when the fraction of active latents is below this (CPU crossover ~0.2)."""
     log_every: int = 10
-    """Steps between rows of the training history."""
+    """Steps between rows of the training history (>= 1)."""
     device: str = "cpu"
-    """Torch device of the parameters and batches."""
+    """Torch device of the parameters and batches: "cpu", "cuda", "cuda:N" or "auto"."""
     dtype: str = "float32"
-    """Parameter and batch dtype ("float32", "float64"); ``log tau`` is always float32."""
+    """Parameter (master weight) dtype: "float32" or "float64"; ``log tau`` is always float32."""
+    autocast_dtype: str | None = None
+    """None, or "bfloat16"/"float16": matmuls under ``torch.autocast`` with float32 master weights and threshold."""
+    whiten_dtype: str | None = None
+    """dtype of the per-batch triangular solve ``x = (c L)^{-1} m`` (None: ``dtype``; "float64" for exactness:
+    at cond(E[mm^T]) = 1e8 float32 whitening has a median relative error of 2e-4 per token, 5e-3 at 1e11)."""
+    buffer_tokens: int = 1 << 18
+    """Rows of the mixing buffer of the batch stream (:class:`atomsnb.store.ShuffledBatches`)."""
+    dead_after_tokens: int = DEFAULT_DEAD_AFTER_TOKENS
+    """A latent is dead in the training history when it has not fired for this many tokens (sparsify's
+    ``dead_feature_threshold``; ``frac_dead`` stays 0 until that many tokens have been seen)."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "SAEConfig":
+        """Check every field; return ``self``.
+
+        Raises:
+            ValueError: naming the field, its value and what is allowed.
+        """
+        if self.kind not in _KINDS:
+            raise _bad("kind", self.kind, f"one of {_KINDS}")
+        if self.n_latents is not None and (not _is_int(self.n_latents) or self.n_latents < 1):
+            raise _bad("n_latents", self.n_latents, "an integer >= 1, or None for 4 x d_model")
+        own, other = ("l0_coefficient", "l1_coefficient") if self.kind == "jumprelu" else ("l1_coefficient", "l0_coefficient")
+        if getattr(self, other) is not None:
+            raise _bad(other, getattr(self, other), f"None for kind={self.kind!r}, which takes {own} "
+                       f"(use SAEConfig.with_kind to switch kinds)")
+        c = getattr(self, own)
+        if c is not None and not (_finite(c) and c >= 0):
+            raise _bad(own, c, "a finite number >= 0")
+        for name in ("bandwidth", "init_threshold", "lr"):
+            v = getattr(self, name)
+            if not (_finite(v) and v > 0):
+                raise _bad(name, v, "a finite number > 0")
+        for name in ("batch_size", "n_steps", "log_every", "buffer_tokens", "dead_after_tokens"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise _bad(name, v, "an integer >= 1")
+        for name in ("sparsity_warmup_steps", "lr_decay_steps"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 0:
+                raise _bad(name, v, "an integer >= 0")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise _bad("seed", self.seed, "an integer >= 0")
+        if len(tuple(self.betas)) != 2 or not all(_finite(b) and 0 <= b < 1 for b in self.betas):
+            raise _bad("betas", self.betas, "two numbers in [0, 1)")
+        if not (_finite(self.sparse_density) and 0 <= self.sparse_density <= 1):
+            raise _bad("sparse_density", self.sparse_density, "a number in [0, 1]")
+        if self.dtype not in _DTYPES:
+            raise _bad("dtype", self.dtype, f"one of {sorted(_DTYPES)} (master weights; use autocast_dtype for bf16 matmuls)")
+        if self.whiten_dtype is not None and self.whiten_dtype not in _DTYPES:
+            raise _bad("whiten_dtype", self.whiten_dtype, f"None or one of {sorted(_DTYPES)}")
+        if self.autocast_dtype is not None:
+            if self.autocast_dtype not in _AUTOCAST_DTYPES:
+                raise _bad("autocast_dtype", self.autocast_dtype, f"None or one of {sorted(_AUTOCAST_DTYPES)}")
+            if self.dtype != "float32":
+                raise _bad("dtype", self.dtype, "'float32' under autocast (float32 master weights)")
+            if self.fast:
+                raise _bad("fast", self.fast, "None or False under autocast (the hand-written step does not autocast)")
+        if self.fast not in (None, True, False):
+            raise _bad("fast", self.fast, "True, False or None (auto)")
+        if not isinstance(self.device, str) or not (self.device == "auto" or _parses_as_device(self.device)):
+            raise _bad("device", self.device, "'cpu', 'cuda', 'cuda:N' or 'auto'")
+        return self
+
+    @property
+    def coefficient(self) -> float:
+        """The sparsity coefficient in force: ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu), or its default."""
+        if self.kind == "jumprelu":
+            return float(DEFAULT_L0_COEFFICIENT if self.l0_coefficient is None else self.l0_coefficient)
+        return float(DEFAULT_L1_COEFFICIENT if self.l1_coefficient is None else self.l1_coefficient)
+
+    @property
+    def coefficient_name(self) -> str:
+        """``"l0_coefficient"`` (jumprelu) or ``"l1_coefficient"`` (relu)."""
+        return "l0_coefficient" if self.kind == "jumprelu" else "l1_coefficient"
+
+    def with_kind(self, kind: str, coefficient: float | None = None, *, whiten: bool | None = None) -> "SAEConfig":
+        """A copy for another kind, its coefficient set (and the other kind's cleared), e.g.
+        ``config.with_kind("relu", 0.03, whiten=False)`` for the features of a TSAE's config."""
+        if kind not in _KINDS:
+            raise _bad("kind", kind, f"one of {_KINDS}")
+        coeffs = {"l0_coefficient": coefficient if kind == "jumprelu" else None,
+                  "l1_coefficient": coefficient if kind == "relu" else None}
+        return replace(self, kind=kind, whiten=self.whiten if whiten is None else whiten, **coeffs)
+
+    @classmethod
+    def for_model(cls, d_model: int, *, kind: str = "jumprelu", coefficient: float | None = None, capacity: float = 4,
+                  n_steps: int = 1000, batch_size: int = 2048, whiten: bool | None = None, seed: int = 0,
+                  device: str = "cpu", **overrides) -> "SAEConfig":
+        """The book's SAE defaults for a model of width ``d_model`` (the one place they live).
+
+        - ``n_latents = capacity x d_model`` (paper §6: 4);
+        - in whitened coordinates scaled to ``E||x||^2 = 1`` a coordinate is about ``1/sqrt(d)``, so the initial
+          JumpReLU threshold is ``0.8/sqrt(d)`` and the bandwidth ``0.16/sqrt(d)`` (0.05 and 0.01 at ``d = 256``);
+          SAELens' 1e-3 (SPEC §6) leaves the threshold too small to move within a CPU-sized budget;
+        - Adam ``betas=(0, 0.999)``, lr 3e-3 decaying linearly over the last 20 % of steps, ``lambda`` warmed up over
+          the first 20 %;
+        - ``whiten`` defaults to the paper's recipe of each kind: True for the TSAE, False for the ReLU + L1 features;
+        - ``dead_after_tokens``: sparsify's 10M tokens, or the last 10 % of the run's tokens if that is fewer, so
+          that ``frac_dead`` means something in a short run.
+
+        Args:
+            d_model: input width ``H``.
+            kind: "jumprelu" or "relu".
+            coefficient: the kind's sparsity coefficient (default :data:`DEFAULT_L0_COEFFICIENT` /
+                :data:`DEFAULT_L1_COEFFICIENT`).
+            capacity: ``|D| / d_model``.
+            n_steps, batch_size, seed, device: as the fields.
+            whiten: None for the kind's default.
+            **overrides: any other field.
+
+        Raises:
+            ValueError: ``d_model < 1``, ``capacity x d_model < 1``, or a bad field.
+        """
+        if not _is_int(d_model) or d_model < 1:
+            raise ValueError(f"d_model must be an integer >= 1; got {d_model!r}")
+        n_latents = int(round(capacity * d_model))
+        if n_latents < 1:
+            raise ValueError(f"capacity={capacity} gives n_latents={n_latents} for d_model={d_model}; need >= 1")
+        base = dict(kind=kind, n_latents=n_latents, init_threshold=0.8 / math.sqrt(d_model),
+                    bandwidth=0.16 / math.sqrt(d_model), lr=3e-3, n_steps=n_steps, batch_size=batch_size,
+                    sparsity_warmup_steps=n_steps // 5, lr_decay_steps=n_steps // 5, seed=seed, device=device,
+                    whiten=(kind == "jumprelu") if whiten is None else whiten,
+                    dead_after_tokens=max(1, min(DEFAULT_DEAD_AFTER_TOKENS, n_steps * batch_size // 10)))
+        base["l0_coefficient" if kind == "jumprelu" else "l1_coefficient"] = coefficient
+        base.update(overrides)
+        return cls(**base)
 
     def to_dict(self) -> dict:
         """JSON-serialisable copy (tuples become lists)."""
@@ -116,11 +297,26 @@ class SAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAEConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            TypeError: an unknown key (a config written before ``sparsity_coefficient`` was renamed names the new keys).
+        """
         d = dict(d)
+        if "sparsity_coefficient" in d:
+            raise TypeError("SAEConfig.sparsity_coefficient was renamed: use l0_coefficient (kind='jumprelu') or "
+                            "l1_coefficient (kind='relu'), as SAELens does")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+def _parses_as_device(name: str) -> bool:
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -324,12 +520,12 @@ class SparseAutoencoder(nn.Module):
         """Reconstruction ``D~ f + b_d`` ``[B, H]`` from codes ``f`` ``[B, N]``."""
         return F.linear(f, self.W_dec, self.b_dec)
 
-    def forward(self, x: torch.Tensor, sparsity_coefficient: float = 0.0) -> SAEOutput:
+    def forward(self, x: torch.Tensor, coefficient: float = 0.0) -> SAEOutput:
         """Full forward pass and loss (SPEC §6); differentiable with the JumpReLU pseudo-gradients.
 
         Args:
             x: ``[B, H]`` inputs in SAE coordinates.
-            sparsity_coefficient: ``lambda`` of the L0 (jumprelu) or L1 (relu) penalty.
+            coefficient: ``lambda``, the ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu).
 
         Returns:
             An :class:`SAEOutput`.
@@ -339,11 +535,11 @@ class SparseAutoencoder(nn.Module):
             tau = self.threshold
             f = JumpReLUFunction.apply(pi, tau, self.bandwidth)
             active = StepFunction.apply(pi, tau, self.bandwidth)
-            sparsity = sparsity_coefficient * active.sum(-1).mean()
+            sparsity = coefficient * active.sum(-1).mean()
             l0 = (pi > tau).sum(-1).to(torch.float64).mean()
         else:
             f = F.relu(pi)
-            sparsity = sparsity_coefficient * f.sum(-1).mean()
+            sparsity = coefficient * f.sum(-1).mean()
             l0 = (f > 0).sum(-1).to(torch.float64).mean()
         x_hat = self.decode(f)
         mse = (x_hat - x).pow(2).sum(-1).mean()
@@ -411,20 +607,23 @@ class SparseAutoencoder(nn.Module):
 # The training step with hand-written gradients
 # ---------------------------------------------------------------------------------------------------------------------
 class StepStats(NamedTuple):
-    """Scalars of one training step (floats)."""
+    """Scalars of one training step (floats) and the latents that fired."""
 
     loss: float
     """``mse + sparsity_loss``."""
     mse: float
-    """``mean_b ||x - x_hat||^2``."""
+    """``mean_b ||x - x_hat||^2`` in the SAE's input coordinates."""
     sparsity_loss: float
     """``lambda * mean_b L0`` (jumprelu) or ``lambda * mean_b ||f||_1`` (relu)."""
     l0: float
     """Mean active latents per input."""
-    r2: float
-    """``1 - sum ||x - x_hat||^2 / sum ||x||^2`` on the batch (the AIP ``R^2`` when whitened)."""
+    sum_sq: float
+    """``sum_b ||x_b||^2`` of the batch: ``1 - mse * B / sum_sq`` is the batch's uncentred R^2 in the SAE's input
+    coordinates, i.e. ``r2_aip`` when the SAE is whitened (the train history names it so)."""
     sparse: bool
     """Whether the sparse route was used."""
+    fired: torch.Tensor | None = None
+    """``[N]`` bool: latents active on at least one input of the batch."""
 
 
 def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
@@ -480,7 +679,7 @@ def _column_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mv((a * b).T, torch.ones(a.shape[0], dtype=a.dtype, device=a.device))
 
 
-def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient: float, *, sparse: bool | None = None,
+def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float, *, sparse: bool | None = None,
                   sparse_density: float = 0.15) -> StepStats:
     """Loss and gradients of one batch, written into ``p.grad`` without autograd (SPEC §6).
 
@@ -494,7 +693,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
     Args:
         sae: the model; its ``.grad`` fields are overwritten.
         x: ``[B, H]`` inputs in SAE coordinates (the parameters' dtype).
-        sparsity_coefficient: ``lambda``.
+        coefficient: ``lambda``, the ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu).
         sparse: force the sparse (True) or dense (False) route; None chooses by the batch density.
         sparse_density: the fraction of active latents below which ``sparse=None`` picks the sparse route.
 
@@ -503,7 +702,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
     """
     B, H = x.shape
     N = sae.n_latents
-    lam = float(sparsity_coefficient)
+    lam = float(coefficient)
     We = sae.encoder_weight.detach()
     D = sae.W_dec.detach()
     jump = sae.kind == "jumprelu"
@@ -536,6 +735,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
             # weight gradients: group the support by latent and sum rows with embedding_bag
             perm = torch.argsort(cols, stable=True)
             ccount = torch.bincount(cols, minlength=N)
+            fired = ccount > 0
             coffs = torch.cumsum(ccount, 0) - ccount
             rows_p = rows[perm]
             grad_D = F.embedding_bag(rows_p, g_xhat, coffs, mode="sum", per_sample_weights=vals[perm]).T  # [H, N]
@@ -548,6 +748,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
                 g_f_win = _sampled_mm(g_xhat, D, wr, wc, torch.bincount(wr, minlength=B))
         else:
             zero = torch.zeros((), dtype=dt, device=dev)
+            fired = mask.any(0)
             f = torch.where(mask, pi, zero, out=ws.get("f", (B, N), dt, dev))
             l1 = 0.0 if jump else float(f.sum())
             x_hat = torch.addmm(sae.b_dec.detach(), f, D.T, out=ws.get("x_hat", (B, H), dt, dev))
@@ -583,35 +784,39 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, sparsity_coefficient:
         _set_grad(sae.b_dec, grad_bd)
         _set_grad(sae.b_enc, grad_be)
         tot = float(x.pow(2).sum())
-        r2v = 1.0 - mse * B / tot if tot > 0 else float("nan")
-    return StepStats(mse + sparsity, mse, sparsity, nnz / B, r2v, use_sparse)
+    return StepStats(mse + sparsity, mse, sparsity, nnz / B, tot, use_sparse, fired)
 
 
-def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, sparsity_coefficient: float, *,
-                  fast: bool = True, sparse_density: float = 0.15) -> StepStats:
+def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, coefficient: float, *,
+                  fast: bool = True, sparse_density: float = 0.15, autocast_dtype: torch.dtype | None = None) -> StepStats:
     """One optimiser step (SPEC §6): gradients, decoder-parallel gradient removed, Adam, decoder renormalised.
 
     Args:
         sae: the model.
         optimizer: e.g. ``Adam(params, betas=(0, 0.999))``.
         x: ``[B, H]`` batch in SAE coordinates.
-        sparsity_coefficient: ``lambda`` for this step.
+        coefficient: ``lambda`` for this step (``l0_coefficient`` or ``l1_coefficient``, warm-up applied).
         fast: hand-written gradients (:func:`compute_grads`); False: autograd through :meth:`SparseAutoencoder.forward`.
         sparse_density: passed to :func:`compute_grads`.
+        autocast_dtype: run the autograd forward under ``torch.autocast`` at this dtype (matmuls in bf16/fp16, master
+            weights and the threshold stay float32); needs ``fast=False``.
 
     Returns:
         :class:`StepStats` of the batch before the update.
     """
     if fast:
-        st = compute_grads(sae, x, sparsity_coefficient, sparse_density=sparse_density)
+        if autocast_dtype is not None:
+            raise ValueError("autocast needs fast=False: the hand-written step's matmuls write into float buffers")
+        st = compute_grads(sae, x, coefficient, sparse_density=sparse_density)
     else:
         optimizer.zero_grad(set_to_none=True)
-        out = sae(x, sparsity_coefficient)
+        ctx = torch.autocast(device_type=x.device.type, dtype=autocast_dtype) if autocast_dtype is not None \
+            else contextlib.nullcontext()
+        with ctx:
+            out = sae(x, coefficient)
         out.loss.backward()
-        mse = float(out.mse.detach())
-        tot = float(x.pow(2).sum())
-        st = StepStats(float(out.loss.detach()), mse, float(out.sparsity_loss.detach()), float(out.l0),
-                       1.0 - mse * x.shape[0] / tot if tot > 0 else float("nan"), False)
+        st = StepStats(float(out.loss.detach()), float(out.mse.detach()), float(out.sparsity_loss.detach()), float(out.l0),
+                       float(x.detach().float().pow(2).sum()), False, (out.latents.detach() > 0).any(0))
     sae.remove_parallel_decoder_grad()
     optimizer.step()
     sae.normalize_decoder()
@@ -621,78 +826,328 @@ def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: t
 # ---------------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------------
-def _prepare_inputs(acts: torch.Tensor, aip: AIP | None, config: SAEConfig) -> tuple[torch.Tensor, float]:
-    acts = torch.as_tensor(acts)
-    if acts.dim() != 2:
-        raise ValueError(f"acts must be [n_tokens, d_model]; got shape {tuple(acts.shape)}")
+def training_memory_bytes(d_in: int, n_latents: int, batch_size: int, *, dtype: str = "float32",
+                          sparse_density: float = 0.15) -> int:
+    """Bytes the trainer holds besides the batch stream (an upper bound of the formula's terms, used by
+    :func:`atomsnb.store.resources` and checked against measured RSS in ``tests/test_stream_training.py``).
+
+    - ``10 N H`` parameter-sized tensors: ``W_enc``, ``W_dec``, their gradients, Adam's two moments, and the
+      hand-written step's two gradient buffers;
+    - ``(4 s + 2) B N`` bytes of per-batch codes (``s`` = bytes per element): ``pi``, ``f``, ``dL/df``, a spare, two
+      bool masks; plus the sparse route's index lists, ``40 x sparse_density x B N`` bytes;
+    - ``6 B H`` batch-sized tensors (raw batch, whitened batch, reconstruction, residual...) and the whitening factor
+      ``2 H^2`` in float64.
+    """
+    s = torch.empty((), dtype=_DTYPES[dtype]).element_size()
+    B, H, N = int(batch_size), int(d_in), int(n_latents)
+    return int(10 * N * H * s + (4 * s + 2) * B * N + 40 * sparse_density * B * N + 6 * B * H * s + 2 * H * H * 8)
+
+
+class _BatchPrep:
+    """Raw batches ``[B, d_model]`` (CPU, any float dtype) -> SAE inputs ``[B, r]`` on the device (SPEC §6).
+
+    Whitened: ``x = (c L)^{-1} m`` with ``L`` the Cholesky factor of ``E[mm^T]`` (from the AIP, float64) scaled by
+    ``c = sqrt(r)`` once, applied to each batch by a triangular solve in ``whiten_dtype`` (a matmul by
+    ``W`` for a pseudo-inverse AIP); otherwise ``x = m / c`` with ``c^2 = E||m||^2``. On CUDA the batch is copied
+    through a reused pinned buffer with ``non_blocking=True``.
+    """
+
+    def __init__(self, aip: AIP | None, whiten: bool, scale: float, d_model: int, device: torch.device,
+                 dtype: torch.dtype, whiten_dtype: torch.dtype):
+        self.whiten, self.scale, self.device, self.dtype, self.wdt = whiten, float(scale), device, dtype, whiten_dtype
+        self.pinv = False
+        if whiten:
+            eye = torch.eye(d_model, dtype=torch.float64)
+            if aip.pinv:
+                self.pinv = True
+                self.factor = (aip.whiten(eye) / scale).to(device=device, dtype=whiten_dtype)  # [H, r]: x = m @ W^T / c
+            else:
+                L = aip.unwhiten(eye).T  # [H, H] lower triangular, M = L L^T
+                self.factor = (L * scale).T.contiguous().to(device=device, dtype=whiten_dtype)  # (c L)^T, upper
+        self._pinned: list[torch.Tensor] = []
+        self._events: list = []
+        self._turn = 0
+
+    def _to_device(self, m: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return m
+        i = self._turn % 2
+        self._turn += 1
+        if len(self._pinned) <= i or self._pinned[i].shape != m.shape or self._pinned[i].dtype != m.dtype:
+            buf = torch.empty(m.shape, dtype=m.dtype).pin_memory()
+            if len(self._pinned) <= i:
+                self._pinned.append(buf)
+                self._events.append(None)
+            else:
+                self._pinned[i] = buf
+        elif self._events[i] is not None:
+            self._events[i].synchronize()  # the previous copy out of this buffer has finished
+        self._pinned[i].copy_(m)
+        out = self._pinned[i].to(self.device, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self._events[i] = ev
+        return out
+
+    def __call__(self, m: torch.Tensor) -> torch.Tensor:
+        m = self._to_device(m)
+        if self.whiten:
+            m = m.to(self.wdt)
+            if self.pinv:
+                x = m @ self.factor
+            else:
+                x = torch.linalg.solve_triangular(self.factor, m, upper=True, left=False)  # x (cL)^T = m
+            return x.to(self.dtype)
+        return (m.to(self.wdt) / self.scale).to(self.dtype)
+
+
+def _history_names(config: SAEConfig) -> tuple[str, str]:
+    return ("r2_aip" if config.whiten else "r2_uncentred"), config.coefficient_name
+
+
+#: Name of the checkpoint file inside ``checkpoint_dir``.
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def _run_fingerprint(config: SAEConfig, source, n_tokens: int, aip: AIP | None) -> dict:
+    from .io import tensor_digest
+
+    d = {"config": config.to_dict(), "data": source.fingerprint(), "n_tokens": int(n_tokens), "data_dtype": str(source.dtype)}
     if config.whiten:
-        if aip is None:
-            raise ValueError("config.whiten=True needs the fitted AIP (or set whiten=False for the Euclidean [Alt])")
-        x = torch.cat([aip.whiten(acts[s : s + 16384]) for s in range(0, acts.shape[0], 16384)])
-        scale = math.sqrt(x.shape[1])
-    else:
-        x = acts.to(torch.float64)
-        scale = math.sqrt(float(x.pow(2).sum(1).mean()))
-        if scale == 0:
-            raise ValueError("all activations are zero")
-    return (x / scale).to(_DTYPES[config.dtype]).to(config.device), scale
+        d["aip"] = tensor_digest({"M": aip.second_moment}) + f"|{aip.n_tokens}|{aip.ridge}|{aip.pinv}"
+    return d
 
 
-def train_sae(acts: torch.Tensor, aip: AIP | None, config: SAEConfig, *, progress: bool = True) -> tuple[SparseAutoencoder, pd.DataFrame]:
-    """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations (paper §6, SPEC §6).
+def _save_checkpoint(path: Path, sae: SparseAutoencoder, opt: torch.optim.Optimizer, step: int, since_fired: torch.Tensor,
+                     rows: list[dict], run: dict, scale: float) -> None:
+    import hashlib
+    import json
 
-    Deterministic for a given ``config.seed`` (initialisation and batch order come from seeded
-    generators; thread count and device must match for bitwise equality).
+    tensors = {f"sae.{k}": v.detach() for k, v in sae.state_dict().items()}
+    st = opt.state_dict()
+    for i, s in st["state"].items():
+        for k, v in s.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach()
+    tensors["tokens_since_fired"] = since_fired.detach()
+    state = {"step": int(step), "position": int(step), "history": rows, "run": run, "scale": float(scale),
+             "param_groups": st["param_groups"], "sae": dict(d_in=sae.d_in, n_latents=sae.n_latents)}
+    blob = json.dumps(state, sort_keys=True, default=str)
+    save_tensors(path, tensors, {"state": blob, "state_sha256": hashlib.sha256(blob.encode()).hexdigest()})
+
+
+def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+    import hashlib
+    import json
+
+    from .io import CacheCorruptError
+
+    tensors, meta = load_tensors(path)
+    blob = meta.get("state")
+    if not isinstance(blob, str) or hashlib.sha256(blob.encode()).hexdigest() != meta.get("state_sha256"):
+        raise CacheCorruptError(f"checkpoint {path} has damaged metadata (its SHA-256 does not match); delete it to restart")
+    return tensors, json.loads(blob)
+
+
+def _check_checkpoint_dir(checkpoint_dir, checkpoint_every) -> Path | None:
+    if checkpoint_dir is None:
+        if checkpoint_every is not None:
+            raise ValueError(f"checkpoint_every={checkpoint_every!r} needs a checkpoint_dir")
+        return None
+    if checkpoint_every is not None and (not _is_int(checkpoint_every) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} is not allowed: an integer >= 1 (steps), or None "
+                         "(only a final checkpoint)")
+    d = Path(checkpoint_dir).expanduser()
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"checkpoint_dir {str(d)!r} exists and is not a directory")
+    probe = d
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"checkpoint_dir {str(d)!r} is not writable (no write permission on {str(probe)!r})")
+    return d
+
+
+def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, progress: bool = True,
+              checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+              callback=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
+    """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations in memory or on disk (paper §6, SPEC §6).
+
+    One loop for every source: an in-memory tensor is wrapped in :class:`atomsnb.store.MemorySource`, an
+    :class:`atomsnb.store.ActivationStore` is read as it is, and both go through the same seeded stream of shuffled
+    batches (:class:`atomsnb.store.ShuffledBatches`, mixing buffer ``config.buffer_tokens``); so a store written from
+    a tensor gives the same weights as the tensor. Each batch is whitened on its own (triangular solve by the
+    AIP's Cholesky factor, ``config.whiten_dtype``), so memory is O(batch + mixing buffer + parameters),
+    independent of the number of training tokens (:func:`training_memory_bytes`,
+    :func:`atomsnb.store.stream_memory_bytes`).
+
+    Deterministic for a given ``config.seed``: the initialisation and the stream come from seeded generators and no
+    global random state is used (thread count and device must match for bitwise equality). With a
+    ``checkpoint_dir`` the run saves parameters, Adam's state, the step (= the stream position: one batch per step),
+    the dead-latent counters and the history every ``checkpoint_every`` steps and at the end (one file, atomic,
+    checksummed); calling again with the same arguments resumes from the checkpoint and ends with the weights an
+    uninterrupted run gives, bit for bit.
 
     Args:
-        acts: ``[n_tokens, d_model]`` raw activations (any float dtype).
-        aip: the fitted AIP (required when ``config.whiten``).
+        data: ``[n_tokens, d_model]`` raw activations (any float dtype), an :class:`~atomsnb.store.ActivationStore`
+            or a :class:`~atomsnb.store.MemorySource`.
+        aip: the fitted AIP (required when ``config.whiten``; ignored otherwise).
         config: the :class:`SAEConfig`.
+        n_tokens: train on the first ``n_tokens`` rows only (|M|; default all): grid points share one store.
         progress: show a tqdm bar (``TQDM_DISABLE=1`` silences it).
+        checkpoint_dir: directory of the run's checkpoint (created); None: no checkpoint.
+        checkpoint_every: steps between checkpoints (None: only the final one).
+        callback: called as ``callback(step, stats)`` after every step (:class:`StepStats`); an exception it raises
+            stops the run (the last checkpoint stays).
 
     Returns:
-        ``(sae, history)``: the trained :class:`SparseAutoencoder` and a DataFrame with columns
-        ``step, loss, mse, sparsity_loss, l0, r2, sparsity_coefficient, lr`` every ``config.log_every`` steps.
+        ``(sae, history)``: the trained :class:`SparseAutoencoder` and a DataFrame with one row every
+        ``config.log_every`` steps (and the last): ``step, loss, mse, sparsity_loss, l0``, the batch's R^2 as
+        ``r2_aip`` (whitened: it is the AIP R^2 of the batch, SPEC §3) or ``r2_uncentred`` (not whitened),
+        ``frac_dead`` (fraction of latents that have not fired for ``config.dead_after_tokens`` tokens, as sparsify's
+        ``dead_pct``), the coefficient in force as ``l0_coefficient`` / ``l1_coefficient`` (warm-up included) and ``lr``.
 
     Raises:
-        ValueError: bad shapes, missing AIP, or an invalid configuration.
+        ValueError: before any work: an invalid config, data that are not a non-empty 2-D float tensor or store,
+            NaN/inf activations (also checked per batch, naming the step), a missing or mismatched AIP,
+            ``batch_size`` above the training tokens, an unusable device, bad checkpoint arguments, or a checkpoint
+            written by another run.
+        atomsnb.io.CacheCorruptError: a damaged checkpoint or store shard.
     """
     from tqdm import tqdm
 
-    if config.n_steps < 0 or config.batch_size < 1:
-        raise ValueError(f"need n_steps >= 0 and batch_size >= 1; got {config.n_steps}, {config.batch_size}")
-    x_all, scale = _prepare_inputs(acts, aip, config)
-    n, H = x_all.shape
-    N = config.n_latents or 4 * H
-    sae = SparseAutoencoder.init_random(H, N, seed=config.seed, kind=config.kind, tied=config.tied, whitened=config.whiten,
+    from .models import resolve_device
+    from .store import ActivationStore, MemorySource, ShuffledBatches
+
+    # ------------------------------------------------------------------ validation, before any work
+    if not isinstance(config, SAEConfig):
+        raise TypeError(f"config must be an SAEConfig; got {type(config).__name__}")
+    config.validate()
+    if isinstance(data, (ActivationStore, MemorySource)):
+        source = data
+    elif isinstance(data, torch.Tensor):
+        source = MemorySource(data)
+        for s in range(0, source.n_tokens, 65536):  # min/max propagate NaN and inf: no full-size mask
+            chunk = data[s:s + 65536]
+            lo, hi = torch.aminmax(chunk)
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                bad = ~torch.isfinite(chunk)
+                raise ValueError(f"training activations contain {int(bad.sum())} NaN/inf values in rows {s}.."
+                                 f"{s + chunk.shape[0] - 1} (first in row {s + int(bad.any(1).nonzero()[0])}); check the "
+                                 "model dtype (bf16 overflow?) or the input text")
+    else:
+        raise TypeError(f"data must be a [n_tokens, d_model] tensor, an ActivationStore or a MemorySource; got "
+                        f"{type(data).__name__}")
+    P = source.n_tokens if n_tokens is None else n_tokens
+    if not _is_int(P) or not 1 <= P <= source.n_tokens:
+        raise ValueError(f"n_tokens={n_tokens!r} is out of range: the data hold {source.n_tokens} activations "
+                         f"(allowed 1..{source.n_tokens})")
+    P = int(P)
+    if config.batch_size > P:
+        raise ValueError(f"SAEConfig.batch_size={config.batch_size} exceeds the {P} training activations: lower "
+                         "batch_size to at most the number of activations")
+    if config.whiten:
+        if aip is None:
+            raise ValueError("config.whiten=True needs the fitted AIP (or set whiten=False for the Euclidean [Alt])")
+        if aip.d_model != source.d_model:
+            raise ValueError(f"the AIP was fitted on d_model={aip.d_model}, the activations have d_model={source.d_model}")
+    device = resolve_device(config.device)
+    ckpt_dir = _check_checkpoint_dir(checkpoint_dir, checkpoint_every)
+    pdt = _DTYPES[config.dtype]
+    wdt = _DTYPES[config.whiten_dtype or config.dtype]
+    adt = _AUTOCAST_DTYPES.get(config.autocast_dtype) if config.autocast_dtype else None
+    fast = config.fast if config.fast is not None else (device.type == "cpu" and adt is None)
+
+    # ------------------------------------------------------------------ inputs: scale and per-batch preparation
+    if config.whiten:
+        d_in = aip.rank
+        scale = math.sqrt(d_in)
+    else:
+        d_in = source.d_model
+        n_scale = min(P, 1 << 20)  # E||m||^2 from the first 2^20 training rows (all of them in small runs)
+        tot = 0.0
+        for s in range(0, n_scale, 65536):
+            tot += float(source.read(s, min(s + 65536, n_scale)).to(torch.float64).pow(2).sum())
+        scale = math.sqrt(tot / n_scale)
+        if scale == 0:
+            raise ValueError("all activations are zero: nothing to train on")
+    prep = _BatchPrep(aip, config.whiten, scale, source.d_model, device, pdt, wdt)
+    N = config.n_latents or 4 * d_in
+    sae = SparseAutoencoder.init_random(d_in, N, seed=config.seed, kind=config.kind, tied=config.tied, whitened=config.whiten,
                                         input_scale=scale, bandwidth=config.bandwidth, init_threshold=config.init_threshold,
-                                        dtype=_DTYPES[config.dtype], device=config.device)
+                                        dtype=pdt, device=device)
     params = [p for p in sae.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
-    g = torch.Generator().manual_seed(int(config.seed) + 1)
-    perm = torch.randperm(n, generator=g)
-    pos = 0
+    since_fired = torch.zeros(N, dtype=torch.int64, device=device)
     rows: list[dict] = []
-    bs = min(config.batch_size, n)
+    start = 0
+    r2_name, coef_name = _history_names(config)
+
+    # ------------------------------------------------------------------ resume
+    ckpt = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
+    run = _run_fingerprint(config, source, P, aip) if ckpt is not None else None
+    if ckpt is not None and ckpt.exists():
+        tensors, state = _load_checkpoint(ckpt)
+        if state["run"] != _json_roundtrip(run):
+            diff = sorted(k for k in set(state["run"]) | set(run) if state["run"].get(k) != _json_roundtrip(run).get(k))
+            if "config" in diff:
+                old, new = state["run"]["config"], _json_roundtrip(run)["config"]
+                diff = [f"config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] + \
+                    [d for d in diff if d != "config"]
+            raise ValueError(f"the checkpoint in {str(ckpt_dir)!r} was written by another run (differs in: "
+                             f"{', '.join(diff)}); use another checkpoint_dir or delete it")
+        sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+        osd = {"state": {}, "param_groups": state["param_groups"]}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                osd["state"].setdefault(int(i), {})[name] = v
+        opt.load_state_dict(osd)
+        since_fired.copy_(tensors["tokens_since_fired"])
+        rows, start = list(state["history"]), int(state["step"])
+
+    # ------------------------------------------------------------------ the loop
+    stream = ShuffledBatches(source, config.batch_size, n_tokens=P, seed=config.seed,
+                             buffer_tokens=config.buffer_tokens).iter_from(start)
     bar = {} if progress else {"disable": True}  # leave `disable` unset so that TQDM_DISABLE=1 applies
-    for step in tqdm(range(config.n_steps), desc=f"train {config.kind} SAE", mininterval=1.0, **bar):
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, generator=g), 0
-        x = x_all[perm[pos : pos + bs]]
-        pos += bs
-        lam = config.sparsity_coefficient * (min(1.0, (step + 1) / config.sparsity_warmup_steps) if config.sparsity_warmup_steps > 0 else 1.0)
+    B = config.batch_size
+    for step in tqdm(range(start, config.n_steps), desc=f"train {config.kind} SAE", mininterval=1.0,
+                     initial=start, total=config.n_steps, **bar):
+        m = next(stream)
+        lo, hi = torch.aminmax(m)
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            raise ValueError(f"the batch of step {step} holds NaN/inf activations (rows of the source; check the store)")
+        x = prep(m)
+        lam = config.coefficient * (min(1.0, (step + 1) / config.sparsity_warmup_steps) if config.sparsity_warmup_steps > 0 else 1.0)
         lr = config.lr
         if config.lr_decay_steps > 0:
-            left = config.n_steps - step
-            lr = config.lr * min(1.0, left / config.lr_decay_steps)
+            lr = config.lr * min(1.0, (config.n_steps - step) / config.lr_decay_steps)
         for grp in opt.param_groups:
             grp["lr"] = lr
-        st = training_step(sae, opt, x, lam, fast=config.fast, sparse_density=config.sparse_density)
+        st = training_step(sae, opt, x, lam, fast=fast, sparse_density=config.sparse_density, autocast_dtype=adt)
+        since_fired.add_(B)
+        since_fired.masked_fill_(st.fired, 0)
         if step % config.log_every == 0 or step == config.n_steps - 1:
-            rows.append(dict(step=step, loss=st.loss, mse=st.mse, sparsity_loss=st.sparsity_loss, l0=st.l0, r2=st.r2,
-                             sparsity_coefficient=lam, lr=lr))
+            frac_dead = float((since_fired >= config.dead_after_tokens).sum()) / N
+            r2 = 1.0 - st.mse * B / st.sum_sq if st.sum_sq > 0 else float("nan")
+            rows.append({"step": step, "loss": st.loss, "mse": st.mse, "sparsity_loss": st.sparsity_loss, "l0": st.l0,
+                         r2_name: r2, "frac_dead": frac_dead, coef_name: lam, "lr": lr})
+        done = step + 1
+        if ckpt is not None and checkpoint_every is not None and done % checkpoint_every == 0 and done < config.n_steps:
+            _save_checkpoint(ckpt, sae, opt, done, since_fired, rows, run, scale)
+        if callback is not None:
+            callback(step, st)
+    if ckpt is not None and start < config.n_steps:
+        _save_checkpoint(ckpt, sae, opt, config.n_steps, since_fired, rows, run, scale)
     sae.config = config  # type: ignore[attr-defined]
-    return sae, pd.DataFrame(rows)
+    cols = ["step", "loss", "mse", "sparsity_loss", "l0", r2_name, "frac_dead", coef_name, "lr"]
+    return sae, pd.DataFrame(rows, columns=cols)
+
+
+def _json_roundtrip(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), to compare with a stored copy."""
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -715,8 +1170,9 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SparseAutoencoder:
         atomsnb.io.CacheCorruptError: truncated or checksum mismatch.
     """
     tensors, meta = load_tensors(path)
+    dtypes = {**_DTYPES, "bfloat16": torch.bfloat16, "float16": torch.float16}
     sae = SparseAutoencoder(meta["d_in"], meta["n_latents"], kind=meta["kind"], tied=meta["tied"], whitened=meta["whitened"],
-                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=_DTYPES[meta["dtype"]], device=device)
+                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=dtypes[meta["dtype"]], device=device)
     sae.load_state_dict(tensors)
     if meta.get("config") is not None:
         sae.config = SAEConfig.from_dict(meta["config"])  # type: ignore[attr-defined]

@@ -130,7 +130,7 @@ def small_world():
     return w, train, test, AIP.fit(train)
 
 
-_TRAIN = dict(n_latents=64, sparsity_coefficient=0.03, lr=3e-3, n_steps=1500, batch_size=512, init_threshold=0.05,
+_TRAIN = dict(n_latents=64, l0_coefficient=0.03, lr=3e-3, n_steps=1500, batch_size=512, init_threshold=0.05,
               bandwidth=0.01, sparsity_warmup_steps=300, lr_decay_steps=300, log_every=100)
 
 
@@ -140,7 +140,7 @@ def test_tsae_recovers_synthetic_atoms(small_world):
     rec = atom_recovery(sae.dictionary_raw(aip), w.mixed_atoms, aip, threshold=0.9)
     assert rec.fraction >= 0.9, rec.cosines
     assert r2(test, sae.reconstruct_raw(test, aip), aip) > 0.9
-    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2", "sparsity_coefficient", "lr"]
+    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_aip", "frac_dead", "l0_coefficient", "lr"]
     assert hist["l0"].iloc[-1] < 4  # true K = 2
     # decoder columns stay unit-norm
     assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)
@@ -276,3 +276,21 @@ def test_construction_exact_for_orthonormal_atoms_and_degrades_outside():
     rec = co.sae.reconstruct_raw(acts)
     assert support_recovery(co.sae.encode_raw(acts), codes) == 1.0
     assert torch.allclose(rec, acts, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+def test_for_model_holds_the_book_defaults_and_with_kind_switches_coefficients():
+    c = SAEConfig.for_model(256, n_steps=1000, batch_size=2048)
+    # chapter 00's hand-tuned values at d = 256 (0.8/sqrt(d), 0.16/sqrt(d)), |D| = 4H, 20 % warm-up and decay
+    assert c.kind == "jumprelu" and c.whiten and c.n_latents == 1024
+    assert c.init_threshold == pytest.approx(0.05) and c.bandwidth == pytest.approx(0.01) and c.lr == 3e-3
+    assert c.sparsity_warmup_steps == 200 and c.lr_decay_steps == 200 and c.betas == (0.0, 0.999)
+    assert c.coefficient == 3e-3 and c.l1_coefficient is None
+    assert c.dead_after_tokens == 1000 * 2048 // 10  # the last 10 % of a short run's tokens
+    assert SAEConfig.for_model(2304, n_steps=10**6, batch_size=4096).dead_after_tokens == 10_000_000  # sparsify's
+    f = SAEConfig.for_model(256, kind="relu", coefficient=0.05, capacity=2)
+    assert not f.whiten and f.n_latents == 512 and f.l1_coefficient == 0.05 and f.l0_coefficient is None
+    g = c.with_kind("relu", 0.1, whiten=False)
+    assert (g.kind, g.l0_coefficient, g.l1_coefficient, g.whiten, g.n_latents) == ("relu", None, 0.1, False, 1024)
+    assert g.coefficient_name == "l1_coefficient" and g.with_kind("jumprelu", 0.01).l0_coefficient == 0.01
+    assert SAEConfig.from_dict(c.to_dict()) == c
