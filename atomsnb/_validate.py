@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from dataclasses import fields
 from typing import Any
 
@@ -151,21 +150,13 @@ def check_fields(cfg: Any) -> None:
         check_corpus(cfg.corpus)
 
 
-def max_positions(model: str) -> tuple[int | None, bool]:
-    """``(longest window, hard)`` of a model from its config: ``hard`` for learned absolute positions (a longer
-    window fails inside the model), soft for rotary ones (a longer window runs, off the trained range)."""
+def max_positions(model: str) -> int | None:
+    """The longest window a model accepts, from its config (:func:`atomsnb.models.max_positions`; None if unknown)."""
     from transformers import AutoConfig
 
-    from .models import _resolve_path
+    from .models import max_positions as _max_positions, resolve_model_path
 
-    cfg = AutoConfig.from_pretrained(_resolve_path(model))
-    rotary = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling",
-                                                              "rotary_pct", "rotary_dim"))
-    for a in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(cfg, a, None)
-        if _is_int(v) and v > 0:
-            return int(v), not rotary
-    return None, False
+    return _max_positions(AutoConfig.from_pretrained(resolve_model_path(model)))
 
 
 def check_data(cfg: Any) -> None:
@@ -177,18 +168,14 @@ def check_data(cfg: Any) -> None:
 
     from .activations import token_windows
     from .corpus import Corpus
-    from .models import _resolve_path
+    from .models import resolve_model_path
 
     seq_len = getattr(cfg, "seq_len", DEFAULT_SEQ_LEN)
-    limit, hard = max_positions(cfg.model)
-    if limit is not None and seq_len > limit:
-        msg = (f"seq_len={seq_len} is longer than the {limit} positions of model {cfg.model!r}; use seq_len <= "
-               f"{limit}")
-        if hard:
-            raise ValueError(msg)
-        warnings.warn(msg + " (a rotary model runs, but beyond the length it was trained on)", UserWarning,
-                      stacklevel=3)
-    tokenizer = AutoTokenizer.from_pretrained(_resolve_path(cfg.model))
+    limit = max_positions(cfg.model)
+    if limit is not None and seq_len > limit:  # activation collection refuses it too (atomsnb.activations)
+        raise ValueError(f"seq_len={seq_len} is longer than the {limit} positions of model {cfg.model!r}; use seq_len "
+                         f"<= {limit}")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
     corpus = Corpus(cfg.corpus)
     seed = (list(getattr(cfg, "seeds", ())) or [getattr(cfg, "seed", 0)])
     for field_name, split in (("n_fit_tokens", "fit"), ("n_eval_tokens", "eval")):

@@ -32,7 +32,8 @@ from .metrics import METRIC_LABELS
 from .models import check_model
 from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS
 from .runner import GridPoint
-from .units import UnitSetSpec, compare_unit_sets, default_sae_config, layer_data
+from .sae import SAEConfig
+from .units import UnitSetSpec, compare_unit_sets, layer_data
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
@@ -169,7 +170,7 @@ def capacity_point(point: GridPoint) -> dict:
     """
     p = dict(point.params)
     data = _layer_data(point)
-    cfg = default_sae_config(data.d_model, n_steps=p["n_steps"], batch_size=min(p["batch_size"], point.n_train),
+    cfg = SAEConfig.for_model(data.d_model, n_steps=p["n_steps"], batch_size=min(p["batch_size"], point.n_train),
                              seed=point.seed, device=p["device"])
     cfg = replace(cfg, n_latents=point.n_latents)
     res = compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip, [UnitSetSpec.atoms(p["l0_coefficient"], "atoms")],
@@ -272,7 +273,7 @@ def layer_point(point: GridPoint) -> dict:
     """
     p = dict(point.params)
     data = _layer_data(point)
-    cfg = replace(default_sae_config(data.d_model, n_steps=p["n_steps"], batch_size=p["batch_size"], seed=point.seed,
+    cfg = replace(SAEConfig.for_model(data.d_model, n_steps=p["n_steps"], batch_size=p["batch_size"], seed=point.seed,
                                      device=p["device"]), n_latents=point.n_latents)
     specs = [UnitSetSpec.neurons(), UnitSetSpec.features(p["l1_coefficient"], "features"),
              UnitSetSpec.atoms(p["l0_coefficient"], "atoms")]

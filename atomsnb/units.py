@@ -35,7 +35,7 @@ from .aip import AIP
 from .metrics import METRIC_LABELS, QStarResult, evaluate_dictionary
 from .sae import SAEConfig, SparseAutoencoder, train_sae
 
-__all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_sae_config", "default_unit_sets",
+__all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_unit_sets",
            "evaluate_unit_set", "compare_unit_sets", "UnitSetResults", "LayerData", "layer_data", "reader_table",
            "train_vs_heldout_table", "describe", "SPLITS", "is_unit_set"]
 
@@ -315,26 +315,10 @@ class UnitSetSpec:
                    "relu", True, l1_coefficient=l1_coefficient)
 
 
-def default_sae_config(d_model: int, *, n_steps: int = 1000, batch_size: int = 2048, capacity: int = 4, seed: int = 0,
-                       device: str = "cpu") -> SAEConfig:
-    """Training settings used by the chapters for a model of width ``d_model``.
-
-    ``|D| = capacity * d_model`` (paper: 4). In whitened coordinates scaled to ``E||x||^2 = 1`` a
-    coordinate is about ``1/sqrt(d_model)``, so the initial JumpReLU threshold (``0.8/sqrt(d)``) and the
-    bandwidth (``0.16/sqrt(d)``) scale with it: 0.05 and 0.01 at ``d = 256``. SAELens' defaults
-    (1e-3, SPEC §6) leave the threshold too small to move within a CPU-sized budget. Adam
-    ``betas=(0, 0.999)``, lr 3e-3 with linear decay over the last 20 % of steps, sparsity warm-up
-    over the first 20 %. (To be replaced by ``SAEConfig.for_model``.)
-    """
-    return SAEConfig(n_latents=capacity * d_model, init_threshold=0.8 / math.sqrt(d_model),
-                     bandwidth=0.16 / math.sqrt(d_model), lr=3e-3, n_steps=n_steps, batch_size=batch_size,
-                     sparsity_warmup_steps=n_steps // 5, lr_decay_steps=n_steps // 5, seed=seed, device=device)
-
-
 def _sae_config(spec: UnitSetSpec, config: SAEConfig) -> SAEConfig:
     """The base config with the spec's kind, coordinates and coefficient (the one place that maps them)."""
     coefficient = spec.l0_coefficient if spec.kind == "jumprelu" else spec.l1_coefficient
-    return replace(config, kind=spec.kind, whiten=spec.whiten, sparsity_coefficient=coefficient)
+    return config.with_kind(spec.kind, coefficient, whiten=spec.whiten)
 
 
 def default_unit_sets(l0_coefficients: Sequence[float] = (1e-3, 3e-3, 1e-2),
@@ -401,7 +385,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
         aip: the AIP fitted on training activations (SPEC §1).
         specs: :class:`UnitSetSpec` s to train (:func:`default_unit_sets`), and/or ready :class:`UnitSet` s
             (a constructed TSAE, an external SAE, ...) evaluated as they are.
-        config: base :class:`SAEConfig` (:func:`default_sae_config`); the kind, coordinates and coefficient
+        config: base :class:`SAEConfig` (:meth:`SAEConfig.for_model`); the kind, coordinates and coefficient
             come from each spec. Needed only when some spec must be trained.
         n_train_eval: training activations (the first ones) also evaluated, to expose memorisation (0: none).
         estimator: the ``q*`` estimator (SPEC §4).
@@ -425,7 +409,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
     if dup:
         raise ValueError(f"unit-set names must be unique (they label the table rows); duplicated: {dup}")
     if any(isinstance(s, UnitSetSpec) and s.kind != "neurons" for s in specs) and config is None:
-        raise ValueError("some specs must be trained: pass the base SAEConfig (e.g. default_sae_config(d_model))")
+        raise ValueError("some specs must be trained: pass the base SAEConfig (e.g. SAEConfig.for_model(d_model))")
     n_train_eval = _positive_int("n_train_eval", n_train_eval, 0)
     d_model = aip.d_model
     train_acts = _check_x(train_acts, d_model, "the training activations")

@@ -339,7 +339,7 @@ CASES = [
     pytest.param(cli("-p", "n_steps", "1e3"), SystemExit, ["'1e3'", "int", "YAML reads 1e3 as a string"],
                  id="cli YAML exponent"),
     pytest.param(cli("-p", "model", "123"), SystemExit, ["'model'", "123 (int)", "str", "quote it"], id="cli int for str"),
-    pytest.param(cli("-p", "atom_coefficients", "0.01"), SystemExit, ["0.01", "not a list", "[0.01]"],
+    pytest.param(cli("-p", "l0_coefficients", "0.01"), SystemExit, ["0.01", "not a list", "[0.01]"],
                  id="cli scalar for list"),
     pytest.param(cli("-p", "model", "[unclosed"), SystemExit, ["'model'", "'[unclosed'", "not a valid YAML value"],
                  id="cli value not YAML"),

@@ -58,7 +58,7 @@ def test_capacity_point_equals_training_and_scoring_by_hand(tiny_path):
     from atomsnb.aip import AIP
     from atomsnb.metrics import evaluate_dictionary
     from atomsnb.sae import train_sae
-    from atomsnb.units import default_sae_config
+    from atomsnb.sae import SAEConfig
 
     p = CapacityGridConfig(model=tiny_path, m_values=(200,), d_multiples=(2,), **SMALL).points()[0]
     row = capacity_point(p)
@@ -66,7 +66,7 @@ def test_capacity_point_equals_training_and_scoring_by_hand(tiny_path):
     pool = collect_activations(ActivationConfig(split="fit", n_tokens=1000, **common), progress=False).acts[1]
     held = collect_activations(ActivationConfig(split="eval", n_tokens=300, **common), progress=False).acts[1]
     aip = AIP.fit(pool)
-    cfg = replace(default_sae_config(32, n_steps=20, batch_size=128, seed=0), n_latents=64, sparsity_coefficient=3e-3)
+    cfg = replace(SAEConfig.for_model(32, n_steps=20, batch_size=128, seed=0), n_latents=64, l0_coefficient=3e-3)
     sae, _ = train_sae(pool[:200], aip, cfg, progress=False)
     for split, x in (("train", pool[:200]), ("heldout", held)):
         m = evaluate_dictionary(x, sae.encode_raw(x, aip), sae.reconstruct_raw(x, aip), sae.dictionary_raw(aip), aip)

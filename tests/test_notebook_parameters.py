@@ -31,13 +31,13 @@ def _main_error(argv) -> str:
 
 def test_unknown_parameter_is_refused_before_a_kernel_starts(no_kernel, tmp_path):
     msg = _main_error([str(CH02), str(tmp_path / "o.ipynb"), "-p", "leyer", "1"])
-    assert "'leyer'" in msg and "did you mean 'layer'" in msg and "n_train_tokens" in msg
+    assert "'leyer'" in msg and "did you mean 'layer'" in msg and "n_fit_tokens" in msg
     assert no_kernel == [], "the chapter ran with the default instead of the misspelt parameter"
 
 
 @pytest.mark.parametrize("name, value, expected", [
     ("layer", "1.5", "int"), ("layer", "two", "int"), ("n_steps", "1e3", "int"), ("model", "123", "str"),
-    ("atom_coefficients", "0.1", "list"), ("atom_coefficients", "[0.1, fast]", "numbers"), ("device", "null", "str"),
+    ("l0_coefficients", "0.1", "list"), ("l0_coefficients", "[0.1, fast]", "numbers"), ("device", "null", "str"),
     ("seed", "true", "int"),
 ])
 def test_value_of_the_wrong_type_is_refused(no_kernel, tmp_path, name, value, expected):
@@ -48,21 +48,21 @@ def test_value_of_the_wrong_type_is_refused(no_kernel, tmp_path, name, value, ex
 
 def test_values_of_the_right_type_reach_papermill(no_kernel, tmp_path):
     assert RN.main([str(CH02), str(tmp_path / "o.ipynb"), "-p", "layer", "1", "-p", "batch_size", "512",
-                    "-p", "whitened_relu_coefficient", "null",  # the chapter's comment allows None
-                    "-p", "atom_coefficients", "[0.001, 0.01, 1]", "-p", "model", "gpt2"]) == 0
-    assert no_kernel == [{"layer": 1, "batch_size": 512, "whitened_relu_coefficient": None,
-                          "atom_coefficients": [0.001, 0.01, 1], "model": "gpt2"}]
+                    "-p", "ablation_l1_coefficient", "null",  # the chapter's comment allows None
+                    "-p", "l0_coefficients", "[0.001, 0.01, 1]", "-p", "model", "gpt2"]) == 0
+    assert no_kernel == [{"layer": 1, "batch_size": 512, "ablation_l1_coefficient": None,
+                          "l0_coefficients": [0.001, 0.01, 1], "model": "gpt2"}]
 
 
 def test_yaml_exponent_without_a_dot_is_explained(no_kernel, tmp_path):
     """PyYAML reads 1e-3 as the string '1e-3' (YAML 1.1): the chapter would get a string."""
-    msg = _main_error([str(CH02), str(tmp_path / "o.ipynb"), "-p", "atom_coefficients", "[1e-3, 0.01]"])
+    msg = _main_error([str(CH02), str(tmp_path / "o.ipynb"), "-p", "l0_coefficients", "[1e-3, 0.01]"])
     assert "'1e-3'" in msg and "0.001" in msg
 
 
 def test_int_accepted_where_a_float_is_expected(no_kernel, tmp_path):
-    RN.main([str(CH02), str(tmp_path / "o.ipynb"), "-p", "whitened_relu_coefficient", "1"])
-    assert no_kernel[0] == {"whitened_relu_coefficient": 1}
+    RN.main([str(CH02), str(tmp_path / "o.ipynb"), "-p", "ablation_l1_coefficient", "1"])
+    assert no_kernel[0] == {"ablation_l1_coefficient": 1}
 
 
 @pytest.mark.parametrize("content, words", [("- model: gpt2\n", "list"), ("just a string\n", "str"), ("", "empty"),
@@ -97,9 +97,7 @@ def test_every_params_file_fits_a_chapter():
 
 # Chapters whose parameters cell hides parameters from papermill today (a second '=' on the line, e.g. in a comment
 # such as "# None = every block"); the lead rewrites these cells. strict: remove a chapter here once it is fixed.
-HIDDEN_TODAY = {"01_representation_shift.py": ["layers", "n_fit_tokens"],
-                "02_neurons_features_atoms.py": ["capacity", "threads"],
-                "03_capacity_grid.py": ["results"],
+HIDDEN_TODAY = {"03_capacity_grid.py": ["results"],
                 "04_per_model_results.py": ["layers", "results"]}
 
 

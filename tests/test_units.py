@@ -94,7 +94,7 @@ def test_constructed_tsae_through_the_interface(world, aip):
 
 def test_whitened_sae_in_raw_coordinates(world, aip):
     cfg = SAEConfig(n_latents=2 * H, n_steps=30, batch_size=256, init_threshold=0.05, bandwidth=0.01, lr=3e-3,
-                    sparsity_coefficient=0.01)
+                    l0_coefficient=0.01)
     sae, _ = train_sae(world.acts, aip, cfg, progress=False)
     u = SAEUnits(sae, aip, name="atoms", family="atoms", l0_coefficient=0.01)
     x = world.acts[:200]
