@@ -305,8 +305,10 @@ def _three_level(n_ok: int, total: int) -> str:
 
 
 def _range(values, fmt: str = "{:.1f}") -> str:
+    """``"a-b"`` (``"a to b"`` when an end is negative, so that no minus sign reads as a dash), or one number."""
     lo, hi = min(values), max(values)
-    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+    a, b = fmt.format(lo), fmt.format(hi)
+    return a if a == b else f"{a} to {b}" if lo < 0 or hi < 0 else f"{a}-{b}"
 
 
 def _coefficient(row) -> str:

@@ -623,9 +623,10 @@ def train_vs_heldout_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _span(values, fmt: str = "{:.3f}") -> str:
-    """``"a-b"``, or one number when both ends print the same."""
-    lo, hi = fmt.format(min(values)), fmt.format(max(values))
-    return lo if lo == hi else f"{lo}-{hi}"
+    """``"a-b"`` (``"a to b"`` when an end is negative), or one number when both ends print the same."""
+    from .paper import _range
+
+    return _range(values, fmt)
 
 
 def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> list[str]:
