@@ -896,10 +896,10 @@ class _BatchPrep:
             if self.pinv:
                 x = m @ self.factor
             else:
-                x = torch.linalg.solve_triangular(self.factor, m, upper=True, left=False)  # x (cL)^T = m
-            # row-major: the solve returns a column-major result, and the sparse step's embedding_bag over a
-            # column-major batch is ~20x slower on the CPU
-            return x.to(self.dtype).contiguous()
+                # x (cL)^T = m, solved as (cL) x^T = m^T: the result's transpose is row-major (solving with
+                # left=False returns a column-major batch, over which the sparse step's embedding_bag is ~20x slower)
+                x = torch.linalg.solve_triangular(self.factor.T, m.T, upper=False).T
+            return x.to(self.dtype)
         return (m.to(self.wdt) / self.scale).to(self.dtype)
 
 
