@@ -35,7 +35,7 @@ from .aip import AIP
 from .metrics import METRIC_LABELS, QStarResult, evaluate_dictionary
 from .sae import SAEConfig, SparseAutoencoder, train_sae
 
-__all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_unit_sets",
+__all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_unit_sets", "train_sae_cached",
            "evaluate_unit_set", "compare_unit_sets", "UnitSetResults", "LayerData", "layer_data", "reader_table",
            "train_vs_heldout_table", "describe", "SPLITS", "is_unit_set"]
 
@@ -315,6 +315,77 @@ class UnitSetSpec:
                    "relu", True, l1_coefficient=l1_coefficient)
 
 
+#: Bump when what :func:`train_sae_cached` stores changes (the code's own hash is part of the key too).
+SAE_CACHE_VERSION = 1
+
+
+def _sae_cache_key(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfig) -> str:
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .io import tensor_digest
+
+    h = hashlib.sha256()
+    for name in ("sae.py", "store.py", "aip.py"):  # the code that trains: other code never shares a cached SAE
+        h.update((Path(__file__).parent / name).read_bytes())
+    parts = {"version": SAE_CACHE_VERSION, "code": h.hexdigest(), "config": config.to_dict(),
+             "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "data": tensor_digest({"acts": train_acts}),
+             "aip": None if aip is None else [tensor_digest({"sum": aip._sum}), aip.n_tokens, aip.ridge, aip.pinv]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def train_sae_cached(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfig, *, cache: bool = True,
+                     progress: bool = True) -> tuple[SparseAutoencoder, pd.DataFrame, bool]:
+    """:func:`atomsnb.sae.train_sae` on an in-memory tensor, with a cache of trained SAEs (paper §6, SPEC §6).
+
+    The cache (``$ATOMSNB_CACHE/saes/<key>``) is keyed by everything that determines the trained weights: the
+    training activations' bytes, the AIP's accumulated second moment, the full :class:`SAEConfig`, the torch thread
+    count and version, and the source of the training code (``sae.py``, ``store.py``, ``aip.py``). So a chapter that
+    trains the SAE another chapter trained (chapter 5 reuses chapter 2's) loads it instead, and any change to the
+    data, the settings or the code trains afresh. Entries are written atomically and checksummed; a damaged one is
+    reported and retrained.
+
+    Args:
+        train_acts: ``[n_tokens, d_model]`` raw activations.
+        aip: the fitted AIP (required when ``config.whiten``).
+        config: the :class:`SAEConfig`.
+        cache: False trains without reading or writing the cache.
+        progress: show the trainer's progress bar.
+
+    Returns:
+        ``(sae, history, from_cache)``.
+
+    Raises:
+        ValueError: as :func:`atomsnb.sae.train_sae`.
+    """
+    import warnings
+
+    from .io import CacheCorruptError, load_json, save_json
+    from .paths import cache_dir
+    from .sae import load_sae, save_sae
+
+    if not cache:
+        sae, hist = train_sae(train_acts, aip, config, progress=progress)
+        return sae, hist, False
+    folder = cache_dir("saes") / _sae_cache_key(train_acts, aip, config)
+    try:
+        sae = load_sae(folder / "sae.safetensors")
+        saved = load_json(folder / "history.json", checksum=True)
+        hist = pd.DataFrame(saved["data"], columns=saved["columns"])
+        return sae, hist, True
+    except FileNotFoundError:
+        pass
+    except (CacheCorruptError, KeyError, ValueError) as exc:
+        warnings.warn(f"cached SAE in {folder} is damaged ({exc}); training it again", UserWarning, stacklevel=2)
+    sae, hist = train_sae(train_acts, aip, config, progress=progress)
+    save_json(folder / "history.json", {"columns": list(hist.columns), "data": hist.to_dict(orient="list")},
+              checksum=True)
+    save_sae(sae, folder / "sae.safetensors")
+    return sae, hist, False
+
+
 def _sae_config(spec: UnitSetSpec, config: SAEConfig) -> SAEConfig:
     """The base config with the spec's kind, coordinates and coefficient (the one place that maps them)."""
     coefficient = spec.l0_coefficient if spec.kind == "jumprelu" else spec.l1_coefficient
@@ -348,12 +419,14 @@ class UnitSetResults:
         q_star_curves: unit-set name -> :class:`QStarResult` on held-out activations (for plots).
         units: unit-set name -> the :class:`UnitSet` (trained ones are :class:`SAEUnits`).
         histories: unit-set name -> the training history of :func:`~atomsnb.sae.train_sae` (trained sets only).
+        cached: the trained sets that were loaded from the cache of :func:`train_sae_cached` instead of trained now.
     """
 
     table: pd.DataFrame
     q_star_curves: dict[str, QStarResult]
     units: dict[str, UnitSet]
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
 
     @property
     def saes(self) -> dict[str, SparseAutoencoder]:
@@ -365,18 +438,25 @@ class UnitSetResults:
         trained = list(self.histories)
         held = self.table[self.table["split"] == "held-out"]
         n_eval = len(held)
-        secs = float(self.table.drop_duplicates("unit set")["train_seconds"].sum(skipna=True))
+        once = self.table.drop_duplicates("unit set")
+        secs = float(once.loc[~once["unit set"].isin(self.cached), "train_seconds"].sum(skipna=True))
+        fresh = [n for n in trained if n not in self.cached]
         if not trained:
             first = "trained no SAE"
+        elif not fresh:
+            first = (f"loaded {len(trained)} SAE{'s' if len(trained) > 1 else ''} ({', '.join(trained)}) from the cache "
+                     "of SAEs trained earlier on the same activations with the same settings and code")
         else:
-            first = (f"trained {len(trained)} SAE{'s' if len(trained) > 1 else ''} ({', '.join(trained)}) "
-                     f"in {secs:.0f} s")
+            first = (f"trained {len(fresh)} SAE{'s' if len(fresh) > 1 else ''} ({', '.join(fresh)}) in {secs:.0f} s"
+                     + (f" and loaded {len(self.cached)} from the cache ({', '.join(self.cached)})" if self.cached
+                        else ""))
         return f"{first}; evaluated {n_eval} unit set{'s' if n_eval != 1 else ''} on held-out activations"
 
 
 def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AIP,
                       specs: Sequence[UnitSetSpec | UnitSet], config: SAEConfig | None = None, *,
-                      n_train_eval: int = 10_000, estimator: str = "pairwise", progress: bool = True) -> UnitSetResults:
+                      n_train_eval: int = 10_000, estimator: str = "pairwise", progress: bool = True,
+                      cache: bool = True) -> UnitSetResults:
     """Train every SAE unit set on ``train_acts``; evaluate all on held-out and on training activations.
 
     Args:
@@ -390,6 +470,8 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
         n_train_eval: training activations (the first ones) also evaluated, to expose memorisation (0: none).
         estimator: the ``q*`` estimator (SPEC §4).
         progress: show the trainer's progress bar.
+        cache: reuse an SAE trained before on the same data with the same settings and code
+            (:func:`train_sae_cached`), and store the ones trained now.
 
     Returns:
         :class:`UnitSetResults`.
@@ -415,14 +497,17 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
     train_acts = _check_x(train_acts, d_model, "the training activations")
     eval_acts = _check_x(eval_acts, d_model, "the held-out activations")
     splits = [("held-out", eval_acts)] + ([("train", train_acts[: int(n_train_eval)])] if n_train_eval else [])
-    rows, curves, units, histories = [], {}, {}, {}
+    rows, curves, units, histories, cached = [], {}, {}, {}, []
     for spec in specs:
         t0 = time.perf_counter()
         if isinstance(spec, UnitSetSpec):
             if spec.kind == "neurons":
                 u, seconds = Neurons(d_model, name=spec.name), math.nan
             else:
-                sae, hist = train_sae(train_acts, aip, _sae_config(spec, config), progress=progress)
+                sae, hist, from_cache = train_sae_cached(train_acts, aip, _sae_config(spec, config), cache=cache,
+                                                         progress=progress)
+                if from_cache:
+                    cached.append(spec.name)
                 u = SAEUnits(sae, aip, name=spec.name, family=spec.family, l0_coefficient=spec.l0_coefficient,
                              l1_coefficient=spec.l1_coefficient)
                 histories[spec.name], seconds = hist, time.perf_counter() - t0
@@ -439,7 +524,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
                          "l0_coefficient": float(getattr(u, "l0_coefficient", math.nan)),
                          "l1_coefficient": float(getattr(u, "l1_coefficient", math.nan)),
                          "split": split, **metrics, "train_seconds": seconds})
-    return UnitSetResults(pd.DataFrame(rows), curves, units, histories)
+    return UnitSetResults(pd.DataFrame(rows), curves, units, histories, cached)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

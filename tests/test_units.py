@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -286,3 +287,27 @@ def test_layer_data_refuses_bad_inputs_before_any_work(tiny_path):
         layer_data("no/such-model", 1, "docstrings", 100, 2.5)
     with pytest.raises(ValueError, match=r"layer 7 out of range .* allowed 0..2"):
         layer_data(tiny_path, 7, "docstrings", 1000, 300)
+
+
+def test_trained_saes_are_cached_by_data_settings_and_code(world, aip):
+    from atomsnb.units import train_sae_cached
+
+    cfg = SAEConfig(n_latents=2 * H, n_steps=10, batch_size=256, init_threshold=0.05, bandwidth=0.01, lr=3e-3,
+                    l0_coefficient=0.01)
+    a, ha, hit_a = train_sae_cached(world.acts, aip, cfg, progress=False)
+    b, hb, hit_b = train_sae_cached(world.acts, aip, cfg, progress=False)
+    assert (hit_a, hit_b) == (False, True)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert ha.reset_index(drop=True).equals(hb.reset_index(drop=True))
+    # any change of data or settings trains afresh
+    assert train_sae_cached(world.acts[1:], aip, cfg, progress=False)[2] is False
+    assert train_sae_cached(world.acts, aip, replace(cfg, seed=1), progress=False)[2] is False
+    # a damaged entry is reported and retrained, never used
+    from atomsnb.paths import cache_dir
+    for f in cache_dir("saes").rglob("sae.safetensors"):
+        f.write_bytes(f.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match="damaged"):
+        c, _, hit_c = train_sae_cached(world.acts, aip, cfg, progress=False)
+    assert hit_c is False and torch.equal(c.W_dec, a.W_dec)
+    assert train_sae_cached(world.acts, aip, cfg, cache=False, progress=False)[2] is False
