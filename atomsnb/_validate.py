@@ -142,6 +142,11 @@ def check_fields(cfg: Any) -> None:
         check_list("d_multiples", cfg.d_multiples, positive)
     if "layers" in names and cfg.layers is not None:
         check_list("layers", cfg.layers, lambda n, v: check_int(n, v, 0))
+    if "store_dtype" in names:
+        from .store import STORE_DTYPES
+
+        if cfg.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype={cfg.store_dtype!r} is not allowed: one of {sorted(STORE_DTYPES)}")
     if "device" in names:
         check_device(cfg.device)
     if "dtype" in names:

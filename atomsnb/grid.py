@@ -10,15 +10,16 @@ Each config is a dataclass whose fields are the chapters' papermill parameters; 
 turns it into :class:`~atomsnb.runner.GridPoint` s and :meth:`validate` rejects an impossible grid
 before any work (an unknown model, a layer out of range, ``|M|`` or ``|D|`` of 0 or larger than
 the activations available). The point functions (:func:`capacity_point`, :func:`layer_point`) are
-module-level so that process pools and Dask workers can run them; each gets its activations and AIP
-from :func:`atomsnb.units.layer_data` (the shared activation cache, so a (model, layer, corpus) is
-collected once per machine) and scores its unit sets with :func:`atomsnb.units.compare_unit_sets`, as
+module-level so that process pools and Dask workers can run them; each reads its activations from the
+activation stores of :mod:`atomsnb.store` (one per model, layer, corpus, split and seed, collected once and
+shared by every point over a shared filesystem: a point with ``|M|`` reads the first ``|M|`` rows) and scores its unit sets with :func:`atomsnb.units.compare_unit_sets`, as
 the chapters do. :func:`capacity_reader_table`, :func:`layer_reader_table` and :func:`compare_with_paper`
 give the tables for a reader; :func:`describe_capacity` and :func:`describe_layers` the readings.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, replace
@@ -54,11 +55,37 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=1)
+def _model(name: str, device: str, dtype: str):
+    """One loaded model per process: the points of a grid share it (a worker runs them one after another)."""
+    from .models import load_model
+
+    return load_model(name, device=device, dtype=dtype)
+
+
+def _stores(point: GridPoint):
+    """The point's fitting and held-out activation stores (:func:`atomsnb.store.collect_store`), collected once and
+    shared by every point of the grid: a point with ``|M|`` reads the store's first ``|M|`` rows."""
+    from .activations import ActivationConfig
+    from .store import collect_store
+
+    p = dict(point.params)
+    lm = _model(point.model, p["device"], p["dtype"])
+    out = []
+    for split, n in (("fit", p["n_fit_tokens"]), ("eval", p["n_eval_tokens"])):
+        cfg = ActivationConfig(model=point.model, layers=(point.layer,), corpus=p["corpus"], split=split, n_tokens=n,
+                               seq_len=int(p.get("seq_len", 128)), seed=point.seed, device=p["device"], dtype=p["dtype"])
+        out.append(collect_store(cfg, model=lm, store_dtype=p.get("store_dtype", "float32"), progress=False)[point.layer])
+    return lm, out[0], out[1]
+
+
 def _layer_data(point: GridPoint):
-    """The point's activations and AIP (:func:`atomsnb.units.layer_data`); ``seq_len`` from the point, default 128."""
+    """The point's activations and AIP (:func:`atomsnb.units.layer_data` through the activation store)."""
     p = dict(point.params)
     return layer_data(point.model, point.layer, p["corpus"], p["n_fit_tokens"], p["n_eval_tokens"], point.seed,
-                      p["device"], p["dtype"], seq_len=int(p.get("seq_len", 128)))
+                      p["device"], p["dtype"], lm=_model(point.model, p["device"], p["dtype"]),
+                      seq_len=int(p.get("seq_len", 128)), massive_k=p.get("massive_k"), store=True,
+                      store_dtype=p.get("store_dtype", "float32"))
 
 
 @dataclass
@@ -77,13 +104,17 @@ class _Common:
     """Tokens per SAE step (at most ``|M|``)."""
     seeds: tuple[int, ...] = (0,)
     """Seeds (data order, initialisation)."""
+    seq_len: int = 128
+    """Tokens per window of text, position 0 included (and dropped)."""
+    store_dtype: str = "float32"
+    """Storage dtype of the activation stores the points read (``"bfloat16"`` halves the disk at paper scale)."""
     device: str = "cpu"
     dtype: str = "float32"
 
     def _params(self, **extra) -> dict:
         return dict(corpus=self.corpus, n_fit_tokens=self.n_fit_tokens, n_eval_tokens=self.n_eval_tokens,
-                    n_steps=self.n_steps, batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-                    code=code_version(), **extra)
+                    n_steps=self.n_steps, batch_size=self.batch_size, seq_len=self.seq_len,
+                    store_dtype=self.store_dtype, device=self.device, dtype=self.dtype, code=code_version(), **extra)
 
     def _check_common(self, layers: Sequence[int]) -> int:
         n_layers, d_model = check_model(self.model)
@@ -160,22 +191,29 @@ def capacity_point(point: GridPoint) -> dict:
     evaluate it on those (up to ``n_train_eval``) and on held-out activations (paper §5, SPEC §3-4).
 
     ``S`` is fitted on the whole fitting pool (``n_fit_tokens``), independent of ``|M|``, as the paper
-    estimates ``S`` separately from the SAE's training data. The TSAE goes through
-    :func:`atomsnb.units.compare_unit_sets`, like every other unit set of the book.
+    estimates ``S`` separately from the SAE's training data. Every point reads the same two activation stores
+    (:mod:`atomsnb.store`): ``S`` by streaming the fitting store (cached in it, so the grid fits it once), the TSAE by
+    streaming its first ``|M|`` rows (memory independent of ``|M|``: the paper's 1.9B activations fit through the
+    same code), and the held-out rows in memory. The TSAE goes through :func:`atomsnb.units.compare_unit_sets`, like
+    every other unit set of the book.
 
     Returns:
         ``{"train_r2_aip", "train_q_star", "train_l0", "train_explained_variance", "heldout_r2_aip",
         "heldout_q_star", "heldout_l0", "heldout_explained_variance", "frac_dead", "n_dead", "d_model"}``
         (``frac_dead`` / ``n_dead`` on held-out activations).
     """
+    from .store import fit_aip_from_store
+
     p = dict(point.params)
-    data = _layer_data(point)
-    cfg = SAEConfig.for_model(data.d_model, n_steps=p["n_steps"], batch_size=min(p["batch_size"], point.n_train),
+    lm, fit, held = _stores(point)
+    aip = fit_aip_from_store(fit, p["n_fit_tokens"], cache=True)
+    cfg = SAEConfig.for_model(lm.d_model, n_steps=p["n_steps"], batch_size=min(p["batch_size"], point.n_train),
                              seed=point.seed, device=p["device"])
     cfg = replace(cfg, n_latents=point.n_latents)
-    res = compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip, [UnitSetSpec.atoms(p["l0_coefficient"], "atoms")],
-                            cfg, n_train_eval=min(p["n_train_eval"], point.n_train), progress=False)
-    row: dict = {"d_model": data.d_model}
+    res = compare_unit_sets(fit, held.read(0, p["n_eval_tokens"]).float(), aip,
+                            [UnitSetSpec.atoms(p["l0_coefficient"], "atoms")], cfg, n_train=point.n_train,
+                            n_train_eval=min(p["n_train_eval"], point.n_train), progress=False)
+    row: dict = {"d_model": lm.d_model}
     for _, r in res.table.iterrows():
         split = "heldout" if r["split"] == "held-out" else "train"
         row.update({f"{split}_{k}": float(r[k]) for k in ("r2_aip", "q_star", "l0", "explained_variance")})
@@ -224,6 +262,8 @@ class LayerStudyConfig(_Common):
     """TSAE L0 coefficient."""
     l1_coefficient: float = 3e-2
     """Standard-SAE L1 coefficient."""
+    massive_k: float | None = 20.0
+    """Leave out tokens whose norm exceeds ``massive_k`` times the median (chapter 1); None keeps every token."""
 
     def resolved_layers(self) -> list[int]:
         """The layers of the study (all blocks when ``layers`` is ``None``)."""
@@ -250,6 +290,10 @@ class LayerStudyConfig(_Common):
             raise ValueError(f"n_train_tokens={self.n_train_tokens} impossible: must be in 1..n_fit_tokens={self.n_fit_tokens}")
         if self.capacity < 1:
             raise ValueError(f"capacity must be >= 1; got {self.capacity}")
+        if self.massive_k is not None and (isinstance(self.massive_k, bool) or not isinstance(self.massive_k, (int, float))
+                                           or not math.isfinite(self.massive_k) or self.massive_k <= 1):
+            raise ValueError(f"massive_k={self.massive_k!r} is not allowed: None (keep every token) or a finite number "
+                             "> 1 (multiple of the median token norm)")
         check_data(self)
         return d_model
 
@@ -257,7 +301,7 @@ class LayerStudyConfig(_Common):
         """One point per (layer, seed), after :meth:`validate`."""
         d_model = self.validate()
         params = tuple(sorted(self._params(l0_coefficient=self.l0_coefficient,
-                                           l1_coefficient=self.l1_coefficient,
+                                           l1_coefficient=self.l1_coefficient, massive_k=self.massive_k,
                                            experiment="layers").items()))
         return [GridPoint(self.model, l, int(self.n_train_tokens), int(self.capacity * d_model), int(s), params)
                 for l in self.resolved_layers() for s in self.seeds]

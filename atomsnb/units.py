@@ -319,7 +319,7 @@ class UnitSetSpec:
 SAE_CACHE_VERSION = 1
 
 
-def _sae_cache_key(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfig) -> str:
+def _sae_cache_key(train_acts, aip: AIP | None, config: SAEConfig, n_tokens: int | None = None) -> str:
     import hashlib
     import json
     from pathlib import Path
@@ -331,26 +331,28 @@ def _sae_cache_key(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfig)
         h.update((Path(__file__).parent / name).read_bytes())
     parts = {"version": SAE_CACHE_VERSION, "code": h.hexdigest(), "config": config.to_dict(),
              "threads": torch.get_num_threads(), "torch": torch.__version__,
-             "data": tensor_digest({"acts": train_acts}),
+             "data": (tensor_digest({"acts": train_acts}) if isinstance(train_acts, torch.Tensor)
+                      else [train_acts.fingerprint(), int(train_acts.n_tokens if n_tokens is None else n_tokens)]),
              "aip": None if aip is None else [tensor_digest({"sum": aip._sum}), aip.n_tokens, aip.ridge, aip.pinv]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def train_sae_cached(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfig, *, cache: bool = True,
+def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, cache: bool = True,
                      progress: bool = True) -> tuple[SparseAutoencoder, pd.DataFrame, bool]:
-    """:func:`atomsnb.sae.train_sae` on an in-memory tensor, with a cache of trained SAEs (paper §6, SPEC §6).
+    """:func:`atomsnb.sae.train_sae` with a cache of trained SAEs (paper §6, SPEC §6).
 
     The cache (``$ATOMSNB_CACHE/saes/<key>``) is keyed by everything that determines the trained weights: the
-    training activations' bytes, the AIP's accumulated second moment, the full :class:`SAEConfig`, the torch thread
+    training activations' bytes (a store's key and the prefix used), the AIP's accumulated second moment, the full :class:`SAEConfig`, the torch thread
     count and version, and the source of the training code (``sae.py``, ``store.py``, ``aip.py``). So a chapter that
     trains the SAE another chapter trained (chapter 5 reuses chapter 2's) loads it instead, and any change to the
     data, the settings or the code trains afresh. Entries are written atomically and checksummed; a damaged one is
     reported and retrained.
 
     Args:
-        train_acts: ``[n_tokens, d_model]`` raw activations.
+        train_acts: ``[n_tokens, d_model]`` raw activations, or an :class:`atomsnb.store.ActivationStore`.
         aip: the fitted AIP (required when ``config.whiten``).
         config: the :class:`SAEConfig`.
+        n_tokens: train on the first ``n_tokens`` rows only (default all; |M| for grid points sharing a store).
         cache: False trains without reading or writing the cache.
         progress: show the trainer's progress bar.
 
@@ -367,9 +369,9 @@ def train_sae_cached(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfi
     from .sae import load_sae, save_sae
 
     if not cache:
-        sae, hist = train_sae(train_acts, aip, config, progress=progress)
+        sae, hist = train_sae(train_acts, aip, config, n_tokens=n_tokens, progress=progress)
         return sae, hist, False
-    folder = cache_dir("saes") / _sae_cache_key(train_acts, aip, config)
+    folder = cache_dir("saes") / _sae_cache_key(train_acts, aip, config, n_tokens)
     try:
         sae = load_sae(folder / "sae.safetensors")
         saved = load_json(folder / "history.json", checksum=True)
@@ -379,7 +381,7 @@ def train_sae_cached(train_acts: torch.Tensor, aip: AIP | None, config: SAEConfi
         pass
     except (CacheCorruptError, KeyError, ValueError) as exc:
         warnings.warn(f"cached SAE in {folder} is damaged ({exc}); training it again", UserWarning, stacklevel=2)
-    sae, hist = train_sae(train_acts, aip, config, progress=progress)
+    sae, hist = train_sae(train_acts, aip, config, n_tokens=n_tokens, progress=progress)
     save_json(folder / "history.json", {"columns": list(hist.columns), "data": hist.to_dict(orient="list")},
               checksum=True)
     save_sae(sae, folder / "sae.safetensors")
@@ -456,11 +458,12 @@ class UnitSetResults:
 def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AIP,
                       specs: Sequence[UnitSetSpec | UnitSet], config: SAEConfig | None = None, *,
                       n_train_eval: int = 10_000, estimator: str = "pairwise", progress: bool = True,
-                      cache: bool = True) -> UnitSetResults:
+                      cache: bool = True, n_train: int | None = None) -> UnitSetResults:
     """Train every SAE unit set on ``train_acts``; evaluate all on held-out and on training activations.
 
     Args:
-        train_acts: ``[n_train, d_model]`` activations for SAE training (the paper's ``M``).
+        train_acts: ``[n_train, d_model]`` activations for SAE training (the paper's ``M``), or an
+            :class:`atomsnb.store.ActivationStore` streamed by the trainer (paper scale: memory independent of |M|).
         eval_acts: ``[n_eval, d_model]`` held-out activations (disjoint text).
         aip: the AIP fitted on training activations (SPEC §1).
         specs: :class:`UnitSetSpec` s to train (:func:`default_unit_sets`), and/or ready :class:`UnitSet` s
@@ -472,6 +475,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
         progress: show the trainer's progress bar.
         cache: reuse an SAE trained before on the same data with the same settings and code
             (:func:`train_sae_cached`), and store the ones trained now.
+        n_train: with a store as ``train_acts``, train on its first ``n_train`` rows (|M|; default all of it).
 
     Returns:
         :class:`UnitSetResults`.
@@ -494,9 +498,21 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
         raise ValueError("some specs must be trained: pass the base SAEConfig (e.g. SAEConfig.for_model(d_model))")
     n_train_eval = _positive_int("n_train_eval", n_train_eval, 0)
     d_model = aip.d_model
-    train_acts = _check_x(train_acts, d_model, "the training activations")
+    from .store import ActivationStore
+
+    if isinstance(train_acts, ActivationStore):
+        n_avail = train_acts.n_tokens if n_train is None else _positive_int("n_train", n_train)
+        if n_avail > train_acts.n_tokens or train_acts.d_model != d_model:
+            raise ValueError(f"n_train={n_train} and d_model={train_acts.d_model} of the store must be at most "
+                             f"{train_acts.n_tokens} and equal to the AIP's {d_model}")
+        train_first = train_acts.read(0, min(int(n_train_eval), n_avail)) if n_train_eval else None
+    else:
+        if n_train is not None:
+            raise ValueError("n_train is for a store as training source; slice an in-memory tensor instead")
+        train_acts = _check_x(train_acts, d_model, "the training activations")
+        n_avail, train_first = None, train_acts[: int(n_train_eval)]
     eval_acts = _check_x(eval_acts, d_model, "the held-out activations")
-    splits = [("held-out", eval_acts)] + ([("train", train_acts[: int(n_train_eval)])] if n_train_eval else [])
+    splits = [("held-out", eval_acts)] + ([("train", train_first)] if n_train_eval else [])
     rows, curves, units, histories, cached = [], {}, {}, {}, []
     for spec in specs:
         t0 = time.perf_counter()
@@ -504,8 +520,8 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
             if spec.kind == "neurons":
                 u, seconds = Neurons(d_model, name=spec.name), math.nan
             else:
-                sae, hist, from_cache = train_sae_cached(train_acts, aip, _sae_config(spec, config), cache=cache,
-                                                         progress=progress)
+                sae, hist, from_cache = train_sae_cached(train_acts, aip, _sae_config(spec, config), n_tokens=n_avail,
+                                                         cache=cache, progress=progress)
                 if from_cache:
                     cached.append(spec.name)
                 u = SAEUnits(sae, aip, name=spec.name, family=spec.family, l0_coefficient=spec.l0_coefficient,
@@ -546,6 +562,9 @@ class LayerData:
         fit_rows, eval_rows: ``[n]`` int64 rows of ``fit_activations`` / ``eval_activations`` that ``fit`` / ``eval``
             hold (all rows unless massive tokens were excluded).
         massive_k: the criterion used to exclude massive tokens (:func:`atomsnb.massive.massive_token_mask`), or None.
+        fit_store, eval_store: the :class:`atomsnb.store.ActivationStore` s the activations were read from
+            (``store=True``; then ``fit_activations`` / ``eval_activations`` are None).
+        n_collected: activations collected per split, ``(fit, eval)``, before any exclusion.
     """
 
     fit: torch.Tensor
@@ -558,13 +577,14 @@ class LayerData:
     fit_rows: torch.Tensor | None = None
     eval_rows: torch.Tensor | None = None
     massive_k: float | None = None
+    fit_store: object = None
+    eval_store: object = None
+    n_collected: tuple[int, int] = (0, 0)
 
     @property
     def n_excluded(self) -> tuple[int, int]:
         """Massive tokens left out of ``(fit, eval)``."""
-        def gone(acts, rows):
-            return 0 if acts is None or rows is None else int(acts.acts[self.layer].shape[0] - rows.numel())
-        return gone(self.fit_activations, self.fit_rows), gone(self.eval_activations, self.eval_rows)
+        return (self.n_collected[0] - int(self.fit.shape[0]), self.n_collected[1] - int(self.eval.shape[0]))
 
     @property
     def d_model(self) -> int:
@@ -580,7 +600,8 @@ def _positive_int(name: str, v, minimum: int = 1) -> int:
 
 def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_tokens: int, seed: int = 0,
                device: str = "cpu", dtype: str = "float32", lm=None, *, seq_len: int = 128, ridge: float = 0.0,
-               cache: bool = True, progress: bool = False, massive_k: float | None = None) -> LayerData:
+               cache: bool = True, progress: bool = False, massive_k: float | None = None,
+               store: bool = False, store_dtype: str = "float32") -> LayerData:
     """Collect fitting and held-out activations of one layer and fit the AIP: every experiment's prologue.
 
     Activations come from :func:`atomsnb.activations.collect_activations` (cached on disk); ``S`` is fitted
@@ -602,6 +623,10 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
         cache: use the on-disk activation cache.
         progress: show progress bars.
         massive_k: exclude massive tokens with this criterion (a number > 1, e.g. 20); None keeps every token.
+        store: collect through the activation store (:func:`atomsnb.store.collect_store`: sharded, resumable,
+            shared by every experiment that reads a prefix of it) instead of the per-call activation cache, and read
+            the first ``n_fit_tokens`` / ``n_eval_tokens`` rows into memory.
+        store_dtype: the store's storage dtype (with ``store``).
 
     Returns:
         :class:`LayerData`.
@@ -628,11 +653,23 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
     if layer > lm.n_layers:
         raise ValueError(f"layer {layer} out of range for {model!r}: allowed 0..{lm.n_layers}")
     common = dict(model=model, layers=(layer,), corpus=corpus, seq_len=seq_len, seed=seed, device=device, dtype=dtype)
-    fit = collect_activations(ActivationConfig(split="fit", n_tokens=n_fit_tokens, **common), model=lm, cache=cache,
-                              progress=progress)
-    held = collect_activations(ActivationConfig(split="eval", n_tokens=n_eval_tokens, **common), model=lm, cache=cache,
-                               progress=progress)
-    x_fit, x_eval = fit.acts[layer], held.acts[layer]
+    stores = {}
+    if store:
+        from .store import collect_store
+
+        for split, n in (("fit", n_fit_tokens), ("eval", n_eval_tokens)):
+            stores[split] = collect_store(ActivationConfig(split=split, n_tokens=n, **common), model=lm,
+                                          store_dtype=store_dtype, progress=progress)[layer]
+        fit = held = None
+        x_fit = stores["fit"].read(0, n_fit_tokens).float()
+        x_eval = stores["eval"].read(0, n_eval_tokens).float()
+    else:
+        fit = collect_activations(ActivationConfig(split="fit", n_tokens=n_fit_tokens, **common), model=lm,
+                                  cache=cache, progress=progress)
+        held = collect_activations(ActivationConfig(split="eval", n_tokens=n_eval_tokens, **common), model=lm,
+                                   cache=cache, progress=progress)
+        x_fit, x_eval = fit.acts[layer], held.acts[layer]
+    n_collected = (int(x_fit.shape[0]), int(x_eval.shape[0]))
     if massive_k is None:
         fit_rows, eval_rows = torch.arange(x_fit.shape[0]), torch.arange(x_eval.shape[0])
     else:
@@ -643,7 +680,8 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
         x_fit, x_eval = x_fit[fit_rows], x_eval[eval_rows]
     aip = AIP.fit(x_fit, ridge=ridge)
     return LayerData(x_fit, x_eval, aip, lm, layer, fit, held, fit_rows, eval_rows,
-                     None if massive_k is None else float(massive_k))
+                     None if massive_k is None else float(massive_k), stores.get("fit"), stores.get("eval"),
+                     n_collected)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
