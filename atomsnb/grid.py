@@ -264,6 +264,8 @@ class LayerStudyConfig(_Common):
     """Standard-SAE L1 coefficient."""
     massive_k: float | None = 20.0
     """Leave out tokens whose norm exceeds ``massive_k`` times the median (chapter 1); None keeps every token."""
+    n_splice_tokens: int = 0
+    """Held-out tokens for the spliced-in scores of every unit set (:mod:`atomsnb.splice`); 0 skips them."""
 
     def resolved_layers(self) -> list[int]:
         """The layers of the study (all blocks when ``layers`` is ``None``)."""
@@ -290,6 +292,9 @@ class LayerStudyConfig(_Common):
             raise ValueError(f"n_train_tokens={self.n_train_tokens} impossible: must be in 1..n_fit_tokens={self.n_fit_tokens}")
         if self.capacity < 1:
             raise ValueError(f"capacity must be >= 1; got {self.capacity}")
+        if isinstance(self.n_splice_tokens, bool) or not isinstance(self.n_splice_tokens, int) or self.n_splice_tokens < 0:
+            raise ValueError(f"n_splice_tokens={self.n_splice_tokens!r} is not allowed: an integer >= 0 (0 skips the "
+                             "spliced-in scores)")
         if self.massive_k is not None and (isinstance(self.massive_k, bool) or not isinstance(self.massive_k, (int, float))
                                            or not math.isfinite(self.massive_k) or self.massive_k <= 1):
             raise ValueError(f"massive_k={self.massive_k!r} is not allowed: None (keep every token) or a finite number "
@@ -302,6 +307,7 @@ class LayerStudyConfig(_Common):
         d_model = self.validate()
         params = tuple(sorted(self._params(l0_coefficient=self.l0_coefficient,
                                            l1_coefficient=self.l1_coefficient, massive_k=self.massive_k,
+                                           n_splice_tokens=self.n_splice_tokens,
                                            experiment="layers").items()))
         return [GridPoint(self.model, l, int(self.n_train_tokens), int(self.capacity * d_model), int(s), params)
                 for l in self.resolved_layers() for s in self.seeds]
@@ -310,10 +316,14 @@ class LayerStudyConfig(_Common):
 def layer_point(point: GridPoint) -> dict:
     """Neurons, features (ReLU + L1, Euclidean) and atoms (TSAE) at one layer, evaluated on held-out activations.
 
+    With ``n_splice_tokens > 0`` every unit set is also spliced into the model (:func:`atomsnb.splice.spliced_scores`
+    on that many held-out tokens; massive tokens, left out of the data, stay clean there too).
+
     Returns:
         ``{"<family>_<metric>": value}`` for family in neurons/features/atoms and metric in
-        ``r2_aip, explained_variance, q_star, l0, frac_dead``, plus ``train_<family>_r2_aip``,
-        ``train_<family>_q_star``, ``d_model`` and ``condition_number``.
+        ``r2_aip, explained_variance, q_star, l0, frac_dead`` (and ``ce_loss_score, kl_div_score`` when spliced),
+        plus ``train_<family>_r2_aip``, ``train_<family>_q_star``, ``d_model``, ``n_parameters``, ``n_massive``
+        (fitting and held-out tokens left out) and ``condition_number``.
     """
     p = dict(point.params)
     data = _layer_data(point)
@@ -323,13 +333,24 @@ def layer_point(point: GridPoint) -> dict:
              UnitSetSpec.atoms(p["l0_coefficient"], "atoms")]
     res = compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip, specs, cfg,
                             n_train_eval=min(4096, point.n_train), progress=False)
-    row: dict = {"d_model": data.d_model, "condition_number": data.aip.condition_number}
+    row: dict = {"d_model": data.d_model, "condition_number": data.aip.condition_number,
+                 "n_parameters": int(sum(t.numel() for t in data.lm.model.parameters())),
+                 "n_massive": int(sum(data.n_excluded))}
     for _, r in res.table.iterrows():
         if r["split"] == "held-out":
             row.update({f"{r['family']}_{k}": float(r[k]) for k in ("r2_aip", "explained_variance", "q_star", "l0",
                                                                      "frac_dead")})
         else:
             row.update({f"train_{r['family']}_{k}": float(r[k]) for k in ("r2_aip", "q_star")})
+    if p.get("n_splice_tokens", 0):
+        from .splice import eval_windows, spliced_scores
+
+        windows = eval_windows(data.lm, corpus=p["corpus"], n_tokens=p["n_splice_tokens"],
+                               seq_len=int(p.get("seq_len", 128)), seed=point.seed)
+        limit = None if data.massive_k is None else data.massive_k * float(data.fit.double().norm(dim=1).median())
+        scores = spliced_scores(data.lm, res.units, windows, point.layer, keep_clean_above=limit, progress=False)
+        for name, sc in scores.items():
+            row.update({f"{res.units[name].family}_{k}": float(getattr(sc, k)) for k in ("ce_loss_score", "kl_div_score")})
     return row
 
 
@@ -365,12 +386,15 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS) -> pd.DataFrame:
+def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS, *,
+                       sizes: dict[str, int] | None = None) -> pd.DataFrame:
     """The paper's per-model rows beside ours (atoms, averaged over layers): chapter 4's table, for a reader.
 
     Args:
         ours: the output of :func:`paper_table`.
         paper: the paper's rows (default :data:`atomsnb.paper.PAPER_ATOMS`).
+        sizes: our models' parameter counts, shown in a ``parameters`` column beside the paper's models' nominal
+            sizes (:data:`atomsnb.paper.PAPER_MODEL_SIZES`), so the size difference is in the table.
 
     Returns:
         Rows with ``model``, ``layers``, ``source`` (``"paper"``, ``"ours (this build)"`` or ``"not run here"``),
@@ -382,21 +406,27 @@ def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS) 
     atoms = ours[ours["unit set"] == "atoms"]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     r2, q = METRIC_LABELS["r2_aip"], METRIC_LABELS["q_star"]
+    from .paper import PAPER_MODEL_SIZES
+
+    sizes = sizes or {}
+    human = lambda n: f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"  # noqa: E731
     rows = []
     for r in paper:
-        rows.append({"model": r["model"], "layers": r["layers"], "source": "paper", r2: pct(r["r2_aip"]),
-                     q: pct(r["q_star"])})
+        rows.append({"model": r["model"], "parameters": PAPER_MODEL_SIZES.get(r["model"], ""), "layers": r["layers"],
+                     "source": "paper", r2: pct(r["r2_aip"]), q: pct(r["q_star"])})
         mine = atoms[atoms["model"] == r["model"]]
         if len(mine):
-            rows.append({"model": r["model"], "layers": mine["layers"].iloc[0], "source": "ours (this build)",
+            rows.append({"model": r["model"], "parameters": PAPER_MODEL_SIZES.get(r["model"], ""),
+                         "layers": mine["layers"].iloc[0], "source": "ours (this build)",
                          r2: pct(mine["r2_aip"].iloc[0]), q: pct(mine["q_star"].iloc[0])})
         else:
-            rows.append({"model": r["model"], "layers": r["layers"], "source": "not run here",
+            rows.append({"model": r["model"], "parameters": PAPER_MODEL_SIZES.get(r["model"], ""),
+                         "layers": r["layers"], "source": "not run here",
                          "command": rerun_command("04_per_model_results", r["params"])})
     reported = {r["model"] for r in paper}
     for _, r in atoms[~atoms["model"].isin(reported)].iterrows():
-        rows.append({"model": r["model"], "layers": r["layers"], "source": "ours (this build)", r2: pct(r["r2_aip"]),
-                     q: pct(r["q_star"])})
+        rows.append({"model": r["model"], "parameters": human(sizes[r["model"]]) if r["model"] in sizes else "",
+                     "layers": r["layers"], "source": "ours (this build)", r2: pct(r["r2_aip"]), q: pct(r["q_star"])})
     return pd.DataFrame(rows).fillna("")
 
 
@@ -448,13 +478,17 @@ def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
 
     Args:
         df: :func:`layer_point` rows (``layer``, ``<family>_r2_aip``, ``<family>_q_star``, ``atoms_l0``,
-            ``status``).
+            ``status``, optionally ``model`` and ``<family>_ce_loss_score``).
 
     Returns:
-        Index ``layer``; columns a two-level header (metric, family), 3 decimals; L0 with 1 decimal.
+        Index ``layer`` (``(model, layer)`` for several models); columns a two-level header (metric, family), 3
+        decimals (``ce_loss_score`` when the rows have it); L0 with 1 decimal.
     """
-    ok = df[df["status"] == "ok"].sort_values("layer").set_index("layer") if "status" in df else df.set_index("layer")
-    cols = {(METRIC_LABELS[m], fam): ok[f"{fam}_{m}"].round(3) for m in ("r2_aip", "q_star") for fam in FAMILIES}
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    index = ["model", "layer"] if "model" in ok and ok["model"].nunique() > 1 else ["layer"]
+    ok = ok.sort_values(index, kind="stable").set_index(index)
+    metrics = ["r2_aip", "q_star"] + [m for m in ("ce_loss_score",) if f"atoms_{m}" in ok]
+    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in FAMILIES}
     cols[(METRIC_LABELS["l0"], "atoms")] = ok["atoms_l0"].round(1)
     return pd.DataFrame(cols)
 
@@ -492,15 +526,25 @@ def describe_capacity(df: pd.DataFrame, *, threshold: float = CAPACITY_R2_THRESH
     return lines
 
 
-def describe_layers(df: pd.DataFrame) -> str:
-    """Chapter 4's ordering sentence: at how many layers atoms are more stable than features, and the mean ``R²``
-    of the three families (from :func:`layer_point` rows)."""
+def describe_layers(df: pd.DataFrame) -> list[str]:
+    """Chapter 4's ordering sentences, one per model: at how many layers atoms are more stable than features, the mean
+    ``R²`` of the three families and, when the rows have them, their mean ``ce_loss_score`` (from :func:`layer_point`
+    rows)."""
     ok = df[df["status"] == "ok"] if "status" in df else df
     if ok.empty:
         raise ValueError("no layer finished (no row with status 'ok')")
-    higher = int((ok["atoms_q_star"] > ok["features_q_star"]).sum())
-    n = len(ok)
-    where = ("at every layer" if higher == n else "at no layer" if higher == 0 else f"at {higher} of {n} layers")
-    return (f"Atoms are more stable than features (higher held-out q*) {where}; mean R² in the AIP: atoms "
-            f"{ok['atoms_r2_aip'].mean():.3f}, features {ok['features_r2_aip'].mean():.3g}, neurons "
-            f"{ok['neurons_r2_aip'].mean():.3f}.")
+    groups = ok.groupby("model", sort=False) if "model" in ok else [("the model", ok)]
+    lines = []
+    for model, g in groups:
+        higher = int((g["atoms_q_star"] > g["features_q_star"]).sum())
+        n = len(g)
+        where = ("at every layer" if higher == n else "at no layer" if higher == 0 else f"at {higher} of {n} layers")
+        line = (f"{model}: atoms are more stable than features (higher held-out q*) {where}; mean R² in the AIP: atoms "
+                f"{g['atoms_r2_aip'].mean():.3f}, features {g['features_r2_aip'].mean():.3g}, neurons "
+                f"{g['neurons_r2_aip'].mean():.3f}")
+        if "atoms_ce_loss_score" in g:
+            better = "atoms" if g["atoms_ce_loss_score"].mean() > g["features_ce_loss_score"].mean() else "features"
+            line += (f"; spliced into the model, mean ce_loss_score: atoms {g['atoms_ce_loss_score'].mean():.3f}, "
+                     f"features {g['features_ce_loss_score'].mean():.3f} ({better} keep more of the model's loss)")
+        lines.append(line + ".")
+    return lines

@@ -67,6 +67,8 @@ PAPER_ATOMS = (
     {"model": "meta-llama/Llama-3.1-8B", "label": "Llama3.1-8B", "layers": "1-30", "r2_aip": 0.9985,
      "q_star": 0.9995, "params": "params/llama-3.1-8b.yaml"},
 )
+#: The paper's models' nominal sizes (their names'), shown beside ours in chapter 4's table.
+PAPER_MODEL_SIZES = {"google/gemma-2-2b": "2B", "google/gemma-2-9b": "9B", "meta-llama/Llama-3.1-8B": "8B"}
 #: The three unit sets as points for figures and tables: neurons and features (§4), atoms on Gemma2-2B (§6).
 PAPER_UNITS = (
     {"label": "neurons", "family": "neurons", "r2_aip": PAPER_NEURONS["r2_aip"], "q_star": PAPER_NEURONS["q_star"],

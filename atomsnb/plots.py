@@ -313,21 +313,29 @@ def grid_heatmaps(df: pd.DataFrame, values: Mapping[str, str], *, critical: Mapp
 
 
 def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_star"), title: str | None = None) -> plt.Figure:
-    """Per-layer ``R^2`` (AIP) and ``q*`` of neurons, features and atoms from a layer study.
+    """Per-layer held-out metrics (``R^2`` in the AIP, ``q*``, ...) of neurons, features and atoms from a layer study,
+    one row of panels per model.
 
     Args:
-        df: rows of :func:`atomsnb.grid.layer_point` (columns ``layer`` and ``<family>_<metric>``).
+        df: rows of :func:`atomsnb.grid.layer_point` (columns ``layer``, ``<family>_<metric>``, optionally ``model``).
+        metrics: the metrics, one panel each (missing ones are skipped).
     """
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.4), squeeze=False)
-    df = df.sort_values("layer")
-    for ax, metric in zip(axes[0], metrics):
-        for fam in ("neurons", "features", "atoms"):
-            color, marker = _FAMILY_STYLE[fam]
-            ax.plot(df["layer"], df[f"{fam}_{metric}"], marker=marker, color=color, label=fam)
-        ax.set_xlabel("layer")
-        ax.set_ylabel({"r2_aip": "R² in the AIP (held-out)", "q_star": "q* (held-out)"}.get(metric, metric))
-        ax.set_xticks(sorted(df["layer"].unique()))
-        ax.axhline(1, color="k", lw=0.5, ls=":")
+    metrics = [m for m in metrics if f"atoms_{m}" in df]
+    groups = list(df.groupby("model", sort=False)) if "model" in df else [("", df)]
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(5.2 * len(metrics), 3.3 * len(groups)), squeeze=False)
+    labels = {"r2_aip": "R² in the AIP (held-out)", "q_star": "q* (held-out)", "ce_loss_score": "ce_loss_score (spliced)"}
+    for row, (model, g) in zip(axes, groups):
+        g = g.sort_values("layer")
+        for ax, metric in zip(row, metrics):
+            for fam in ("neurons", "features", "atoms"):
+                color, marker = _FAMILY_STYLE[fam]
+                ax.plot(g["layer"], g[f"{fam}_{metric}"], marker=marker, color=color, label=fam)
+            ax.set_xlabel("layer")
+            ax.set_ylabel(labels.get(metric, metric))
+            _layer_ticks(ax, g["layer"])
+            ax.axhline(1, color="k", lw=0.5, ls=":")
+            if model:
+                ax.set_title(model, fontsize=10)
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)

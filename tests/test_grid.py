@@ -88,10 +88,13 @@ def test_capacity_grid_through_a_dask_local_cluster(tiny_path, tmp_path):
 
 
 def test_layer_point_and_paper_table(tiny_path):
-    pts = LayerStudyConfig(model=tiny_path, n_train_tokens=800, **SMALL).points()
+    pts = LayerStudyConfig(model=tiny_path, n_train_tokens=800, n_splice_tokens=256, **SMALL).points()
     assert [p.layer for p in pts] == [1, 2]
     row = layer_point(pts[0])
     assert row["neurons_r2_aip"] == pytest.approx(1.0, abs=1e-9)
+    # spliced in: the neurons' reconstruction is the activation itself, so nothing of the loss is lost
+    assert row["neurons_ce_loss_score"] == 1.0 and row["neurons_kl_div_score"] == 1.0
+    assert math.isfinite(row["atoms_ce_loss_score"]) and math.isfinite(row["features_kl_div_score"])
     assert {"atoms_frac_dead", "features_frac_dead", "train_atoms_q_star"} <= set(row) and "atoms_dead_latents" not in row
     for fam in ("features", "atoms"):
         assert 0 <= row[f"{fam}_q_star"] <= 1 and math.isfinite(row[f"{fam}_r2_aip"])

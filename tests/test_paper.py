@@ -355,9 +355,15 @@ def test_grid_describe_layers_flips_its_words():
 
     df = pd.DataFrame({"status": "ok", "layer": [1, 2], "atoms_q_star": [0.9, 0.5], "features_q_star": [0.5, 0.6],
                        "atoms_r2_aip": [0.9, 0.9], "features_r2_aip": [0.1, 0.2], "neurons_r2_aip": [1.0, 1.0]})
-    assert "at 1 of 2 layers" in describe_layers(df)
-    assert "at every layer" in describe_layers(df.assign(atoms_q_star=0.99))
-    assert "at no layer" in describe_layers(df.assign(atoms_q_star=0.1))
+    assert "at 1 of 2 layers" in describe_layers(df)[0]
+    assert "at every layer" in describe_layers(df.assign(atoms_q_star=0.99))[0]
+    assert "at no layer" in describe_layers(df.assign(atoms_q_star=0.1))[0]
+    spliced = df.assign(atoms_ce_loss_score=[0.9, 0.8], features_ce_loss_score=[0.5, 0.6])
+    assert "(atoms keep more" in describe_layers(spliced)[0]
+    assert "(features keep more" in describe_layers(spliced.assign(features_ce_loss_score=0.95))[0]
+    two = pd.concat([df.assign(model="A"), df.assign(model="B", atoms_q_star=0.1)])
+    lines = describe_layers(two)
+    assert len(lines) == 2 and lines[0].startswith("A: ") and "at 1 of 2" in lines[0] and "at no layer" in lines[1]
 
 
 # ----------------------------------------------------------------------------------------------- chapter 5
