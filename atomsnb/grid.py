@@ -186,6 +186,18 @@ class CapacityGridConfig(_Common):
                 for m in self.m_values for k in self.d_multiples for s in self.seeds]
 
 
+def massive_tokens(point: GridPoint, k: float) -> tuple[int, int]:
+    """How many of a grid point's fitting activations are massive (norm above ``k`` times the median,
+    :func:`atomsnb.massive.massive_token_mask`): ``(n_massive, n_fit_tokens)``. The capacity grid streams every
+    token of its store, so chapter 3 reports this count instead of excluding them."""
+    from .massive import massive_token_mask
+
+    p = dict(point.params)
+    _, fit, _ = _stores(point)
+    x = fit.read(0, p["n_fit_tokens"]).float()
+    return int(massive_token_mask(x, k).sum()), int(x.shape[0])
+
+
 def capacity_point(point: GridPoint) -> dict:
     """Train a TSAE with ``|D| = point.n_latents`` on the first ``|M| = point.n_train`` fitting activations and
     evaluate it on those (up to ``n_train_eval``) and on held-out activations (paper §5, SPEC §3-4).

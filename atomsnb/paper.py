@@ -838,21 +838,38 @@ def check_layers_atoms_near_one(table: pd.DataFrame, *, model: str) -> Verdict:
     """``layers.atoms_near_one`` (paper §6): atoms averaged over layers reach ``R^2`` and ``q*`` near 1.
 
     Args:
-        table: :func:`atomsnb.grid.paper_table` output for one model (``unit set``, ``layers``, ``r2_aip``,
-            ``q_star``), one ``"atoms"`` row.
+        table: :func:`atomsnb.grid.paper_table` output (``unit set``, ``layers``, ``r2_aip``, ``q_star``): one
+            ``"atoms"`` row, or one per model (column ``model``), each judged on its own.
 
     Returns:
-        reproduced: mean ``R^2`` and ``q*`` >= :data:`NEAR_ONE`; partly: one of them; not: neither.
+        reproduced: mean ``R^2`` and ``q*`` >= :data:`NEAR_ONE` (for every model); partly: one of them (or some
+        models); not: neither, for any model.
     """
-    a = _atoms_row(table)
-    r2, q = _finite("r2_aip", a["r2_aip"]), _finite("q_star", a["q_star"])
-    verdict, words = _near_one_verdict(r2, q)
-    return _verdict("layers.atoms_near_one", verdict,
-                    ours=f"R^2 = {r2:.3f}, q* = {q:.3f} (layers {a['layers']})",
-                    criterion=f"reproduced: mean over layers of held-out R^2 >= {NEAR_ONE:g} and q* >= {NEAR_ONE:g}; "
-                              "partly: one of the two",
-                    interpretation=f"Averaged over layers {a['layers']}, {words} (paper: {_ATOMS_PAPER}).",
-                    model=model, values={"r2_aip": r2, "q_star": q})
+    _need(table, ["unit set", "r2_aip", "q_star", "layers"], "the per-model table (atomsnb.grid.paper_table)")
+    atoms = table[table["unit set"] == "atoms"]
+    if "model" in atoms and len(atoms) > 1:
+        if atoms["model"].duplicated().any():
+            raise ValueError(f"the per-model table has several atoms rows for one model: {atoms['model'].tolist()}")
+        rows = list(atoms.iterrows())
+    else:
+        rows = [(None, _atoms_row(table))]
+    parts, verdicts, values = [], [], {}
+    for _, a in rows:
+        r2, q = _finite("r2_aip", a["r2_aip"]), _finite("q_star", a["q_star"])
+        v, words = _near_one_verdict(r2, q)
+        verdicts.append(v)
+        name = a["model"] if "model" in a and len(rows) > 1 else None
+        parts.append(((f"{name}: " if name else "") + f"R^2 = {r2:.3f}, q* = {q:.3f} (layers {a['layers']})",
+                      (f"on {name}, " if name else "") + f"averaged over layers {a['layers']}, {words}"))
+        values[name or "atoms"] = {"r2_aip": r2, "q_star": q}
+    verdict = ("reproduced" if all(v == "reproduced" for v in verdicts) else
+               "not reproduced" if all(v == "not reproduced" for v in verdicts) else "partly reproduced")
+    reading = "; ".join(w for _, w in parts)
+    return _verdict("layers.atoms_near_one", verdict, ours="; ".join(o for o, _ in parts),
+                    criterion=f"reproduced: mean over layers of held-out R^2 >= {NEAR_ONE:g} and q* >= {NEAR_ONE:g} "
+                              "(on every model); partly: one of the two, or some models",
+                    interpretation=reading[0].upper() + reading[1:] + f" (paper: {_ATOMS_PAPER}).",
+                    model=model, values=values if len(rows) > 1 else values["atoms"])
 
 
 def check_layers_paper_models(table: pd.DataFrame | None = None, *, model_label: str | None = None) -> list[Verdict]:

@@ -21,110 +21,97 @@
 # activations, and on **held-out** activations from text it never saw. A jump that appears only on the training
 # data is memorisation, not atoms.
 #
-# Each point trains one TSAE (JumpReLU, AIP coordinates, $S$ fitted once on the whole fitting pool) on the first
-# $\lvert M\rvert$ activations. The grid runs through `atomsnb.runner`: every point is one row in a results store,
-# written atomically, so an interrupted run resumes where it stopped, on one machine or on a Dask cluster
-# (`-p backend dask`, see {doc}`../rerun`). Paper-scale parameters for Gemma2-2B are in `params/capacity_gemma-2-2b.yaml`.
+# The book runs the grid at layer 1 of SmolLM2-135M (a real LLM of the Llama family, {doc}`../models`), the paper's
+# layer. The grid streams every token of its stores: the count of massive tokens (chapter 1's criterion) is printed
+# below instead of being excluded. Each point trains one TSAE
+# (JumpReLU, AIP coordinates) on the first $\lvert M\rvert$ activations of one **activation store**
+# ({mod}`atomsnb.store`): the stores of the fitting and held-out text are collected once, in checksummed shards, and
+# every point streams a prefix of them, so the same code reaches the paper's 1.9B activations with memory that does
+# not grow with $\lvert M\rvert$. $S$ is fitted once, by streaming the whole fitting store. The grid runs through
+# `atomsnb.runner`: every point is one row in a results store, written atomically, so an interrupted run resumes where
+# it stopped, on one machine or on a Dask cluster (see {doc}`../rerun`).
 
 # %% tags=["parameters"]
-model = "default"
+model = "smollm2-135m"
 layer = 1
 corpus = "docstrings"
-m_values = [256, 1024, 4096, 16384]  # |M|
-d_multiples = [1, 4, 16]  # |D| in multiples of d_model (paper: steps of 4H)
-n_fit_tokens = 40_000  # fits S; the pool the training sets are the first |M| of
-n_eval_tokens = 10_000
-n_steps = 300
-batch_size = 2048
-sparsity_coefficient = 3e-3
-r2_threshold = 0.95  # "R^2 near 1" for the critical capacity
+m_values = [512, 2048, 8192, 32768]  # the data sizes |M|
+d_multiples = [1, 4, 16]  # |D| in multiples of d_model (the paper's steps are 4H)
+n_fit_tokens = 32768  # the fitting store: S is fitted on all of it, the points train on its first |M| rows
+n_eval_tokens = 4096  # held-out activations for every metric
+n_steps = 200  # TSAE training steps per point
+batch_size = 1024  # tokens per step (at most |M|)
+l0_coefficient = 3e-3
 seeds = [0]
 backend = "sequential"  # "sequential", "processes" or "dask"
 dask_scheduler = None  # address of a running Dask scheduler; None starts a LocalCluster
 n_workers = 2
-results = None  # results store directory; None = build/results/03_capacity_grid
+results = None  # results directory; None for build/results/03_capacity_grid
+seq_len = 128
+store_dtype = "float32"  # "bfloat16" halves the stores on disk
 device = "cpu"
 dtype = "float32"
+threads = 1  # torch CPU threads; None for torch's default
 
 # %%
-import warnings
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto, imported by transformers
 import matplotlib.pyplot as plt
-import pandas as pd
+import torch
 
-from atomsnb import claims, plots
-from atomsnb.grid import CapacityGridConfig, capacity_point, critical_capacity
+from atomsnb import claims, grid, paper, plots
+from atomsnb.massive import DEFAULT_K
 from atomsnb.runner import results_dir, run_grid
 
+if threads:
+    torch.set_num_threads(threads)
 CHAPTER = "03_capacity_grid"
-config = CapacityGridConfig(model=model, layer=layer, corpus=corpus, m_values=tuple(m_values),
-                            d_multiples=tuple(d_multiples), n_fit_tokens=n_fit_tokens, n_eval_tokens=n_eval_tokens,
-                            n_steps=n_steps, batch_size=batch_size, sparsity_coefficient=sparsity_coefficient,
-                            seeds=tuple(seeds), device=device, dtype=dtype)
+config = grid.CapacityGridConfig(model=model, layer=layer, corpus=corpus, m_values=tuple(m_values),
+                                 d_multiples=tuple(d_multiples), n_fit_tokens=n_fit_tokens, n_eval_tokens=n_eval_tokens,
+                                 n_steps=n_steps, batch_size=batch_size, l0_coefficient=l0_coefficient,
+                                 seeds=tuple(seeds), seq_len=seq_len, store_dtype=store_dtype, device=device,
+                                 dtype=dtype)
 points = config.points()  # validates the grid before any work
 print(f"{len(points)} points: |M| in {list(m_values)}, |D| in {sorted({p.n_latents for p in points})}, "
       f"{n_steps} steps each, layer {layer} of {model}")
+n_massive, n_fit = grid.massive_tokens(points[0], k=DEFAULT_K)
+print(f"massive tokens (norm > {DEFAULT_K:g} x the median) among the {n_fit:,} fitting activations: {n_massive}")
 
 # %% tags=["nbval-ignore-output"]
-df = run_grid(points, capacity_point, results_dir(CHAPTER, results), backend=backend, dask_scheduler=dask_scheduler,
-              max_workers=n_workers)
+df = run_grid(points, grid.capacity_point, results_dir(CHAPTER, results), backend=backend,
+              dask_scheduler=dask_scheduler, max_workers=n_workers)
 print(f"{(df['status'] == 'ok').sum()} of {len(points)} points ok, {df['wall_time_s'].sum():.0f} s of compute")
 
 # %%
 failed = df[df["status"] != "ok"]
-assert failed.empty, f"{len(failed)} grid points failed: {failed['error'].tolist()}"
-crit_train = critical_capacity(df, value="train_r2_aip", threshold=r2_threshold)
-crit_held = critical_capacity(df, value="heldout_r2_aip", threshold=r2_threshold)
-cols = ["n_train", "n_latents", "train_r2_aip", "heldout_r2_aip", "train_q_star", "heldout_q_star", "train_l0", "heldout_l0"]
-df[cols].sort_values(["n_train", "n_latents"]).round(3).reset_index(drop=True)
+assert failed.empty, f"{len(failed)} grid points failed: {failed.get('error', failed['status']).tolist()}"
+grid.capacity_reader_table(df)
 
 # %%
 fig = plots.grid_heatmaps(
     df, {"train_r2_aip": "R² in the AIP, training activations", "heldout_r2_aip": "R² in the AIP, held-out",
          "train_q_star": "q*, training activations", "heldout_q_star": "q*, held-out"},
-    critical=crit_train.to_dict(),
-    title=f"{model}, layer {layer}: red = smallest |D| with training R² >= {r2_threshold} (colour scale clipped to [0, 1])")
+    critical=grid.critical_capacity(df, value="train_r2_aip").to_dict(),
+    title=f"{model}, layer {layer}: red = smallest |D| with training R² >= {paper.CAPACITY_R2_THRESHOLD} "
+          "(colour scale clipped to [0, 1])")
 plt.show()
 
 # %%
-pd.DataFrame({"critical |D| (train)": crit_train, "critical |D| (held-out)": crit_held}).rename_axis("|M|")
+grid.critical_capacity_table(df)
 
 # %% [markdown]
 # ## Claim check and the memorisation question
 
 # %%
-largest = df.loc[df.groupby("n_train")["n_latents"].idxmax()].set_index("n_train")
-reached = crit_train.notna()
-found = crit_train.dropna()
-grows = bool(found.is_monotonic_increasing) and len(found) >= 2 and found.iloc[-1] > found.iloc[0]
-label = f"{model}, layer {layer}, {n_steps} steps per point"
-_ = claims.record(
-    CHAPTER, "grid.critical_capacity",
-    statement="R^2 jumps to about 1 once |D| passes a critical value matched to |M|; below it R^2 stays at 0.6-0.8 (paper §5)",
-    paper="Gemma2-2B layer 1, |M| up to 1.9B, |D| in steps of 9216: jump to ~1 at a critical |D| growing with |M|",
-    ours="critical |D| on training activations per |M|: "
-         + ", ".join(f"{m}: {'-' if pd.isna(d) else int(d)}" for m, d in crit_train.items()),
-    model=label,
-    verdict="reproduced" if reached.all() and grows else "partly reproduced" if reached.any() else "not reproduced",
-    criterion=f"training R^2 >= {r2_threshold} at some |D| for every |M|, with the critical |D| growing with |M|")
-
-print("Does the jump survive on held-out activations?")
-for m, d in crit_train.items():
-    if pd.isna(d):
-        print(f"  |M| = {m}: no |D| in the grid reaches training R^2 >= {r2_threshold}")
-        continue
-    row = df[(df["n_train"] == m) & (df["n_latents"] == d)].iloc[0]
-    verdict = "survives" if row["heldout_r2_aip"] >= r2_threshold else "does NOT survive (memorisation)"
-    print(f"  |M| = {m}: at |D| = {int(d)}, training R^2 = {row['train_r2_aip']:.3f}, held-out R^2 = "
-          f"{row['heldout_r2_aip']:.3f} -> {verdict}")
-best = df.loc[df["heldout_r2_aip"].idxmax()]
-print(f"Best held-out R^2 in the grid: {best['heldout_r2_aip']:.3f} at |M| = {best['n_train']}, |D| = {best['n_latents']}.")
+claims.record(paper.check_grid_critical_capacity(df, model=f"{model}, layer {layer}, {n_steps} steps per point"))
+print("\n".join(grid.describe_capacity(df)))
 
 # %% [markdown]
 # **Reading the grid.** Where the training $R^2$ reaches 1 only for $\lvert D\rvert \gtrsim \lvert M\rvert$ while the
 # held-out $R^2$ falls, the "jump" is the dictionary storing its training set. Where more data ($\lvert M\rvert$ down the
 # rows) raises the held-out $R^2$ at a fixed $\lvert D\rvert$, the dictionary is learning structure that transfers. The
 # paper's grid reaches 1.9B activations, far beyond $\lvert D\rvert$; at that scale memorisation is impossible, and the
-# held-out column is the one to compare. To run the paper's setting:
-# `tools/run_notebook.py notebooks/03_capacity_grid.py out.ipynb -f params/capacity_gemma-2-2b.yaml` on a GPU.
+# held-out column is the one to compare. The paper's setting runs through the same stores on a GPU
+# (`params/capacity_gemma-2-2b.yaml` states its disk, memory and time):
+#
+# ```bash
+# .venv/bin/python tools/run_notebook.py notebooks/03_capacity_grid.py out/03_gemma.ipynb -f params/capacity_gemma-2-2b.yaml
+# ```

@@ -443,3 +443,16 @@ def test_status_page_renders_the_records_and_refuses_bad_ones(tmp_path, monkeypa
     os.utime(path, None)
     assert status_page.main(["--claims-dir", str(claims_dir), "--notebooks", str(nb), "--out", str(out)]) == 1
     assert "no claims file" in capsys.readouterr().err
+
+
+def test_layers_atoms_near_one_over_several_models():
+    t = pd.DataFrame([{"model": m, "unit set": "atoms", "layers": "1-3", "r2_aip": r, "q_star": q}
+                      for m, r, q in (("A", 0.995, 0.995), ("B", 0.5, 0.3))])
+    v = P.check_layers_atoms_near_one(t, model="A and B")
+    assert v.verdict == "partly reproduced" and "A: R^2 = 0.995" in v.ours and "B: R^2 = 0.500" in v.ours
+    assert "On A, averaged over layers 1-3, R^2 and q* both reach" in v.interpretation
+    assert "on B, averaged over layers 1-3, neither" in v.interpretation
+    assert P.check_layers_atoms_near_one(t.assign(r2_aip=0.999, q_star=0.999), model="m").verdict == "reproduced"
+    assert P.check_layers_atoms_near_one(t.assign(r2_aip=0.1, q_star=0.1), model="m").verdict == "not reproduced"
+    with pytest.raises(ValueError, match="several atoms rows"):
+        P.check_layers_atoms_near_one(t.assign(model="A"), model="m")
