@@ -100,6 +100,12 @@ def paper_units_table() -> pd.DataFrame:
                          for u in PAPER_UNITS]).set_index("unit set")
 
 
+def paper_atoms_table() -> pd.DataFrame:
+    """The paper's per-model atoms table (:data:`PAPER_ATOMS`, paper §6) for a reader, labelled as the paper's."""
+    return pd.DataFrame([{"model": r["label"], "layers": r["layers"], "R² (AIP), paper": f"{100 * r['r2_aip']:.2f}%",
+                          "q*, paper": f"{100 * r['q_star']:.2f}%"} for r in PAPER_ATOMS]).set_index("model")
+
+
 def paper_unit_points() -> dict[str, tuple[float, float]]:
     """The paper's unit-set points as ``{label: (q*, R^2)}`` (the argument ``paper=`` of
     :func:`atomsnb.plots.unit_set_frontier`), from :data:`PAPER_UNITS`."""

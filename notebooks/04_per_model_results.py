@@ -13,115 +13,119 @@
 #
 # **The paper's claim** (Hu et al., §6; the paper's numbers): TSAE atoms with $\lvert D\rvert = 4H$, averaged over
 # layers, are both faithful and stable:
-#
-# | model | layers | $R^2$ | $q^*$ |
-# |---|---|---|---|
-# | Gemma2-2B | 1-26 | 99.92% | 99.74% |
-# | Gemma2-9B | 1-42 | 99.93% | 99.87% |
-# | Llama3.1-8B | 1-30 | 99.85% | 99.95% |
-#
-# **What this chapter does.** It runs, for every layer of a model, the comparison of chapter 2 (neurons, standard-SAE
-# features, TSAE atoms, all evaluated on held-out activations), writes one row per layer to a resumable results store
-# (`atomsnb.runner`), and aggregates the store into the paper's table format. The book build runs the offline default
-# model on CPU; the paper's models are one parameter file away on a GPU:
+
+# %% tags=["remove-input"]
+from atomsnb import paper
+
+paper.paper_atoms_table()
+
+# %% [markdown]
+# **What this chapter does.** For each of the book's two real LLMs (SmolLM2-135M and Gemma 3 270M, {doc}`../models`;
+# far smaller than the paper's models, whose sizes the table below shows) it runs, at several layers, the comparison of chapter 2: neurons,
+# standard-SAE features and TSAE atoms, trained on the same activations and evaluated on held-out ones, and each
+# also spliced into the model (`ce_loss_score`). Every layer is one row in a resumable results store
+# (`atomsnb.runner`); the activations come from the activation stores of {mod}`atomsnb.store`. The rows are averaged
+# into the paper's table format, beside the paper's own rows. The book build cannot afford every layer of both models
+# on two CPU cores: it runs the layers listed in the parameters below (a quarter, half and three quarters of each
+# model's depth) and says so in the table; the paper's models are one parameter file away on a GPU:
 #
 # ```bash
 # .venv/bin/python tools/run_notebook.py notebooks/04_per_model_results.py out/04_gemma-2-2b.ipynb -f params/gemma-2-2b.yaml
 # ```
 #
-# The parameter files in `params/` give the expected GPU memory and time for each model.
+# The parameter files in `params/` state the disk, memory and time they need.
 
 # %% tags=["parameters"]
-model = "default"
-layers = None  # None = every block, 1..n_layers
+models = ["smollm2-135m", "gemma3-270m"]  # registered names, local directories or hub ids
+layers = [[8, 15, 23], [5, 9, 14]]  # per model, in the same order; None for every layer of a model
 corpus = "docstrings"
-n_fit_tokens = 40_000  # fits S; the SAEs train on the first n_train_tokens of these
-n_train_tokens = 40_000
-n_eval_tokens = 10_000
-n_steps = 600
-batch_size = 2048
+n_fit_tokens = 16_000  # per layer, fit S; the SAEs train on the first n_train_tokens of these
+n_train_tokens = 16_000
+n_eval_tokens = 4_000
+n_splice_tokens = 1_024  # held-out tokens for the spliced-in scores; 0 skips them
+n_steps = 200
+batch_size = 1024
 capacity = 4
-atom_coefficient = 3e-3
-feature_coefficient = 3e-2
+l0_coefficient = 3e-3
+l1_coefficient = 3e-2
+massive_k = 20.0  # leave out tokens whose norm exceeds massive_k x the median (chapter 1); None keeps all
 seeds = [0]
 backend = "sequential"  # "sequential", "processes" or "dask"
 dask_scheduler = None
 n_workers = 2
-results = None  # results store; None = build/results/04_per_model_results
+results = None  # results directory; None for build/results/04_per_model_results
+seq_len = 128
+store_dtype = "float32"
 device = "cpu"
 dtype = "float32"
+threads = 1  # torch CPU threads; None for torch's default
 
 # %%
-import warnings
-
-warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto, imported by transformers
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 
-from atomsnb import claims, plots
-from atomsnb.grid import PAPER_ATOMS, LayerStudyConfig, compare_with_paper, layer_point, paper_table
+from atomsnb import claims, grid, paper, plots
 from atomsnb.runner import results_dir, run_grid
 
+if threads:
+    torch.set_num_threads(threads)
 CHAPTER = "04_per_model_results"
-config = LayerStudyConfig(model=model, layers=None if layers is None else tuple(layers), corpus=corpus,
-                          n_fit_tokens=n_fit_tokens, n_train_tokens=n_train_tokens, n_eval_tokens=n_eval_tokens,
-                          n_steps=n_steps, batch_size=batch_size, capacity=capacity, atom_coefficient=atom_coefficient,
-                          feature_coefficient=feature_coefficient, seeds=tuple(seeds), device=device, dtype=dtype)
-points = config.points()  # validates model, layers and sizes before any work
-print(f"{model}: layers {[p.layer for p in points]}, |D| = {points[0].n_latents}, |M| = {n_train_tokens:,}, "
-      f"{n_steps} steps per SAE")
+if layers is not None and len(layers) != len(models):
+    raise ValueError(f"layers must hold one list (or None) per model: {len(models)} models, {len(layers)} lists")
+configs = [grid.LayerStudyConfig(model=m, layers=None if ls is None else tuple(ls), corpus=corpus,
+                                 n_fit_tokens=n_fit_tokens, n_train_tokens=n_train_tokens, n_eval_tokens=n_eval_tokens,
+                                 n_splice_tokens=n_splice_tokens, n_steps=n_steps, batch_size=batch_size,
+                                 capacity=capacity, l0_coefficient=l0_coefficient, l1_coefficient=l1_coefficient,
+                                 massive_k=massive_k, seeds=tuple(seeds), seq_len=seq_len, store_dtype=store_dtype,
+                                 device=device, dtype=dtype)
+           for m, ls in zip(models, layers if layers is not None else [None] * len(models))]
+points = [p for c in configs for p in c.points()]  # validates every model, layer and size before any work
+for c in configs:
+    ls = [p.layer for p in points if p.model == c.model]
+    print(f"{c.model}: layers {ls}, |D| = {next(p.n_latents for p in points if p.model == c.model)}, "
+          f"|M| = {n_train_tokens:,}, {n_steps} steps per SAE")
 
 # %% tags=["nbval-ignore-output"]
-df = run_grid(points, layer_point, results_dir(CHAPTER, results), backend=backend, dask_scheduler=dask_scheduler,
+df = run_grid(points, grid.layer_point, results_dir(CHAPTER, results), backend=backend, dask_scheduler=dask_scheduler,
               max_workers=n_workers)
 print(f"{(df['status'] == 'ok').sum()} of {len(points)} layers ok, {df['wall_time_s'].sum():.0f} s of compute")
 
 # %%
 failed = df[df["status"] != "ok"]
-assert failed.empty, f"{len(failed)} layers failed: {failed['error'].tolist()}"
-per_layer = df.sort_values("layer").set_index("layer")
-per_layer[[f"{f}_{m}" for f in ("neurons", "features", "atoms") for m in ("r2_aip", "q_star")] + ["atoms_l0"]].round(3)
+assert failed.empty, f"{len(failed)} layers failed: {failed.get('error', failed['status']).tolist()}"
+grid.layer_reader_table(df)
 
 # %%
-fig = plots.layer_curves(df, title=f"{model}: held-out R² and q* per layer")
+fig = plots.layer_curves(df, metrics=("r2_aip", "q_star", "ce_loss_score"),
+                         title="Held-out R² and q*, and the loss kept when spliced in, per layer")
 plt.show()
 
 # %% [markdown]
 # ## The paper's table beside ours
 #
-# Ours is computed in this build; the paper's rows are quoted. Rows we could not run here (no GPU, no model hub in the
-# book build) say so, with the command that would run them.
+# Ours is computed in this build and averaged over the layers that ran; the paper's rows are quoted. Rows we could
+# not run here (no GPU, no model hub in the book build) say so, with the command that would run them.
 
 # %%
-compare_with_paper(paper_table(df))
+table = grid.paper_table(df)
+sizes = df.groupby("model", sort=False)["n_parameters"].first().to_dict()
+grid.compare_with_paper(table, sizes=sizes)
 
 # %%
-full = paper_table(df).set_index("unit set")
-print("Our averages over layers, held-out (all three unit sets):")
-full[["layers", "R^2", "q*"]].round(3)
+grid.paper_reader_table(table)
 
 # %% [markdown]
 # ## Claim checks
 
 # %%
-atoms_row = full.loc["atoms"]
-_ = claims.record(
-    CHAPTER, "layers.atoms_near_one",
-    statement="TSAE atoms averaged over layers reach R^2 and q* near 1 (paper §6)",
-    paper="Gemma2-2B 99.92% / 99.74%; Gemma2-9B 99.93% / 99.87%; Llama3.1-8B 99.85% / 99.95%",
-    ours=f"R^2 = {atoms_row['R^2']:.3f}, q* = {atoms_row['q*']:.3f} (layers {atoms_row['layers']})",
-    model=f"{model}, {n_steps} steps on {n_train_tokens:,} tokens per layer",
-    verdict="reproduced" if atoms_row["R^2"] >= 0.99 and atoms_row["q*"] >= 0.99 else "not reproduced",
-    criterion="mean over layers of held-out R^2 >= 0.99 and q* >= 0.99")
-for r in PAPER_ATOMS:
-    if r["model"] != model:
-        _ = claims.record(
-            CHAPTER, f"layers.{r['model'].split('/')[-1]}",
-            statement=f"Per-layer TSAE results on {r['model']} (paper §6)",
-            paper=f"R^2 = {100 * r['R^2']:.2f}%, q* = {100 * r['q*']:.2f}% (layers {r['layers']})",
-            ours="not run in this build (needs the model from the hub and a GPU)",
-            model=r["model"], verdict="not run here",
-            criterion=f"run: tools/run_notebook.py notebooks/04_per_model_results.py out.ipynb -f {r['params']}")
-ordering = (per_layer["atoms_q_star"] > per_layer["features_q_star"]).mean()
-print(f"Atoms are more stable than features (higher held-out q*) at {ordering:.0%} of layers; mean R^2 atoms "
-      f"{full.loc['atoms', 'R^2']:.3f} vs features {full.loc['features', 'R^2']:.3g} vs neurons {full.loc['neurons', 'R^2']:.3f}.")
+label = "; ".join(f"{m} (layers {', '.join(str(p.layer) for p in points if p.model == m)})" for m in models)
+claims.record(paper.check_layers_atoms_near_one(table, model=f"{label}, {n_steps} steps on {n_train_tokens:,} tokens"))
+for verdict in paper.check_layers_paper_models(table):
+    claims.record(verdict)
+
+# %% [markdown]
+# ## Verdict
+
+# %%
+print("\n".join(grid.describe_layers(df)))
