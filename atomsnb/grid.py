@@ -366,6 +366,14 @@ def layer_point(point: GridPoint) -> dict:
     return row
 
 
+def _layers_label(layers) -> str:
+    """'5', '1-26' for a contiguous run, else the list '8, 15, 23' (an average over a subset says which)."""
+    ls = sorted({int(l) for l in layers})
+    if len(ls) == 1:
+        return str(ls[0])
+    return f"{ls[0]}-{ls[-1]}" if ls == list(range(ls[0], ls[-1] + 1)) else ", ".join(map(str, ls))
+
+
 def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     """Aggregate a layer study's rows into the paper's format: ``R^2`` and ``q*`` per unit set averaged over layers.
 
@@ -392,7 +400,7 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     for model, g in ok.groupby("model", sort=False):
         model = DEFAULT_MODEL_NAME if model == "default" else model
         for fam in FAMILIES:
-            rows.append({"model": model, "unit set": fam, "layers": f"{g['layer'].min()}-{g['layer'].max()}",
+            rows.append({"model": model, "unit set": fam, "layers": _layers_label(g["layer"]),
                          "n_layers": int(g["layer"].nunique()), "r2_aip": g[f"{fam}_r2_aip"].mean(),
                          "q_star": g[f"{fam}_q_star"].mean()})
     return pd.DataFrame(rows)
@@ -557,6 +565,7 @@ def describe_layers(df: pd.DataFrame) -> list[str]:
         if "atoms_ce_loss_score" in g:
             better = "atoms" if g["atoms_ce_loss_score"].mean() > g["features_ce_loss_score"].mean() else "features"
             line += (f"; spliced into the model, mean ce_loss_score: atoms {g['atoms_ce_loss_score'].mean():.3f}, "
-                     f"features {g['features_ce_loss_score'].mean():.3f} ({better} keep more of the model's loss)")
+                     f"features {g['features_ce_loss_score'].mean():.3f} ({better} leave the model's next-token loss "
+                     "closer to clean)")
         lines.append(line + ".")
     return lines

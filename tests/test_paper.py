@@ -359,8 +359,8 @@ def test_grid_describe_layers_flips_its_words():
     assert "at every layer" in describe_layers(df.assign(atoms_q_star=0.99))[0]
     assert "at no layer" in describe_layers(df.assign(atoms_q_star=0.1))[0]
     spliced = df.assign(atoms_ce_loss_score=[0.9, 0.8], features_ce_loss_score=[0.5, 0.6])
-    assert "(atoms keep more" in describe_layers(spliced)[0]
-    assert "(features keep more" in describe_layers(spliced.assign(features_ce_loss_score=0.95))[0]
+    assert "(atoms leave the model's next-token loss closer" in describe_layers(spliced)[0]
+    assert "(features leave the model's next-token loss closer" in describe_layers(spliced.assign(features_ce_loss_score=0.95))[0]
     two = pd.concat([df.assign(model="A"), df.assign(model="B", atoms_q_star=0.1)])
     lines = describe_layers(two)
     assert len(lines) == 2 and lines[0].startswith("A: ") and "at 1 of 2" in lines[0] and "at no layer" in lines[1]
