@@ -25,11 +25,15 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.py))
 EXECUTED := $(patsubst notebooks/%.py,book/chapters/%.ipynb,$(NOTEBOOKS))
+# The same chapters at CI scale (params/ci/<chapter>.yaml): nbval re-executes these, not the book's full runs.
+CI_EXECUTED := $(patsubst notebooks/%.py,build/ci/%.ipynb,$(NOTEBOOKS))
+# Chapters run two at a time (each uses one torch thread: bit-reproducible, and the two cores stay busy).
+JOBS ?= 2
 PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg
 
-.PHONY: book test install install-hub model notebooks clean help validate
+.PHONY: book test install install-hub model notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
@@ -67,7 +71,24 @@ model: $(STAMP)
 book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
 	$(BIN)/python tools/run_notebook.py $< $@
 
-notebooks: model $(EXECUTED)
+# Chapter 5 reads chapter 2's trained SAEs from the SAE cache: run it after chapter 2.
+book/chapters/05_monosemanticity.ipynb: | book/chapters/02_neurons_features_atoms.ipynb
+
+notebooks: model
+	$(MAKE) --no-print-directory -j$(JOBS) $(EXECUTED)
+
+# CI scale: same sources, params/ci/<chapter>.yaml, claim records not written (they are the book's).
+build/ci/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py $(wildcard params/ci/*.yaml) | $(STAMP)
+	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python tools/run_notebook.py $< $@ $(if $(wildcard params/ci/$*.yaml),-f params/ci/$*.yaml)
+
+build/ci/05_monosemanticity.ipynb: | build/ci/02_neurons_features_atoms.ipynb
+
+ci-notebooks: model
+	$(MAKE) --no-print-directory -j$(JOBS) $(CI_EXECUTED)
+
+# The book's page of model cards and licences, generated from the cards written when the models were converted.
+book/models.md: tools/models_page.py atomsnb/packaged.py atomsnb/models.py | model
+	$(BIN)/python tools/models_page.py --out $@
 
 # MathJax is served from the built site (no CDN): the book renders in a classroom without internet.
 MATHJAX_VERSION := 3.2.2
@@ -83,12 +104,12 @@ $(MATHJAX):
 book/status.md: $(EXECUTED) tools/status_page.py tools/run_notebook.py | $(STAMP)
 	$(BIN)/python tools/status_page.py --claims-dir $(ATOMSNB_CLAIMS_DIR) --out $@
 
-book/_build/html/index.html: $(EXECUTED) book/status.md $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
+book/_build/html/index.html: $(EXECUTED) book/status.md book/models.md $(BOOK_PAGES) $(MATHJAX) | $(STAMP)
 	rm -rf book/_build
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
 
-book: model book/_build/html/index.html
+book: model notebooks book/_build/html/index.html
 
 # The real-browser test (tests/test_book_browser.py) drives Debian's Chromium through Playwright. As root (here, CI)
 # apt-get runs as is; otherwise through sudo (GitHub's Ubuntu runners already have /usr/bin/chromium).
@@ -111,12 +132,12 @@ validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/book.yml
 	$(ATOMSNB_CFFCONVERT) --validate -i CITATION.cff
 
-# pytest over the package, the browser test and nbval over the executed chapters (with ATOMSNB_CLAIMS_DIR unset,
-# so that nbval's re-execution does not record the chapters' claims a second time); then the teaching guide's
-# exercise tests against the solutions (students run `pytest exercises` on their own answers).
-test: validate model $(EXECUTED) book/_build/html/index.html | $(CHROMIUM)
-	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python -m pytest tests $(EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+# pytest over the package and the browser test; nbval re-executes every chapter at CI scale (build/ci/, with
+# ATOMSNB_CLAIMS_DIR unset, so that no claim record of the book is touched) and compares the outputs; then the
+# teaching guide's exercise tests against the solutions (students run `pytest exercises` on their own answers).
+test: validate model notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
+	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
 clean:
-	rm -rf book/_build book/chapters book/status.md build
+	rm -rf book/_build book/chapters book/status.md book/models.md build
