@@ -31,8 +31,18 @@ MODELS = {
 TAG = "# [resources]"
 
 
+def _single_model(p: dict) -> dict:
+    """Chapter 4's files name ``models: [one]`` and ``layers: [[...]]`` (or null): read them as one model's."""
+    if isinstance(p, dict) and "models" in p and isinstance(p["models"], list) and len(p["models"]) == 1:
+        layers = p.get("layers")
+        p = {**p, "model": p["models"][0], "layers": layers[0] if isinstance(layers, list) and layers
+             and isinstance(layers[0], list) else layers}
+    return p
+
+
 def estimate(p: dict) -> tuple[dict, str]:
     """The resources of one parameter file and a one-line description of what was counted."""
+    p = _single_model(p)
     model = p["model"]
     if model not in MODELS:
         raise SystemExit(f"{model!r}: shape unknown to tools/resources.py (add it to MODELS)")
@@ -89,7 +99,7 @@ def main() -> None:
     for f in args.files:
         path = Path(f)
         text = path.read_text()
-        p = yaml.safe_load(text)
+        p = _single_model(yaml.safe_load(text))
         if not isinstance(p, dict) or p.get("model") not in MODELS:
             print(f"{f}: skipped (not a hub model's parameter file)")
             continue
