@@ -4,34 +4,23 @@ Real LLMs carry *massive activations* (Sun et al., 2024, "Massive Activations in
 a few activations orders of magnitude larger than the median, on a few fixed coordinates. The uncentred
 second moment ``E[h h^T]`` that defines the AIP's ``S = E[h h^T]^{-1}`` (paper §3, SPEC §1.1) is then
 dominated by them. SPEC §1.1 names only the BOS / position-0 token (dropped by :mod:`atomsnb.activations`);
-the paper does not say how it handled others. Measured here (30,000 held-in docstring tokens, 128-token
-windows, position 0 dropped):
-
-- SmolLM2-135M, blocks 12-28: 10 tokens (0.03 %) have norms 44-199 x the median and carry 37-92 % of
-  ``sum_n ||m_n||^2``; coordinate 507 (|x| up to 27,300) carries 42-92 % of ``trace(E[m m^T])``, and
-  cond(E[hh^T]) is 2e4-3e6 (1.2e4-2e5 without them). They sit at positions 1-6 of windows that begin with a
-  repeated token: copies of the attention sink (SmolLM2 adds no BOS, so position 0 is the sink). At the
-  other blocks the largest norm is at most 19 x the median (blocks 3-9: a continuous tail up to 12.7 x).
-- Gemma-3-270M: no massive *token* once the BOS is dropped (largest norm at most 17 x the median at block 1,
-  10 x after); instead one coordinate (400 in blocks 1-5, 163 after; |x| up to 9e4) is large in every token
-  and carries 36-93 % of the trace; cond(E[hh^T]) is 4e6-1e8. Leaving tokens out cannot change that (the
-  AIP is what handles it).
+the paper does not say how it handled others. In the book's models they take two forms (chapter 1 measures
+them per layer, in the build): a few tokens whose norm is tens to hundreds of times the median (in SmolLM2-135M,
+which adds no BOS, copies of the attention sink a few positions into windows that begin with a repeated token),
+and, in Gemma 3 270M, one coordinate that is large in every token. Leaving tokens out can only address the first.
 
 This module makes the choice explicit and measurable:
 
 - :func:`massive_token_mask` states the criterion: a token is *massive* when its Euclidean norm exceeds
-  ``k`` times the median token norm of the same activations (default :data:`DEFAULT_K` = 20, which flags
-  exactly SmolLM2's sink copies at blocks 12-28 and nothing in Gemma or in the continuous tails; medians here
-  are lower medians, ``sorted(v)[(n - 1) // 2]``, as :func:`torch.median`);
+  ``k`` times the median token norm of the same activations (default :data:`DEFAULT_K` = 20, chosen to separate
+  SmolLM2's sink copies from the continuous tail of ordinary tokens; chapter 1 prints how many it flags per layer;
+  medians here are lower medians, ``sorted(v)[(n - 1) // 2]``, as :func:`torch.median`);
 - ``AIP.fit(acts, exclude=mask)`` (:class:`atomsnb.aip.AIP`) fits ``S`` without the masked tokens (the default,
   ``exclude=None``, fits on every token, as SPEC §1.1 states it);
 - :func:`massive_activation_stats` reports what the masked tokens carry and the conditioning of
   ``E[h h^T]`` with and without them.
 
-What the choice changes (SmolLM2, blocks 12-28): mean held-out AIP angles of random pairs move by less than
-0.01 degree (each pair's angle by 0.07 degree on average); what moves is how well ``S`` whitens held-out data
-treated the same way: fitted with the massive tokens, ``S`` leaves held-out ordinary tokens with a whitened
-second moment of condition number 1e4-8e4; fitted and evaluated without them, 22-59.
+What the choice changes is shown by :func:`atomsnb.shift.massive_choice` in chapter 1.
 
 All statistics are computed in float64.
 """
@@ -45,7 +34,7 @@ import torch
 __all__ = ["DEFAULT_K", "token_norms", "massive_token_mask", "massive_activation_stats"]
 
 #: Default criterion: a token is massive when its norm exceeds this multiple of the median token norm
-#: (20: separates SmolLM2's attention-sink copies, 44-199 x, from every other token measured, at most 19 x).
+#: (chosen to separate SmolLM2's attention-sink copies from the continuous tail of ordinary tokens).
 DEFAULT_K = 20.0
 
 
