@@ -224,7 +224,8 @@ def stability_table(metrics: pd.DataFrame, summary: pd.DataFrame, sets: Sequence
         metrics: held-out rows of the unit-set table indexed by unit set (``q_star``, ``r2_aip``, ``l0``).
         summary: :func:`atomsnb.judges.summary_table` output.
     """
-    means = summary.pivot_table(index="unit set", columns="judge", values="mean").reindex(list(sets))
+    means = summary.pivot_table(index="unit set", columns="judge", values="mean").reindex(
+        index=list(sets), columns=list(dict.fromkeys(summary["judge"])))  # judges in the summary's order
     means.columns = [f"{c} (mean score)" for c in means.columns]
     m = metrics.loc[list(sets)]
     base = pd.DataFrame({METRIC_LABELS["q_star"]: m["q_star"].round(3), METRIC_LABELS["r2_aip"]: m["r2_aip"].round(3),

@@ -95,9 +95,10 @@ CHAPTER = "05_monosemanticity"
 # %% [markdown]
 # ## Three unit sets
 #
-# $S$ is fitted on the docstring training activations; the SAEs are trained on them (or loaded: chapter 2 trained
-# them with the same data and settings). Massive tokens (chapter 1) are left out, like the BOS token. The table is
-# measured on **held-out docstrings**, as in chapter 2.
+# $S$ is fitted on the docstring training activations and the SAEs are trained on them, exactly as in chapter 2: when
+# chapter 2 has run with the same data, settings and code, its trained SAEs are loaded from the cache instead (the line
+# below says which). Massive tokens (chapter 1) are left out, like the BOS token. The table is measured on **held-out
+# docstrings**, as in chapter 2.
 
 # %%
 data = units.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)

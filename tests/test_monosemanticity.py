@@ -100,7 +100,9 @@ def test_verdicts_and_readings_flip_with_the_scores():
     rs = reader_summary(summary)
     assert list(rs.columns) == ["mean score", "95% CI", "units"] and rs.loc[("tc", "atoms"), "units"] == 60
     st = stability_table(metrics, summary)
-    assert list(st.columns[:3]) == ["q*", "R² (AIP)", "L0 (latents/token)"] and "tc (mean score)" in st
+    assert list(st.columns) == ["q*", "R² (AIP)", "L0 (latents/token)", "tc (mean score)", "ec (mean score)"]
+    assert st.loc["atoms", "tc (mean score)"] == round(float(summary.set_index(["judge", "unit set"]).loc[("tc", "atoms"),
+                                                                                                          "mean"]), 3)
     assert format_differences(diffs.iloc[:1]).startswith("tc: atoms - features = +0.")
 
 
