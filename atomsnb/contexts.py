@@ -276,19 +276,36 @@ def top_contexts(codes: torch.Tensor, activations: Activations, tokenizer, units
 
 
 def random_contexts(activations: Activations, tokenizer, n: int, seed: int, *, width_left: int = 12,
-                    width_right: int = 4) -> list[Context]:
+                    width_right: int = 4, exclude: torch.Tensor | None = None) -> list[Context]:
     """``n`` contexts at tokens drawn uniformly without replacement (seeded): the "random tokens" chance pool.
 
+    Args:
+        activations, tokenizer: as :func:`top_contexts`.
+        n: number of contexts.
+        seed: seed of the draw.
+        width_left, width_right: context tokens before and after the token.
+        exclude: optional ``[n_tokens]`` bool, tokens never drawn (e.g. massive tokens,
+            :func:`atomsnb.massive.massive_token_mask`); the draw is uniform over the others.
+
     Raises:
-        ValueError: ``n`` negative or larger than the number of tokens, or a negative width.
+        ValueError: ``n`` negative or larger than the number of tokens that may be drawn, a negative width, or an
+            ``exclude`` that is not one bool per token.
     """
     n_tokens = len(activations.token_ids)
     _check_int("n", n, 0)
-    if n > n_tokens:
-        raise ValueError(f"n={n} contexts drawn without replacement, but the activations hold only {n_tokens} tokens")
+    allowed = torch.arange(n_tokens)
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude)
+        if exclude.dtype != torch.bool or tuple(exclude.shape) != (n_tokens,):
+            raise ValueError(f"exclude must be a bool tensor of shape [{n_tokens}] (one per token); got "
+                             f"{exclude.dtype} {list(exclude.shape)}")
+        allowed = allowed[~exclude]
+    if n > len(allowed):
+        raise ValueError(f"n={n} contexts drawn without replacement, but the activations hold only {len(allowed)} "
+                         f"tokens{'' if exclude is None else ' that are not excluded'}")
     _check_int("width_left", width_left, 0)
     _check_int("width_right", width_right, 0)
-    idx = torch.randperm(n_tokens, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    idx = allowed[torch.randperm(len(allowed), generator=torch.Generator().manual_seed(seed))[:n]].tolist()
     dec = _Decoder(tokenizer, activations)
     return [dec.context(i, 0.0, width_left, width_right) for i in idx]
 

@@ -7,7 +7,10 @@ arbitrary parametrisation a language model may choose (paper §3). Because the A
 geometry is not.
 
 :func:`atom_recovery` scores a learned dictionary against the true atoms by Hungarian matching of
-AIP cosines; :func:`support_recovery` scores codes against the true supports.
+AIP cosines; :func:`support_recovery` scores codes against the true supports; :func:`score_unit_sets`
+adds the atom recovery to :func:`atomsnb.units.compare_unit_sets`' table (any unit set: neurons, trained
+SAEs, the constructed TSAE). :func:`describe` reads the toy world's numbers that are not claims of the
+paper (those are the ``check_toy_*`` of :mod:`atomsnb.paper`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ __all__ = [
     "construction_phase_grid",
     "MixingInvariance",
     "mixing_invariance",
-    "score_against_truth",
+    "score_unit_sets",
+    "reader_table",
+    "describe",
 ]
 
 
@@ -396,21 +401,122 @@ def mixing_invariance(world: SyntheticWorld, *, n_pairs: int = 20000, seed: int 
     return MixingInvariance(deg(ec), deg(em), deg(ac), deg(am), float((ac - am).abs().max()), float((ec - em).abs().max()))
 
 
-def score_against_truth(x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor, dictionary: torch.Tensor, aip: AIP,
-                        true_atoms: torch.Tensor, *, threshold: float = 0.9) -> dict:
-    """:func:`~atomsnb.metrics.evaluate_dictionary` plus the recovery of the true atoms (SPEC §7).
+def score_unit_sets(results, true_atoms: torch.Tensor, aip: AIP, *, threshold: float = 0.9):
+    """The held-out rows of :func:`atomsnb.units.compare_unit_sets` with the recovery of the true atoms (SPEC §7).
 
     Args:
-        x, codes, x_hat, dictionary, aip: as :func:`~atomsnb.metrics.evaluate_dictionary`.
-        true_atoms: ``[d_model, n_true]`` in the coordinates of ``x`` (``world.mixed_atoms``).
-        threshold: AIP ``|cos|`` a matched atom needs.
+        results: :class:`atomsnb.units.UnitSetResults` (its ``table`` and ``units``).
+        true_atoms: ``[d_model, n_true]`` true atoms in the coordinates of the activations (``world.mixed_atoms``).
+        aip: the AIP the unit sets were evaluated with.
+        threshold: AIP ``|cos|`` a matched atom needs to count as recovered.
 
     Returns:
-        The metrics dict with ``atom_recovery`` (fraction) and ``median_match_cos`` added.
-    """
-    from .metrics import evaluate_dictionary
+        A DataFrame, one row per unit set (the ``"held-out"`` split): every column of ``results.table`` plus
+        ``atom_recovery`` (fraction of true atoms matched with AIP ``|cos| >= threshold``, Hungarian matching,
+        :func:`atom_recovery`) and ``median_match_cos``.
 
-    out = evaluate_dictionary(x, codes, x_hat, dictionary, aip)
-    rec = atom_recovery(dictionary, true_atoms, aip, threshold=threshold)
-    out.update(atom_recovery=rec.fraction, median_match_cos=float(rec.cosines.median()))
+    Raises:
+        ValueError: no held-out rows, or true atoms of another width than the unit sets.
+    """
+    held = results.table[results.table["split"] == "held-out"].reset_index(drop=True)
+    if held.empty:
+        raise ValueError("the unit-set table has no 'held-out' rows: pass the UnitSetResults of compare_unit_sets")
+    true_atoms = torch.as_tensor(true_atoms, dtype=torch.float64)
+    if true_atoms.dim() != 2 or true_atoms.shape[0] != aip.d_model:
+        raise ValueError(f"true_atoms must be [d_model={aip.d_model}, n_true]; got shape {tuple(true_atoms.shape)}")
+    rec = [atom_recovery(results.units[name].dictionary, true_atoms, aip, threshold=threshold) for name in held["unit set"]]
+    return held.assign(atom_recovery=[r.fraction for r in rec],
+                       median_match_cos=[float(r.cosines.median()) for r in rec])
+
+
+def reader_table(scores):
+    """:func:`score_unit_sets` for a reader: :func:`atomsnb.units.reader_table` plus ``true atoms recovered (%)``
+    and ``alive latents`` (index ``unit set``).
+
+    Raises:
+        ValueError: a table without the columns of :func:`score_unit_sets`.
+    """
+    from .units import reader_table as units_reader_table
+
+    missing = [c for c in ("atom_recovery", "n_alive", "split") if c not in scores]
+    if missing:
+        raise ValueError(f"the scores table lacks {missing}; build it with score_unit_sets")
+    out = units_reader_table(scores)
+    s = scores.set_index("unit set")
+    out.insert(1, "true atoms recovered (%)", (100 * s["atom_recovery"]).round(1))
+    out["alive latents"] = s["n_alive"].astype(int)
     return out
+
+
+def _share_words(share: float) -> str:
+    return ("all" if share == 1 else "most" if share > 0.5 else "no" if share == 0 else "few" if share < 0.1
+            else "some")
+
+
+def describe(inv: MixingInvariance | None = None, *, d_model: int | None = None,
+             neuron_gram: torch.Tensor | None = None) -> list[str]:
+    """Readings of the toy world's numbers that are not claims of the paper, every number-dependent word chosen
+    from the numbers (the claims are :func:`atomsnb.paper.check_toy_aip_invariance` and the other ``check_toy_*``).
+
+    - With ``inv``: where the mean AIP angle of random pairs sits. With the uncentred second moment the mean AIP
+      cosine of random pairs is ``a / ((1 + a) H) <= 1 / H`` (SPEC §1.5), so the mean angle may sit up to
+      ``arcsin(1/H)`` degrees below 90; the reading says whether it is centred on 90 within sampling noise
+      (:data:`atomsnb.paper.ANGLE_NOISE_SE` standard errors), below 90 within that allowance, or outside it.
+    - With ``neuron_gram``: every token uses all ``H`` neurons (``K = H``), so the neurons' ``q*`` (estimator P) is
+      the share of neuron pairs whose AIP coherence ``|G_ij|`` is below the uniqueness bound ``1/(2H - 1)``
+      (SPEC §4); the reading gives that share in words ("all", "most" (> 1/2), "some", "few" (< 10%), "no").
+
+    Args:
+        inv: :func:`mixing_invariance` output (its ``aip_clean`` and ``aip_mixed`` angles, degrees).
+        d_model: ``H``, required with ``inv``.
+        neuron_gram: ``[H, H]`` AIP ``|G|`` of the neurons (:func:`atomsnb.metrics.gram_abs` of the identity).
+
+    Returns:
+        The sentences (one per argument given).
+
+    Raises:
+        ValueError: ``inv`` without ``d_model`` (or ``d_model < 2``), a ``neuron_gram`` that is not square, or
+            non-finite angles.
+    """
+    from .metrics import uniqueness_bound
+    from .paper import ANGLE_NOISE_SE
+
+    lines = []
+    if inv is not None:
+        if d_model is None or isinstance(d_model, bool) or int(d_model) != d_model or d_model < 2:
+            raise ValueError(f"d_model (H) must be an integer >= 2 to read the AIP angles; got {d_model!r}")
+        allowance = math.degrees(math.asin(1.0 / d_model))
+        parts = []
+        for what, angles in (("unmixed", inv.aip_clean), ("mixed", inv.aip_mixed)):
+            a = torch.as_tensor(angles, dtype=torch.float64)
+            if a.numel() < 2 or not bool(torch.isfinite(a).all()):
+                raise ValueError(f"the {what} AIP angles must be at least 2 finite numbers")
+            parts.append((what, float(a.mean()), float(a.std() / math.sqrt(a.numel()))))
+        means = ", ".join(f"{m:.2f}° {w}" for w, m, _ in parts)
+        noise = max(ANGLE_NOISE_SE * se for _, _, se in parts)
+        below = max(90.0 - m for _, m, _ in parts)
+        above = max(m - 90.0 for _, m, _ in parts)
+        if below <= noise and above <= noise:
+            where = f"centred on 90° within sampling noise ({ANGLE_NOISE_SE:g} standard errors, {noise:.2f}°)"
+        elif above > noise:
+            where = (f"above 90° by more than sampling noise ({noise:.2f}°), which the uncentred second moment does "
+                     "not explain: the mean AIP cosine of random pairs should be >= 0 (SPEC §1.5)")
+        elif below <= allowance + noise:
+            where = (f"up to {below:.2f}° below 90°, within the arcsin(1/H) = {allowance:.2f}° that the uncentred "
+                     f"second moment allows (mean AIP cosine of random pairs at most 1/H, SPEC §1.5)")
+        else:
+            where = (f"{below:.2f}° below 90°, more than the arcsin(1/H) = {allowance:.2f}° that the uncentred second "
+                     "moment explains (SPEC §1.5): S is poorly estimated here")
+        lines.append(f"Mean AIP angle of random pairs: {means}; {where}.")
+    if neuron_gram is not None:
+        g = torch.as_tensor(neuron_gram, dtype=torch.float64)
+        if g.dim() != 2 or g.shape[0] != g.shape[1] or g.shape[0] < 2:
+            raise ValueError(f"neuron_gram must be a square [H, H] matrix with H >= 2; got shape {tuple(g.shape)}")
+        H = g.shape[0]
+        off = g[torch.triu(torch.ones(H, H, dtype=torch.bool), diagonal=1)]
+        bound = float(uniqueness_bound(H))
+        share = float((off < bound).to(torch.float64).mean())
+        lines.append(f"Every token uses all H = {H} neurons, so the neurons' q* is the share of neuron pairs whose AIP "
+                     f"coherence is below the uniqueness bound 1/(2H-1) = {bound:.4f}: {_share_words(share)} pairs "
+                     f"({share:.1%}; median |G_ij| {float(off.median()):.3f}, largest {float(off.max()):.3f}).")
+    return lines

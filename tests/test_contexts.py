@@ -83,6 +83,22 @@ def test_random_contexts_and_normalise():
     assert normalise_token("\n") == "⏎"
 
 
+def test_random_contexts_never_draw_an_excluded_token():
+    acts = make_activations()
+    n = len(acts.token_ids)
+    exclude = torch.zeros(n, dtype=torch.bool)
+    exclude[::2] = True  # every other token is excluded
+    drawn = [c.index for c in random_contexts(acts, WordTokenizer(), n // 2, seed=3, exclude=exclude)]
+    assert sorted(drawn) == list(range(1, n, 2)), "all and only the allowed tokens, once each"
+    # without exclude the draw is what it was before the option existed: a seeded permutation of all tokens
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))[:5].tolist()
+    assert [c.index for c in random_contexts(acts, WordTokenizer(), 5, seed=3)] == perm
+    with pytest.raises(ValueError, match=f"only {n // 2} tokens that are not excluded"):
+        random_contexts(acts, WordTokenizer(), n // 2 + 1, seed=0, exclude=exclude)
+    with pytest.raises(ValueError, match=f"exclude must be a bool tensor of shape \\[{n}\\]"):
+        random_contexts(acts, WordTokenizer(), 2, seed=0, exclude=exclude[:-1])
+
+
 def test_render_html_escapes_and_highlights():
     c = Context(index=0, activation=2.0, token_id=7, token="<b>", left="if a < b & ", right=" \"x\"\n", window=0,
                 position=3)

@@ -148,7 +148,11 @@ def test_toy_trained_tsae(capsys):
         ((_toy_scores(rec=0.95, r2=0.95, l0=2.5, n_alive=128),), "partly reproduced",
          ["recovers 95%", "does not reach R^2 and q* of 0.99", "below K = 3", "128 latents are alive for 64 atoms"],
          "reaches R^2 and q* of at least"),
-        ((_toy_scores(rec=0.5, l0=3.5),), "not reproduced", ["recovers 50%", "above K = 3"], "below K"),
+        ((_toy_scores(rec=0.5, l0=3.5),), "not reproduced",
+         ["recovers only 50% of the true atoms although it reaches R^2 and q* of at least 0.99", "above K = 3"],
+         "below K"),
+        ((_toy_scores(rec=0.0, r2=0.9),), "not reproduced",
+         ["recovers only 0% of the true atoms and does not reach R^2 and q* of 0.99 either"], "but does not"),
     ])
     out = printed(P.check_toy_trained_tsae(_toy_scores(r2=0.95), k=3, support_exact=0.8, r2_refit=0.97), capsys)
     assert "exactly right on 80.0%" in out and "raises R^2 to 0.9700" in out

@@ -123,3 +123,110 @@ def test_check_construction_reference_values():
     bad = check_construction(w, AIP.fit(w.acts))
     assert not bad.feasible and bad.margin < 0 and bad.support_recovery < 0.9
     assert bad.support_recovery == bad.best_support_recovery
+
+
+# ----------------------------------------------------------------------------------------- unit sets and readings
+class HalfTheAtoms:
+    """A ready unit set whose dictionary is the first half of the true atoms (codes: least squares on them)."""
+
+    family, name = "external", "half the atoms"
+
+    def __init__(self, atoms):
+        self.D = atoms[:, : atoms.shape[1] // 2].clone()
+        self.d_model, self.n_latents = self.D.shape
+
+    def codes(self, x):
+        return torch.linalg.lstsq(self.D, x.T.double()).solution.T
+
+    def reconstruct(self, x):
+        return self.codes(x) @ self.D.T
+
+    @property
+    def dictionary(self):
+        return self.D
+
+
+def test_score_unit_sets_adds_the_atom_recovery_of_each_unit_set():
+    from atomsnb.sae import construct_tsae
+    from atomsnb.synthetic import reader_table, score_unit_sets
+    from atomsnb.units import Neurons, SAEUnits, compare_unit_sets
+
+    w = make_world(SyntheticConfig(d_model=16, k=2, n_tokens=3000, delta_min=1.0, delta_max=1.2, cond=100.0,
+                                   gamma=3.0, seed=1))
+    train, test = w.acts[:2000], w.acts[2000:]
+    aip = AIP.fit(train)
+    constructed = SAEUnits(construct_tsae(w.mixed_atoms, aip, 0.5).sae, name="constructed", family="constructed")
+    res = compare_unit_sets(train, test, aip, [constructed, HalfTheAtoms(w.mixed_atoms), Neurons(16)], n_train_eval=0,
+                            progress=False)
+    scores = score_unit_sets(res, w.mixed_atoms, aip).set_index("unit set")
+    # the constructed TSAE's dictionary is the true atoms (rescaled): all recovered, |cos| = 1
+    assert scores.loc["constructed", "atom_recovery"] == 1.0
+    assert scores.loc["constructed", "median_match_cos"] == pytest.approx(1.0, abs=1e-9)
+    # half the true atoms: exactly half recovered (the other half has no unit to match)
+    assert scores.loc["half the atoms", "atom_recovery"] == 0.5
+    # independent reference: the neurons' recovery is atom_recovery of the identity
+    assert scores.loc["neurons", "atom_recovery"] == atom_recovery(torch.eye(16, dtype=torch.float64), w.mixed_atoms,
+                                                                   aip).fraction
+    assert (scores["r2_aip"] == res.table.set_index("unit set").loc[scores.index, "r2_aip"]).all()
+    table = reader_table(score_unit_sets(res, w.mixed_atoms, aip))
+    assert list(table["true atoms recovered (%)"]) == [100.0, 50.0, scores.loc["neurons", "atom_recovery"] * 100]
+    assert table.loc["half the atoms", "alive latents"] == 16 and "R² (AIP)" in table
+    with pytest.raises(ValueError, match=r"true_atoms must be \[d_model=16, n_true\]; got shape \(8, 32\)"):
+        score_unit_sets(res, w.mixed_atoms[:8], aip)
+    with pytest.raises(ValueError, match="lacks"):
+        reader_table(res.table)
+
+
+def _angles(mean: float, n: int = 20000, spread: float = 10.0):
+    """n angles with exactly this mean (degrees) and standard deviation ``spread``."""
+    z = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return mean + spread * (z - z.mean()) / z.std()
+
+
+def test_describe_reads_the_aip_angles_from_the_numbers():
+    from atomsnb.synthetic import MixingInvariance, describe
+
+    def line(mean_clean, mean_mixed, H=32):
+        inv = MixingInvariance(None, None, _angles(mean_clean), _angles(mean_mixed), 0.0, 0.0)
+        (out,) = describe(inv, d_model=H)
+        return out
+
+    # standard error 10 / sqrt(20000) = 0.0707 degree: 3 SE = 0.21 degree; arcsin(1/32) = 1.79 degrees
+    assert "centred on 90° within sampling noise" in line(89.9, 90.1)
+    within = line(88.5, 88.6)
+    assert "up to 1.50° below 90°, within the arcsin(1/H) = 1.79°" in within and "88.50° unmixed, 88.60° mixed" in within
+    beyond = line(85.0, 85.0)
+    assert "5.00° below 90°, more than the arcsin(1/H) = 1.79°" in beyond and "poorly estimated" in beyond
+    assert "above 90° by more than sampling noise" in line(91.0, 90.0)
+    # the same shortfall is within the allowance of a smaller H (arcsin(1/8) = 7.18 degrees)
+    assert "within the arcsin(1/H) = 7.18°" in line(85.0, 85.0, H=8)
+    with pytest.raises(ValueError, match="d_model"):
+        describe(MixingInvariance(None, None, _angles(90), _angles(90), 0.0, 0.0))
+
+
+def test_describe_reads_the_neurons_coherence_and_it_is_their_q_star():
+    from atomsnb.metrics import gram_abs, q_star
+    from atomsnb.synthetic import describe
+
+    def gram(values):  # 4 x 4 symmetric, unit diagonal, the 6 upper pairs given; bound 1/(2*4-1) = 0.1429
+        g = torch.eye(4, dtype=torch.float64)
+        iu = torch.triu_indices(4, 4, 1)
+        g[iu[0], iu[1]] = g[iu[1], iu[0]] = torch.tensor(values, dtype=torch.float64)
+        return g
+
+    assert "all pairs (100.0%" in describe(neuron_gram=gram([0.1] * 6))[0]
+    assert "most pairs (66.7%" in describe(neuron_gram=gram([0.1] * 4 + [0.5] * 2))[0]
+    assert "some pairs (16.7%" in describe(neuron_gram=gram([0.1] + [0.5] * 5))[0]
+    g6 = torch.full((6, 6), 0.5, dtype=torch.float64).fill_diagonal_(1.0)
+    g6[0, 1] = g6[1, 0] = 0.01  # 1 of 15 pairs below 1/11
+    assert "few pairs (6.7%" in describe(neuron_gram=g6)[0]
+    assert "no pairs (0.0%; median |G_ij| 0.500, largest 0.900)" in describe(neuron_gram=gram([0.5] * 5 + [0.9]))[0]
+    with pytest.raises(ValueError, match="square"):
+        describe(neuron_gram=torch.ones(3, 4))
+    # the sentence's premise: with dense codes the neurons' q* (estimator P) is that share, counted by a plain loop
+    w = make_world(SyntheticConfig(d_model=16, k=3, n_tokens=2000, cond=100.0, gamma=3.0, beta=1.0, seed=3))
+    aip = AIP.fit(w.acts)
+    G = gram_abs(torch.eye(16, dtype=torch.float64), aip)
+    below = sum(float(G[i, j]) < 1 / 31 for i in range(16) for j in range(i + 1, 16)) / (16 * 15 / 2)
+    assert q_star(w.acts, torch.eye(16, dtype=torch.float64), aip).q_star == pytest.approx(below, abs=1e-12)
+    assert f"({below:.1%};" in describe(neuron_gram=G)[0]
