@@ -202,7 +202,12 @@ def _child_env() -> dict:
     import atomsnb
 
     root = str(Path(atomsnb.__file__).resolve().parent.parent)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    # glibc's dynamic mmap threshold makes the peak RSS of the same run vary by ~25 MB from one run to the next
+    # (measured: 894..923 MB for identical runs); fixed thresholds make it repeat within 1 MB, so that the size test
+    # below can be tight.
+    malloc = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    return {**os.environ, **malloc,
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
 def _big_store(path: Path, shard: Path, n_shards: int) -> None:
@@ -224,8 +229,8 @@ def test_peak_memory_is_bounded_and_independent_of_the_store_size(tmp_path):
     """Training at 576 x 2304 (batch 4096, float16 store, mixing buffer 2^18 rows) on 2M and on 8M activations.
 
     Bound: the RSS after imports and the AIP, plus the stream's and the trainer's formulas
-    (:func:`stream_memory_bytes`, :func:`training_memory_bytes`), plus 25 %; and the 8M run's peak within 2 % (and
-    16 MB) of the 2M run's. Shards are hard links of one random shard, so the test writes 38 MB, not 12 GB.
+    (:func:`stream_memory_bytes`, :func:`training_memory_bytes`), plus 25 %; and the 8M run's peak within 8 MB of the
+    2M run's. Shards are hard links of one random shard, so the test writes 38 MB, not 12 GB.
     """
     g = torch.Generator().manual_seed(0)
     one = write_store(tmp_path / "one", torch.randn(32768, 576, generator=g) @ torch.randn(576, 576, generator=g) / 24,
@@ -244,4 +249,6 @@ def test_peak_memory_is_bounded_and_independent_of_the_store_size(tmp_path):
         + training_memory_bytes(576, 2304, 4096)
     bound = p2["base"] + 1.25 * formula
     assert p2["peak"] <= bound, (p2, formula)
-    assert p8["peak"] <= max(1.02 * p2["peak"], p2["peak"] + 16 * 2**20), (p2, p8)
+    # 6M more activations may add at most 8 MB (1.3 bytes per activation): an index or a buffer that grows with the
+    # store (8 bytes per activation for an int64 permutation) fails this
+    assert p8["peak"] <= p2["peak"] + 8 * 2**20, (p2, p8)
