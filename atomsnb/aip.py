@@ -162,6 +162,14 @@ class AIP:
         aip._finalize()
         return aip
 
+    def copy(self) -> "AIP":
+        """An independent copy of this accumulator (its ``sum m m^T``, counts and settings), e.g. to add rows to one
+        fit while keeping the other: ``kept = excluded.copy().partial_fit(massive_rows)``."""
+        out = AIP(self.d_model, ridge=self.ridge, pinv=self.pinv, min_tokens_per_dim=self.min_tokens_per_dim)
+        out._sum = self._sum.clone()
+        out.n_tokens, out.n_excluded = self.n_tokens, self.n_excluded
+        return out
+
     def partial_fit(self, acts: torch.Tensor, *, batch_size: int = 16384, exclude: torch.Tensor | None = None) -> "AIP":
         """Accumulate ``sum m m^T`` over a batch ``[n, d_model]`` in float64; returns ``self``.
 

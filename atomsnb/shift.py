@@ -17,7 +17,7 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from .aip import AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
+from .aip import _cosines, AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
 
 __all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
            "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "massive_reader_table", "describe_massive_choice", "WHITENING_GAIN"]
@@ -37,11 +37,20 @@ def pair_angles(aip: AIP, acts: torch.Tensor, *, n_pairs: int, seed: int) -> tup
         ``(euclidean [n_pairs], aip [n_pairs])`` float64 (SPEC §2).
     """
     i, j = sample_pairs(acts.shape[0], n_pairs, seed=seed)
-    return euclidean_angles(acts[i], acts[j]), aip.angles(acts[i], acts[j])
+    return euclidean_angles(acts[i], acts[j]), _aip_pair_angles(aip, acts, i, j)
+
+
+def _aip_pair_angles(aip: AIP, acts: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``aip.angles(acts[i], acts[j])``, whitening each distinct row once (2 x n_pairs rows otherwise)."""
+    rows, inverse = torch.unique(torch.cat([i, j]), return_inverse=True)
+    w = aip.whiten(acts[rows])
+    cos = _cosines(w[inverse[:len(i)]], w[inverse[len(i):]])
+    return torch.rad2deg(torch.arccos(cos))
 
 
 def angle_study(fit: Mapping[int, torch.Tensor], evaluations: Mapping[str, Mapping[int, torch.Tensor]], *,
-                n_pairs: int = 20_000, seed: int = 0, ridge: float = 0.0) -> tuple[pd.DataFrame, dict[int, AIP]]:
+                n_pairs: int = 20_000, seed: int = 0, ridge: float = 0.0,
+                aips: Mapping[int, AIP] | None = None) -> tuple[pd.DataFrame, dict[int, AIP]]:
     """Fit ``S`` per layer on ``fit`` and summarise pair angles on every evaluation set.
 
     Args:
@@ -51,6 +60,8 @@ def angle_study(fit: Mapping[int, torch.Tensor], evaluations: Mapping[str, Mappi
         n_pairs: random pairs per layer and set (SPEC §2 suggests 2e4).
         seed: pair-sampling seed (the same pairs of indices for every layer).
         ridge: relative ridge for :class:`AIP` (0 = none, the default).
+        aips: optional layer -> :class:`AIP` already fitted on exactly ``fit`` (e.g. the *excluded* fits that
+            :func:`massive_choice` returns), used instead of fitting again; checked by token count.
 
     Returns:
         ``(table, aips)``: a long table with one row per (layer, set) and columns ``layer``, ``set``,
@@ -60,9 +71,17 @@ def angle_study(fit: Mapping[int, torch.Tensor], evaluations: Mapping[str, Mappi
     Raises:
         InsufficientTokensError / SingularSecondMomentError: from :meth:`AIP.fit`.
     """
+    given = dict(aips or {})
+    for layer, aip in given.items():
+        if layer not in fit or aip.n_tokens != fit[layer].shape[0] or aip.d_model != fit[layer].shape[1] \
+                or aip.ridge != float(ridge):
+            n = None if layer not in fit else tuple(fit[layer].shape)
+            raise ValueError(f"aips[{layer}] was fitted on {aip.n_tokens} tokens of d_model {aip.d_model} with ridge "
+                             f"{aip.ridge:g}; fit[{layer}] has shape {n} and ridge is {ridge:g}: pass AIPs fitted on "
+                             f"exactly these activations, or none")
     rows, aips = [], {}
     for layer, x in fit.items():
-        aip = AIP.fit(x, ridge=ridge)
+        aip = given[layer] if layer in given else AIP.fit(x, ridge=ridge)
         aips[layer] = aip
         for name, sets in evaluations.items():
             e, a = pair_angles(aip, sets[layer], n_pairs=n_pairs, seed=seed)
@@ -236,7 +255,7 @@ def _whitened_cond(aip: AIP, x: torch.Tensor) -> float:
 
 
 def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch.Tensor], *, k: float,
-                   n_pairs: int = 20_000, seed: int = 0) -> pd.DataFrame:
+                   n_pairs: int = 20_000, seed: int = 0, return_aips: bool = False):
     """What fitting ``S`` with or without massive tokens changes, per layer (paper §3, SPEC §1.1).
 
     SPEC §1.1 excludes only the BOS / position-0 token; real LLMs carry a few further tokens whose norm dwarfs
@@ -249,6 +268,8 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
         held_out: layer -> held-out activations ``[n_eval, d_model]``.
         k: the criterion (a token is massive when its norm exceeds ``k`` times the median token norm).
         n_pairs, seed: random pairs for the mean angles (the same index pairs for both fits).
+        return_aips: also return ``{layer: (kept, excluded)}``, the two fitted :class:`AIP` per layer (the
+            *excluded* one is the fit of :func:`angle_study` on the ordinary fitting tokens: pass it as ``aips``).
 
     Returns:
         One row per layer: ``layer``; ``n_massive_fit``, ``n_massive_eval`` (tokens flagged); ``share_sq_norm``
@@ -258,6 +279,7 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
         ``aip_mean_kept``, ``aip_mean_excluded`` (mean held-out AIP angle of random pairs, degrees, over the tokens
         each fit is evaluated on); ``whitened_cond_kept``, ``whitened_cond_excluded`` (condition number of the
         second moment of held-out *ordinary* tokens after whitening with each ``S``: 1 for a perfect whitening).
+        With ``return_aips``, the pair ``(table, {layer: (kept, excluded)})``.
 
     Raises:
         ValueError: layers that differ between ``fit`` and ``held_out``, or a bad ``k`` (from the mask).
@@ -266,12 +288,18 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
 
     if set(fit) != set(held_out):
         raise ValueError(f"fit and held_out must have the same layers; got {sorted(fit)} and {sorted(held_out)}")
-    rows = []
+    rows, fitted = [], {}
     for layer in sorted(fit):
         x, y = fit[layer], held_out[layer]
         m_fit, m_eval = massive_token_mask(x, k), massive_token_mask(y, k)
         st = massive_activation_stats(x, mask=m_fit, k=k, conditioning=False)  # the AIPs give them
-        kept, excl = AIP.fit(x), AIP.fit(x, exclude=m_fit)
+        # one pass over the ordinary tokens; the kept fit adds the few massive ones to a copy of that sum
+        excl = AIP.fit(x, exclude=m_fit)
+        kept = excl.copy()
+        if bool(m_fit.any()):
+            kept.n_excluded = 0
+            kept.partial_fit(x[m_fit])
+        fitted[layer] = (kept, excl)
         ordinary = y[~m_eval]
         i, j = sample_pairs(y.shape[0], n_pairs, seed=seed)
         p, q = sample_pairs(ordinary.shape[0], n_pairs, seed=seed)
@@ -279,11 +307,11 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
                      "share_sq_norm": st["share_sq_norm_masked"], "max_abs": st["max_abs"],
                      "max_abs_dim": st["max_abs_dim"], "share_trace_top_dim": st["share_trace_top_dim"],
                      "cond_kept": kept.condition_number, "cond_excluded": excl.condition_number,
-                     "aip_mean_kept": float(kept.angles(y[i], y[j]).mean()),
-                     "aip_mean_excluded": float(excl.angles(ordinary[p], ordinary[q]).mean()),
+                     "aip_mean_kept": float(_aip_pair_angles(kept, y, i, j).mean()),
+                     "aip_mean_excluded": float(_aip_pair_angles(excl, ordinary, p, q).mean()),
                      "whitened_cond_kept": _whitened_cond(kept, ordinary),
                      "whitened_cond_excluded": _whitened_cond(excl, ordinary)})
-    return pd.DataFrame(rows)
+    return (pd.DataFrame(rows), fitted) if return_aips else pd.DataFrame(rows)
 
 
 def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -347,7 +375,8 @@ def describe_massive_choice(table: pd.DataFrame, *, k: float, chosen: float | No
              f"({int(has['n_massive_fit'].min())}-{int(has['n_massive_fit'].max())} per layer) carrying "
              f"{100 * has['share_sq_norm'].min():.0f}-{100 * has['share_sq_norm'].max():.0f}% of the fitting tokens' "
              f"sum of squared norms."]
-    lines.append(f"Excluding them moves the mean held-out AIP angle by at most {dangle:.2f} degrees, while the "
+    moves = f"by at most {dangle:.2f} degrees" if dangle >= 0.005 else "by less than 0.01 degrees"
+    lines.append(f"Excluding them moves the mean held-out AIP angle {moves}, while the "
                  f"condition number of held-out ordinary tokens after whitening goes from "
                  f"{has['whitened_cond_kept'].min():.3g}-{has['whitened_cond_kept'].max():.3g} (S fitted with them) to "
                  f"{has['whitened_cond_excluded'].min():.3g}-{has['whitened_cond_excluded'].max():.3g} (without; 1 is a "

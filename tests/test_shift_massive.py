@@ -55,3 +55,44 @@ def test_describe_massive_choice_follows_the_numbers():
     assert len(none) == 1 and "moot" in none[0]
     with pytest.raises(ValueError, match="missing"):
         describe_massive_choice(pd.DataFrame({"layer": [1]}), k=20, chosen=20, model="M")
+
+
+def test_massive_choice_aips_and_angles_against_numpy():
+    """The returned fits are the numpy second moments; the mean angles are numpy's per-pair arccos; chapter 1 hands
+    the *excluded* fits to angle_study, which then gives the table it gives when it fits S itself."""
+    from atomsnb.aip import sample_pairs
+    from atomsnb.shift import angle_study
+
+    fit, held = {3: _planted(4000, 0, 5)}, {3: _planted(2000, 1, 2)}
+    t, aips = massive_choice(fit, held, k=20, n_pairs=3000, seed=4, return_aips=True)
+    kept, excl = aips[3]
+    x, y = fit[3].numpy(), held[3].numpy()
+    np.testing.assert_allclose(kept.second_moment.numpy(), x.T @ x / len(x), rtol=1e-12)
+    np.testing.assert_allclose(excl.second_moment.numpy(), x[5:].T @ x[5:] / len(x[5:]), rtol=1e-12)
+    assert (kept.n_tokens, kept.n_excluded, excl.n_tokens, excl.n_excluded) == (4000, 0, 3995, 5)
+    diag = (x * x).sum(0)
+    assert t.iloc[0]["share_trace_top_dim"] == pytest.approx(diag.max() / diag.sum(), rel=1e-12)
+
+    def mean_angle(m, z, i, j):  # brute force, one pair at a time
+        W = np.linalg.inv(np.linalg.cholesky(m))
+        out = []
+        for a, b in zip(i.tolist(), j.tolist()):
+            u, v = W @ z[a], W @ z[b]
+            out.append(np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))))
+        return float(np.mean(out))
+
+    i, j = sample_pairs(len(y), 3000, seed=4)
+    assert t.iloc[0]["aip_mean_kept"] == pytest.approx(mean_angle(x.T @ x / len(x), y, i, j), abs=1e-9)
+    p, q = sample_pairs(len(y) - 2, 3000, seed=4)
+    assert t.iloc[0]["aip_mean_excluded"] == pytest.approx(
+        mean_angle(x[5:].T @ x[5:] / len(x[5:]), y[2:], p, q), abs=1e-9)
+
+    ordinary = {3: fit[3][5:]}
+    evals = {"held-out": {3: held[3][2:]}}
+    own, own_aips = angle_study(ordinary, evals, n_pairs=3000, seed=4)
+    given, given_aips = angle_study(ordinary, evals, n_pairs=3000, seed=4, aips={3: excl})
+    assert given_aips[3] is excl
+    pd.testing.assert_frame_equal(own.drop(columns="condition_number"), given.drop(columns="condition_number"),
+                                  rtol=1e-9)
+    with pytest.raises(ValueError, match=r"aips\[3\] was fitted on 4000 tokens"):
+        angle_study(ordinary, evals, aips={3: kept})
