@@ -36,7 +36,7 @@ model = "smollm2-135m"
 layer = 1
 corpus = "docstrings"
 m_values = [512, 2048, 8192, 32768]  # the data sizes |M|
-d_multiples = [1, 4, 16]  # |D| in multiples of d_model (the paper's steps are 4H)
+d_multiples = [1, 4, 8]  # |D| in multiples of d_model (the paper's steps are 4H); 8H = 4608 exceeds |M| = 2048
 n_fit_tokens = 32768  # the fitting store: S is fitted on all of it, the points train on its first |M| rows
 n_eval_tokens = 4096  # held-out activations for every metric
 n_steps = 200  # TSAE training steps per point
