@@ -416,8 +416,8 @@ def next_token_loss(lm: LoadedModel, corpus: str = "docstrings", split: str = "e
         batch_size: windows per forward pass (Gemma's 262k-token vocabulary makes logits large: keep it small).
 
     Returns:
-        ``{"loss": float (nats/token), "n_tokens": int (scored), "n_windows": int, "seq_len": int,
-        "perplexity": float}``.
+        A dict with keys ``loss`` (float, nats/token), ``n_tokens`` (int, tokens scored), ``n_windows`` (int),
+        ``seq_len`` (int) and ``perplexity`` (float).
 
     Raises:
         ValueError: as :func:`token_windows`, or ``seq_len`` above the model's maximum positions.

@@ -103,9 +103,10 @@ class AIP:
     """Atomic inner product estimated from activations (paper §3, SPEC §1).
 
     Build it with :meth:`AIP.fit` on a ``[n_tokens, d_model]`` tensor, or stream batches with
-    :meth:`partial_fit` (memory ``O(d_model^2)``, independent of the token count).
+    :meth:`partial_fit` (memory ``O(d_model^2)``, independent of the token count). The attributes below are
+    available after fitting.
 
-    Attributes (after fitting):
+    Attributes:
         d_model: ``H``.
         n_tokens: number of activation vectors accumulated.
         n_excluded: number of rows left out through ``exclude`` (massive tokens, :mod:`atomsnb.massive`);

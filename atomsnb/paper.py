@@ -78,7 +78,7 @@ PAPER_UNITS = (
     {"label": "atoms, Gemma2-2B", "family": "atoms", "r2_aip": PAPER_ATOMS[0]["r2_aip"],
      "q_star": PAPER_ATOMS[0]["q_star"], "section": "§6", "model": "google/gemma-2-2b, layers 1-26"},
 )
-#: The capacity grid (paper §5): Gemma2-2B layer 1, up to 1.9B activations, |D| in steps of 9216 = 4H.
+#: The capacity grid (paper §5): Gemma2-2B layer 1, up to 1.9B activations, ``|D|`` in steps of 9216 = 4H.
 PAPER_CAPACITY = {"model": "google/gemma-2-2b", "layer": 1, "max_tokens": 1.9e9, "d_step": 9216,
                   "r2_below_critical": (0.6, 0.8), "r2_above_critical": 1.0, "section": "§5",
                   "params": "params/capacity_gemma-2-2b.yaml"}
@@ -128,7 +128,7 @@ SUPPORTS_PARTLY_MIN = 0.9
 EXACT_R2_TOL = 1e-9
 #: Chapter 0: a Spearman correlation of margin and recovery at least this reads as "degrades with the violation".
 TREND_RHO_MIN = 0.5
-#: Chapter 0: a trained TSAE "recovers the atoms" when it matches at least this fraction of them (AIP |cos| >= 0.9).
+#: Chapter 0: a trained TSAE "recovers the atoms" when it matches at least this fraction of them (AIP ``|cos| >= 0.9``).
 ATOM_RECOVERY_MIN = 0.9
 #: Chapters 0, 2, 4: ``R^2`` and ``q*`` "near 1", as the paper's 99.9% / 99.7%.
 NEAR_ONE = 0.99

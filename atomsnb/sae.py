@@ -994,7 +994,7 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
             or a :class:`~atomsnb.store.MemorySource`.
         aip: the fitted AIP (required when ``config.whiten``; ignored otherwise).
         config: the :class:`SAEConfig`.
-        n_tokens: train on the first ``n_tokens`` rows only (|M|; default all): grid points share one store.
+        n_tokens: train on the first ``n_tokens`` rows only (``|M|``; default all): grid points share one store.
         progress: show a tqdm bar (``TQDM_DISABLE=1`` silences it).
         checkpoint_dir: directory of the run's checkpoint (created); None: no checkpoint.
         checkpoint_every: steps between checkpoints (None: only the final one).

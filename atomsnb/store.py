@@ -1,8 +1,8 @@
 """An activation store on disk: residual-stream activations in checksummed shards, read back as a stream.
 
 The analogue of SAELens' ``ActivationsStore`` / ``CacheActivationsRunner`` for atomsnb (issue 10), so that a
-TSAE trains on the paper's data sizes (|M| up to 1.9B activations of Gemma2-2B, paper §5) with memory that does
-not grow with |M|:
+TSAE trains on the paper's data sizes (``|M|`` up to 1.9B activations of Gemma2-2B, paper §5) with memory that does
+not grow with ``|M|``:
 
 - **One store per (model, layer, corpus, split, seed)**, keyed by what determines its bytes: the model's weights
   fingerprint, layer, corpus and its fingerprint, split, seed, window length, BOS handling, the forward batch
@@ -15,7 +15,7 @@ not grow with |M|:
 - **Resumable**: a killed collection resumes at the first shard missing from the manifest, recomputing forward
   passes on the same global grid of batches, so it ends byte-identical to an uninterrupted one. Growing a store
   (asking for more tokens later) appends to it; the first ``n`` rows of a store never depend on its final size,
-  so grid points with different |M| read prefixes of one store.
+  so grid points with different ``|M|`` read prefixes of one store.
 - **Read back** sequentially (:meth:`ActivationStore.iter_chunks`, e.g. :func:`fit_aip_from_store`) or as a
   seeded, deterministic stream of shuffled batches (:class:`ShuffledBatches`) through a mixing buffer of
   ``buffer_tokens`` rows: each epoch permutes the blocks (shards) of the prefix, reads them ``buffer_tokens`` at

@@ -352,7 +352,7 @@ def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens
         train_acts: ``[n_tokens, d_model]`` raw activations, or an :class:`atomsnb.store.ActivationStore`.
         aip: the fitted AIP (required when ``config.whiten``).
         config: the :class:`SAEConfig`.
-        n_tokens: train on the first ``n_tokens`` rows only (default all; |M| for grid points sharing a store).
+        n_tokens: train on the first ``n_tokens`` rows only (default all; ``|M|`` for grid points sharing a store).
         cache: False trains without reading or writing the cache.
         progress: show the trainer's progress bar.
 
@@ -463,7 +463,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
 
     Args:
         train_acts: ``[n_train, d_model]`` activations for SAE training (the paper's ``M``), or an
-            :class:`atomsnb.store.ActivationStore` streamed by the trainer (paper scale: memory independent of |M|).
+            :class:`atomsnb.store.ActivationStore` streamed by the trainer (paper scale: memory independent of ``|M|``).
         eval_acts: ``[n_eval, d_model]`` held-out activations (disjoint text).
         aip: the AIP fitted on training activations (SPEC §1).
         specs: :class:`UnitSetSpec` s to train (:func:`default_unit_sets`), and/or ready :class:`UnitSet` s
@@ -475,7 +475,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
         progress: show the trainer's progress bar.
         cache: reuse an SAE trained before on the same data with the same settings and code
             (:func:`train_sae_cached`), and store the ones trained now.
-        n_train: with a store as ``train_acts``, train on its first ``n_train`` rows (|M|; default all of it).
+        n_train: with a store as ``train_acts``, train on its first ``n_train`` rows (``|M|``; default all of it).
 
     Returns:
         :class:`UnitSetResults`.

@@ -3,6 +3,7 @@ module, the TOC lists every chapter, and the models page links every packaged mo
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from pathlib import Path
@@ -38,3 +39,79 @@ def test_models_page_links_every_licence_from_the_cards():
         card = model_card(name)
         assert f"`{name}`" in text and card["licence"]["url"] in text and card["licence"]["notice"] in text
         assert f"{card['n_parameters']:,}" in text and card["source"]["gguf_sha256"][:16] in text
+
+
+def _docstrings():
+    """(where, docstring) of every public module, class, function, method and ``#:`` attribute of atomsnb, as
+    autodoc feeds them to the API reference."""
+    import importlib
+    import inspect
+
+    from sphinx.pycode import ModuleAnalyzer
+
+    for path in sorted((REPO / "atomsnb").glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        name = f"atomsnb.{path.stem}"
+        mod = importlib.import_module(name)
+        yield name, inspect.getdoc(mod) or "", "module"
+        for (scope, attr), lines in ModuleAnalyzer.for_module(name).find_attr_docs().items():
+            yield f"{name}.{scope + '.' if scope else ''}{attr}", "\n".join(lines), "attribute"
+        for attr, obj in vars(mod).items():
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            if inspect.isfunction(obj):
+                yield f"{name}.{attr}", inspect.getdoc(obj) or "", "function"
+            elif inspect.isclass(obj):
+                yield f"{name}.{attr}", inspect.getdoc(obj) or "", "class"
+                for m, member in vars(obj).items():
+                    fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+                    if (not m.startswith("_") and (inspect.isfunction(fn) or isinstance(member, property))):
+                        yield f"{name}.{attr}.{m}", inspect.getdoc(member) or "", "method"
+
+
+def test_every_docstring_is_valid_restructuredtext():
+    """The book build runs with -W: a docstring that docutils cannot parse (``|M|`` read as a substitution, an inline
+    literal across lines, a malformed table, a napoleon section with a bad header) fails it after every chapter has
+    run. This finds them in seconds, with the object named."""
+    import docutils.core
+    import docutils.utils
+    from docutils.parsers.rst import roles
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import GoogleDocstring
+
+    def generic(name, rawtext, text, lineno, inliner, options=None, content=None):
+        from docutils import nodes
+
+        return [nodes.literal(rawtext, text)], []
+
+    for role in ("func", "class", "meth", "mod", "data", "attr", "ref", "exc", "obj", "doc", "math", "py:func",
+                 "py:class", "py:meth", "cite", "numref", "eq", "term"):
+        roles.register_local_role(role, generic)
+    from collections import defaultdict
+
+    from docutils import nodes
+    from docutils.parsers.rst import Directive, directives
+
+    class SphinxDirective(Directive):  # Sphinx's object directives: parse the body, accept any argument or option
+        has_content, optional_arguments, final_argument_whitespace = True, 10, True
+        option_spec = defaultdict(lambda: directives.unchanged)
+
+        def run(self):
+            node = nodes.container()
+            self.state.nested_parse(self.content, self.content_offset, node)
+            return [node]
+
+    for name in ("attribute", "method", "function", "class", "data", "seealso", "versionadded", "versionchanged",
+                 "deprecated", "todo"):
+        directives.register_directive(name, SphinxDirective)
+    config = Config(napoleon_use_param=True, napoleon_use_rtype=True)
+    bad = []
+    for where, doc, what in _docstrings():
+        rst = str(GoogleDocstring(doc, config, what=what))
+        stream = io.StringIO()  # every message of level >= 2 (warnings, errors), transforms' included
+        docutils.core.publish_doctree(rst, settings_overrides={"report_level": 2, "halt_level": 5,
+                                                                "warning_stream": stream})
+        if stream.getvalue():
+            bad.append(f"{where}: {stream.getvalue()[:300]}")
+    assert not bad, "\n".join(bad)
