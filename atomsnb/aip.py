@@ -103,17 +103,10 @@ class AIP:
     """Atomic inner product estimated from activations (paper §3, SPEC §1).
 
     Build it with :meth:`AIP.fit` on a ``[n_tokens, d_model]`` tensor, or stream batches with
-    :meth:`partial_fit` (memory ``O(d_model^2)``, independent of the token count). The attributes below are
-    available after fitting.
-
-    Attributes:
-        d_model: ``H``.
-        n_tokens: number of activation vectors accumulated.
-        n_excluded: number of rows left out through ``exclude`` (massive tokens, :mod:`atomsnb.massive`);
-            informational, not saved by :meth:`save`.
-        second_moment: ``M = (1/n) sum_n m_n m_n^T``, ``[H, H]`` float64 (uncentred, SPEC §1.1).
-        S: ``M^{-1}`` (or ``(M + ridge)^{-1}``, or the pseudo-inverse), ``[H, H]`` float64.
-        condition_number: ``lambda_max / lambda_min`` of ``M`` (``inf`` if ``lambda_min <= 0``).
+    :meth:`partial_fit` (memory ``O(d_model^2)``, independent of the token count). After fitting it holds
+    ``d_model`` (``H``), ``n_tokens`` (activation vectors accumulated) and ``n_excluded`` (rows left out through
+    ``exclude``, e.g. massive tokens, :mod:`atomsnb.massive`; informational, not saved by :meth:`save`), and gives
+    :attr:`second_moment` (``M``), :attr:`S` and :attr:`condition_number` (documented below).
 
     Args:
         d_model: width ``H`` of the activations.
