@@ -1,9 +1,9 @@
 """Activation store benchmarks (issue 10), run by hand: write overhead against a bare forward pass, read throughput,
 and peak RSS of a run on stores of 1M, 4M and 8M activations.
 
-Model: a random-weight Llama with SmolLM2-135M's shape (d_model 576, 30 blocks, 9 heads, 3 KV heads, MLP 1536,
-vocab 49152), so a forward costs what the book's default model costs; the tokenizer is the tests' tiny BPE (token ids
-below 300: the cost of a forward does not depend on which ids). Text: the offline docstring corpus.
+Model (write): the book's default model, ``smollm2-135m`` (``--model``; convert it first with ``make model``), or
+``--model shaped``: a random-weight Llama with SmolLM2-135M's shape (d_model 576, 30 blocks, 9 heads, 3 KV heads, MLP
+1536, vocab 49152) and the tests' tiny BPE tokenizer, whose forward costs the same. Text: the offline docstring corpus.
 
     .venv/bin/python benchmarks/bench_store.py write --threads 2
     .venv/bin/python benchmarks/bench_store.py read --threads 2
@@ -66,7 +66,7 @@ def bench_write(args) -> None:
 
     acts.capture_residual_stream = timed
     try:
-        lm = load_model(str(smollm2_shaped(tmp / "model")))
+        lm = load_model(str(smollm2_shaped(tmp / "model"))) if args.model == "shaped" else load_model(args.model)
         Corpus("docstrings").texts("fit")  # parse the corpus once, outside the timings
         rows = []
         for layers, n_tokens in (((1,), args.tokens_shallow), ((15,), args.tokens_deep), (tuple(range(1, 31)), args.tokens_all)):
@@ -84,7 +84,8 @@ def bench_write(args) -> None:
                     rows.append(f"| {name} | {n_tokens:,} | {dtype} | {rep + 1} | {spent[0]:.1f} ({n_tokens / spent[0]:,.0f} tok/s) | "
                                 f"{t_all:.1f} | {gb:.2f} | {100 * (t_all - spent[0]) / spent[0]:+.1f} % |")
                     shutil.rmtree(root)
-        print(f"\nstore write vs the forward passes it needs (SmolLM2-135M-shaped random Llama, float32, "
+        what = "SmolLM2-135M-shaped random Llama" if args.model == "shaped" else args.model
+        print(f"\nstore write vs the forward passes it needs ({what}, float32, "
               f"{torch.get_num_threads()} threads, seq_len 128, 16 windows per forward; both measured in the same call)\n")
         print("| layers | tokens | store dtype | run | forward s (in the call) | collect_store s | GB written | overhead |")
         print("|---|---|---|---|---|---|---|---|")
@@ -218,6 +219,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["write", "read", "rss"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="smollm2-135m",
+                    help="the book's default model (converted by `make model`), or 'shaped': a random Llama of its shape")
     ap.add_argument("--tokens-shallow", type=int, default=100_000)
     ap.add_argument("--tokens-deep", type=int, default=20_000)
     ap.add_argument("--tokens-all", type=int, default=10_000)
