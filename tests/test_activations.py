@@ -189,3 +189,19 @@ def test_next_token_loss_matches_transformers_own_loss(tmp_path):
     with torch.no_grad():  # transformers' mean shifted cross-entropy, one window at a time
         ref = sum(float(lm.model(input_ids=w[i:i + 1], labels=w[i:i + 1]).loss) for i in range(len(w))) / len(w)
     assert got["n_tokens"] == len(w) * 15 and got["loss"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_capture_version_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    """Activations cached by an older capture code are not returned once CAPTURE_VERSION changes (a fix to the capture
+    that leaves the weights and the config alone must not be hidden by the cache)."""
+    import atomsnb.activations as act
+
+    path = save_tiny("llama", tmp_path / "m")
+    cfg = ActivationConfig(model=str(path), layers=(1,), split="eval", n_tokens=40, seq_len=16)
+    before = collect_activations(cfg).acts[1]
+    real = act.capture_residual_stream
+    monkeypatch.setattr(act, "capture_residual_stream",  # a "fixed" capture: different numbers
+                        lambda *a, **k: {l: x + 1.0 for l, x in real(*a, **k).items()})
+    assert torch.equal(collect_activations(cfg).acts[1], before)  # same version: the cache answers
+    monkeypatch.setattr(act, "CAPTURE_VERSION", act.CAPTURE_VERSION + 1)
+    assert torch.equal(collect_activations(cfg).acts[1], before + 1.0)  # new version: recomputed

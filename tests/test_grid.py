@@ -155,3 +155,22 @@ def test_critical_capacity_and_paper_reader_tables():
     pt = pd.DataFrame([{"model": "m", "unit set": "atoms", "layers": "1-2", "n_layers": 2, "r2_aip": 0.12345, "q_star": 0.5}])
     r = paper_reader_table(pt)
     assert r.loc[("m", "atoms"), "R² (AIP)"] == 0.123 and list(r.columns) == ["layers", "R² (AIP)", "q*"]
+
+
+def test_seq_len_reaches_the_points_activations(tiny_path):
+    """A grid's seq_len (not a hard-coded 128) decides the windows its points' activations come from, for both grids."""
+    from atomsnb import grid
+    from atomsnb.activations import ActivationConfig, collect_activations
+
+    common = dict(model=tiny_path, layers=(1,), corpus="docstrings", seed=0)
+    for seq_len in (32, 128):
+        cap = CapacityGridConfig(model=tiny_path, m_values=(200,), d_multiples=(1,), seq_len=seq_len, **SMALL).points()[0]
+        lay = LayerStudyConfig(model=tiny_path, layers=(1,), n_train_tokens=200, seq_len=seq_len, **SMALL).points()[0]
+        by_hand = collect_activations(ActivationConfig(split="fit", n_tokens=1000, seq_len=seq_len, **common),
+                                      progress=False).acts[1]
+        _, fit_store, _ = grid._stores(cap)
+        assert fit_store.read(0, 1000).float().equal(by_hand), seq_len
+        data = grid._layer_data(lay)
+        assert data.fit.equal(by_hand[data.fit_rows]), seq_len  # the rows kept (massive tokens may be left out)
+    assert not collect_activations(ActivationConfig(split="fit", n_tokens=1000, seq_len=32, **common),
+                                   progress=False).acts[1].equal(by_hand)
