@@ -265,8 +265,10 @@ def _flat(row: dict) -> dict:
     return flat
 
 
-def execute_point(fn: Callable[[GridPoint], dict], point: GridPoint, store_root: str) -> str:
+def execute_point(fn: Callable[[GridPoint], dict], point: GridPoint, store_root: str, threads: int | None = None) -> str:
     """Run ``fn(point)`` and store its row; on an exception store the error instead. Returns the status.
+
+    ``threads``: torch's CPU thread count while ``fn`` runs (restored after it); ``None`` leaves it alone.
 
     ``fn`` must return a dict of metrics: numbers (numpy and torch scalars are converted), strings, booleans,
     None, or lists and dicts of them, with no key in :data:`RESERVED_ROW_KEYS`; anything else is recorded as
@@ -274,13 +276,21 @@ def execute_point(fn: Callable[[GridPoint], dict], point: GridPoint, store_root:
 
     This is the task every backend runs; it is a module-level function so that it pickles.
     """
+    import torch
+
     store = ResultsStore(Path(store_root))
     t0 = time.time()
+    before = torch.get_num_threads()
     try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
         row = _metrics(fn(point))
         row.update(status="ok", error=None)
     except Exception as exc:  # a failed point is recorded, the grid goes on
         row = {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
     row.update(wall_time_s=time.time() - t0, worker_pid=os.getpid())
     row.setdefault("versions", _versions())
     store.write(point, row)
@@ -295,8 +305,10 @@ def _versions() -> dict:
     return {"atomsnb": __version__, "torch": torch.__version__}
 
 
-def _check_run_args(points: list, fn, backend: str, client, dask_scheduler, max_workers) -> None:
+def _check_run_args(points: list, fn, backend: str, client, dask_scheduler, max_workers, threads=None) -> None:
     """Refuse a run that cannot work, before any point runs (see :func:`run_grid`)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+        raise ValueError(f"threads must be None (leave torch's thread count alone) or an integer >= 1; got {threads!r}")
     if backend not in ("sequential", "processes", "dask"):
         raise ValueError(f"unknown backend {backend!r}; use 'sequential', 'processes' or 'dask'")
     bad = [(i, p) for i, p in enumerate(points) if not isinstance(p, GridPoint)]
@@ -334,7 +346,7 @@ def _missing_row(point: GridPoint, why: str) -> dict:
 
 def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store: ResultsStore | str | os.PathLike, *,
              backend: str = "sequential", client=None, dask_scheduler: str | None = None, max_workers: int = 2,
-             retry_errors: bool = False, progress: bool = True) -> pd.DataFrame:
+             retry_errors: bool = False, progress: bool = True, threads: int | None = None) -> pd.DataFrame:
     """Run every point of a grid not yet in ``store`` and return the grid's rows as a table.
 
     A stored row that is damaged (or another point's, copied under this point's name) is recomputed, with a
@@ -355,20 +367,23 @@ def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store
         max_workers: processes for ``backend="processes"`` or for a new ``LocalCluster`` (``>= 1``).
         retry_errors: also re-run points whose stored row is an error.
         progress: print one line per finished point.
+        threads: torch CPU threads each point runs with, in whichever process runs it (set around the point and
+            restored after it; ``None`` leaves every process's own setting). One thread per point is bit-reproducible
+            and suits several workers sharing a machine.
 
     Returns:
         The rows of ``points``, one per point in the grid's order, read back from the store (the store may hold
         other grids' rows too; they are not returned).
 
     Raises:
-        ValueError: an unknown backend, duplicate points, ``max_workers < 1``, a Dask ``client`` or
+        ValueError: an unknown backend, duplicate points, ``max_workers < 1``, ``threads`` not None or >= 1, a Dask ``client`` or
             ``dask_scheduler`` without ``backend="dask"``, or (``backend="processes"``) an ``fn`` that worker
             processes cannot import.
         TypeError: a point that is not a :class:`GridPoint`, or an ``fn`` that is not callable.
         NotADirectoryError: ``store`` is a file.
     """
     points = list(points)
-    _check_run_args(points, fn, backend, client, dask_scheduler, max_workers)
+    _check_run_args(points, fn, backend, client, dask_scheduler, max_workers, threads)
     store = store if isinstance(store, ResultsStore) else ResultsStore(Path(store))
     todo = []
     for p in points:
@@ -394,12 +409,13 @@ def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store
 
     if backend == "sequential":
         for p in todo:
-            report(p, execute_point(fn, p, root))
+            report(p, execute_point(fn, p, root, threads))
     elif backend == "processes":
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=max_workers, mp_context=mp.get_context("spawn")) as pool:
-            for p, status in zip(todo, pool.map(execute_point, [fn] * len(todo), todo, [root] * len(todo))):
+            for p, status in zip(todo, pool.map(execute_point, [fn] * len(todo), todo, [root] * len(todo),
+                                                      [threads] * len(todo))):
                 report(p, status)
     else:  # dask
         from dask.distributed import as_completed
@@ -407,7 +423,7 @@ def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store
         own = client is None
         client = dask_client(dask_scheduler, n_workers=max_workers) if own else client
         try:
-            futures = {client.submit(execute_point, fn, p, root, pure=False): p for p in todo}
+            futures = {client.submit(execute_point, fn, p, root, threads, pure=False): p for p in todo}
             for fut in as_completed(futures):
                 report(futures[fut], fut.result())
         finally:

@@ -36,7 +36,7 @@ model = "smollm2-135m"
 layer = 1
 corpus = "docstrings"
 m_values = [512, 2048, 8192, 32768]  # the data sizes |M|
-d_multiples = [1, 4, 8]  # |D| in multiples of d_model (the paper's steps are 4H); 8H = 4608 exceeds |M| = 2048
+d_multiples = [1, 4, 8]  # |D| in multiples of d_model (paper: steps of 4H); 8H exceeds an |M| of 2048
 n_fit_tokens = 32768  # the fitting store: S is fitted on all of it, the points train on its first |M| rows
 n_eval_tokens = 4096  # held-out activations for every metric
 n_steps = 200  # TSAE training steps per point
@@ -77,7 +77,7 @@ print(f"massive tokens (norm > {DEFAULT_K:g} x the median) among the {n_fit:,} f
 
 # %% tags=["nbval-ignore-output"]
 df = run_grid(points, grid.capacity_point, results_dir(CHAPTER, results), backend=backend,
-              dask_scheduler=dask_scheduler, max_workers=n_workers)
+              dask_scheduler=dask_scheduler, max_workers=n_workers, threads=threads)
 print(f"{(df['status'] == 'ok').sum()} of {len(points)} points ok, {df['wall_time_s'].sum():.0f} s of compute")
 
 # %%

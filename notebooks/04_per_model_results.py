@@ -88,7 +88,7 @@ for c in configs:
 
 # %% tags=["nbval-ignore-output"]
 df = run_grid(points, grid.layer_point, results_dir(CHAPTER, results), backend=backend, dask_scheduler=dask_scheduler,
-              max_workers=n_workers)
+              max_workers=n_workers, threads=threads)
 print(f"{(df['status'] == 'ok').sum()} of {len(points)} layers ok, {df['wall_time_s'].sum():.0f} s of compute")
 
 # %%

@@ -45,3 +45,10 @@ def reserved_task(point: GridPoint) -> dict:
 
 def scalar_task(point: GridPoint) -> float:
     return 0.5
+
+
+def threads_task(point: GridPoint) -> dict:
+    """The torch thread count the point ran with."""
+    import torch
+
+    return {"threads": torch.get_num_threads()}

@@ -150,7 +150,7 @@ def test_unrelated_and_damaged_files_do_not_break_run_grid(tmp_path):
 def test_run_grid_never_raises_after_the_work_for_a_missing_row(tmp_path, monkeypatch):
     import atomsnb.runner as R
 
-    monkeypatch.setattr(R, "execute_point", lambda fn, p, root: "ok")  # a worker that wrote nothing
+    monkeypatch.setattr(R, "execute_point", lambda fn, p, root, threads=None: "ok")  # a worker that wrote nothing
     with pytest.warns(UserWarning, match="no results row"):
         df = run_grid(POINTS[:2], product_task, tmp_path, progress=False)
     assert list(df["status"]) == ["missing", "missing"] and sorted(df["key"]) == sorted(p.key for p in POINTS[:2])
@@ -182,3 +182,23 @@ def test_params_order_does_not_change_the_key():
     a = GridPoint("m", 0, 10, 3, 0, (("b", 1), ("a", 2)))
     b = GridPoint("m", 0, 10, 3, 0, (("a", 2), ("b", 1)))
     assert a.key == b.key and a == b
+
+
+@pytest.mark.parametrize("backend", ["sequential", "processes"])
+def test_threads_are_passed_down_to_every_point_and_restored(tmp_path, backend):
+    """run_grid(threads=n) sets torch's thread count around each point in whichever process runs it (a worker
+    process would otherwise use torch's default, whatever the notebook's cell set), and restores it after."""
+    import torch
+
+    from grid_tasks import threads_task
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    pts = grid_points(["m"], layers=[1, 2], n_train=[10], n_latents=[4])
+    df = run_grid(pts, threads_task, tmp_path / backend, backend=backend, max_workers=2, progress=False,
+                  threads=target)
+    assert (df["status"] == "ok").all() and df["threads"].tolist() == [target, target]
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"threads must be None .* or an integer >= 1; got {bad!r}"):
+            run_grid(pts, threads_task, tmp_path / "bad", threads=bad, progress=False)
