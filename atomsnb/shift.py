@@ -339,6 +339,11 @@ def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _span(lo: int, hi: int) -> str:
+    """'10' when both ends agree, else '3-10'."""
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def describe_massive_choice(table: pd.DataFrame, *, k: float, chosen: float | None, model: str) -> list[str]:
     """Chapter 1's reading of :func:`massive_choice`, every number-dependent word chosen from the numbers.
 
@@ -372,7 +377,7 @@ def describe_massive_choice(table: pd.DataFrame, *, k: float, chosen: float | No
     where = f"layer {layers[0]}" if len(layers) == 1 else f"{len(layers)} layers ({layers[0]}-{layers[-1]})"
     lines = [f"{model}: at {k:g} times the median token norm, {where} {'has' if len(layers) == 1 else 'have'} massive "
              "fitting tokens "
-             f"({int(has['n_massive_fit'].min())}-{int(has['n_massive_fit'].max())} per layer) carrying "
+             f"({_span(int(has['n_massive_fit'].min()), int(has['n_massive_fit'].max()))} per layer) carrying "
              f"{100 * has['share_sq_norm'].min():.0f}-{100 * has['share_sq_norm'].max():.0f}% of the fitting tokens' "
              f"sum of squared norms."]
     moves = f"by at most {dangle:.2f} degrees" if dangle >= 0.005 else "by less than 0.01 degrees"

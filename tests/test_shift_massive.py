@@ -49,6 +49,9 @@ def test_describe_massive_choice_follows_the_numbers():
     assert "keeps them, against what these numbers support" in against[2]
     keep = describe_massive_choice(_table([3, 4], [2.0, 3.0], [50.0, 3.0]), k=20, chosen=20, model="M")
     assert "support keeping them" in keep[2] and "against" in keep[2] and "2 layers (1-2)" in keep[0]
+    assert "(3-4 per layer)" in keep[0] and "(10 per layer)" in ex[0]
+    tiny = describe_massive_choice(_table([3], [2.0], [1.5], dangle=0.001), k=20, chosen=20, model="M")
+    assert "by less than 0.01 degrees" in tiny[1]
     either = describe_massive_choice(_table([3], [2.0], [1.5], dangle=0.25), k=20, chosen=20, model="M")
     assert "no material difference" in either[2] and "at most 0.25 degrees" in either[1] and "against" not in either[2]
     none = describe_massive_choice(_table([0, 0], [1.2, 1.3], [1.2, 1.3]), k=20, chosen=20, model="M")
