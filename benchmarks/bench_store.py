@@ -188,7 +188,7 @@ def bench_rss(args) -> None:
                 for s in range(0, m, 1 << 16):
                     yield torch.randn(min(1 << 16, m - s), 576, generator=torch.Generator().manual_seed(s)) @ A
             st = write_store(tmp / f"m{m}", chunks(), dtype="float16", key={"m": m})
-            for mode in ("store", "memory", "old"):
+            for mode in ("store", "memory") + (("old",) if args.old_checkout else ()):
                 if mode != "store" and m > args.max_in_memory:
                     rows.append(f"| {m:,} | {mode} | not run (needs > {m * 576 * 4 / 1e9 * (6 if mode == 'old' else 2):.0f} GB) | |")
                     continue
@@ -229,8 +229,9 @@ def main() -> None:
     ap.add_argument("--read-batches", type=int, default=200)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 22, 1 << 23])
     ap.add_argument("--max-in-memory", type=int, default=1 << 20)
-    ap.add_argument("--old-checkout", default=str(ROOT.parent.parent / "main"),
-                    help="a checkout of the code before issue 10 (for the 'old' rows)")
+    ap.add_argument("--old-checkout", default=None,
+                    help="a checkout of the code before issue 10 (e.g. a git worktree of v0.1.0), for the 'old' rows; "
+                         "without it they are left out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")

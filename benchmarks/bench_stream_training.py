@@ -72,7 +72,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--buffer-tokens", type=int, default=1 << 15, help="small, so that several fills occur in a run")
     ap.add_argument("--sizes", default="576x2304:40:262144,2304x9216:8:65536", help="HxN:steps:tokens,...")
-    ap.add_argument("--old-checkout", default=str(ROOT.parent.parent / "main"))
+    ap.add_argument("--old-checkout", default=None,
+                    help="a checkout of the code before issue 10 (e.g. a git worktree of v0.1.0), for the 'old' rows; "
+                         "without it they are left out")
     args = ap.parse_args()
     from atomsnb.aip import AIP
     from atomsnb.store import ActivationStore, write_store
@@ -102,7 +104,7 @@ def main() -> None:
             assert st.n_tokens == args.tokens
             res: dict[str, list] = {}
             for _ in range(args.rounds):
-                for mode in ("store f32", "store bf16", "memory", "old"):
+                for mode in ("store f32", "store bf16", "memory") + (("old",) if args.old_checkout else ()):
                     code = str(args.old_checkout if mode == "old" else ROOT)  # python -c imports from its cwd first
                     env = {**os.environ, "PYTHONPATH": code}
                     proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(path), str(H), str(N), steps,
