@@ -591,6 +591,13 @@ class LayerData:
         """Width of the activations."""
         return int(self.fit.shape[1])
 
+    def describe(self, n_latents: int) -> str:
+        """One line for a reader: model, layer, ``d_model``, ``|D| = n_latents``, the training (``|M|``) and held-out
+        counts, the massive tokens left out of each and cond(E[hh^T]) (chapters 2 and 5 print it)."""
+        return (f"{self.lm.name}, layer {self.layer}: d_model = {self.d_model}, |D| = {int(n_latents)}; |M| = "
+                f"{len(self.fit):,} training and {len(self.eval):,} held-out activations (massive tokens left out: "
+                f"{self.n_excluded[0]} and {self.n_excluded[1]}); cond(E[hh^T]) = {self.aip.condition_number:.2e}")
+
 
 def _positive_int(name: str, v, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:

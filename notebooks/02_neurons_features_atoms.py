@@ -76,9 +76,7 @@ CHAPTER = "02_neurons_features_atoms"
 # %%
 data = units.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)
 lm = data.lm
-print(f"{lm.name}, layer {layer}: d_model = {data.d_model}, |D| = {capacity * data.d_model}; |M| = {len(data.fit):,} "
-      f"training and {len(data.eval):,} held-out activations (massive tokens left out: {data.n_excluded[0]} and "
-      f"{data.n_excluded[1]}); cond(E[hh^T]) = {data.aip.condition_number:.2e}")
+print(data.describe(capacity * data.d_model))
 
 # %% [markdown]
 # ## Training

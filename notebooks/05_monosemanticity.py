@@ -103,9 +103,7 @@ CHAPTER = "05_monosemanticity"
 # %%
 data = units.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)
 lm = data.lm
-print(f"{lm.name}, layer {layer}: d_model = {data.d_model}, |D| = {capacity * data.d_model}; {len(data.fit):,} training "
-      f"and {len(data.eval):,} held-out docstring activations (massive tokens left out: {data.n_excluded[0]} and "
-      f"{data.n_excluded[1]})")
+print(data.describe(capacity * data.d_model))
 
 # %% tags=["nbval-ignore-output"]
 config = SAEConfig.for_model(data.d_model, n_steps=n_steps, batch_size=batch_size, capacity=capacity, seed=seed,

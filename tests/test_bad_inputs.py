@@ -202,6 +202,8 @@ CASES = [
     pytest.param(lambda: grid_points(["m"], 3, [10], [3]), TypeError, ["layers", "3", "[3]"], id="grid_points layers int"),
     pytest.param(lambda: run_grid(POINTS, product_task, _fresh(), backend="slurm"), ValueError,
                  ["'slurm'", "'sequential', 'processes' or 'dask'"], id="run_grid backend"),
+    pytest.param(lambda: run_grid(POINTS, product_task, _fresh(), threads=0), ValueError,
+                 ["threads", "got 0", "integer >= 1"], id="run_grid threads zero"),
     pytest.param(lambda: run_grid([{"layer": 1}], product_task, _fresh()), TypeError, ["points[0]", "dict", "GridPoint"],
                  id="run_grid point is a dict"),
     pytest.param(lambda: run_grid(POINTS, 42, _fresh()), TypeError, ["fn", "42", "GridPoint -> dict"],

@@ -273,6 +273,10 @@ def test_layer_data_leaves_massive_tokens_out_of_both_splits(tiny_path):
     M = d.fit.double().T @ d.fit.double() / len(d.fit)  # S from the kept fitting tokens only
     assert torch.allclose(d.aip.second_moment, M, rtol=1e-10, atol=1e-12)
     assert full.n_excluded == (0, 0)
+    n_fit, n_eval = len(d.fit_rows), len(d.eval_rows)
+    assert d.describe(64).endswith(f"layer 1: d_model = 32, |D| = 64; |M| = {n_fit:,} training and {n_eval:,} held-out "
+                                   f"activations (massive tokens left out: {1000 - n_fit} and {300 - n_eval}); "
+                                   f"cond(E[hh^T]) = {d.aip.condition_number:.2e}")
     for bad in (1.0, float("nan"), True, "20"):
         with pytest.raises(ValueError, match="massive_k must be None"):
             layer_data(tiny_path, 1, "docstrings", 1000, 300, lm=full.lm, massive_k=bad)
