@@ -322,6 +322,27 @@ class AIP:
         """AIP angles ``arccos <u_i, v_i>_S`` in degrees, ``[n]`` float64 (SPEC §2)."""
         return torch.rad2deg(torch.arccos(self.inner(u, v).clamp(-1.0, 1.0)))
 
+    def pair_angles(self, acts: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """``angles(acts[i], acts[j])`` for index pairs into one set of rows, whitening each distinct row once
+        (random pairs of a set reuse rows: whitening ``2 n_pairs`` rows would repeat work).
+
+        Args:
+            acts: ``[n, d_model]``; i, j: ``[n_pairs]`` int64 row indices.
+
+        Returns:
+            ``[n_pairs]`` float64 angles in degrees (SPEC §2).
+
+        Raises:
+            ValueError: ``i`` and ``j`` of different lengths.
+        """
+        i, j = torch.as_tensor(i), torch.as_tensor(j)
+        if i.shape != j.shape:
+            raise ValueError(f"i and j must have the same shape; got {tuple(i.shape)} and {tuple(j.shape)}")
+        rows, inverse = torch.unique(torch.cat([i.reshape(-1), j.reshape(-1)]), return_inverse=True)
+        w = self.whiten(_as_tensor(acts, "acts")[rows])
+        n = i.numel()
+        return torch.rad2deg(torch.arccos(_cosines(w[inverse[:n]], w[inverse[n:]])))
+
     def invariance_error(self, acts: torch.Tensor, n_pairs: int = 2000, seed: int = 0) -> float:
         """Largest change of the AIP cosine of random pairs when the data are mixed by a random ``A``.
 

@@ -17,7 +17,7 @@ from typing import Mapping
 import pandas as pd
 import torch
 
-from .aip import _cosines, AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
+from .aip import AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
 
 __all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
            "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "massive_reader_table", "describe_massive_choice", "WHITENING_GAIN"]
@@ -37,15 +37,7 @@ def pair_angles(aip: AIP, acts: torch.Tensor, *, n_pairs: int, seed: int) -> tup
         ``(euclidean [n_pairs], aip [n_pairs])`` float64 (SPEC §2).
     """
     i, j = sample_pairs(acts.shape[0], n_pairs, seed=seed)
-    return euclidean_angles(acts[i], acts[j]), _aip_pair_angles(aip, acts, i, j)
-
-
-def _aip_pair_angles(aip: AIP, acts: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """``aip.angles(acts[i], acts[j])``, whitening each distinct row once (2 x n_pairs rows otherwise)."""
-    rows, inverse = torch.unique(torch.cat([i, j]), return_inverse=True)
-    w = aip.whiten(acts[rows])
-    cos = _cosines(w[inverse[:len(i)]], w[inverse[len(i):]])
-    return torch.rad2deg(torch.arccos(cos))
+    return euclidean_angles(acts[i], acts[j]), aip.pair_angles(acts, i, j)
 
 
 def angle_study(fit: Mapping[int, torch.Tensor], evaluations: Mapping[str, Mapping[int, torch.Tensor]], *,
@@ -307,8 +299,8 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
                      "share_sq_norm": st["share_sq_norm_masked"], "max_abs": st["max_abs"],
                      "max_abs_dim": st["max_abs_dim"], "share_trace_top_dim": st["share_trace_top_dim"],
                      "cond_kept": kept.condition_number, "cond_excluded": excl.condition_number,
-                     "aip_mean_kept": float(_aip_pair_angles(kept, y, i, j).mean()),
-                     "aip_mean_excluded": float(_aip_pair_angles(excl, ordinary, p, q).mean()),
+                     "aip_mean_kept": float(kept.pair_angles(y, i, j).mean()),
+                     "aip_mean_excluded": float(excl.pair_angles(ordinary, p, q).mean()),
                      "whitened_cond_kept": _whitened_cond(kept, ordinary),
                      "whitened_cond_excluded": _whitened_cond(excl, ordinary)})
     return (pd.DataFrame(rows), fitted) if return_aips else pd.DataFrame(rows)

@@ -119,3 +119,19 @@ def test_save_load_roundtrip_and_corruption(tmp_path):
     (tmp_path / "aip.safetensors").write_bytes(bytes(raw))
     with pytest.raises(CacheCorruptError):
         AIP.load(tmp_path / "aip.safetensors")
+
+
+def test_pair_angles_equal_angles_of_the_indexed_rows():
+    """AIP.pair_angles (each distinct row whitened once) against angles of the gathered rows, pair by pair."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    aip = AIP.fit(x)
+    i, j = torch.randint(0, 50, (300,), generator=g), torch.randint(0, 50, (300,), generator=g)  # many repeated rows
+    got = aip.pair_angles(x, i, j)
+    ref = torch.stack([aip.angles(x[a:a + 1], x[b:b + 1])[0] for a, b in zip(i.tolist(), j.tolist())])
+    same = i == j  # arccos near cos = 1 turns round-off of 1e-16 into 1e-6 degrees: those pairs are checked apart
+    assert same.any() and (~same).sum() > 250
+    assert torch.allclose(got[~same], ref[~same], atol=1e-10)
+    assert float(got[same].max()) < 1e-5 and float(ref[same].max()) < 1e-5
+    with pytest.raises(ValueError, match="same shape"):
+        aip.pair_angles(x, i, j[:10])
