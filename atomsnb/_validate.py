@@ -41,6 +41,13 @@ def check_int(name: str, value: Any, minimum: int | None) -> int:
     return int(value)
 
 
+def positive_int(name: str, v, minimum: int = 1) -> int:
+    """``v`` as an ``int >= minimum``; anything else (a bool, a float, a string) is a ``ValueError`` naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {v!r}")
+    return int(v)
+
+
 def check_coefficient(name: str, value: Any) -> float:
     """A sparsity coefficient: a finite number ``>= 0``."""
     if not _is_real(value) or not math.isfinite(value) or value < 0:
@@ -155,13 +162,14 @@ def check_fields(cfg: Any) -> None:
         check_corpus(cfg.corpus)
 
 
-def max_positions(model: str) -> int | None:
-    """The longest window a model accepts, from its config (:func:`atomsnb.models.max_positions`; None if unknown)."""
+def model_max_positions(model: str) -> int | None:
+    """The longest window a model accepts, from its config (:func:`atomsnb.architecture.max_positions`; None if unknown)."""
     from transformers import AutoConfig
 
-    from .models import max_positions as _max_positions, resolve_model_path
+    from .architecture import max_positions
+    from .models import resolve_model_path
 
-    return _max_positions(AutoConfig.from_pretrained(resolve_model_path(model)))
+    return max_positions(AutoConfig.from_pretrained(resolve_model_path(model)))
 
 
 def check_data(cfg: Any) -> None:
@@ -176,7 +184,7 @@ def check_data(cfg: Any) -> None:
     from .models import resolve_model_path
 
     seq_len = getattr(cfg, "seq_len", DEFAULT_SEQ_LEN)
-    limit = max_positions(cfg.model)
+    limit = model_max_positions(cfg.model)
     if limit is not None and seq_len > limit:  # activation collection refuses it too (atomsnb.activations)
         raise ValueError(f"seq_len={seq_len} is longer than the {limit} positions of model {cfg.model!r}; use seq_len "
                          f"<= {limit}")

@@ -11,7 +11,7 @@ requested block, so early layers cost only what they compute.
 Text comes from :class:`atomsnb.corpus.Corpus`: documents of one split are shuffled with the
 seed, tokenised without special tokens, joined with EOS and cut into windows of ``seq_len`` tokens.
 Every window begins the way the model's own tokenizer begins a text it encodes on its own
-(:func:`atomsnb.models.tokenizer_prefix`, i.e. ``add_special_tokens=True``): Gemma's tokenizer puts
+(:func:`atomsnb.architecture.tokenizer_prefix`, i.e. ``add_special_tokens=True``): Gemma's tokenizer puts
 ``<bos>`` first, so Gemma windows are ``<bos>`` + text; SmolLM2's adds nothing, so SmolLM2 windows start
 with a text token; the docstring GPT-2's tokenizer adds ``<|endoftext|>`` as it was trained. Position 0
 (the BOS, or whatever token comes first: the attention sink whose massive activations dominate second
@@ -41,8 +41,8 @@ from tqdm import tqdm
 from .aip import check_finite
 from .corpus import SPLITS, Corpus
 from .io import CacheCorruptError, load_tensors, save_tensors, tensor_digest
-from .models import (LoadedModel, decoder_layers, load_model, resolve_device, resolve_dtype, resolve_model_path,
-                     tokenizer_prefix)
+from .architecture import decoder_layers, tokenizer_prefix
+from .models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
 from .paths import cache_dir
 
 __all__ = ["ActivationConfig", "Activations", "CAPTURE_VERSION", "collect_activations", "token_windows",
@@ -158,7 +158,7 @@ def token_windows(tokenizer, corpus: Corpus, split: str, *, n_tokens: int, seq_l
                   drop_bos: bool = True) -> torch.Tensor:
     """Windows ``[n_windows, seq_len]`` of token ids holding at least ``n_tokens`` usable tokens.
 
-    Each window is the tokenizer's own prefix (:func:`atomsnb.models.tokenizer_prefix`: ``[<bos>]`` for Gemma,
+    Each window is the tokenizer's own prefix (:func:`atomsnb.architecture.tokenizer_prefix`: ``[<bos>]`` for Gemma,
     nothing for SmolLM2) followed by ``seq_len - len(prefix)`` tokens of the stream of documents (tokenised
     without special tokens, joined with EOS). Documents of ``split`` are shuffled with ``seed`` and tokenised
     only until enough tokens are available, so a large corpus is not tokenised in full. Usable tokens per

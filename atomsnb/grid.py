@@ -12,7 +12,7 @@ before any work (an unknown model, a layer out of range, ``|M|`` or ``|D|`` of 0
 the activations available). The point functions (:func:`capacity_point`, :func:`layer_point`) are
 module-level so that process pools and Dask workers can run them; each reads its activations from the
 activation stores of :mod:`atomsnb.store` (one per model, layer, corpus, split and seed, collected once and
-shared by every point over a shared filesystem: a point with ``|M|`` reads the first ``|M|`` rows) and scores its unit sets with :func:`atomsnb.units.compare_unit_sets`, as
+shared by every point over a shared filesystem: a point with ``|M|`` reads the first ``|M|`` rows) and scores its unit sets with :func:`atomsnb.evaluation.compare_unit_sets`, as
 the chapters do. :func:`capacity_reader_table`, :func:`layer_reader_table` and :func:`compare_with_paper`
 give the tables for a reader; :func:`describe_capacity` and :func:`describe_layers` the readings.
 """
@@ -34,7 +34,9 @@ from .models import check_model
 from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS
 from .runner import GridPoint
 from .sae import SAEConfig
-from .units import UnitSetSpec, compare_unit_sets, layer_data
+from .evaluation import compare_unit_sets
+from .pipeline import layer_data
+from .units import UnitSetSpec
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
@@ -80,7 +82,7 @@ def _stores(point: GridPoint):
 
 
 def _layer_data(point: GridPoint):
-    """The point's activations and AIP (:func:`atomsnb.units.layer_data` through the activation store)."""
+    """The point's activations and AIP (:func:`atomsnb.pipeline.layer_data` through the activation store)."""
     p = dict(point.params)
     return layer_data(point.model, point.layer, p["corpus"], p["n_fit_tokens"], p["n_eval_tokens"], point.seed,
                       p["device"], p["dtype"], lm=_model(point.model, p["device"], p["dtype"]),
@@ -206,7 +208,7 @@ def capacity_point(point: GridPoint) -> dict:
     estimates ``S`` separately from the SAE's training data. Every point reads the same two activation stores
     (:mod:`atomsnb.store`): ``S`` by streaming the fitting store (cached in it, so the grid fits it once), the TSAE by
     streaming its first ``|M|`` rows (memory independent of ``|M|``: the paper's 1.9B activations fit through the
-    same code), and the held-out rows in memory. The TSAE goes through :func:`atomsnb.units.compare_unit_sets`, like
+    same code), and the held-out rows in memory. The TSAE goes through :func:`atomsnb.evaluation.compare_unit_sets`, like
     every other unit set of the book.
 
     Returns:

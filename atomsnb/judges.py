@@ -35,7 +35,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from importlib import resources
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
+from .architecture import UnsupportedModelError, decoder_layers, max_positions
 from .default_model import MODEL_NAME as DOCSTRING_GPT2_NAME
 from .default_model import ensure_default_model
 from .packaged import PACKAGED_MODELS, PackageNotInstalledError, ensure_packaged_model
 
 __all__ = ["DEFAULT_MODEL_NAME", "DOCSTRING_GPT2_NAME", "REGISTERED_MODELS", "PACKAGED_MODELS", "LoadedModel",
-           "ModelNotFoundError", "UnsupportedModelError", "load_model", "resolve_dtype", "resolve_device",
-           "resolve_model_path", "canonical_name", "decoder_layers", "check_model", "model_card", "tokenizer_prefix",
-           "max_positions"]
+           "ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device",
+           "resolve_model_path", "canonical_name", "check_model", "model_card"]
 
 #: The book's default model; ``load_model("default")`` loads it.
 DEFAULT_MODEL_NAME = "smollm2-135m"
@@ -50,10 +50,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._
 
 class ModelNotFoundError(OSError):
     """A model name that is neither registered, nor a usable local directory, nor loadable from the hub."""
-
-
-class UnsupportedModelError(ValueError):
-    """A model whose architecture ``transformers`` cannot load as a causal LM, or whose decoder blocks are not found."""
 
 
 @dataclass
@@ -188,56 +184,6 @@ def resolve_model_path(name: str, *, verbose: bool = True) -> str:
                                  f"pass an existing directory saved with save_pretrained, a registered name "
                                  f"{list(REGISTERED_MODELS)} or a hub id 'org/name'")
     return name
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of decoder blocks whose outputs are the residual stream (GPT-2, Pythia, Llama, Gemma 2/3, ...).
-
-    Raises:
-        UnsupportedModelError: no block list of length ``config.num_hidden_layers`` is found.
-    """
-    for attr in ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers",
-                 "model.language_model.layers"):
-        obj = model
-        try:
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise UnsupportedModelError(f"cannot find the decoder blocks of {type(model).__name__}: no ModuleList of length "
-                                f"num_hidden_layers={n}; supported are models whose blocks sit at transformer.h, "
-                                "model.layers, gpt_neox.layers or model.decoder.layers")
-
-
-def max_positions(config) -> int | None:
-    """The longest input (tokens) a model config allows: ``max_position_embeddings`` / ``n_positions`` / ... or ``None``."""
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
-        v = getattr(config, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def tokenizer_prefix(tokenizer) -> list[int]:
-    """The token ids a tokenizer puts before a text's first token when it encodes a text on its own
-    (``add_special_tokens=True``): ``[bos]`` for Gemma, ``[]`` for SmolLM2.
-
-    Raises:
-        ValueError: the tokenizer's special tokens do not wrap the plain encoding (cannot tell the prefix).
-    """
-    probe = "Return the value."
-    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    for k in range(len(full) - len(bare) + 1):
-        if full[k:k + len(bare)] == bare:
-            return full[:k]
-    raise ValueError(f"cannot tell which special tokens {type(tokenizer).__name__} adds: {full} vs {bare}")
 
 
 def _not_found(name: str, exc: Exception) -> ModelNotFoundError:

@@ -22,8 +22,8 @@ And it runs the chapter's pipeline from unit sets to judged scores:
 - :func:`judge_units`: every judge on every sampled unit and on the chance pools, with human ratings appended;
 - :func:`contexts_html`: what the judges read, one HTML block per unit set, each unit with its offline scores.
 
-The verdicts on the paper's claims are :func:`atomsnb.paper.check_mono_atoms_more_monosemantic` and
-:func:`atomsnb.paper.check_mono_llm_human_judgement`, which read :func:`unit_set_differences`' table.
+The verdicts on the paper's claims are :func:`atomsnb.verdicts.check_mono_atoms_more_monosemantic` and
+:func:`atomsnb.verdicts.check_mono_llm_human_judgement`, which read :func:`unit_set_differences`' table.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def describe(summary: pd.DataFrame, diffs: pd.DataFrame, *, metrics: pd.DataFram
         summary: :func:`atomsnb.judges.summary_table` output (``judge``, ``unit set``, ``mean``, ``ci_low`` and the
             chance columns ``chance (random tokens)``, ``chance (shuffled)``).
         diffs: :func:`unit_set_differences` output.
-        metrics: held-out rows of :attr:`atomsnb.units.UnitSetResults.table` indexed by unit set (``q_star``), for
+        metrics: held-out rows of :attr:`atomsnb.evaluation.UnitSetResults.table` indexed by unit set (``q_star``), for
             the "does q* order the sets as the judges do" line; None to skip it.
         agreement: :func:`atomsnb.judges.judge_agreement` output; None or empty to skip.
         offline_judges: the judges whose order is compared with ``q*``'s.
@@ -307,7 +307,7 @@ def reading_contexts(unit_sets: Mapping[str, object], reading, layer: int, token
     ``n_random`` contexts (default ``20 k``) at tokens drawn uniformly among the non-massive ones.
 
     Args:
-        unit_sets: name -> :class:`atomsnb.units.UnitSet` (e.g. :attr:`atomsnb.units.UnitSetResults.units`).
+        unit_sets: name -> :class:`atomsnb.units.UnitSet` (e.g. :attr:`atomsnb.evaluation.UnitSetResults.units`).
         reading: :class:`atomsnb.activations.Activations` of the reading text holding ``layer``.
         layer: the residual-stream layer the unit sets read.
         tokenizer: the LM's tokenizer.

@@ -331,7 +331,7 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import tokenizer_prefix
+    from .architecture import tokenizer_prefix
 
     t0 = time.time()
     work = out / ".work"
@@ -371,7 +371,7 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
     probe_loss = float(torch.nn.functional.cross_entropy(a[0, :-1], ids[0, 1:]))
 
     cfg = reloaded.config
-    from .models import decoder_layers
+    from .architecture import decoder_layers
 
     files = {p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != licence_src.name}
     card = {

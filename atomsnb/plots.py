@@ -245,7 +245,7 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
     Points with ``R^2 < r2_floor`` are drawn at the floor with a downward arrow and their value printed.
 
     Args:
-        table: held-out rows of :func:`atomsnb.units.compare_unit_sets` (columns ``family``, ``r2_aip``, ``q_star`` and,
+        table: held-out rows of :func:`atomsnb.evaluation.compare_unit_sets` (columns ``family``, ``r2_aip``, ``q_star`` and,
             optionally, ``l0_coefficient`` / ``l1_coefficient``, NaN where not applicable).
         paper: label -> ``(q*, R^2)`` points of the paper, drawn hollow and labelled as the paper's.
     """

@@ -829,7 +829,7 @@ def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: t
 def training_memory_bytes(d_in: int, n_latents: int, batch_size: int, *, dtype: str = "float32",
                           sparse_density: float = 0.15) -> int:
     """Bytes the trainer holds besides the batch stream (an upper bound of the formula's terms, used by
-    :func:`atomsnb.store.resources` and checked against measured RSS in ``tests/test_stream_training.py``).
+    :func:`atomsnb.budget.resources` and checked against measured RSS in ``tests/test_stream_training.py``).
 
     - ``10 N H`` parameter-sized tensors: ``W_enc``, ``W_dec``, their gradients, Adam's two moments, and the
       hand-written step's two gradient buffers;

@@ -58,7 +58,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .models import LoadedModel, decoder_layers
+from .architecture import decoder_layers
+from .models import LoadedModel
 
 __all__ = ["SpliceScores", "spliced_scores", "special_token_ids", "eval_windows", "scores_table",
            "FaithfulnessVerdict", "faithfulness_correlations", "SCORE_NAMES"]

@@ -8,7 +8,7 @@ geometry is not.
 
 :func:`atom_recovery` scores a learned dictionary against the true atoms by Hungarian matching of
 AIP cosines; :func:`support_recovery` scores codes against the true supports; :func:`score_unit_sets`
-adds the atom recovery to :func:`atomsnb.units.compare_unit_sets`' table (any unit set: neurons, trained
+adds the atom recovery to :func:`atomsnb.evaluation.compare_unit_sets`' table (any unit set: neurons, trained
 SAEs, the constructed TSAE). :func:`describe` reads the toy world's numbers that are not claims of the
 paper (those are the ``check_toy_*`` of :mod:`atomsnb.paper`).
 """
@@ -402,10 +402,10 @@ def mixing_invariance(world: SyntheticWorld, *, n_pairs: int = 20000, seed: int 
 
 
 def score_unit_sets(results, true_atoms: torch.Tensor, aip: AIP, *, threshold: float = 0.9):
-    """The held-out rows of :func:`atomsnb.units.compare_unit_sets` with the recovery of the true atoms (SPEC §7).
+    """The held-out rows of :func:`atomsnb.evaluation.compare_unit_sets` with the recovery of the true atoms (SPEC §7).
 
     Args:
-        results: :class:`atomsnb.units.UnitSetResults` (its ``table`` and ``units``).
+        results: :class:`atomsnb.evaluation.UnitSetResults` (its ``table`` and ``units``).
         true_atoms: ``[d_model, n_true]`` true atoms in the coordinates of the activations (``world.mixed_atoms``).
         aip: the AIP the unit sets were evaluated with.
         threshold: AIP ``|cos|`` a matched atom needs to count as recovered.
@@ -430,13 +430,13 @@ def score_unit_sets(results, true_atoms: torch.Tensor, aip: AIP, *, threshold: f
 
 
 def reader_table(scores):
-    """:func:`score_unit_sets` for a reader: :func:`atomsnb.units.reader_table` plus ``true atoms recovered (%)``
+    """:func:`score_unit_sets` for a reader: :func:`atomsnb.evaluation.reader_table` plus ``true atoms recovered (%)``
     and ``alive latents`` (index ``unit set``).
 
     Raises:
         ValueError: a table without the columns of :func:`score_unit_sets`.
     """
-    from .units import reader_table as units_reader_table
+    from .evaluation import reader_table as units_reader_table
 
     missing = [c for c in ("atom_recovery", "n_alive", "split") if c not in scores]
     if missing:
@@ -456,7 +456,7 @@ def _share_words(share: float) -> str:
 def describe(inv: MixingInvariance | None = None, *, d_model: int | None = None,
              neuron_gram: torch.Tensor | None = None) -> list[str]:
     """Readings of the toy world's numbers that are not claims of the paper, every number-dependent word chosen
-    from the numbers (the claims are :func:`atomsnb.paper.check_toy_aip_invariance` and the other ``check_toy_*``).
+    from the numbers (the claims are :func:`atomsnb.verdicts.check_toy_aip_invariance` and the other ``check_toy_*``).
 
     - With ``inv``: where the mean AIP angle of random pairs sits. With the uncentred second moment the mean AIP
       cosine of random pairs is ``a / ((1 + a) H) <= 1 / H`` (SPEC §1.5), so the mean angle may sit up to

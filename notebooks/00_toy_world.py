@@ -68,7 +68,7 @@ threads = 1  # torch CPU threads: tiny tensors, one thread is as fast and immune
 import matplotlib.pyplot as plt
 import torch
 
-from atomsnb import paper, plots, synthetic
+from atomsnb import paper, plots, synthetic, verdicts
 from atomsnb.aip import AIP
 from atomsnb.claims import record
 from atomsnb.metrics import gram_abs, r2_aip
@@ -76,7 +76,8 @@ from atomsnb.sae import SAEConfig, refit_on_support
 from atomsnb.synthetic import (
     SyntheticConfig, atom_recovery, construction_phase_grid, make_world, mixing_invariance, support_recovery,
 )
-from atomsnb.units import Neurons, UnitSetSpec, compare_unit_sets
+from atomsnb.evaluation import compare_unit_sets
+from atomsnb.units import Neurons, UnitSetSpec
 
 if threads:
     torch.set_num_threads(threads)
@@ -106,7 +107,7 @@ plt.show()
 print("\n".join(synthetic.describe(inv, d_model=d_model)))
 
 # %%
-_ = record(paper.check_toy_aip_invariance(inv))
+_ = record(verdicts.check_toy_aip_invariance(inv))
 
 # %% [markdown]
 # ## 2. The TSAE construction: exact supports inside the feasible region?
@@ -138,8 +139,8 @@ if len(infeasible):
           f"min {infeasible.support_recovery.min():.3f}, median {infeasible.support_recovery.median():.3f}")
 
 # %%
-_ = record(paper.check_toy_construction_supports(phase))
-_ = record(paper.check_toy_construction_reconstruction(phase))
+_ = record(verdicts.check_toy_construction_supports(phase))
+_ = record(verdicts.check_toy_construction_reconstruction(phase))
 
 # %% [markdown]
 # ## 3. Does a trained TSAE find the atoms? Do a standard SAE and the neurons?
@@ -196,6 +197,6 @@ print(f"TSAE supports exactly right on {support_exact:.3f} of held-out activatio
 # order, and does the trained TSAE reach the paper's $R^2 \approx q^* \approx 0.999$ on a world whose atoms we know?
 
 # %%
-_ = record(paper.check_toy_trained_tsae(scores, k=k, support_exact=support_exact, r2_refit=r2_refit,
+_ = record(verdicts.check_toy_trained_tsae(scores, k=k, support_exact=support_exact, r2_refit=r2_refit,
                                         n_true_atoms=world.atoms.shape[1]))
-_ = record(paper.check_toy_baselines(scores))
+_ = record(verdicts.check_toy_baselines(scores))

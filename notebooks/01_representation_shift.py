@@ -57,7 +57,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from atomsnb import claims, paper, plots, shift
+from atomsnb import claims, plots, shift, verdicts
 from atomsnb.activations import ActivationConfig, collect_activations
 from atomsnb.massive import massive_token_mask
 from atomsnb.models import PACKAGED_MODELS, load_model, model_card
@@ -200,7 +200,7 @@ for name in models:
         assert ((w.T @ w) / len(w) - torch.eye(w.shape[1], dtype=w.dtype)).abs().max() < 1e-6
 
 label = " and ".join(f"{name} (layers 1-{lms[name].n_layers})" for name in models)
-for check in (paper.check_shift_euclidean_below_90, paper.check_shift_aip_recentres):
+for check in (verdicts.check_shift_euclidean_below_90, verdicts.check_shift_aip_recentres):
     claims.record(check(table, model=label))
 
 # %% [markdown]

@@ -60,7 +60,7 @@ threads = 1  # torch CPU threads (make runs two chapters at once; 1 is also bit-
 import matplotlib.pyplot as plt
 import torch
 
-from atomsnb import claims, plots, splice, units
+from atomsnb import claims, evaluation, pipeline, plots, splice, units, verdicts
 from atomsnb.sae import SAEConfig
 
 if threads:
@@ -74,7 +74,7 @@ CHAPTER = "02_neurons_features_atoms"
 # both, like the BOS token.
 
 # %%
-data = units.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)
+data = pipeline.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)
 lm = data.lm
 print(data.describe(capacity * data.d_model))
 
@@ -93,7 +93,7 @@ if external_sae:
     from atomsnb.external import load_external_sae
 
     specs.append(load_external_sae(external_sae, layer=layer))
-results = units.compare_unit_sets(data.fit, data.eval, data.aip, specs, config, n_train_eval=n_eval_tokens)
+results = evaluation.compare_unit_sets(data.fit, data.eval, data.aip, specs, config, n_train_eval=n_eval_tokens)
 print(results.summary())
 
 # %%
@@ -107,14 +107,14 @@ plt.show()
 # latents per token) and dead latents:
 
 # %%
-units.reader_table(results.table)
+evaluation.reader_table(results.table)
 
 # %% [markdown]
 # The same on the training activations: with $\lvert M\rvert \gg \lvert D\rvert$ there is little room to memorise,
 # so train and held-out numbers should be close.
 
 # %%
-units.train_vs_heldout_table(results.table)
+evaluation.train_vs_heldout_table(results.table)
 
 # %%
 held = results.table[results.table["split"] == "held-out"]
@@ -143,8 +143,8 @@ norm_limit = None if data.massive_k is None else data.massive_k * float(data.fit
 spliced = splice.spliced_scores(lm, results.units, windows, layer, keep_clean_above=norm_limit)
 
 # %%
-both = units.with_spliced_scores(held, spliced)
-units.spliced_reader_table(both)
+both = evaluation.with_spliced_scores(held, spliced)
+evaluation.spliced_reader_table(both)
 
 # %%
 verdict = splice.faithfulness_correlations(both[both["family"] != "neurons"])
@@ -176,15 +176,15 @@ print(verdict.sentence)
 assert (held.loc[held["family"] == "neurons", ["r2_aip", "explained_variance"]] - 1).abs().max().max() < 1e-9, \
     "neurons reconstruct exactly"
 label = f"{lm.name}, layer {layer}, held-out"
-for check in (paper.check_units_neurons, paper.check_units_features, paper.check_units_atoms_beat_features,
-              paper.check_units_atoms_near_one):
+for check in (verdicts.check_units_neurons, verdicts.check_units_features, verdicts.check_units_atoms_beat_features,
+              verdicts.check_units_atoms_near_one):
     claims.record(check(held, model=label))
 
 # %% [markdown]
 # ## Verdict
 
 # %%
-print("\n".join(units.describe(held, condition_number=data.aip.condition_number)))
+print("\n".join(evaluation.describe(held, condition_number=data.aip.condition_number)))
 print(verdict.sentence)
 
 # %% [markdown]

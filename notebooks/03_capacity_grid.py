@@ -57,7 +57,7 @@ threads = 1  # torch CPU threads; None for torch's default
 import matplotlib.pyplot as plt
 import torch
 
-from atomsnb import claims, grid, paper, plots
+from atomsnb import claims, grid, paper, plots, verdicts
 from atomsnb.massive import DEFAULT_K
 from atomsnb.runner import results_dir, run_grid
 
@@ -101,7 +101,7 @@ grid.critical_capacity_table(df)
 # ## Claim check and the memorisation question
 
 # %%
-claims.record(paper.check_grid_critical_capacity(df, model=f"{model}, layer {layer}, {n_steps} steps per point"))
+claims.record(verdicts.check_grid_critical_capacity(df, model=f"{model}, layer {layer}, {n_steps} steps per point"))
 print("\n".join(grid.describe_capacity(df)))
 
 # %% [markdown]

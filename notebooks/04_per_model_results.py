@@ -65,7 +65,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from atomsnb import claims, grid, paper, plots
+from atomsnb import claims, grid, plots, verdicts
 from atomsnb.runner import results_dir, run_grid
 
 if threads:
@@ -120,8 +120,8 @@ grid.paper_reader_table(table)
 
 # %%
 label = "; ".join(f"{m} (layers {', '.join(str(p.layer) for p in points if p.model == m)})" for m in models)
-claims.record(paper.check_layers_atoms_near_one(table, model=f"{label}, {n_steps} steps on {n_train_tokens:,} tokens"))
-for verdict in paper.check_layers_paper_models(table):
+claims.record(verdicts.check_layers_atoms_near_one(table, model=f"{label}, {n_steps} steps on {n_train_tokens:,} tokens"))
+for verdict in verdicts.check_layers_paper_models(table):
     claims.record(verdict)
 
 # %% [markdown]

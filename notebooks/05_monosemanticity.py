@@ -81,7 +81,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
 
-from atomsnb import claims, paper, plots, units
+from atomsnb import claims, evaluation, pipeline, plots, units, verdicts
 from atomsnb import judges as J
 from atomsnb import monosemanticity as mono
 from atomsnb.activations import ActivationConfig, collect_activations
@@ -101,7 +101,7 @@ CHAPTER = "05_monosemanticity"
 # docstrings**, as in chapter 2.
 
 # %%
-data = units.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)
+data = pipeline.layer_data(model, layer, corpus, n_fit_tokens, n_eval_tokens, seed, device, dtype, massive_k=massive_k)
 lm = data.lm
 print(data.describe(capacity * data.d_model))
 
@@ -110,11 +110,11 @@ config = SAEConfig.for_model(data.d_model, n_steps=n_steps, batch_size=batch_siz
                              device=device)
 specs = [units.UnitSetSpec.neurons(), units.UnitSetSpec.features(l1_coefficient, "features"),
          units.UnitSetSpec.atoms(l0_coefficient, "atoms")]
-results = units.compare_unit_sets(data.fit, data.eval, data.aip, specs, config, n_train_eval=0, progress=False)
+results = evaluation.compare_unit_sets(data.fit, data.eval, data.aip, specs, config, n_train_eval=0, progress=False)
 print(results.summary())
 
 # %%
-units.reader_table(results.table)
+evaluation.reader_table(results.table)
 
 # %% [markdown]
 # ## Top-activating contexts in natural language
@@ -231,8 +231,8 @@ label = (f"{lm.name}, layer {layer}, {n_units} units per set, top {k} contexts o
          f"metrics on held-out {corpus}")
 offline = [j for j in mono.OFFLINE_JUDGES if j in set(scores["judge"])]
 closed = [j for j in dict.fromkeys(scores["judge"]) if j not in offline]
-_ = claims.record(paper.check_mono_atoms_more_monosemantic(diffs, judges=offline, model=label))
-_ = claims.record(paper.check_mono_llm_human_judgement(diffs, judges=closed, model=label))
+_ = claims.record(verdicts.check_mono_atoms_more_monosemantic(diffs, judges=offline, model=label))
+_ = claims.record(verdicts.check_mono_llm_human_judgement(diffs, judges=closed, model=label))
 
 # %% [markdown]
 # ## Verdict

@@ -15,7 +15,8 @@ import torch
 from atomsnb.activations import capture_residual_stream, next_token_loss, token_windows
 from atomsnb.corpus import Corpus, split_of
 from atomsnb.fingerprints import directory_fingerprint
-from atomsnb.models import DEFAULT_MODEL_NAME, PACKAGED_MODELS, load_model, model_card, tokenizer_prefix
+from atomsnb.models import DEFAULT_MODEL_NAME, PACKAGED_MODELS, load_model, model_card
+from atomsnb.architecture import tokenizer_prefix
 from atomsnb.packaged import CONVERTER_VERSION, ensure_packaged_model
 
 pytestmark = pytest.mark.shared_cache

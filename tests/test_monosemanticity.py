@@ -8,6 +8,7 @@ import pytest
 
 from atomsnb import judges as J
 from atomsnb import paper as P
+from atomsnb import verdicts as V
 from atomsnb.monosemanticity import (
     describe, format_differences, reader_differences, reader_summary, stability_table, unit_set_differences,
 )
@@ -63,12 +64,12 @@ def test_verdicts_and_readings_flip_with_the_scores():
     summary = J.summary_table(s, None, n_boot=300)
     metrics = pd.DataFrame({"q_star": [0.01, 0.5, 0.9], "r2_aip": [1.0, 0.4, 0.8], "l0": [64.0, 10.0, 5.0]},
                            index=["neurons", "features", "atoms"])
-    v = P.check_mono_atoms_more_monosemantic(diffs, judges=["tc", "ec"], model="m")
+    v = V.check_mono_atoms_more_monosemantic(diffs, judges=["tc", "ec"], model="m")
     assert v.verdict == "partly reproduced" and v.interpretation.startswith("2 of 4 comparisons")
     assert v.ours.startswith("tc: atoms - features = +0.3") and "ec: atoms - neurons = +0.0" in v.ours
-    v = P.check_mono_atoms_more_monosemantic(diffs, judges=["tc"], model="m")
+    v = V.check_mono_atoms_more_monosemantic(diffs, judges=["tc"], model="m")
     assert v.verdict == "reproduced" and v.interpretation.startswith("Every comparison")
-    v = P.check_mono_atoms_more_monosemantic(diffs, judges=["ec"], model="m")
+    v = V.check_mono_atoms_more_monosemantic(diffs, judges=["ec"], model="m")
     assert v.verdict == "not reproduced" and v.interpretation.startswith("No comparison")
 
     lines = describe(summary, diffs, metrics=metrics, offline_judges=["tc", "ec"])

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from atomsnb import paper as P
+from atomsnb import verdicts as V
 from atomsnb.claims import VERDICTS, Verdict, record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def flips(make, capsys, cases):
 
 # ----------------------------------------------------------------------------------------------- the claims table
 def test_every_claim_has_a_check_and_its_numbers_are_the_papers():
-    assert set(P.CHECKS) == set(P.CLAIMS)
+    assert set(V.CHECKS) == set(P.CLAIMS)
     assert len({c.claim_id for c in P.CLAIMS.values()}) == len(P.CLAIMS)
     chapters = {c.chapter for c in P.CLAIMS.values()}
     assert chapters == {"00_toy_world", "01_representation_shift", "02_neurons_features_atoms", "03_capacity_grid",
@@ -63,7 +64,7 @@ def test_record_prints_and_appends_the_verdict(tmp_path, monkeypatch, capsys):
     inv = SimpleNamespace(max_aip_change=1e-12, max_euclidean_change=0.5, euclidean_clean=torch.tensor([80.0]),
                           euclidean_mixed=torch.tensor([20.0]))
     monkeypatch.setenv("ATOMSNB_CLAIMS_DIR", str(tmp_path))
-    v = record(P.check_toy_aip_invariance(inv))
+    v = record(V.check_toy_aip_invariance(inv))
     out = capsys.readouterr().out
     assert out.startswith("[REPRODUCED] The AIP is invariant") and "reading: " in out
     rec = json.loads((tmp_path / "00_toy_world.jsonl").read_text())
@@ -82,7 +83,7 @@ def test_record_prints_and_appends_the_verdict(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------------------------- chapter 0
 def test_toy_aip_invariance(capsys):
     def make(aip, euc):
-        return P.check_toy_aip_invariance(SimpleNamespace(max_aip_change=aip, max_euclidean_change=euc,
+        return V.check_toy_aip_invariance(SimpleNamespace(max_aip_change=aip, max_euclidean_change=euc,
                                                           euclidean_clean=torch.tensor([70.0, 80.0]),
                                                           euclidean_mixed=torch.tensor([10.0, 20.0])))
     flips(make, capsys, [
@@ -105,7 +106,7 @@ def _phase(feasible_rec, infeasible_rec=(), lit=1.0, refit=1.0):
 def test_toy_construction_supports(capsys):
     degrading = [(0.9, -0.1), (0.5, -0.5), (0.2, -1.0)]  # recovery falls as the margin goes negative
     flat = [(0.2, -0.1), (0.9, -0.5), (0.5, -1.0)]  # no monotone trend
-    flips(lambda ph: P.check_toy_construction_supports(ph), capsys, [
+    flips(lambda ph: V.check_toy_construction_supports(ph), capsys, [
         ((_phase([1.0, 1.0], degrading),), "reproduced",
          ["every support is recovered, as the theorem says", "sufficient, not necessary", "degrades as the violation grows"],
          "does not track"),
@@ -114,13 +115,13 @@ def test_toy_construction_supports(capsys):
          "as the theorem says"),
     ])
     with pytest.raises(ValueError, match="no feasible world"):
-        P.check_toy_construction_supports(_phase([], degrading))
+        V.check_toy_construction_supports(_phase([], degrading))
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['support_recovery'\]"):
-        P.check_toy_construction_supports(pd.DataFrame({"feasible": [True]}))
+        V.check_toy_construction_supports(pd.DataFrame({"feasible": [True]}))
 
 
 def test_toy_construction_reconstruction(capsys):
-    flips(lambda ph: P.check_toy_construction_reconstruction(ph), capsys, [
+    flips(lambda ph: V.check_toy_construction_reconstruction(ph), capsys, [
         ((_phase([1.0], lit=1.0, refit=1.0),), "reproduced", "AIP-orthogonal here", "not exact"),
         ((_phase([1.0], lit=0.99, refit=1.0 - 1e-12),), "partly reproduced", ["not exact", "makes it exact"], "even a"),
         ((_phase([1.0], lit=0.99, refit=0.999),), "not reproduced", "even a least-squares refit", "makes it exact"),
@@ -141,7 +142,7 @@ def _toy_scores(rec=1.0, r2=0.995, q=0.995, l0=3.0, n_alive=64, neurons_q=0.01, 
 
 def test_toy_trained_tsae(capsys):
     def make(scores, **kw):
-        return P.check_toy_trained_tsae(scores, k=3, n_true_atoms=64, **kw)
+        return V.check_toy_trained_tsae(scores, k=3, n_true_atoms=64, **kw)
     flips(make, capsys, [
         ((_toy_scores(),), "reproduced", ["recovers every one", "reaches R^2 and q* of at least 0.99", "matches K = 3",
                                           "no spare latent"], ["does not reach", "below K"]),
@@ -154,16 +155,16 @@ def test_toy_trained_tsae(capsys):
         ((_toy_scores(rec=0.0, r2=0.9),), "not reproduced",
          ["recovers only 0% of the true atoms and does not reach R^2 and q* of 0.99 either"], "but does not"),
     ])
-    out = printed(P.check_toy_trained_tsae(_toy_scores(r2=0.95), k=3, support_exact=0.8, r2_refit=0.97), capsys)
+    out = printed(V.check_toy_trained_tsae(_toy_scores(r2=0.95), k=3, support_exact=0.8, r2_refit=0.97), capsys)
     assert "exactly right on 80.0%" in out and "raises R^2 to 0.9700" in out
-    out = printed(P.check_toy_trained_tsae(_toy_scores(r2=0.95), k=3, support_exact=1.0, r2_refit=0.94), capsys)
+    out = printed(V.check_toy_trained_tsae(_toy_scores(r2=0.95), k=3, support_exact=1.0, r2_refit=0.94), capsys)
     assert "exactly right on every held-out activation" in out and "does not raise R^2" in out
     with pytest.raises(ValueError, match="exactly one row of family 'atoms'"):
-        P.check_toy_trained_tsae(pd.concat([_toy_scores(), _toy_scores()]), k=3)
+        V.check_toy_trained_tsae(pd.concat([_toy_scores(), _toy_scores()]), k=3)
 
 
 def test_toy_baselines(capsys):
-    flips(lambda s: P.check_toy_baselines(s), capsys, [
+    flips(lambda s: V.check_toy_baselines(s), capsys, [
         ((_toy_scores(),), "partly reproduced",
          ["faithful, not unique", "spends its capacity on the high-variance", "units are not the atoms",
           "atoms > features > neurons, the paper's order"], "unlike the paper"),
@@ -183,31 +184,31 @@ def _angles(euclid, aip_held, set_name="held-out"):
 
 
 def test_shift_claims(capsys):
-    flips(lambda t: P.check_shift_euclidean_below_90(t, model="m"), capsys, [
+    flips(lambda t: V.check_shift_euclidean_below_90(t, model="m"), capsys, [
         ((_angles([40.0, 60.0], [90, 90]),), "reproduced", ["40.0-60.0 degrees", "present in every layer"], "absent"),
         ((_angles([40.0, 88.0], [90, 90]),), "partly reproduced", "present in 1 of 2 layers", "every layer"),
         ((_angles([87.0, 88.0], [90, 90]),), "not reproduced", "shift is absent", "present in"),
     ])
-    flips(lambda t: P.check_shift_aip_recentres(t, model="m"), capsys, [
+    flips(lambda t: V.check_shift_aip_recentres(t, model="m"), capsys, [
         ((_angles([40, 60], [89.5, 90.5]),), "reproduced", "holds within 2 degrees in every layer", "does not hold"),
         ((_angles([40, 60], [89.5, 85.0]),), "partly reproduced", "in 1 of 2 layers", "every layer"),
         ((_angles([40, 60], [80.0, 85.0]),), "not reproduced", "does not hold within 2 degrees in any layer", "holds within"),
     ])
     with pytest.raises(ValueError, match="no rows of set 'held-out'"):
-        P.check_shift_euclidean_below_90(_angles([40.0], [90], set_name="other"), model="m")
+        V.check_shift_euclidean_below_90(_angles([40.0], [90], set_name="other"), model="m")
     bad = _angles([40.0, float("nan")], [90, 90])
     with pytest.raises(ValueError, match="'euclidean_mean' has non-finite"):
-        P.check_shift_euclidean_below_90(bad, model="m")
+        V.check_shift_euclidean_below_90(bad, model="m")
 
 
 def test_shift_claims_over_several_models(capsys):
     both = pd.concat([_angles([40.0, 60.0, 50.0], [90, 90, 90]).assign(model="A"),
                       _angles([88.0, 30.0], [90, 90]).assign(model="B")])
-    v = P.check_shift_euclidean_below_90(both, model="A and B")
+    v = V.check_shift_euclidean_below_90(both, model="A and B")
     assert v.verdict == "partly reproduced" and "present in 4 of 5 layers" in v.interpretation
     assert "layers 1-3 of A and 1-2 of B" in v.interpretation
     assert v.ours == "held-out mean Euclidean angle per layer: A: 40.0, 60.0, 50.0; B: 88.0, 30.0"
-    v = P.check_shift_euclidean_below_90(both[both["model"] == "A"], model="A")
+    v = V.check_shift_euclidean_below_90(both[both["model"] == "A"], model="A")
     assert v.verdict == "reproduced" and "layers 1-3 of A" in v.interpretation
 
 
@@ -251,7 +252,7 @@ def _held(neurons=(1.0, 0.01), feats=((0.5, 0.7),), atoms=((0.995, 0.995, 20.0),
 
 
 def test_units_neurons(capsys):
-    flips(lambda h: P.check_units_neurons(h, model="m"), capsys, [
+    flips(lambda h: V.check_units_neurons(h, model="m"), capsys, [
         ((_held(neurons=(1.0, 0.01)),), "reproduced", "faithful but not unique, as the paper reports", "more stable"),
         ((_held(neurons=(1.0, 0.3)),), "partly reproduced", "more stable than the paper reports (0.5%)", "as the paper"),
         ((_held(neurons=(0.9, 0.01)),), "not reproduced", "not faithful", "as the paper reports"),
@@ -259,7 +260,7 @@ def test_units_neurons(capsys):
 
 
 def test_units_features(capsys):
-    flips(lambda h: P.check_units_features(h, model="m"), capsys, [
+    flips(lambda h: V.check_units_features(h, model="m"), capsys, [
         ((_held(feats=((0.5, 0.7), (0.2, 0.3))),), "reproduced", ["close to the paper's 68.2%", "L1 coefficient 0.01"],
          "well below"),
         ((_held(feats=((0.2, 0.3), (0.1, 0.4))),), "partly reproduced", ["well below the paper's 68.2%",
@@ -271,7 +272,7 @@ def test_units_features(capsys):
 
 
 def test_units_atoms_beat_features(capsys):
-    flips(lambda h: P.check_units_atoms_beat_features(h, model="m"), capsys, [
+    flips(lambda h: V.check_units_atoms_beat_features(h, model="m"), capsys, [
         ((_held(feats=((0.5, 0.7), (0.6, 0.5)), atoms=((0.7, 0.9, 5.0),)),), "reproduced",
          ["Every feature point is beaten", "dominate the features' frontier"], "crosses"),
         ((_held(feats=((0.5, 0.7), (0.9, 0.5)), atoms=((0.7, 0.9, 5.0),)),), "partly reproduced",
@@ -282,7 +283,7 @@ def test_units_atoms_beat_features(capsys):
 
 
 def test_units_atoms_near_one(capsys):
-    flips(lambda h: P.check_units_atoms_near_one(h, model="m"), capsys, [
+    flips(lambda h: V.check_units_atoms_near_one(h, model="m"), capsys, [
         ((_held(atoms=((0.995, 0.995, 20.0), (0.9, 0.9, 5.0))),), "reproduced", "1 of 2 coefficients reaches both 0.99",
          "never both"),
         ((_held(atoms=((0.995, 0.5, 20.0), (0.9, 0.9, 5.0))),), "partly reproduced", "at 1 of 2 coefficients, never both",
@@ -299,7 +300,7 @@ def _grid(train_r2):
 
 
 def test_grid_critical_capacity(capsys):
-    flips(lambda df: P.check_grid_critical_capacity(df, model="m"), capsys, [
+    flips(lambda df: V.check_grid_critical_capacity(df, model="m"), capsys, [
         ((_grid({100: [0.96, 1.0, 1.0], 1000: [0.5, 0.97, 1.0]}),), "reproduced",
          ["at every |M|", "grows from 10 to 20 with |M|"], "does not grow"),
         ((_grid({100: [0.96, 1.0, 1.0], 1000: [0.5, 0.7, 0.8]}),), "partly reproduced", "at 1 of 2 |M|s", "grows from"),
@@ -335,7 +336,7 @@ def _table(r2, q, model="mine"):
 
 
 def test_layers_atoms_near_one(capsys):
-    flips(lambda t: P.check_layers_atoms_near_one(t, model="m"), capsys, [
+    flips(lambda t: V.check_layers_atoms_near_one(t, model="m"), capsys, [
         ((_table(0.995, 0.999),), "reproduced", "R^2 and q* both reach 0.99", "does not"),
         ((_table(0.995, 0.5),), "partly reproduced", "R^2 reaches 0.99 but q* does not", "both reach"),
         ((_table(0.5, 0.995),), "partly reproduced", "q* reaches 0.99 but R^2 does not", "both reach"),
@@ -344,14 +345,14 @@ def test_layers_atoms_near_one(capsys):
 
 
 def test_layers_paper_models(capsys):
-    vs = P.check_layers_paper_models(_table(0.9995, 0.999, model="google/gemma-2-2b"))
+    vs = V.check_layers_paper_models(_table(0.9995, 0.999, model="google/gemma-2-2b"))
     assert [v.claim_id for v in vs] == ["layers.gemma-2-2b", "layers.gemma-2-9b", "layers.Llama-3.1-8B"]
     assert [v.verdict for v in vs] == ["reproduced", "not run here", "not run here"]
     assert "params/gemma-2-9b.yaml" in vs[1].command and "04_per_model_results.py" in vs[1].command
     assert printed(vs[1], capsys).count("to run it: ") == 1
-    vs = P.check_layers_paper_models(_table(0.5, 0.999, model="google/gemma-2-2b"))
+    vs = V.check_layers_paper_models(_table(0.5, 0.999, model="google/gemma-2-2b"))
     assert vs[0].verdict == "partly reproduced" and "q* reaches 0.99 but R^2 does not" in vs[0].interpretation
-    assert all(v.verdict == "not run here" for v in P.check_layers_paper_models(None))
+    assert all(v.verdict == "not run here" for v in V.check_layers_paper_models(None))
 
 
 def test_grid_describe_layers_flips_its_words():
@@ -383,18 +384,18 @@ def _diffs(above, below=()):
 
 
 def test_mono_claims(capsys):
-    flips(lambda d: P.check_mono_atoms_more_monosemantic(d, judges=["tc", "ec"], model="m"), capsys, [
+    flips(lambda d: V.check_mono_atoms_more_monosemantic(d, judges=["tc", "ec"], model="m"), capsys, [
         ((_diffs({0, 1, 2, 3}),), "reproduced", "Every comparison of atoms with another set has a 95% CI above 0",
          "below 0"),
         ((_diffs({0}, {3}),), "partly reproduced", ["1 of 4 comparisons", "1 has one below 0"], "Every comparison"),
         ((_diffs(set()),), "not reproduced", "No comparison of atoms", "Every comparison"),
     ])
-    v = P.check_mono_llm_human_judgement(_diffs({0}), judges=[], model="m")
+    v = V.check_mono_llm_human_judgement(_diffs({0}), judges=[], model="m")
     assert v.verdict == "not run here" and "-p llm_base_url" in v.command
-    v = P.check_mono_llm_human_judgement(_diffs({0, 1}), judges=["tc"], model="m")
+    v = V.check_mono_llm_human_judgement(_diffs({0, 1}), judges=["tc"], model="m")
     assert v.verdict == "reproduced" and v.command is None
     with pytest.raises(ValueError, match=r"no differences for the judges \['llm'\]"):
-        P.check_mono_atoms_more_monosemantic(_diffs({0}), judges=["llm"], model="m")
+        V.check_mono_atoms_more_monosemantic(_diffs({0}), judges=["llm"], model="m")
 
 
 # ----------------------------------------------------------------------------------------------- status page
@@ -412,8 +413,8 @@ def test_status_page_renders_the_records_and_refuses_bad_ones(tmp_path, monkeypa
     nb.mkdir()
     _chapter(nb, "04_per_model_results")
     monkeypatch.setenv("ATOMSNB_CLAIMS_DIR", str(claims_dir))
-    record(P.check_layers_atoms_near_one(_table(0.5, 0.5), model="mine"))
-    for v in P.check_layers_paper_models(None):
+    record(V.check_layers_atoms_near_one(_table(0.5, 0.5), model="mine"))
+    for v in V.check_layers_paper_models(None):
         record(v)
     capsys.readouterr()
     out = tmp_path / "status.md"
@@ -452,11 +453,11 @@ def test_status_page_renders_the_records_and_refuses_bad_ones(tmp_path, monkeypa
 def test_layers_atoms_near_one_over_several_models():
     t = pd.DataFrame([{"model": m, "unit set": "atoms", "layers": "1-3", "r2_aip": r, "q_star": q}
                       for m, r, q in (("A", 0.995, 0.995), ("B", 0.5, 0.3))])
-    v = P.check_layers_atoms_near_one(t, model="A and B")
+    v = V.check_layers_atoms_near_one(t, model="A and B")
     assert v.verdict == "partly reproduced" and "A: R^2 = 0.995" in v.ours and "B: R^2 = 0.500" in v.ours
     assert "On A, averaged over layers 1-3, R^2 and q* both reach" in v.interpretation
     assert "on B, averaged over layers 1-3, neither" in v.interpretation
-    assert P.check_layers_atoms_near_one(t.assign(r2_aip=0.999, q_star=0.999), model="m").verdict == "reproduced"
-    assert P.check_layers_atoms_near_one(t.assign(r2_aip=0.1, q_star=0.1), model="m").verdict == "not reproduced"
+    assert V.check_layers_atoms_near_one(t.assign(r2_aip=0.999, q_star=0.999), model="m").verdict == "reproduced"
+    assert V.check_layers_atoms_near_one(t.assign(r2_aip=0.1, q_star=0.1), model="m").verdict == "not reproduced"
     with pytest.raises(ValueError, match="several atoms rows"):
-        P.check_layers_atoms_near_one(t.assign(model="A"), model="m")
+        V.check_layers_atoms_near_one(t.assign(model="A"), model="m")

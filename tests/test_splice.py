@@ -9,7 +9,8 @@ import torch
 
 from tiny_models import TEXTS, save_tiny
 
-from atomsnb.models import decoder_layers, load_model
+from atomsnb.architecture import decoder_layers
+from atomsnb.models import load_model
 from atomsnb.splice import SCORE_NAMES, eval_windows, faithfulness_correlations, scores_table, special_token_ids, spliced_scores
 
 

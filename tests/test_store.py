@@ -17,7 +17,7 @@ from atomsnb.aip import AIP
 from atomsnb.io import CacheCorruptError, load_tensors
 from atomsnb.store import (
     MANIFEST, ActivationStore, MemorySource, ShuffledBatches, StoreMismatchError, collect_store, default_shard_tokens,
-    fit_aip_from_store, resources, stream_memory_bytes, write_store,
+    fit_aip_from_store, stream_memory_bytes, write_store,
 )
 from tiny_models import save_tiny
 
@@ -189,7 +189,7 @@ def test_stream_memory_formula_and_resources():
     assert stream_memory_bytes(576, store_dtype="float16", buffer_tokens=1 << 18, shard_tokens=32768,
                                batch_size=4096) == (8 * 32768 + 2 * 32768 + 4096) * 576 * 2
     from atomsnb.sae import training_memory_bytes
-    from atomsnb.store import Rates
+    from atomsnb.budget import Rates, resources
 
     rates = Rates(gpu_tflops=100.0, cpu_f64_gflops=50.0, disk_gb_s=1.0)
     r = resources(d_model=2304, model_params=2_600_000_000, n_layers_model=26, deepest_layer=1, n_layer_stores=1,

@@ -149,7 +149,8 @@ class HalfTheAtoms:
 def test_score_unit_sets_adds_the_atom_recovery_of_each_unit_set():
     from atomsnb.sae import construct_tsae
     from atomsnb.synthetic import reader_table, score_unit_sets
-    from atomsnb.units import Neurons, SAEUnits, compare_unit_sets
+    from atomsnb.evaluation import compare_unit_sets
+    from atomsnb.units import Neurons, SAEUnits
 
     w = make_world(SyntheticConfig(d_model=16, k=2, n_tokens=3000, delta_min=1.0, delta_max=1.2, cond=100.0,
                                    gamma=3.0, seed=1))

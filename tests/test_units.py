@@ -12,10 +12,9 @@ import torch
 from atomsnb.aip import AIP
 from atomsnb.sae import SAEConfig, SparseAutoencoder, construct_tsae, train_sae
 from atomsnb.synthetic import SyntheticConfig, check_construction, make_world
-from atomsnb.units import (
-    Neurons, SAEUnits, UnitSet, UnitSetSpec, compare_unit_sets, default_unit_sets, describe, evaluate_unit_set,
-    is_unit_set, layer_data, reader_table, train_vs_heldout_table,
-)
+from atomsnb.evaluation import compare_unit_sets, describe, evaluate_unit_set, reader_table, train_vs_heldout_table
+from atomsnb.pipeline import layer_data
+from atomsnb.units import Neurons, SAEUnits, UnitSet, UnitSetSpec, default_unit_sets, is_unit_set
 from tiny_models import save_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -294,7 +293,7 @@ def test_layer_data_refuses_bad_inputs_before_any_work(tiny_path):
 
 
 def test_trained_saes_are_cached_by_data_settings_and_code(world, aip):
-    from atomsnb.units import train_sae_cached
+    from atomsnb.sae_cache import train_sae_cached
 
     cfg = SAEConfig(n_latents=2 * H, n_steps=10, batch_size=256, init_threshold=0.05, bandwidth=0.01, lr=3e-3,
                     l0_coefficient=0.01)

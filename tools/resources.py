@@ -1,10 +1,10 @@
-"""Disk, host memory, GPU memory and time of a parameter file, computed by atomsnb.store.resources (issue 10).
+"""Disk, host memory, GPU memory and time of a parameter file, computed by atomsnb.budget.resources (issue 10).
 
     .venv/bin/python tools/resources.py params/capacity_gemma-2-2b.yaml            # print
     .venv/bin/python tools/resources.py params/*.yaml --update                    # rewrite the '# [resources]' lines
 
 The figures come from the code's own formulas (the store's layout, the stream's buffer, the trainer's tensors,
-BENCHMARKS.md's FLOP count of a step) at the throughputs of :class:`atomsnb.store.Rates`, which the output states.
+BENCHMARKS.md's FLOP count of a step) at the throughputs of :class:`atomsnb.budget.Rates`, which the output states.
 Model shapes come from the models' published configs (table below), so no download is needed.
 """
 
@@ -18,7 +18,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atomsnb.store import DEFAULT_BUFFER_TOKENS, Rates, resources  # noqa: E402
+from atomsnb.budget import Rates, resources  # noqa: E402
+from atomsnb.store import DEFAULT_BUFFER_TOKENS  # noqa: E402
 
 #: d_model, blocks, parameters (from each model's config.json / model card).
 MODELS = {
@@ -82,7 +83,7 @@ def lines(p: dict) -> list[str]:
         cpu = f" (on the CPU instead: {rc['hours']:,.1f} h, host memory {rc['host_GB']:,.1f} GB)"
     store = "bfloat16" if p.get("dtype") == "bfloat16" else "float32"
     return [
-        f"{TAG} computed by tools/resources.py (atomsnb.store.resources): {what}, {store} stores.",
+        f"{TAG} computed by tools/resources.py (atomsnb.budget.resources): {what}, {store} stores.",
         f"{TAG} disk {r['disk_GB']:,.0f} GB | host memory {r['host_GB']:,.1f} GB | GPU memory {r['gpu_GB']:,.1f} GB | "
         f"time {r['hours']:,.1f} h (collect {r['collect_hours']:,.1f} h, fit S {r['aip_hours']:,.1f} h, "
         f"train {r['train_hours']:,.1f} h){cpu}",

@@ -2,7 +2,7 @@
 
     python tools/status_page.py [--claims-dir DIR] [--notebooks notebooks] [--out book/status.md]
 
-Every chapter records the verdicts that :mod:`atomsnb.paper` computed from its numbers with
+Every chapter records the verdicts that :mod:`atomsnb.verdicts` computed from its numbers with
 :func:`atomsnb.claims.record`, as JSON lines in ``$ATOMSNB_CLAIMS_DIR/<chapter>.jsonl`` while it executes.
 This script reads them and writes one Markdown page: a count of verdicts, then one table per chapter
 (verdict first; the claim with its paper section, criterion and where it is tested; the paper's number

@@ -1,0 +1,87 @@
+"""Trained SAEs, cached by what determines their weights (paper §6, SPEC §6).
+
+:func:`train_sae_cached` is :func:`atomsnb.sae.train_sae` with a cache of trained SAEs under
+``$ATOMSNB_CACHE/saes/<key>``, so that a chapter that trains the SAE another chapter trained (chapter 5 reuses
+chapter 2's) loads it instead, and any change to the data, the settings or the code trains afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .aip import AIP
+from .io import CacheCorruptError, load_json, save_json, tensor_digest
+from .paths import cache_dir
+from .sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, train_sae
+
+__all__ = ["train_sae_cached", "SAE_CACHE_VERSION"]
+
+#: Bump when what :func:`train_sae_cached` stores changes (the code's own hash is part of the key too).
+SAE_CACHE_VERSION = 1
+
+
+def _sae_cache_key(train_acts, aip: AIP | None, config: SAEConfig, n_tokens: int | None = None) -> str:
+
+
+    h = hashlib.sha256()
+    for name in ("sae.py", "store.py", "aip.py"):  # the code that trains: other code never shares a cached SAE
+        h.update((Path(__file__).parent / name).read_bytes())
+    parts = {"version": SAE_CACHE_VERSION, "code": h.hexdigest(), "config": config.to_dict(),
+             "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "data": (tensor_digest({"acts": train_acts}) if isinstance(train_acts, torch.Tensor)
+                      else [train_acts.fingerprint(), int(train_acts.n_tokens if n_tokens is None else n_tokens)]),
+             "aip": None if aip is None else [tensor_digest({"sum": aip._sum}), aip.n_tokens, aip.ridge, aip.pinv]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, cache: bool = True,
+                     progress: bool = True) -> tuple[SparseAutoencoder, pd.DataFrame, bool]:
+    """:func:`atomsnb.sae.train_sae` with a cache of trained SAEs (paper §6, SPEC §6).
+
+    The cache (``$ATOMSNB_CACHE/saes/<key>``) is keyed by everything that determines the trained weights: the
+    training activations' bytes (a store's key and the prefix used), the AIP's accumulated second moment, the full :class:`SAEConfig`, the torch thread
+    count and version, and the source of the training code (``sae.py``, ``store.py``, ``aip.py``). So a chapter that
+    trains the SAE another chapter trained (chapter 5 reuses chapter 2's) loads it instead, and any change to the
+    data, the settings or the code trains afresh. Entries are written atomically and checksummed; a damaged one is
+    reported and retrained.
+
+    Args:
+        train_acts: ``[n_tokens, d_model]`` raw activations, or an :class:`atomsnb.store.ActivationStore`.
+        aip: the fitted AIP (required when ``config.whiten``).
+        config: the :class:`SAEConfig`.
+        n_tokens: train on the first ``n_tokens`` rows only (default all; ``|M|`` for grid points sharing a store).
+        cache: False trains without reading or writing the cache.
+        progress: show the trainer's progress bar.
+
+    Returns:
+        ``(sae, history, from_cache)``.
+
+    Raises:
+        ValueError: as :func:`atomsnb.sae.train_sae`.
+    """
+
+
+    if not cache:
+        sae, hist = train_sae(train_acts, aip, config, n_tokens=n_tokens, progress=progress)
+        return sae, hist, False
+    folder = cache_dir("saes") / _sae_cache_key(train_acts, aip, config, n_tokens)
+    try:
+        sae = load_sae(folder / "sae.safetensors")
+        saved = load_json(folder / "history.json", checksum=True)
+        hist = pd.DataFrame(saved["data"], columns=saved["columns"])
+        return sae, hist, True
+    except FileNotFoundError:
+        pass
+    except (CacheCorruptError, KeyError, ValueError) as exc:
+        warnings.warn(f"cached SAE in {folder} is damaged ({exc}); training it again", UserWarning, stacklevel=2)
+    sae, hist = train_sae(train_acts, aip, config, n_tokens=n_tokens, progress=progress)
+    save_json(folder / "history.json", {"columns": list(hist.columns), "data": hist.to_dict(orient="list")},
+              checksum=True)
+    save_sae(sae, folder / "sae.safetensors")
+    return sae, hist, False
