@@ -336,6 +336,21 @@ def _check_shapes(weights: Mapping[str, torch.Tensor], d_in: int, d_sae: int, so
                          f"(SAELens layout: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc/threshold [d_sae], b_dec [d_in])")
 
 
+def _majority_sizes(arrays: Mapping[str, Any]) -> tuple[int, int]:
+    """``(d_in, d_sae)`` of a file without a config: each size as most of the five arrays give it.
+
+    Every size appears in three or four places (``d_in``: ``W_enc`` rows, ``W_dec`` columns, ``b_dec``; ``d_sae``:
+    ``W_enc`` columns, ``W_dec`` rows, ``b_enc``, ``threshold``), so one array of a wrong length, or one transposed
+    matrix, is outvoted and :func:`_check_shapes` then names that array rather than one that is right.
+    """
+    from collections import Counter
+
+    d_in = Counter([arrays["W_enc"].shape[0], arrays["W_dec"].shape[1], arrays["b_dec"].shape[0]])
+    d_sae = Counter([arrays["W_enc"].shape[1], arrays["W_dec"].shape[0], arrays["b_enc"].shape[0],
+                     arrays["threshold"].shape[0]])
+    return int(d_in.most_common(1)[0][0]), int(d_sae.most_common(1)[0][0])
+
+
 def _resolve_dtype(dtype, default: str) -> torch.dtype:
     if dtype is None:
         dtype = default
@@ -564,9 +579,12 @@ def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None
     if absent or unknown:
         raise ValueError(f"{str(file)!r} holds {sorted(arrays)}; a Gemma Scope SAE has exactly {required} "
                          f"(missing: {absent}, unexpected: {unknown})")
-    if arrays["W_enc"].ndim != 2:
-        raise ValueError(f"W_enc in {str(file)!r} must be a matrix [d_in, d_sae]; got shape {arrays['W_enc'].shape}")
-    d_in, d_sae = arrays["b_dec"].shape[0], arrays["b_enc"].shape[0]
+    for key, ndim, layout in (("W_enc", 2, "[d_in, d_sae]"), ("W_dec", 2, "[d_sae, d_in]"), ("b_enc", 1, "[d_sae]"),
+                              ("b_dec", 1, "[d_in]"), ("threshold", 1, "[d_sae]")):
+        if arrays[key].ndim != ndim:
+            raise ValueError(f"{key} in {str(file)!r} must be {'a matrix' if ndim == 2 else 'a vector'} {layout}; got "
+                             f"shape {arrays[key].shape}")
+    d_in, d_sae = _majority_sizes(arrays)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     _check_shapes(state, d_in, d_sae, str(file))
     m = re.search(r"(?:^|/)layer_(\d+)(?:/|$)", parts)
