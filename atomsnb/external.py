@@ -400,12 +400,26 @@ def _cfg_get(cfg: dict, key: str, default=None):
 
 
 def _read_scaler(folder: Path) -> float | None:
+    """The ``scaling_factor`` of SAELens' ``activation_scaler.json`` in ``folder`` (``None`` if there is no file).
+
+    Raises:
+        ValueError: the file is not JSON, not an object ``{"scaling_factor": s}``, or ``s`` is not a finite number
+            > 0 (the message names the file).
+    """
     path = folder / _SAELENS_SCALER
     if not path.is_file():
         return None
-    with open(path) as fh:
-        value = json.load(fh).get("scaling_factor")
-    return None if value is None else float(value)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({exc}); SAELens writes it as {{\"scaling_factor\": s}} "
+                         f"with a number s > 0. Fix or delete it and pass norm_scaling_factor=s") from exc
+    value = obj.get("scaling_factor") if isinstance(obj, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        shown = obj.get("scaling_factor") if isinstance(obj, dict) else obj
+        raise ValueError(f"{path} must hold {{\"scaling_factor\": s}} with a finite number s > 0 (as SAELens writes it); "
+                         f"got {shown!r}. Fix or delete it and pass norm_scaling_factor=s")
+    return float(value)
 
 
 def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -436,7 +450,7 @@ def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = N
         TransposedLayoutError: ``W_enc`` or ``W_dec`` is stored transposed (``[d_sae, d_in]`` / ``[d_in, d_sae]``).
         ValueError: an unsupported architecture, ``normalize_activations``, ``reshape_activations`` or
             dtype; missing config fields or tensors; unknown tensors; shapes that disagree with ``d_in``/
-            ``d_sae``; a missing or invalid scaling factor; a non-trivial finetuning scaling factor;
+            ``d_sae``; a missing or invalid scaling factor (also a damaged activation_scaler.json); a non-trivial finetuning scaling factor;
             NaN/inf weights. Each message names the bad value and what is allowed.
     """
     folder = Path(path).expanduser()
@@ -557,7 +571,7 @@ def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None
         FileNotFoundError: no ``params.npz`` at ``path``.
         TransposedLayoutError: ``W_enc``/``W_dec`` stored transposed.
         ValueError: missing or unknown arrays, inconsistent shapes, an embedding SAE (which SAELens rescales
-            by ``sqrt(d_in)``; not supported), a file numpy cannot read without pickle.
+            by ``sqrt(d_in)``; not supported), a file numpy cannot read without pickle, a damaged or truncated archive.
     """
     p = Path(path).expanduser()
     file = p / _GEMMA_SCOPE_FILE if p.is_dir() else p
@@ -568,11 +582,14 @@ def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None
     if re.search(r"(^|/)embedding(/|$)", parts):
         raise ValueError(f"{str(file)!r} is a Gemma Scope embedding SAE, which SAELens rescales by sqrt(d_in) on load; "
                          f"not supported here (supported: the residual-stream SAEs layer_<i>/...)")
+    import zipfile
+
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{str(file)!r} is not a numpy .npz archive readable without pickle: {exc}") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as exc:  # .npy: no .files
+        raise ValueError(f"{str(file)!r} is not a numpy .npz archive readable without pickle ({type(exc).__name__}: "
+                         f"{exc}); the download may be incomplete or damaged: download {_GEMMA_SCOPE_FILE} again") from exc
     required = ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"]
     absent = [k for k in required if k not in arrays]
     unknown = sorted(set(arrays) - set(required))
