@@ -207,6 +207,10 @@ CASES = [
      ValueError, ["batch_size", "positive integer", "0"]),
     ("nothing to score", lambda t, lm: _splice(lm, windows=torch.zeros(2, 8, dtype=torch.long)),
      ValueError, ["no position", "(2, 8)", "[0, 1]"]),
+    ("allow_mismatch not a bool", lambda t, lm: _splice(lm, allow_mismatch="yes"),
+     ValueError, ["allow_mismatch must be True or False", "'yes'"]),
+    ("loader layer not an integer", lambda t, lm: load_saelens(SAE, layer="3"),
+     ValueError, ["layer must be", "integer >= 1", "'3'"]),
     ("duplicate unit-set names", lambda t, lm: _splice(lm, units=[_Units(), _Units()]),
      ValueError, ["two unit sets are named 'u'"]),
 ]
