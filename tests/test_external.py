@@ -256,7 +256,7 @@ def test_external_sae_goes_through_the_unit_set_evaluation(shared_jumprelu):
     from atomsnb.metrics import evaluate_dictionary
 
     sae = load_saelens(shared_jumprelu)
-    x, feature_acts, sae_out = _expected(shared_jumprelu)
+    x, feature_acts, _ = _expected(shared_jumprelu)
     x = x.double()
     aip = AIP.fit(x, min_tokens_per_dim=1)
     m = evaluate_dictionary(x, sae.codes(x), sae.reconstruct(x), sae.dictionary, aip)
