@@ -43,6 +43,12 @@ Layers: a SAELens ``hook_name`` ``blocks.{i}.hook_resid_post`` is the output of 
 ``i``, which is atomsnb's residual-stream layer ``i + 1`` (:mod:`atomsnb.activations`);
 ``blocks.{i}.hook_resid_pre`` is layer ``i``. So Gemma Scope's ``layer_12`` SAE (hook
 ``blocks.12.hook_resid_post``) belongs at atomsnb layer **13**.
+
+Hook points and models are checked (:func:`check_target`): an SAE is spliced or loaded for a layer only where its
+``hook_name`` is the residual stream at that layer (an SAE trained on ``hook_mlp_out`` or ``attn.hook_z`` reads
+other vectors), and used only with the model its config's ``model_name`` names. An SAE whose config names no hook
+must be given its ``layer`` at load. ``allow_mismatch=True`` (loaders, :func:`atomsnb.splice.spliced_scores`)
+says a mismatch is deliberate.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ import numpy as np
 import torch
 
 __all__ = ["ExternalSAE", "TransposedLayoutError", "SUPPORTED_ARCHITECTURES", "SUPPORTED_NORMALIZATIONS",
-           "load_saelens", "load_gemma_scope", "load_external_sae", "residual_layer_of_hook"]
+           "load_saelens", "load_gemma_scope", "load_external_sae", "residual_layer_of_hook", "HookMismatchError",
+           "check_target", "same_model"]
 
 #: SAELens architectures this module reproduces.
 SUPPORTED_ARCHITECTURES = ("jumprelu", "standard", "topk")
@@ -77,6 +84,115 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 
 class TransposedLayoutError(ValueError):
     """A weight matrix is stored transposed relative to the SAELens layout (``W_enc [d_in, d_sae]``)."""
+
+
+class HookMismatchError(ValueError):
+    """An external SAE is asked to read a hook point or a model other than the one it was trained on.
+
+    Raised by :func:`check_target` (from the loaders' ``layer``/``model`` arguments and from
+    :func:`atomsnb.splice.spliced_scores`); ``allow_mismatch=True`` there says the mismatch is deliberate.
+    """
+
+
+#: TransformerLens' names for models whose Hugging Face name differs by more than the organisation prefix.
+_MODEL_ALIASES = {"gpt2small": "gpt2"}
+
+
+def _model_key(name: str) -> str:
+    """``"google/Gemma-2-2B"`` -> ``"gemma22b"``: the last path part, lower case, letters and digits only."""
+    key = re.sub(r"[^a-z0-9]", "", str(name).replace("\\", "/").rstrip("/").split("/")[-1].lower())
+    return _MODEL_ALIASES.get(key, key)
+
+
+def same_model(sae_model: str, model_names) -> bool:
+    """Whether an SAE's ``model_name`` (SAELens / TransformerLens spelling) names one of ``model_names``.
+
+    Names are compared by their last path part, case, ``-``/``_``/``.`` ignored (``"gemma-2-2b"`` matches
+    ``"google/gemma-2-2b"``; TransformerLens' ``"gpt2-small"`` matches ``"gpt2"``). A registered packaged model
+    also answers to its own title and upstream hub name (``"smollm2-135m"`` to ``"SmolLM2-135M-Instruct"``).
+
+    Args:
+        sae_model: the SAE's ``model_name``.
+        model_names: a name or an iterable of names the target model goes by.
+    """
+    from .packaged import PACKAGED_MODELS
+
+    names = [model_names] if isinstance(model_names, (str, os.PathLike)) else list(model_names)
+    keys = set()
+    for n in names:
+        if not n:
+            continue
+        keys.add(_model_key(os.fspath(n)))
+        spec = PACKAGED_MODELS.get(os.fspath(n))
+        if spec is not None:
+            keys |= {_model_key(spec.title), _model_key(spec.upstream)}
+    return _model_key(sae_model) in keys
+
+
+def _model_names(model) -> list[str]:
+    """The names a target model goes by: a str as given; a LoadedModel's name, directory and config name."""
+    if model is None:
+        return []
+    if isinstance(model, (str, os.PathLike)):
+        return [os.fspath(model)]
+    cfg = getattr(getattr(model, "model", None), "config", None)
+    return [n for n in (getattr(model, "name", None), getattr(model, "path", None),
+                        getattr(cfg, "name_or_path", None)) if n]
+
+
+def check_target(units, *, layer: int | None, model=None, allow_mismatch: bool = False) -> None:
+    """Refuse to use an external SAE at another hook point or in another model than the one it was trained on.
+
+    The one check that splicing (:func:`atomsnb.splice.spliced_scores`) and loading for an evaluation
+    (the loaders' ``layer`` / ``model`` arguments) go through. It applies to unit sets with a ``hook_name``
+    attribute (:class:`ExternalSAE`); others pass unchecked. An SAE is accepted at residual-stream ``layer``
+    when its ``hook_name`` is the residual stream at that layer (:func:`residual_layer_of_hook`), or when it
+    names no hook and its ``layer`` (declared by the caller at load) is ``layer``; and in ``model`` when its
+    ``model_name`` is absent or names that model (:func:`same_model`).
+
+    Args:
+        units: the unit set.
+        layer: the atomsnb residual-stream layer it is to read and replace (``None``: do not check the hook).
+        model: the target model: a name, or a :class:`atomsnb.models.LoadedModel` (``None``: do not check).
+        allow_mismatch: accept any hook point and model (the caller says the mismatch is deliberate). An SAE
+            loaded with ``allow_mismatch=True`` carries ``mismatch_allowed = True`` and is accepted too.
+
+    Raises:
+        HookMismatchError: a non-residual hook (MLP or attention output, ...), another residual layer, no known
+            hook point at all, or another model; the message names the SAE, what it was trained on, what was
+            asked, and the ``allow_mismatch=True`` override.
+    """
+    if allow_mismatch or getattr(units, "mismatch_allowed", False) or not hasattr(units, "hook_name"):
+        return
+    name = getattr(units, "name", type(units).__name__)
+    hook, own = units.hook_name, getattr(units, "layer", None)
+    override = "pass allow_mismatch=True if you mean it"
+    if layer is not None:
+        hook_layer = residual_layer_of_hook(hook)
+        if hook and hook_layer is None:
+            raise HookMismatchError(
+                f"SAE {name!r} was trained on hook {hook!r}, which is not the residual stream; it cannot replace the "
+                f"residual stream at layer {layer} (atomsnb layers are residual-stream outputs of decoder blocks: "
+                f"blocks.<l-1>.hook_resid_post). Use a residual-stream SAE, or {override}")
+        if hook and hook_layer != layer:
+            raise HookMismatchError(
+                f"SAE {name!r} was trained on hook {hook!r}, the residual stream at atomsnb layer {hook_layer}, but "
+                f"layer {layer} was asked for; use it at layer {hook_layer}, or {override}")
+        if not hook and own is None:
+            raise HookMismatchError(
+                f"SAE {name!r} does not say which hook point it was trained on (no hook_name in its config"
+                f"{', source ' + units.source if getattr(units, 'source', None) else ''}), so it cannot be checked "
+                f"against layer {layer}; load it with layer={layer} to declare that it reads the residual stream "
+                f"there, or {override}")
+        if not hook and own != layer:
+            raise HookMismatchError(f"SAE {name!r} was declared for residual-stream layer {own} but layer {layer} was "
+                                    f"asked for; use it at layer {own}, or {override}")
+    sae_model = getattr(units, "model_name", None)
+    names = _model_names(model)
+    if sae_model and names and not same_model(sae_model, names):
+        raise HookMismatchError(f"SAE {name!r} was trained on model {sae_model!r}, but the target model is "
+                                f"{names[0]!r}; an SAE reads only its own model's activations. Use an SAE trained on "
+                                f"{names[0]!r}, or {override}")
 
 
 def residual_layer_of_hook(hook_name: str | None) -> int | None:
@@ -119,8 +235,9 @@ class ExternalSAE:
         norm_scaling_factor: the constant ``s`` of ``"expected_average_only_in"`` (else ``None``).
         hook_name: the hook point the SAE was trained on, as its config names it (``None`` if absent).
         layer: the atomsnb residual-stream layer (:func:`residual_layer_of_hook`), or ``None``.
-        model_name: the model the SAE was trained on, if its config says.
+        model_name: the model the SAE was trained on, if its config (or Gemma Scope path) says.
         source: where it was loaded from.
+        mismatch_allowed: the loader was told ``allow_mismatch=True``: :func:`check_target` accepts it anywhere.
         family: always ``"external"``.
     """
 
@@ -140,6 +257,7 @@ class ExternalSAE:
     layer: int | None = None
     model_name: str | None = None
     source: str | None = None
+    mismatch_allowed: bool = False
     family: str = field(default="external")
 
     def __post_init__(self):
@@ -317,6 +435,20 @@ def _check_params(sae: ExternalSAE) -> None:
             raise ValueError(f"{key} of SAE {sae.name!r} holds NaN or inf values")
 
 
+def _declare_target(sae: ExternalSAE, layer, model, allow_mismatch: bool) -> ExternalSAE:
+    """The loaders' ``layer`` / ``model`` / ``allow_mismatch``: check them against the SAE's own hook and model."""
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 1):
+        raise ValueError(f"layer must be an atomsnb residual-stream layer, an integer >= 1; got {layer!r}")
+    if not isinstance(allow_mismatch, bool):
+        raise ValueError(f"allow_mismatch must be True or False; got {allow_mismatch!r}")
+    check_target(sae, layer=None if layer is None else int(layer), model=model, allow_mismatch=allow_mismatch)
+    if allow_mismatch:
+        sae.mismatch_allowed = True
+        if layer is not None:
+            sae.layer = int(layer)
+    return sae
+
+
 def _check_shapes(weights: Mapping[str, torch.Tensor], d_in: int, d_sae: int, source: str | None) -> None:
     where = f" in {source}" if source else ""
     expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
@@ -334,6 +466,21 @@ def _check_shapes(weights: Mapping[str, torch.Tensor], d_in: int, d_sae: int, so
                 f"Transpose it (e.g. W.T.contiguous()) before saving, or convert with SAELens' own loader.")
         raise ValueError(f"{key}{where} has shape {got}; expected {want} for d_in={d_in}, d_sae={d_sae} "
                          f"(SAELens layout: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc/threshold [d_sae], b_dec [d_in])")
+
+
+def _majority_sizes(arrays: Mapping[str, Any]) -> tuple[int, int]:
+    """``(d_in, d_sae)`` of a file without a config: each size as most of the five arrays give it.
+
+    Every size appears in three or four places (``d_in``: ``W_enc`` rows, ``W_dec`` columns, ``b_dec``; ``d_sae``:
+    ``W_enc`` columns, ``W_dec`` rows, ``b_enc``, ``threshold``), so one array of a wrong length, or one transposed
+    matrix, is outvoted and :func:`_check_shapes` then names that array rather than one that is right.
+    """
+    from collections import Counter
+
+    d_in = Counter([arrays["W_enc"].shape[0], arrays["W_dec"].shape[1], arrays["b_dec"].shape[0]])
+    d_sae = Counter([arrays["W_enc"].shape[1], arrays["W_dec"].shape[0], arrays["b_enc"].shape[0],
+                     arrays["threshold"].shape[0]])
+    return int(d_in.most_common(1)[0][0]), int(d_sae.most_common(1)[0][0])
 
 
 def _resolve_dtype(dtype, default: str) -> torch.dtype:
@@ -385,17 +532,31 @@ def _cfg_get(cfg: dict, key: str, default=None):
 
 
 def _read_scaler(folder: Path) -> float | None:
+    """The ``scaling_factor`` of SAELens' ``activation_scaler.json`` in ``folder`` (``None`` if there is no file).
+
+    Raises:
+        ValueError: the file is not JSON, not an object ``{"scaling_factor": s}``, or ``s`` is not a finite number
+            > 0 (the message names the file).
+    """
     path = folder / _SAELENS_SCALER
     if not path.is_file():
         return None
-    with open(path) as fh:
-        value = json.load(fh).get("scaling_factor")
-    return None if value is None else float(value)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({exc}); SAELens writes it as {{\"scaling_factor\": s}} "
+                         f"with a number s > 0. Fix or delete it and pass norm_scaling_factor=s") from exc
+    value = obj.get("scaling_factor") if isinstance(obj, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        shown = obj.get("scaling_factor") if isinstance(obj, dict) else obj
+        raise ValueError(f"{path} must hold {{\"scaling_factor\": s}} with a finite number s > 0 (as SAELens writes it); "
+                         f"got {shown!r}. Fix or delete it and pass norm_scaling_factor=s")
+    return float(value)
 
 
 def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
-                 norm_scaling_factor: float | None = None, layer: int | None = None,
-                 name: str | None = None) -> ExternalSAE:
+                 norm_scaling_factor: float | None = None, layer: int | None = None, model: str | None = None,
+                 allow_mismatch: bool = False, name: str | None = None) -> ExternalSAE:
     """Load an SAE saved in the SAELens format (a directory with ``cfg.json`` and ``sae_weights.safetensors``).
 
     Reproduces SAELens 6.x's ``SAE.load_from_disk`` followed by ``encode``/``decode`` for the
@@ -409,8 +570,12 @@ def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = N
         norm_scaling_factor: the constant ``s`` for ``normalize_activations = "expected_average_only_in"``
             (SAELens' pretrained directory lists it as ``norm_scaling_factor``); default: read from
             ``activation_scaler.json`` in ``path``. Ignored (must be ``None``) for other normalisations.
-        layer: the atomsnb residual-stream layer, overriding the one derived from the config's
-            ``hook_name`` (:func:`residual_layer_of_hook`).
+        layer: the atomsnb residual-stream layer the SAE is to be used at. Checked against the config's
+            ``hook_name`` (:func:`residual_layer_of_hook`; :class:`HookMismatchError` if it is another layer or
+            not the residual stream); a config without ``hook_name`` takes it as the SAE's layer.
+        model: the model the SAE is to be used with (a name); checked against the config's ``model_name``.
+        allow_mismatch: accept a ``layer`` / ``model`` the config disagrees with (recorded: the SAE gets
+            ``layer`` and ``mismatch_allowed = True``, so splicing accepts it there too). Default ``False``.
         name: row label (default ``"external: <directory name>"``).
 
     Returns:
@@ -418,10 +583,11 @@ def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = N
 
     Raises:
         FileNotFoundError: ``path`` is not a directory, or ``cfg.json`` / ``sae_weights.safetensors`` is missing.
+        HookMismatchError: ``layer`` or ``model`` disagrees with the config (and ``allow_mismatch`` is ``False``).
         TransposedLayoutError: ``W_enc`` or ``W_dec`` is stored transposed (``[d_sae, d_in]`` / ``[d_in, d_sae]``).
         ValueError: an unsupported architecture, ``normalize_activations``, ``reshape_activations`` or
             dtype; missing config fields or tensors; unknown tensors; shapes that disagree with ``d_in``/
-            ``d_sae``; a missing or invalid scaling factor; a non-trivial finetuning scaling factor;
+            ``d_sae``; a missing or invalid scaling factor (also a damaged activation_scaler.json); a non-trivial finetuning scaling factor;
             NaN/inf weights. Each message names the bad value and what is allowed.
     """
     folder = Path(path).expanduser()
@@ -505,34 +671,40 @@ def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = N
     _check_shapes(state, d_in, d_sae, str(folder / _SAELENS_WEIGHTS))
     hook_name = _cfg_get(cfg, "hook_name")
     t = {k: v.to(device=device, dtype=compute_dtype) for k, v in state.items()}
-    return ExternalSAE(
+    sae = ExternalSAE(
         name=name or f"external: {folder.name}", architecture=arch, W_enc=t["W_enc"], b_enc=t["b_enc"],
         W_dec=t["W_dec"], b_dec=t["b_dec"], threshold=t.get("threshold"),
         k=cfg.get("k") if arch == "topk" else None,
         rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)) if arch == "topk" else False,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), normalize_activations=norm,
         norm_scaling_factor=s, hook_name=hook_name,
-        layer=layer if layer is not None else residual_layer_of_hook(hook_name),
+        layer=residual_layer_of_hook(hook_name) if hook_name else layer,
         model_name=_cfg_get(cfg, "model_name"), source=str(folder))
+    return _declare_target(sae, layer, model, allow_mismatch)
 
 
 def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
-                     device: str | torch.device = "cpu", layer: int | None = None,
-                     name: str | None = None) -> ExternalSAE:
+                     device: str | torch.device = "cpu", layer: int | None = None, model: str | None = None,
+                     allow_mismatch: bool = False, name: str | None = None) -> ExternalSAE:
     """Load a Gemma Scope SAE from its native ``params.npz`` (a JumpReLU SAE, no normalisation).
 
     The keys are ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec``,
     ``threshold`` (SAELens' ``gemma_2`` conversion also accepts a lower-case ``w_`` prefix, and so does
     this). The hub lays them out as ``<repo>/layer_<i>/width_<w>/average_l0_<n>/params.npz``; for a
     residual-stream repository (``gemma-scope-*-res``) ``layer_<i>`` is hook
-    ``blocks.<i>.hook_resid_post``, i.e. atomsnb layer ``i + 1``, which is derived from the path unless
-    ``layer`` is given.
+    ``blocks.<i>.hook_resid_post``, i.e. atomsnb layer ``i + 1``; for ``-mlp`` / ``-att`` / ``-transcoders``
+    repositories it is ``blocks.<i>.hook_mlp_out`` / ``blocks.<i>.attn.hook_z`` / ``blocks.<i>.ln2.hook_normalized``
+    (SAELens' ``pretrained_saes.yaml``), which are not the residual stream. The model is read from the repository
+    name: ``gemma-scope-2b-pt-*`` -> ``gemma-2-2b``, ``gemma-scope-9b-it-*`` -> ``gemma-2-9b-it``.
 
     Args:
         path: the ``params.npz`` file or the directory holding it.
         dtype: compute dtype (default float32, as SAELens loads Gemma Scope).
         device: where to keep the weights and compute.
-        layer: atomsnb residual-stream layer (overrides the one derived from the path).
+        layer: the atomsnb residual-stream layer the SAE is to be used at: checked against the hook derived from
+            the path (:class:`HookMismatchError` if it disagrees); taken as the SAE's layer when the path says nothing.
+        model: the model it is to be used with (a name), checked against the one derived from the path.
+        allow_mismatch: accept a ``layer`` / ``model`` that disagrees (as :func:`load_saelens`).
         name: row label (default ``"Gemma Scope <layer_i/width_w/average_l0_n>"``).
 
     Returns:
@@ -540,9 +712,10 @@ def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None
 
     Raises:
         FileNotFoundError: no ``params.npz`` at ``path``.
+        HookMismatchError: ``layer`` or ``model`` disagrees with the path (and ``allow_mismatch`` is ``False``).
         TransposedLayoutError: ``W_enc``/``W_dec`` stored transposed.
         ValueError: missing or unknown arrays, inconsistent shapes, an embedding SAE (which SAELens rescales
-            by ``sqrt(d_in)``; not supported), a file numpy cannot read without pickle.
+            by ``sqrt(d_in)``; not supported), a file numpy cannot read without pickle, a damaged or truncated archive.
     """
     p = Path(path).expanduser()
     file = p / _GEMMA_SCOPE_FILE if p.is_dir() else p
@@ -553,38 +726,50 @@ def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None
     if re.search(r"(^|/)embedding(/|$)", parts):
         raise ValueError(f"{str(file)!r} is a Gemma Scope embedding SAE, which SAELens rescales by sqrt(d_in) on load; "
                          f"not supported here (supported: the residual-stream SAEs layer_<i>/...)")
+    import zipfile
+
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{str(file)!r} is not a numpy .npz archive readable without pickle: {exc}") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as exc:  # .npy: no .files
+        raise ValueError(f"{str(file)!r} is not a numpy .npz archive readable without pickle ({type(exc).__name__}: "
+                         f"{exc}); the download may be incomplete or damaged: download {_GEMMA_SCOPE_FILE} again") from exc
     required = ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"]
     absent = [k for k in required if k not in arrays]
     unknown = sorted(set(arrays) - set(required))
     if absent or unknown:
         raise ValueError(f"{str(file)!r} holds {sorted(arrays)}; a Gemma Scope SAE has exactly {required} "
                          f"(missing: {absent}, unexpected: {unknown})")
-    if arrays["W_enc"].ndim != 2:
-        raise ValueError(f"W_enc in {str(file)!r} must be a matrix [d_in, d_sae]; got shape {arrays['W_enc'].shape}")
-    d_in, d_sae = arrays["b_dec"].shape[0], arrays["b_enc"].shape[0]
+    for key, ndim, layout in (("W_enc", 2, "[d_in, d_sae]"), ("W_dec", 2, "[d_sae, d_in]"), ("b_enc", 1, "[d_sae]"),
+                              ("b_dec", 1, "[d_in]"), ("threshold", 1, "[d_sae]")):
+        if arrays[key].ndim != ndim:
+            raise ValueError(f"{key} in {str(file)!r} must be {'a matrix' if ndim == 2 else 'a vector'} {layout}; got "
+                             f"shape {arrays[key].shape}")
+    d_in, d_sae = _majority_sizes(arrays)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     _check_shapes(state, d_in, d_sae, str(file))
     m = re.search(r"(?:^|/)layer_(\d+)(?:/|$)", parts)
-    residual = not re.search(r"gemma-scope-[^/]*-(mlp|att|transcoder)", parts)
-    hook_name = f"blocks.{m.group(1)}.hook_resid_post" if (m and residual) else None
+    kind = re.search(r"gemma-scope-[^/]*-(res|mlp|att|transcoders?)(?:/|-|$)", parts)
+    hooks = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z", "transcoder": "ln2.hook_normalized",
+             "transcoders": "ln2.hook_normalized"}
+    hook_name = f"blocks.{m.group(1)}.{hooks[kind.group(1) if kind else 'res']}" if m else None
+    repo = re.search(r"gemma-scope-(2b|9b|27b)-(pt|it)-", parts)
+    model_name = f"gemma-2-{repo.group(1)}{'-it' if repo.group(2) == 'it' else ''}" if repo else None
     compute_dtype = _resolve_dtype(dtype, "float32")
     t = {k: v.to(device=device, dtype=compute_dtype) for k, v in state.items()}
     label = "/".join(file.parent.parts[-3:]) if m else file.parent.name
-    return ExternalSAE(
+    sae = ExternalSAE(
         name=name or f"Gemma Scope {label}", architecture="jumprelu", W_enc=t["W_enc"], b_enc=t["b_enc"],
         W_dec=t["W_dec"], b_dec=t["b_dec"], threshold=t["threshold"], apply_b_dec_to_input=False,
         normalize_activations="none", hook_name=hook_name,
-        layer=layer if layer is not None else residual_layer_of_hook(hook_name), source=str(file))
+        layer=residual_layer_of_hook(hook_name) if hook_name else layer, model_name=model_name, source=str(file))
+    return _declare_target(sae, layer, model, allow_mismatch)
 
 
 def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
                       device: str | torch.device = "cpu", layer: int | None = None, name: str | None = None,
-                      norm_scaling_factor: float | None = None, cache_dir: str | os.PathLike | None = None) -> ExternalSAE:
+                      norm_scaling_factor: float | None = None, cache_dir: str | os.PathLike | None = None,
+                      model: str | None = None, allow_mismatch: bool = False) -> ExternalSAE:
     """Load an external SAE from a local directory / file or from the Hugging Face hub.
 
     Local: a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``, :func:`load_saelens`) or a
@@ -595,7 +780,8 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
 
     Args:
         source: local path or hub spec.
-        dtype, device, layer, name: as :func:`load_saelens` / :func:`load_gemma_scope`.
+        dtype, device, layer, model, allow_mismatch, name: as :func:`load_saelens` / :func:`load_gemma_scope`
+            (``layer`` and ``model`` are checked against the SAE's own hook point and model).
         norm_scaling_factor: as :func:`load_saelens` (SAELens directories only).
         cache_dir: the hub download cache (default: huggingface_hub's).
 
@@ -605,18 +791,20 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
     Raises:
         FileNotFoundError: a local path that holds neither format, or a hub spec that could not be
             downloaded (offline, unknown repository or folder); the message says how to download by hand.
+        HookMismatchError: ``layer`` or ``model`` disagrees with the SAE's own (and ``allow_mismatch`` is ``False``).
         ValueError: as the format's loader.
     """
     p = Path(source).expanduser()
     if p.exists():
         if p.is_dir() and (p / _SAELENS_CFG).is_file():
             return load_saelens(p, dtype=dtype, device=device, norm_scaling_factor=norm_scaling_factor, layer=layer,
-                                name=name)
+                                model=model, allow_mismatch=allow_mismatch, name=name)
         if (p.is_dir() and (p / _GEMMA_SCOPE_FILE).is_file()) or (p.is_file() and p.suffix == ".npz"):
             if norm_scaling_factor is not None:
                 raise ValueError(f"norm_scaling_factor={norm_scaling_factor!r} does not apply to a Gemma Scope "
                                  f"params.npz (no normalisation)")
-            return load_gemma_scope(p, dtype=dtype, device=device, layer=layer, name=name)
+            return load_gemma_scope(p, dtype=dtype, device=device, layer=layer, model=model,
+                                    allow_mismatch=allow_mismatch, name=name)
         raise FileNotFoundError(f"{str(p)!r} holds neither a SAELens SAE ({_SAELENS_CFG} + {_SAELENS_WEIGHTS}) nor a "
                                 f"Gemma Scope {_GEMMA_SCOPE_FILE}")
     spec = str(source).strip("/")
@@ -639,4 +827,4 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
     if not local.exists():
         raise FileNotFoundError(f"the hub repository {repo_id!r} has no folder {folder!r} (downloaded nothing)")
     return load_external_sae(local, dtype=dtype, device=device, layer=layer, name=name,
-                             norm_scaling_factor=norm_scaling_factor)
+                             norm_scaling_factor=norm_scaling_factor, model=model, allow_mismatch=allow_mismatch)

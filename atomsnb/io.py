@@ -39,6 +39,7 @@ __all__ = [
     "save_json",
     "load_json",
     "tensor_digest",
+    "json_digest",
     "remove_stale_temp_files",
     "STALE_TMP_AGE_S",
 ]
@@ -270,6 +271,15 @@ def _canonical(obj: Any) -> tuple[Any, str]:
     return back, json.dumps(back, sort_keys=True)
 
 
+def json_digest(obj: Any) -> str:
+    """SHA-256 (64 hex digits) of ``obj``'s canonical JSON (sorted keys, as it reads back from JSON).
+
+    The checksum of :func:`save_json` (``checksum=True``), for files that carry their checksum inside (a model card's
+    ``card_sha256``, :mod:`atomsnb.packaged`): equal for two objects that serialise to the same JSON.
+    """
+    return hashlib.sha256(_canonical(obj)[1].encode()).hexdigest()
+
+
 def save_json(path: str | os.PathLike, obj: Any, *, checksum: bool = False) -> Path:
     """Write ``obj`` as indented JSON, atomically.
 
@@ -280,8 +290,8 @@ def save_json(path: str | os.PathLike, obj: Any, *, checksum: bool = False) -> P
             whose content must be verified on read (:func:`load_json` with ``checksum=True``).
     """
     if checksum:
-        content, canon = _canonical(obj)
-        obj = {_JSON_DIGEST: hashlib.sha256(canon.encode()).hexdigest(), _JSON_CONTENT: content}
+        content, _ = _canonical(obj)
+        obj = {_JSON_DIGEST: json_digest(content), _JSON_CONTENT: content}
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return Path(path)
@@ -309,7 +319,6 @@ def load_json(path: str | os.PathLike, *, checksum: bool = False) -> Any:
     if not isinstance(obj, dict) or set(obj) != {_JSON_DIGEST, _JSON_CONTENT}:
         raise CacheCorruptError(f"{path} has no checksum (expected the keys {_JSON_DIGEST!r} and {_JSON_CONTENT!r}); "
                                 "delete it to recompute")
-    _, canon = _canonical(obj[_JSON_CONTENT])
-    if hashlib.sha256(canon.encode()).hexdigest() != obj[_JSON_DIGEST]:
+    if json_digest(obj[_JSON_CONTENT]) != obj[_JSON_DIGEST]:
         raise CacheCorruptError(f"{path} fails its checksum (its content was changed); delete it to recompute")
     return obj[_JSON_CONTENT]

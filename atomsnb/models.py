@@ -310,7 +310,9 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
             empty or holds no model, or a hub id could not be fetched (offline, unknown or gated); the message says
             what is allowed.
         UnsupportedModelError: an architecture ``transformers`` cannot load as a causal LM.
-        ValueError: an unknown dtype or an unavailable device.
+        ValueError: an unknown dtype or an unavailable device; a local directory whose safetensors weights are
+            damaged (the message names the file).
+        CacheCorruptError: a registered model's converted weights are damaged (the message says how to rebuild).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -325,9 +327,20 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
             raise _not_found(name, exc) from exc
         raise ModelNotFoundError(f"could not load a tokenizer from local directory {name!r} ({type(exc).__name__}: "
                                  f"{str(exc)[:300]}); save it next to the model with tokenizer.save_pretrained") from exc
+    from safetensors import SafetensorError
+
     try:
         with loading_bars_off():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except SafetensorError as exc:  # a truncated or overwritten weights file (the message never names it)
+        weights = sorted(str(p) for p in Path(path).glob("*.safetensors")) if local else [path]
+        if canonical_name(name):
+            from .io import CacheCorruptError
+
+            raise CacheCorruptError(f"the converted weights of {name!r} ({', '.join(weights)}) are damaged ({exc}); "
+                                    f"delete the directory {path!r} and load {name!r} again to rebuild it") from exc
+        raise ValueError(f"the weights of model {name!r} ({', '.join(weights)}) are not a readable safetensors file "
+                         f"({exc}); the file is damaged or truncated: save the model again with save_pretrained") from exc
     except OSError as exc:
         if not local:
             raise _not_found(name, exc) from exc

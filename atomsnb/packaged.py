@@ -21,7 +21,12 @@ conversion time and versions. The directory ``$ATOMSNB_CACHE/models/<name>-<sha1
 by the GGUF's pinned SHA-256 and :data:`CONVERTER_VERSION`, built in a temporary directory renamed into
 place (``os.replace``) under a file lock, and verified on every use against the card's file hashes
 (:func:`atomsnb.fingerprints.file_sha256`, remembered per file version), so a damaged or stale copy is
-rebuilt, never used. Every later load is the plain ``from_pretrained`` of that directory.
+rebuilt, never used. The card, being what the files are checked against, is checked itself: it carries the
+SHA-256 of its own canonical JSON (:data:`CARD_DIGEST_KEY`) and must list :data:`REQUIRED_FILES`; an edited,
+damaged or incomplete card means a rebuild too. It records no absolute path of this machine: the licence's
+``installed_text`` is :attr:`PackagedModel.licence_file`, relative to the site-packages directory of the installed
+distribution (``importlib.metadata.distribution(package).locate_file(installed_text)``). Every later load is the
+plain ``from_pretrained`` of that directory.
 
 Pitfall handled here: ``save_pretrained`` refuses a GGUF-loaded model ("quantized with gguf and is not
 serializable") although its weights are plain float32; the converter clears ``model.hf_quantizer`` and
@@ -47,17 +52,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fingerprints import file_sha256
-from .io import CacheCorruptError, load_json, save_json
+from .io import CacheCorruptError, json_digest, load_json, save_json
 from .paths import cache_dir
 
-__all__ = ["CONVERTER_VERSION", "CARD_FILE", "PackagedModel", "PACKAGED_MODELS", "ConversionError",
+__all__ = ["CONVERTER_VERSION", "CARD_FILE", "CARD_DIGEST_KEY", "REQUIRED_FILES", "PackagedModel", "PACKAGED_MODELS", "ConversionError",
            "PackageNotInstalledError", "ensure_packaged_model", "packaged_model_path", "locate_gguf", "model_card",
            "gguf_summary", "card_summary"]
 
 #: Bump when the conversion changes in a way the GGUF hash does not capture (it enters the directory name).
-CONVERTER_VERSION = 1
+#: 2: the card carries its own checksum and a relative licence path.
+CONVERTER_VERSION = 2
 #: The model card written next to the converted weights.
 CARD_FILE = "atomsnb_card.json"
+#: The card's key holding the SHA-256 of the rest of the card (:func:`atomsnb.io.json_digest`).
+CARD_DIGEST_KEY = "card_sha256"
+#: Files every conversion writes and every card must list with its SHA-256 (config, weights, tokenizer).
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 #: Disk space a conversion needs (float32 safetensors + tokenizer, plus Gemma's assembled GGUF), MB.
 _NEEDED_MB = {"smollm2-135m": 600, "gemma3-270m": 1500}
 #: Text whose logits must be bit-identical before and after the save/reload round trip.
@@ -240,14 +250,41 @@ def gguf_summary(path: str | os.PathLike) -> dict:
             "gguf_license": field_value("general.license")}
 
 
+def _seal(card: dict) -> dict:
+    """``card`` with :data:`CARD_DIGEST_KEY` set to the SHA-256 of the rest of it."""
+    body = {k: v for k, v in card.items() if k != CARD_DIGEST_KEY}
+    return {**body, CARD_DIGEST_KEY: json_digest(body)}
+
+
 def model_card(path: str | os.PathLike) -> dict:
-    """Read the model card of a converted packaged model directory.
+    """Read and verify the model card of a converted packaged model directory.
+
+    The card is the trust anchor of the conversion (its ``files`` list the SHA-256 of everything loaded), so it is
+    checked itself: its :data:`CARD_DIGEST_KEY` must be the SHA-256 of the rest of its canonical JSON, and its
+    ``files`` must include :data:`REQUIRED_FILES`.
 
     Raises:
         FileNotFoundError: the directory has no card.
-        CacheCorruptError: the card is not valid JSON.
+        CacheCorruptError: the card is not valid JSON, has no checksum or fails it (edited or damaged), or does not
+            list a required file; the message says how to rebuild the conversion.
     """
-    return load_json(Path(path) / CARD_FILE)
+    path = Path(path)
+    card_file = path / CARD_FILE
+    card = load_json(card_file)
+    rebuild = (f"delete {str(path)!r} and load the model again (or run python -m atomsnb.packaged) to rebuild "
+               f"the conversion")
+    if not isinstance(card, dict) or CARD_DIGEST_KEY not in card:
+        raise CacheCorruptError(f"{card_file} has no {CARD_DIGEST_KEY!r} checksum (written by an older atomsnb, or "
+                                f"damaged); {rebuild}")
+    if _seal(card)[CARD_DIGEST_KEY] != card[CARD_DIGEST_KEY]:
+        raise CacheCorruptError(f"{card_file} fails its {CARD_DIGEST_KEY!r} checksum: the card was edited or damaged "
+                                f"after the conversion; {rebuild}")
+    files = card.get("files")
+    missing = [f for f in REQUIRED_FILES if not isinstance(files, dict) or f not in files]
+    if missing:
+        raise CacheCorruptError(f"{card_file} does not list the required file(s) {missing} (every conversion writes "
+                                f"and records {list(REQUIRED_FILES)}); {rebuild}")
+    return card
 
 
 def _is_valid(path: Path, spec: PackagedModel) -> bool:
@@ -255,8 +292,7 @@ def _is_valid(path: Path, spec: PackagedModel) -> bool:
         card = model_card(path)
         if card.get("converter_version") != CONVERTER_VERSION or card["source"]["gguf_sha256"] != spec.gguf_sha256:
             return False
-        files = card["files"]
-        return bool(files) and all(file_sha256(path / f) == sha for f, sha in files.items())
+        return all(file_sha256(path / f) == sha for f, sha in card["files"].items())
     except (FileNotFoundError, NotADirectoryError, CacheCorruptError, KeyError, TypeError, AttributeError):
         return False
 
@@ -387,7 +423,7 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
                    "gguf_size_bytes": gguf_path.stat().st_size if gguf_path.exists() else None,
                    "gguf_source": spec.gguf_source, "upstream": spec.upstream},
         "quantization": summary,
-        "licence": {"name": spec.licence, "url": spec.licence_url, "installed_text": str(licence_src),
+        "licence": {"name": spec.licence, "url": spec.licence_url, "installed_text": spec.licence_file,
                     "copy": licence_src.name, "notice": spec.licence_notice},
         "n_parameters": sum(p.numel() for p in reloaded.parameters()),
         "n_layers": len(decoder_layers(reloaded)),
@@ -407,7 +443,11 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
                      "accelerate": accelerate.__version__, "python": platform.python_version()},
     }
     del gguf  # imported only to fail early with a clear ImportError when it is missing
-    save_json(out / CARD_FILE, card)
+    missing = [f for f in REQUIRED_FILES if f not in files]
+    if missing:
+        raise ConversionError(f"[{spec.name}] the conversion wrote no {missing} (it wrote {sorted(files)}); "
+                              f"transformers {transformers.__version__} saves differently from what atomsnb expects")
+    save_json(out / CARD_FILE, _seal(card))
     if verbose:
         print(f"[{spec.name}] converted in {card['conversion_time_s']:.0f} s: {card['n_parameters']:,} parameters, "
               f"{card['n_layers']} blocks, d_model {card['d_model']}, licence {spec.licence}", flush=True)

@@ -175,7 +175,9 @@ def _as_unit_map(units) -> tuple[dict[str, Any], bool]:
 
 
 def _check_inputs(lm: LoadedModel, units: Mapping[str, Any], windows, layer, batch_size, ablation,
-                  ablation_activations) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  ablation_activations, allow_mismatch: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from .external import check_target
+
     n_layers = lm.n_layers
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= int(layer) <= n_layers:
         raise ValueError(f"layer {layer!r} cannot be spliced in {lm.name!r}: allowed 1..{n_layers} (layer l = the "
@@ -184,6 +186,8 @@ def _check_inputs(lm: LoadedModel, units: Mapping[str, Any], windows, layer, bat
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     if ablation not in _ABLATIONS:
         raise ValueError(f"ablation {ablation!r} is not supported; use one of {list(_ABLATIONS)}")
+    if not isinstance(allow_mismatch, bool):
+        raise ValueError(f"allow_mismatch must be True or False; got {allow_mismatch!r}")
     for name, u in units.items():
         if not callable(getattr(u, "reconstruct", None)):
             raise ValueError(f"unit set {name!r} ({type(u).__name__}) has no reconstruct(x) method; a unit set maps "
@@ -192,8 +196,9 @@ def _check_inputs(lm: LoadedModel, units: Mapping[str, Any], windows, layer, bat
         if d is not None and int(d) != lm.d_model:
             raise ValueError(f"unit set {name!r} has d_model={d} but {lm.name!r} has d_model={lm.d_model}: it was made "
                              f"for another model or hook point")
+        check_target(u, layer=int(layer), model=lm, allow_mismatch=allow_mismatch)  # an external SAE's hook and model
         ul = getattr(u, "layer", None)
-        if isinstance(ul, int) and ul != int(layer):
+        if isinstance(ul, int) and ul != int(layer) and not (allow_mismatch or getattr(u, "mismatch_allowed", False)):
             raise ValueError(f"unit set {name!r} was trained on residual-stream layer {ul} but layer={layer} was asked "
                              f"for; splice it at layer {ul}")
     w = torch.as_tensor(windows)
@@ -293,7 +298,7 @@ def _kl_per_token(logp_clean: torch.Tensor, logp_new: torch.Tensor) -> torch.Ten
 def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *, batch_size: int = 8,
                    ablation: str = "zero", ablation_activations: torch.Tensor | None = None,
                    exclude_special_tokens: bool | Sequence[int] = True, ablate_special_tokens: bool = False,
-                   keep_clean_above: float | None = None,
+                   keep_clean_above: float | None = None, allow_mismatch: bool = False,
                    progress: bool = True) -> SpliceScores | dict[str, SpliceScores]:
     """Spliced-in scores (SAELens' ``ce_loss_score``, ``kl_div_score`` and their parts) of unit sets at one layer.
 
@@ -322,6 +327,9 @@ def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *,
             book passes ``massive_k`` times the median token norm of the fitting activations, so that massive
             tokens (:mod:`atomsnb.massive`), which the unit sets were neither trained nor evaluated on, are not
             spliced either. None (default) splices every non-special position.
+        allow_mismatch: splice unit sets even where their own hook point, layer or model disagrees
+            (:func:`atomsnb.external.check_target`: an external SAE trained on an MLP output, another layer or
+            another model; a unit set whose ``layer`` is another). Default ``False``: refused.
         progress: show a tqdm progress bar (also silenced by ``TQDM_DISABLE=1``).
 
     Returns:
@@ -331,11 +339,12 @@ def spliced_scores(lm: LoadedModel, units, windows: torch.Tensor, layer: int, *,
         ValueError: before any forward pass, for a layer outside ``1..n_layers``, a unit set without
             ``reconstruct`` or whose ``d_model`` or ``layer`` disagrees, windows that are not integer
             ``[n >= 1, seq_len >= 3]`` or hold ids outside the vocabulary, an unknown ablation, missing or
-            malformed ``ablation_activations``, ``batch_size < 1``, or windows with no scored position;
+            malformed ``ablation_activations``, ``batch_size < 1``, or windows with no scored position; an
+            external SAE trained on another hook point or model (:class:`atomsnb.external.HookMismatchError`);
             during the passes, a reconstruction of the wrong shape or with NaN/inf (naming the unit set).
     """
     unit_map, single = _as_unit_map(units)
-    w, mean = _check_inputs(lm, unit_map, windows, layer, batch_size, ablation, ablation_activations)
+    w, mean = _check_inputs(lm, unit_map, windows, layer, batch_size, ablation, ablation_activations, allow_mismatch)
     layer = int(layer)
     if exclude_special_tokens is True:
         skip_ids = special_token_ids(lm.tokenizer)

@@ -47,6 +47,35 @@ def _gemma_arrays(**changes):
     return {k: v for k, v in w.items() if v is not None}
 
 
+def _scaler(tmp: Path, text: str) -> Path:
+    """The expected-average SAE with its activation_scaler.json replaced by ``text``."""
+    dst = tmp / "sae"
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "saelens" / "jumprelu-expavg-d16-n48", dst)
+    (dst / "activation_scaler.json").write_text(text)
+    return dst
+
+
+def _damaged_npz(tmp: Path, keep=0.5) -> Path:
+    path = _npz(tmp, _gemma_arrays())
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _damaged_model(tmp: Path) -> str:
+    path = save_tiny("gpt2", tmp / "gpt2", seed=0)
+    weights = Path(path) / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
+def _load_model(name):
+    from atomsnb.models import load_model
+
+    return load_model(name)
+
+
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     from atomsnb.models import load_model
@@ -125,6 +154,28 @@ CASES = [
      ValueError, ["readable without pickle"]),
     ("npz transposed", lambda t, lm: load_gemma_scope(_npz(t, _gemma_arrays(W_dec=np.zeros((16, 48), np.float32)))),
      TransposedLayoutError, ["W_dec", "(16, 48)", "[d_sae, d_in] = (48, 16)"]),
+    ("npz b_enc of the wrong length", lambda t, lm: load_gemma_scope(_npz(t, _gemma_arrays(b_enc=np.zeros(40, np.float32)))),
+     ValueError, ["b_enc in ", "params.npz has shape (40,); expected (48,)"]),
+    ("npz b_dec of the wrong length", lambda t, lm: load_gemma_scope(_npz(t, _gemma_arrays(b_dec=np.zeros(20, np.float32)))),
+     ValueError, ["b_dec in ", "params.npz has shape (20,); expected (16,)"]),
+    ("npz threshold of the wrong length", lambda t, lm: load_gemma_scope(_npz(t, _gemma_arrays(threshold=np.zeros(47, np.float32)))),
+     ValueError, ["threshold in ", "params.npz has shape (47,); expected (48,)"]),
+    ("npz b_enc a matrix", lambda t, lm: load_gemma_scope(_npz(t, _gemma_arrays(b_enc=np.zeros((48, 1), np.float32)))),
+     ValueError, ["b_enc in ", "params.npz' must be a vector [d_sae]", "(48, 1)"]),
+    ("npz truncated", lambda t, lm: load_gemma_scope(_damaged_npz(t)),
+     ValueError, ["params.npz", "BadZipFile", "download params.npz again"]),
+    ("npz empty", lambda t, lm: load_gemma_scope(_damaged_npz(t, keep=0)),
+     ValueError, ["params.npz", "EOFError", "download params.npz again"]),
+    ("scaler file not JSON", lambda t, lm: load_saelens(_scaler(t, "{")),
+     ValueError, ["activation_scaler.json is not valid UTF-8 JSON", "norm_scaling_factor=s"]),
+    ("scaler file a list", lambda t, lm: load_saelens(_scaler(t, "[2.0]")),
+     ValueError, ["activation_scaler.json must hold", "got [2.0]", "norm_scaling_factor=s"]),
+    ("scaler factor a string", lambda t, lm: load_saelens(_scaler(t, '{"scaling_factor": "2"}')),
+     ValueError, ["activation_scaler.json must hold", "finite number s > 0", "got '2'"]),
+    ("scaler factor negative", lambda t, lm: load_saelens(_scaler(t, '{"scaling_factor": -1.5}')),
+     ValueError, ["activation_scaler.json must hold", "got -1.5"]),
+    ("damaged model weights", lambda t, lm: _load_model(_damaged_model(t)),
+     ValueError, ["model.safetensors", "not a readable safetensors file", "save_pretrained"]),
     ("Gemma Scope embedding SAE", lambda t, lm: load_gemma_scope(_npz(t, _gemma_arrays(), folder="embedding/width_4k/average_l0_6")),
      ValueError, ["embedding SAE", "layer_<i>"]),
     ("no params.npz", lambda t, lm: load_gemma_scope(t),
@@ -156,6 +207,10 @@ CASES = [
      ValueError, ["batch_size", "positive integer", "0"]),
     ("nothing to score", lambda t, lm: _splice(lm, windows=torch.zeros(2, 8, dtype=torch.long)),
      ValueError, ["no position", "(2, 8)", "[0, 1]"]),
+    ("allow_mismatch not a bool", lambda t, lm: _splice(lm, allow_mismatch="yes"),
+     ValueError, ["allow_mismatch must be True or False", "'yes'"]),
+    ("loader layer not an integer", lambda t, lm: load_saelens(SAE, layer="3"),
+     ValueError, ["layer must be", "integer >= 1", "'3'"]),
     ("duplicate unit-set names", lambda t, lm: _splice(lm, units=[_Units(), _Units()]),
      ValueError, ["two unit sets are named 'u'"]),
 ]

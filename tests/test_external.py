@@ -1,15 +1,13 @@
 """External SAEs (atomsnb.external) against SAELens' own outputs, and as unit sets.
 
 References:
-- ``shared/fixtures/saelens/`` beside the repository (CI clones the repo next to ``shared/``): an SAE written by
-  SAELens 6.54.12's ``save_model`` with SAELens' outputs on a fixed input. ``ATOMSNB_SAELENS_FIXTURES`` overrides
-  the location.
+- ``tests/data/saelens_shared/``: an SAE written by SAELens 6.54.12's ``save_model`` with SAELens' outputs on a
+  fixed input (vendored from the project's ``shared/fixtures/saelens/``, see its README).
 - ``tests/data/saelens/``: small SAEs of the other architectures / options written and evaluated by SAELens
   6.54.12 itself (``tests/data/saelens/make_fixtures.py``).
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,34 +16,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from atomsnb.external import (ExternalSAE, TransposedLayoutError, load_external_sae, load_gemma_scope, load_saelens,
-                              residual_layer_of_hook)
+from atomsnb.external import (ExternalSAE, HookMismatchError, TransposedLayoutError, load_external_sae,
+                              load_gemma_scope, load_saelens, residual_layer_of_hook, same_model)
 
 LOCAL = Path(__file__).resolve().parent / "data" / "saelens"
 LOCAL_SAES = sorted(p.name for p in LOCAL.iterdir() if p.is_dir())
 
 
-def shared_fixtures() -> Path | None:
-    """``shared/fixtures/saelens`` next to the repository (or one of its parents), or ``$ATOMSNB_SAELENS_FIXTURES``."""
-    env = os.environ.get("ATOMSNB_SAELENS_FIXTURES")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents[1:]:  # parents[2] is the repository's parent, where CI puts shared/
-        cand = parent / "shared" / "fixtures" / "saelens"
-        if cand.is_dir():
-            return cand
-    return None
+SHARED = Path(__file__).resolve().parent / "data" / "saelens_shared"
 
 
 @pytest.fixture(scope="module")
 def shared_jumprelu() -> Path:
-    root = shared_fixtures()
-    if root is None or not (root / "jumprelu-d64-n256").is_dir():
-        pytest.skip("SAELENS FIXTURE ABSENT: shared/fixtures/saelens/jumprelu-d64-n256 was not found beside the "
-                    "repository or any parent, and ATOMSNB_SAELENS_FIXTURES is not set; the loader is NOT checked "
-                    "against SAELens' shared fixture in this run")
-    return root / "jumprelu-d64-n256"
+    return SHARED / "jumprelu-d64-n256"
 
 
 def _expected(folder: Path):
@@ -58,12 +41,29 @@ def _assert_close(got, want, atol=1e-6):
     assert (got - want).abs().max().item() <= atol
 
 
+def _assert_reconstruction_close(sae, x, feature_acts, sae_out):
+    """``sae.reconstruct(x)`` against SAELens' float32 ``sae_out`` within float32 rounding of the decoder sum.
+
+    Two float32 evaluations of ``f @ W_dec + b_dec`` (theirs and ours, summed in different orders) each lie within
+    ``gamma_{n+1} (|f| @ |W_dec| + |b_dec|)`` of the exact value (Higham, *Accuracy and Stability of Numerical
+    Algorithms*, 2nd ed., eq. 3.5, ``gamma_n = n u / (1 - n u)``, ``u = 2**-24``), so they differ by at most twice that.
+    With values up to ~28 and 256 latents a fixed 1e-6 would ask for better than float32's own spacing (1.9e-6 there).
+    """
+    assert sae.dtype == torch.float32
+    got = sae.reconstruct(x)
+    n, u = sae.n_latents + 1, 2.0 ** -24
+    gamma = n * u / (1 - n * u)
+    bound = 2 * gamma * (feature_acts.abs() @ sae.W_dec.double().abs() + sae.b_dec.double().abs())
+    assert got.dtype == torch.float64 and got.shape == sae_out.shape
+    assert ((got - sae_out).abs() <= bound).all()
+
+
 # ------------------------------------------------------------------ against SAELens
 def test_shared_fixture_matches_saelens(shared_jumprelu):
     sae = load_saelens(shared_jumprelu)
     x, feature_acts, sae_out = _expected(shared_jumprelu)
     _assert_close(sae.codes(x), feature_acts)
-    _assert_close(sae.reconstruct(x), sae_out)
+    _assert_reconstruction_close(sae, x, feature_acts, sae_out)
     assert (sae.d_model, sae.n_latents, sae.family, sae.architecture) == (64, 256, "external", "jumprelu")
     assert sae.dictionary.shape == (64, 256) and sae.dictionary.dtype == torch.float64
     assert not sae.apply_b_dec_to_input
@@ -163,18 +163,75 @@ def test_gemma_scope_npz_matches_the_same_sae_in_saelens_format(shared_jumprelu,
     sae = load_external_sae(npz.parent)
     x, feature_acts, sae_out = _expected(shared_jumprelu)
     _assert_close(sae.codes(x), feature_acts)
-    _assert_close(sae.reconstruct(x), sae_out)
+    _assert_reconstruction_close(sae, x, feature_acts, sae_out)
     assert sae.hook_name == "blocks.3.hook_resid_post" and sae.layer == 4  # block 3's output = atomsnb layer 4
     assert sae.name == "Gemma Scope layer_3/width_16k/average_l0_82"
-    assert load_gemma_scope(npz, layer=7).layer == 7
+    assert sae.model_name == "gemma-2-2b"
+    assert load_gemma_scope(npz, layer=4, model="google/gemma-2-2b").layer == 4  # what the path says: accepted
+    with pytest.raises(HookMismatchError, match=r"'blocks.3.hook_resid_post'.*atomsnb layer 4, but layer 7"):
+        load_gemma_scope(npz, layer=7)
+    with pytest.raises(HookMismatchError, match=r"trained on model 'gemma-2-2b', but the target model is 'smollm2-135m'"):
+        load_gemma_scope(npz, model="smollm2-135m")
+    forced = load_gemma_scope(npz, layer=7, model="smollm2-135m", allow_mismatch=True)
+    assert forced.layer == 7 and forced.mismatch_allowed and forced.hook_name == "blocks.3.hook_resid_post"
 
 
-def test_gemma_scope_mlp_sae_has_no_residual_layer(shared_jumprelu, tmp_path):
+@pytest.mark.parametrize("repo, hook, model", [("gemma-scope-2b-pt-mlp", "blocks.3.hook_mlp_out", "gemma-2-2b"),
+                                               ("gemma-scope-9b-it-att", "blocks.3.attn.hook_z", "gemma-2-9b-it"),
+                                               ("gemma-scope-2b-pt-transcoders", "blocks.3.ln2.hook_normalized",
+                                                "gemma-2-2b")])
+def test_gemma_scope_non_residual_sae_records_its_hook_and_is_refused_at_a_layer(shared_jumprelu, tmp_path, repo, hook,
+                                                                                 model):
     w = load_file(str(shared_jumprelu / "sae_weights.safetensors"))
-    npz = tmp_path / "gemma-scope-2b-pt-mlp" / "layer_3" / "width_16k" / "average_l0_82" / "params.npz"
+    npz = tmp_path / repo / "layer_3" / "width_16k" / "average_l0_82" / "params.npz"
     _write_npz(npz, w)
     sae = load_gemma_scope(npz)
-    assert sae.layer is None and sae.hook_name is None
+    assert sae.layer is None and sae.hook_name == hook and sae.model_name == model
+    with pytest.raises(HookMismatchError, match=rf"trained on hook '{hook}', which is not the residual stream"):
+        load_gemma_scope(npz, layer=4)
+
+
+def test_saelens_config_hook_and_model_are_checked(tmp_path):
+    """cfg.json's hook_name and model_name decide where the SAE may be used (layer and model at load)."""
+    src = LOCAL / "standard-bdec-d16-n48"
+
+    def with_cfg(**kv):
+        dst = tmp_path / f"sae{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(src, dst)
+        cfg = json.loads((dst / "cfg.json").read_text())
+        cfg.pop("hook_name", None)
+        cfg.setdefault("metadata", {}).pop("hook_name", None)
+        cfg["metadata"].pop("model_name", None)
+        cfg["metadata"].update(kv)
+        (dst / "cfg.json").write_text(json.dumps(cfg))
+        return dst
+
+    mlp = with_cfg(hook_name="blocks.2.hook_mlp_out", model_name="gpt2-small")
+    sae = load_saelens(mlp)
+    assert (sae.hook_name, sae.layer, sae.model_name) == ("blocks.2.hook_mlp_out", None, "gpt2-small")
+    with pytest.raises(HookMismatchError, match=r"'blocks.2.hook_mlp_out', which is not the residual stream.*"
+                                                r"allow_mismatch=True"):
+        load_saelens(mlp, layer=3)
+    resid = with_cfg(hook_name="blocks.2.hook_resid_post", model_name="gpt2-small")
+    assert load_saelens(resid, layer=3, model="openai-community/gpt2").layer == 3  # TransformerLens' gpt2-small
+    with pytest.raises(HookMismatchError, match=r"trained on model 'gpt2-small', but the target model is 'gemma3-270m'"):
+        load_saelens(resid, layer=3, model="gemma3-270m")
+    with pytest.raises(HookMismatchError, match=r"atomsnb layer 3, but layer 2 was asked for; use it at layer 3"):
+        load_saelens(resid, layer=2)
+    bare = with_cfg()
+    assert load_saelens(bare).layer is None and load_saelens(bare, layer=5).layer == 5  # no hook: the caller declares
+    with pytest.raises(ValueError, match=r"layer must be .* integer >= 1; got 0"):
+        load_saelens(bare, layer=0)
+
+
+@pytest.mark.parametrize("sae_model, names, same", [
+    ("gemma-2-2b", ["google/gemma-2-2b"], True), ("gpt2-small", ["gpt2"], True),
+    ("pythia-70m-deduped", ["EleutherAI/pythia-70m-deduped"], True), ("pythia-70m-deduped", ["pythia-70m"], False),
+    ("SmolLM2-135M-Instruct", ["smollm2-135m"], True), ("gemma-3-270m", ["gemma3-270m"], True),
+    ("gemma-2-2b", ["gemma3-270m"], False), ("gemma-2-2b", ["/tmp/runs/gemma-2-2b/"], True),
+    ("gemma-2-2b-it", ["gemma-2-2b"], False)])
+def test_same_model(sae_model, names, same):
+    assert same_model(sae_model, names) is same
 
 
 @pytest.mark.parametrize("hook, layer", [("blocks.0.hook_resid_post", 1), ("blocks.12.hook_resid_post", 13),
@@ -199,12 +256,14 @@ def test_external_sae_goes_through_the_unit_set_evaluation(shared_jumprelu):
     from atomsnb.metrics import evaluate_dictionary
 
     sae = load_saelens(shared_jumprelu)
-    x, feature_acts, sae_out = _expected(shared_jumprelu)
+    x, feature_acts, _ = _expected(shared_jumprelu)
     x = x.double()
     aip = AIP.fit(x, min_tokens_per_dim=1)
     m = evaluate_dictionary(x, sae.codes(x), sae.reconstruct(x), sae.dictionary, aip)
     assert m["l0"] == pytest.approx(float((feature_acts != 0).double().sum(1).mean()))
-    ev = 1 - ((x - sae_out) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    # SAELens' explained_variance formula on our reconstruction (checked against SAELens' sae_out above, to float32
+    # rounding, which moves this number by ~1e-9)
+    ev = 1 - ((x - sae.reconstruct(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert m["explained_variance"] == pytest.approx(float(ev), abs=1e-9)
     assert m["n_latents"] == 256 and 0 <= m["q_star"] <= 1
 
@@ -230,5 +289,38 @@ def test_external_sae_splices_into_a_model(tmp_path, one_thread):
     w[:, 0] = lm.tokenizer.bos_token_id
     s = spliced_scores(lm, sae, w, 2)
     assert s.ce_loss_score == 1.0 and s.kl_div_with_sae == 0.0
-    with pytest.raises(ValueError, match="trained on residual-stream layer 2 but layer=1"):
+    with pytest.raises(HookMismatchError, match=r"'blocks.1.hook_resid_post', the residual stream at atomsnb layer 2, "
+                                                r"but layer 1 was asked for"):
         spliced_scores(lm, sae, w, 1)
+
+
+def test_splicing_refuses_another_hook_point_or_model_unless_allowed(tmp_path, one_thread):
+    """An SAE trained on an MLP output, on no known hook, or on another model is not spliced into the residual
+    stream unless the caller says allow_mismatch=True (where the identity SAE then scores exactly 1)."""
+    from tiny_models import save_tiny
+
+    from atomsnb.models import load_model
+    from atomsnb.splice import spliced_scores
+
+    lm = load_model(str(save_tiny("llama", tmp_path / "llama", seed=2)))
+    w = torch.randint(2, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    w[:, 0] = lm.tokenizer.bos_token_id
+    mlp = _identity_sae(32, "blocks.1.hook_mlp_out")
+    assert mlp.layer is None
+    with pytest.raises(HookMismatchError, match=r"'blocks.1.hook_mlp_out', which is not the residual stream; it cannot "
+                                                r"replace the residual stream at layer 2.*allow_mismatch=True"):
+        spliced_scores(lm, mlp, w, 2)
+    with pytest.raises(HookMismatchError, match=r"does not say which hook point.*load it with layer=2"):
+        spliced_scores(lm, _identity_sae(32, None), w, 2)
+    other = _identity_sae(32, "blocks.1.hook_resid_post")
+    other.model_name = "gemma-2-2b"
+    with pytest.raises(HookMismatchError, match=r"trained on model 'gemma-2-2b', but the target model is '.*llama'"):
+        spliced_scores(lm, other, w, 2)
+    own = _identity_sae(32, "blocks.1.hook_resid_post")
+    own.model_name = "llama"  # the tiny model's directory name
+    assert spliced_scores(lm, own, w, 2).ce_loss_score == 1.0
+    for sae in (mlp, other):
+        assert spliced_scores(lm, sae, w, 2, allow_mismatch=True).ce_loss_score == 1.0
+    declared = _identity_sae(32, None)
+    declared.mismatch_allowed = True  # what load_*(..., allow_mismatch=True) records
+    assert spliced_scores(lm, declared, w, 2).ce_loss_score == 1.0

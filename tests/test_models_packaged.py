@@ -6,6 +6,7 @@ converts them.
 """
 
 import hashlib
+import json
 from importlib import metadata
 from pathlib import Path
 
@@ -48,7 +49,15 @@ def test_card_records_source_licence_and_sizes(lm):
     assert q["file_type"] == exp["file_type"] and sum(q["tensor_types"].values()) == q["n_tensors"]
     lic = card["licence"]
     assert lic["name"] == exp["licence"] and lic["url"].startswith("https://")
-    assert Path(lic["installed_text"]).is_file() and (path / lic["copy"]).read_bytes() == Path(lic["installed_text"]).read_bytes()
+    # no absolute path of the converting machine: the licence text is named relative to the installed distribution
+    assert lic["installed_text"] == spec.licence_file and not Path(lic["installed_text"]).is_absolute()
+    installed = Path(metadata.distribution(spec.package).locate_file(lic["installed_text"]))
+    assert installed.is_file() and (path / lic["copy"]).read_bytes() == installed.read_bytes()
+    assert str(Path.home()) not in json.dumps(card) and "site-packages" not in json.dumps(card)
+    # the card seals itself (SHA-256 of the rest, computed here independently) and lists the required files
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    assert card["card_sha256"] == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(card["files"])
     if name == "gemma3-270m":
         assert lic["copy"] == "GEMMA_TERMS.html" and "Gemma Terms of Use" in (path / lic["copy"]).read_text()
     assert type(lm.model).__name__ == card["architecture"] == exp["arch"]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import errno
+import hashlib
 import json
 from importlib import metadata
 
@@ -12,13 +13,27 @@ from atomsnb.fingerprints import file_sha256
 from atomsnb.models import ModelNotFoundError, load_model
 
 
+def sealed(card: dict) -> dict:
+    """``card`` with its ``card_sha256``: SHA-256 of the rest, as sorted-key JSON (computed here, not by atomsnb)."""
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return {**body, "card_sha256": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}
+
+
+def write_files(path, config='{"model_type": "llama"}') -> dict:
+    """The files a conversion writes (dummy contents), and their SHA-256 as a card lists them."""
+    (path / "config.json").write_text(config)
+    for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (path / f).write_text(f"dummy {f}")
+    return {f: file_sha256(path / f, use_stamp=False) for f in
+            ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")}
+
+
 def fake_conversion(name):
-    """A directory that looks like a finished conversion of ``name`` (card + one file with its recorded hash)."""
+    """A directory that looks like a finished conversion of ``name`` (sealed card + the files with their hashes)."""
     path = pk.packaged_model_path(name)
     path.mkdir(parents=True)
-    (path / "config.json").write_text('{"model_type": "llama"}')
-    card = {"converter_version": pk.CONVERTER_VERSION, "source": {"gguf_sha256": pk.PACKAGED_MODELS[name].gguf_sha256},
-            "files": {"config.json": file_sha256(path / "config.json", use_stamp=False)}}
+    card = sealed({"converter_version": pk.CONVERTER_VERSION, "d_model": 576,
+                   "source": {"gguf_sha256": pk.PACKAGED_MODELS[name].gguf_sha256}, "files": write_files(path)})
     (path / pk.CARD_FILE).write_text(json.dumps(card))
     return path, card
 
@@ -36,32 +51,82 @@ def test_a_valid_conversion_is_used_as_is(monkeypatch):
     assert pk.ensure_packaged_model("smollm2-135m") == path
 
 
-@pytest.mark.parametrize("damage", ["edited file", "older converter", "other gguf", "bad card", "missing file"])
+DAMAGES = ["edited file", "older converter", "other gguf", "bad card", "missing file", "card edited",
+           "card without checksum", "weights dropped from the card", "weights dropped, card resealed",
+           "weights damaged, dropped from the card"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_stale_or_damaged_conversion_is_rebuilt(monkeypatch, damage):
     path, card = fake_conversion("smollm2-135m")
     if damage == "edited file":
         (path / "config.json").write_text('{"model_type": "gpt2"}')
     elif damage == "older converter":
-        card["converter_version"] = pk.CONVERTER_VERSION - 1
+        card = sealed({**card, "converter_version": pk.CONVERTER_VERSION - 1})
     elif damage == "other gguf":
-        card["source"]["gguf_sha256"] = "0" * 64
+        card = sealed({**card, "source": {"gguf_sha256": "0" * 64}})
     elif damage == "missing file":
         (path / "config.json").unlink()
-    if damage in ("older converter", "other gguf"):
+    elif damage == "card edited":
+        card = {**card, "d_model": 640}  # the checksum no longer matches
+    elif damage == "card without checksum":
+        card = {k: v for k, v in card.items() if k != "card_sha256"}
+    elif damage.startswith("weights"):  # the reviewer's case: damaged weights loaded because the card forgot them
+        files = {k: v for k, v in card["files"].items() if k != "model.safetensors"}
+        card = {**card, "files": files}
+        if damage == "weights dropped, card resealed":
+            card = sealed(card)
+        if damage == "weights damaged, dropped from the card":
+            (path / "model.safetensors").write_text("damaged")
+    if damage != "bad card":
         (path / pk.CARD_FILE).write_text(json.dumps(card))
-    if damage == "bad card":
+    else:
         (path / pk.CARD_FILE).write_text("{")
     rebuilt = []
 
     def convert(spec, out, verbose):
         rebuilt.append(spec.name)
-        (out / "config.json").write_text('{"model_type": "llama", "new": true}')
-        (out / pk.CARD_FILE).write_text(json.dumps({**card, "converter_version": pk.CONVERTER_VERSION, "source": {
-            "gguf_sha256": spec.gguf_sha256}, "files": {"config.json": file_sha256(out / "config.json", use_stamp=False)}}))
+        files = write_files(out, '{"model_type": "llama", "new": true}')
+        (out / pk.CARD_FILE).write_text(json.dumps(sealed({**card, "converter_version": pk.CONVERTER_VERSION, "source": {
+            "gguf_sha256": spec.gguf_sha256}, "files": files})))
 
     monkeypatch.setattr(pk, "_convert", convert)
     assert pk.ensure_packaged_model("smollm2-135m") == path and rebuilt == ["smollm2-135m"]
     assert json.loads((path / "config.json").read_text())["new"] is True
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("edited", ["fails its 'card_sha256' checksum", "edited or damaged"]),
+    ("no checksum", ["has no 'card_sha256' checksum"]),
+    ("no weights listed", ["does not list the required file(s) ['model.safetensors']"])])
+def test_model_card_refuses_a_card_it_cannot_trust_and_says_how_to_rebuild(damage, words):
+    path, card = fake_conversion("smollm2-135m")
+    assert pk.model_card(path) == card
+    if damage == "edited":
+        card = {**card, "d_model": 640}
+    elif damage == "no checksum":
+        card = {k: v for k, v in card.items() if k != "card_sha256"}
+    else:
+        card = sealed({**card, "files": {k: v for k, v in card["files"].items() if k != "model.safetensors"}})
+    (path / pk.CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(pk.CacheCorruptError) as exc:
+        pk.model_card(path)
+    msg = str(exc.value)
+    assert all(w in msg for w in words + [pk.CARD_FILE, f"delete {str(path)!r}", "python -m atomsnb.packaged"]), msg
+
+
+def test_a_conversion_missing_a_required_file_is_refused(monkeypatch):
+    """A conversion that writes no weights (a future transformers saving differently) caches nothing."""
+    def convert(spec, out, verbose):
+        files = write_files(out)
+        (out / "model.safetensors").unlink()
+        files.pop("model.safetensors")
+        (out / pk.CARD_FILE).write_text(json.dumps(sealed({"converter_version": pk.CONVERTER_VERSION, "source": {
+            "gguf_sha256": spec.gguf_sha256}, "files": files})))
+
+    monkeypatch.setattr(pk, "_convert", convert)
+    with pytest.raises(pk.ConversionError, match="fails its own checks right after conversion"):
+        pk.ensure_packaged_model("smollm2-135m")
 
 
 def test_leftovers_of_a_killed_conversion_are_removed(monkeypatch):
