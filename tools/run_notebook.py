@@ -12,7 +12,14 @@ papermill injects is tagged ``remove-cell`` so the book does not show it; the ch
 Before any kernel starts, the parameters are checked against the chapter's ``parameters`` cell
 (:func:`check_parameters`): an unknown name (``-p leyer 1``) or a value of the wrong type (the type of the
 default; ``None`` defaults take anything) is refused with a message naming the parameter and its type, and a
-``-f`` file must be a YAML mapping of name: value.
+``-f`` file must be a YAML mapping of name: value. Then the values go through the chapter's own configs
+(:func:`check_values`, :func:`atomsnb.parameters.validate_parameters`): ``-p n_steps -5``, a layer the model lacks, or
+``n_fit_tokens`` below 20 x the model's ``d_model`` (read from its card or config, no weights loaded) are refused.
+
+A missing kernel or a file that is not a notebook is one line naming it and the fix. A chapter that fails in the
+kernel keeps its partly executed notebook, the failing cell marked, as ``<output stem>.failed.ipynb`` beside the
+output (named in the error); directories the run created are removed if left empty. What the executed notebook
+records of paths (``metadata.papermill``, the re-run box) is relative to the repository, or the file name only.
 
 Right after the chapter's title cell, a Markdown cell tagged ``rerun-box`` is inserted: an admonition with the
 command that re-runs this chapter on another model (with the chapter's own parameter names, read from its
@@ -293,7 +300,8 @@ def collect_parameters(args: argparse.Namespace) -> dict:
     """Parameters of a command line (``-f`` file, then ``-p`` pairs), checked against the chapter.
 
     Raises:
-        ParameterError: see :func:`load_parameters_file`, :func:`cli_parameters` and :func:`check_parameters`.
+        ParameterError: see :func:`load_parameters_file`, :func:`cli_parameters`, :func:`check_parameters` and
+            :func:`check_values`.
     """
     if not Path(args.source).is_file():
         raise ParameterError(f"chapter source {str(args.source)!r} does not exist or is not a file")
@@ -304,7 +312,30 @@ def collect_parameters(args: argparse.Namespace) -> dict:
     params = load_parameters_file(args.parameters_file) if args.parameters_file else {}
     params.update(cli_parameters(args.parameter))
     check_parameters(args.source, params)
+    check_values(args.source, params, origin=args.parameters_file)
     return params
+
+
+def check_values(src: Path, parameters: dict, origin: Path | None = None) -> None:
+    """Refuse values the chapter's configs refuse, before any kernel starts: the chapter's defaults updated with
+    ``parameters`` go through :func:`atomsnb.parameters.validate_parameters` (``n_steps >= 1``, a layer the model has,
+    ``n_fit_tokens >= 20 x d_model`` with ``d_model`` from the model's card or config, ...).
+
+    Raises:
+        ParameterError: the configs' message, naming the chapter (and ``origin``, the ``-f`` file, if any).
+    """
+    from atomsnb.models import ModelNotFoundError
+    from atomsnb.parameters import validate_parameters
+
+    values = {p.name: _default_value(p) for p in chapter_parameters(src)}
+    values.update(parameters)
+    if any(v is _ANY for v in values.values()):  # a default that is not a literal: the chapter computes it
+        return
+    try:
+        validate_parameters(Path(src).stem, values)
+    except (ValueError, TypeError, ModelNotFoundError) as exc:
+        where = f" with the parameters of {origin}" if origin else ""
+        raise ParameterError(f"{Path(src).name}{where}: {exc}") from None
 
 
 def _md_cell_text(text: str) -> str:
