@@ -12,8 +12,8 @@ those rules are left to the chapter itself.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import NamedTuple
 
 __all__ = ["CHAPTERS", "ModelShape", "model_shape", "validate_parameters"]

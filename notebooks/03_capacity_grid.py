@@ -11,7 +11,7 @@
 # %% [markdown]
 # # The capacity grid: data size against dictionary size
 #
-# **The paper's claim** (Hu et al.; the numbers are the paper's):
+# **The paper's claim** (Hu et al., §5; the numbers are the paper's):
 
 # %% tags=["remove-input"]
 from IPython.display import Markdown
@@ -19,7 +19,7 @@ from IPython.display import Markdown
 from atomsnb import paper
 
 c = paper.PAPER_CAPACITY
-Markdown(f"({c['section']}) On Gemma2-2B layer {c['layer']}, with up to {c['max_tokens'] / 1e9:g}B activations, a grid "
+Markdown(f"On Gemma2-2B layer {c['layer']}, with up to {c['max_tokens'] / 1e9:g}B activations, a grid "
          f"over the data size |M| and the dictionary size |D| (in steps of {c['d_step']} = 4H) shows R² jumping to "
          f"about {c['r2_above_critical']:g} only once |D| passes a critical value matched to |M|; below it, R² stays "
          f"at {c['r2_below_critical'][0]:g}-{c['r2_below_critical'][1]:g}.")
