@@ -344,6 +344,18 @@ def _missing_row(point: GridPoint, why: str) -> dict:
     return {"key": point.key, "status": "missing", "error": why, **point.as_dict()}
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a printed message shows it, without the machine's absolute paths: below ``$ATOMSNB_BUILD`` as
+    ``build/...`` (the build directory's own name), else relative to the working directory, else ``~/...`` below the
+    home directory; any other path as given."""
+    p = Path(path).absolute()
+    build = Path(os.environ.get("ATOMSNB_BUILD", "build")).absolute()
+    for base, prefix in ((build, Path(build.name)), (Path.cwd(), Path()), (Path.home(), Path("~"))):
+        if p.is_relative_to(base):
+            return (prefix / p.relative_to(base)).as_posix()
+    return str(path)
+
+
 def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store: ResultsStore | str | os.PathLike, *,
              backend: str = "sequential", client=None, dask_scheduler: str | None = None, max_workers: int = 2,
              retry_errors: bool = False, progress: bool = True, threads: int | None = None) -> pd.DataFrame:
@@ -399,7 +411,7 @@ def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store
         if row.get("status") != "ok" and (retry_errors or row.get("status") != "error"):
             todo.append(p)
     if progress:
-        print(f"grid: {len(points)} points, {len(points) - len(todo)} already in {store.root}, {len(todo)} to run "
+        print(f"grid: {len(points)} points, {len(points) - len(todo)} already in {shown_path(store.root)}, {len(todo)} to run "
               f"({backend})", flush=True)
     root = str(store.root)
 

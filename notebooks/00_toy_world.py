@@ -194,7 +194,8 @@ print(f"TSAE supports exactly right on {support_exact:.3f} of held-out activatio
 # ## Claim checks
 #
 # The paper's numbers are on real models; here the question is qualitative: do the unit sets fall in the paper's
-# order, and does the trained TSAE reach the paper's $R^2 \approx q^* \approx 0.999$ on a world whose atoms we know?
+# order, and does the trained TSAE reach $R^2$ and $q^*$ near 1, as the paper's atoms do (the table at the top), on a
+# world whose atoms we know?
 
 # %%
 _ = record(verdicts.check_toy_trained_tsae(scores, k=k, support_exact=support_exact, r2_refit=r2_refit,

@@ -16,8 +16,16 @@
 # Euclidean cosine, random pairs of activations in every layer of GPT, Pythia, Llama and Gemma sit *well
 # below* 90 degrees, pulled toward a common direction (the "representation shift"). Measured with the
 # atomic inner product (AIP) $\langle u,v\rangle_S = u^\top S v$, $S = E[hh^\top]^{-1}$, the angle
-# distribution re-centres on 90 degrees. The paper estimated $S$ from about 100K Wikipedia activations.
-#
+# distribution re-centres on 90 degrees.
+
+# %% tags=["remove-input"]
+from IPython.display import Markdown
+
+from atomsnb import paper
+
+Markdown(f"The paper estimated S from {paper.PAPER_S_ESTIMATE}.")
+
+# %% [markdown]
 # **What this chapter does.** It collects the residual stream of **every layer of two real pretrained LLMs**, one of
 # each of the paper's model families: SmolLM2-135M (Llama architecture) and Gemma 3 270M (Gemma), both shipped as
 # GGUF files on PyPI and converted offline (see {doc}`../models` for their cards and licences). Per layer it fits $S$

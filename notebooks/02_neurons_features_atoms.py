@@ -157,9 +157,16 @@ print(verdict.sentence)
 
 # %% [markdown]
 # The neurons are left out of the correlation: they score 1 on every metric by construction.
-#
-# **Which published SAEs would be the right comparison?** The paper's "features" row ($R^2 = 48.8\%$, $q^* = 68.2\%$)
-# was measured on standard ReLU + L1 SAEs. Their closest published counterparts are SAELens' standard residual-stream
+
+# %% tags=["remove-input"]
+from IPython.display import Markdown
+
+Markdown(f"**Which published SAEs would be the right comparison?** The paper's \"features\" row "
+         f"(R² = {100 * paper.PAPER_FEATURES['r2_aip']:.1f} %, q* = {100 * paper.PAPER_FEATURES['q_star']:.1f} %, "
+         f"{paper.PAPER_FEATURES['section']}) was measured on standard ReLU + L1 SAEs.")
+
+# %% [markdown]
+# Their closest published counterparts are SAELens' standard residual-stream
 # releases (e.g. `gpt2-small-res-jb`); Gemma Scope's SAEs on Gemma2-2B are JumpReLU, closer to atoms in architecture
 # but trained with a Euclidean loss. Any of them can be evaluated here as one more unit set, on its own model and
 # layer (SAELens' `blocks.{i}.hook_resid_post` is layer $i+1$ here):
@@ -188,7 +195,7 @@ print("\n".join(evaluation.describe(held, condition_number=data.aip.condition_nu
 print(verdict.sentence)
 
 # %% [markdown]
-# What would change this verdict: more training activations and steps (the paper trains on up to 1.9B activations;
-# `-p n_fit_tokens 200000 -p n_steps 4000`), another layer (`-p layer 6`), the paper's model
+# What would change this verdict: more training activations and steps (the paper's capacity grid, quoted in chapter 3,
+# uses orders of magnitude more; `-p n_fit_tokens 200000 -p n_steps 4000`), another layer (`-p layer 6`), the paper's model
 # (`-p model google/gemma-2-2b -p device cuda -p dtype bfloat16`), or other sparsity coefficients. Chapter 3 varies the
 # data size $\lvert M\rvert$ and the capacity $\lvert D\rvert$; chapter 4 runs every unit set at several layers.

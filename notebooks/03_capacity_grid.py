@@ -11,10 +11,20 @@
 # %% [markdown]
 # # The capacity grid: data size against dictionary size
 #
-# **The paper's claim** (Hu et al., §5): on Gemma2-2B layer 1, with up to 1.9B activations, a grid over the data
-# size $\lvert M\rvert$ and the dictionary size $\lvert D\rvert$ (in steps of $9216 = 4H$) shows $R^2$ jumping to about 1
-# only once $\lvert D\rvert$ passes a critical value matched to $\lvert M\rvert$; below it, $R^2$ stays at 0.6-0.8.
-#
+# **The paper's claim** (Hu et al., §5; the numbers are the paper's):
+
+# %% tags=["remove-input"]
+from IPython.display import Markdown
+
+from atomsnb import paper
+
+c = paper.PAPER_CAPACITY
+Markdown(f"On Gemma2-2B layer {c['layer']}, with up to {c['max_tokens'] / 1e9:g}B activations, a grid "
+         f"over the data size |M| and the dictionary size |D| (in steps of {c['d_step']} = 4H) shows R² jumping to "
+         f"about {c['r2_above_critical']:g} only once |D| passes a critical value matched to |M|; below it, R² stays "
+         f"at {c['r2_below_critical'][0]:g}-{c['r2_below_critical'][1]:g}.")
+
+# %% [markdown]
 # **The question the paper leaves open.** With $\lvert D\rvert \ge \lvert M\rvert$ a dictionary can memorise its
 # training data (one latent per activation, $K = 1$), which gives $R^2 = 1$ and $q^* = 1$ trivially
 # ({ref}`tsae-memorisation`). So this chapter evaluates every point of the grid twice: on the TSAE's own training
@@ -26,8 +36,8 @@
 # below instead of being excluded. Each point trains one TSAE
 # (JumpReLU, AIP coordinates) on the first $\lvert M\rvert$ activations of one **activation store**
 # ({mod}`atomsnb.store`): the stores of the fitting and held-out text are collected once, in checksummed shards, and
-# every point streams a prefix of them, so the same code reaches the paper's 1.9B activations with memory that does
-# not grow with $\lvert M\rvert$. $S$ is fitted once, by streaming the whole fitting store. The grid runs through
+# every point streams a prefix of them, so the same code reaches the paper's billions of activations with memory that
+# does not grow with $\lvert M\rvert$. $S$ is fitted once, by streaming the whole fitting store. The grid runs through
 # `atomsnb.runner`: every point is one row in a results store, written atomically, so an interrupted run resumes where
 # it stopped, on one machine or on a Dask cluster (see {doc}`../rerun`).
 
@@ -108,7 +118,7 @@ print("\n".join(grid.describe_capacity(df)))
 # **Reading the grid.** Where the training $R^2$ reaches 1 only for $\lvert D\rvert \gtrsim \lvert M\rvert$ while the
 # held-out $R^2$ falls, the "jump" is the dictionary storing its training set. Where more data ($\lvert M\rvert$ down the
 # rows) raises the held-out $R^2$ at a fixed $\lvert D\rvert$, the dictionary is learning structure that transfers. The
-# paper's grid reaches 1.9B activations, far beyond $\lvert D\rvert$; at that scale memorisation is impossible, and the
+# paper's grid reaches billions of activations, far beyond $\lvert D\rvert$; at that scale memorisation is impossible, and the
 # held-out column is the one to compare. The paper's setting runs through the same stores on a GPU
 # (`params/capacity_gemma-2-2b.yaml` states its disk, memory and time):
 #

@@ -1,6 +1,7 @@
 """tools/run_notebook.py: parameters are checked against the chapter before any kernel starts, and papermill's own
 parameter inference sees every parameter of every chapter (issue 9 §3)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -114,3 +115,81 @@ def test_papermill_check_finds_hidden_parameters(tmp_path):
                    'model = "default"  # a name\nk = 3  # k >= 1\n\n# %%\nprint(k)\n')
     assert RN.papermill_mismatch(src) == {"hidden": ["layers", "k"], "extra": []}
     assert [p.name for p in RN.chapter_parameters(src)] == ["layers", "model", "k"]
+
+
+# ----------------------------------------------------------------------------------- values, through the package's configs
+CH = {c.stem[:2]: c for c in CHAPTERS}
+
+
+@pytest.mark.parametrize("chapter, argv, words", [
+    ("02", ["-p", "n_steps", "-5"], ["n_steps=-5", "integer >= 1"]),
+    ("02", ["-p", "batch_size", "0"], ["batch_size=0"]),
+    ("02", ["-p", "l0_coefficients", "[0.001, -1.0]"], ["l0_coefficient=-1.0", ">= 0"]),
+    ("02", ["-p", "massive_k", "0.5"], ["massive_k=0.5", "> 1"]),
+    ("02", ["-p", "device", "tpu"], ["tpu"]),
+    ("00", ["-p", "n_steps", "0"], ["n_steps=0"]),
+    ("00", ["-p", "n_train_tokens", "100"], ["n_train_tokens=100", "20 x d_model = 640"]),
+    ("01", ["-p", "n_fit_tokens", "0"], ["n_tokens", "0"]),
+    ("01", ["-p", "other_split", "test"], ["split", "'test'"]),
+    ("03", ["-p", "m_values", "[]"], ["m_values=[]"]),
+    ("03", ["-p", "seeds", "[0, 0]"], ["seeds=[0, 0]", "twice"]),
+    ("04", ["-p", "layers", "[[1]]"], ["layers", "2 models, 1 lists"]),
+    ("04", ["-p", "l1_coefficient", "-0.1"], ["l1_coefficient=-0.1"]),
+    ("05", ["-p", "n_steps", "-1"], ["n_steps=-1"]),
+    ("05", ["-p", "n_reading_tokens", "0"], ["n_tokens", "0"]),
+])
+def test_value_out_of_range_is_refused_before_a_kernel_starts(no_kernel, tmp_path, chapter, argv, words):
+    """The chapter's own configs refuse it (atomsnb.parameters); before, `-p n_steps -5` failed in the kernel."""
+    msg = _main_error([str(CH[chapter]), str(tmp_path / "o.ipynb"), *argv])
+    assert CH[chapter].name in msg and all(w in msg for w in words), msg
+    assert no_kernel == []
+
+
+def _fake_card(name: str, n_layers: int, d_model: int) -> None:
+    """A converted packaged model's card (no weights): what the check reads instead of loading the model."""
+    from atomsnb.packaged import CARD_FILE, packaged_model_path
+
+    path = packaged_model_path(name)
+    path.mkdir(parents=True)
+    (path / CARD_FILE).write_text(json.dumps({"n_layers": n_layers, "d_model": d_model}))
+
+
+def test_fit_tokens_below_20_d_model_of_the_chosen_model_are_refused(no_kernel, tmp_path):
+    """Chapter 2 at CI scale on Gemma 3 270M (d_model 640): 12,000 < 20 x 640 failed only after collecting."""
+    _fake_card("gemma3-270m", 18, 640)
+    msg = _main_error([str(CH02), str(tmp_path / "o.ipynb"), "-f", str(REPO / "params/ci/02_neurons_features_atoms.yaml"),
+                       "-p", "model", "gemma3-270m"])
+    assert "n_fit_tokens=12000" in msg and "20 x d_model = 12800" in msg and "02_neurons_features_atoms.yaml" in msg
+    msg = _main_error([str(CH["01"]), str(tmp_path / "o.ipynb"), "-p", "models", "[gemma3-270m]", "-p", "n_fit_tokens", "12799"])
+    assert "n_fit_tokens=12799" in msg and "12800" in msg
+    assert no_kernel == []
+
+
+def test_layer_the_model_lacks_is_refused(no_kernel, tmp_path):
+    from tiny_models import save_tiny
+
+    _fake_card("gemma3-270m", 18, 640)
+    msg = _main_error([str(CH02), str(tmp_path / "o.ipynb"), "-p", "model", "gemma3-270m", "-p", "layer", "19"])
+    assert "layer=19" in msg and "0..18" in msg
+    local = save_tiny("gpt2", tmp_path / "tiny-gpt2")  # 2 blocks, d_model 32, read from its config.json
+    msg = _main_error([str(CH["05"]), str(tmp_path / "o.ipynb"), "-p", "model", str(local), "-p", "layer", "3"])
+    assert "layer=3" in msg and "0..2" in msg
+    msg = _main_error([str(CH["03"]), str(tmp_path / "o.ipynb"), "-p", "model", str(local), "-p", "layer", "3"])
+    assert "layer(s) [3]" in msg and "0..2" in msg
+    msg = _main_error([str(CH02), str(tmp_path / "o.ipynb"), "-p", "model", str(tmp_path / "no-such-model")])
+    assert "no-such-model" in msg and "does not exist" in msg
+    assert no_kernel == []
+
+
+@pytest.mark.slow
+@pytest.mark.shared_cache
+@pytest.mark.parametrize("scale", ["book", "ci"])
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_the_books_own_parameters_pass_the_value_checks(chapter, scale):
+    """The defaults (the book) and params/ci/<chapter>.yaml (CI) pass, with the real models' shapes and corpora."""
+    from atomsnb.parameters import model_shape
+
+    if any(model_shape(m) is None for m in ("smollm2-135m", "gemma3-270m")):
+        pytest.skip("the packaged models are not converted in the repository cache (make model)")
+    params = RN.load_parameters_file(REPO / "params" / "ci" / f"{chapter.stem}.yaml") if scale == "ci" else {}
+    RN.check_values(chapter, params)

@@ -202,3 +202,16 @@ def test_threads_are_passed_down_to_every_point_and_restored(tmp_path, backend):
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match=rf"threads must be None .* or an integer >= 1; got {bad!r}"):
             run_grid(pts, threads_task, tmp_path / "bad", threads=bad, progress=False)
+
+
+def test_progress_line_shows_the_store_without_absolute_paths(tmp_path, monkeypatch, capsys):
+    """Chapter 3 printed 'grid: 12 points, 0 already in /home/.../build/results/03_capacity_grid'."""
+    monkeypatch.setenv("ATOMSNB_BUILD", str(tmp_path / "build"))
+    monkeypatch.chdir(tmp_path / "..")
+    pts = grid_points(["m"], [1], [10], [2], seeds=[0])
+    run_grid(pts, product_task, tmp_path / "build" / "results" / "03_capacity_grid")
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("grid: 1 points, 0 already in build/results/03_capacity_grid, 1 to run"), line
+    run_grid(pts, product_task, tmp_path / "elsewhere")  # below the working directory: relative to it
+    line = capsys.readouterr().out.splitlines()[0]
+    assert f"already in {tmp_path.name}/elsewhere," in line and str(tmp_path) not in line, line

@@ -12,7 +12,14 @@ papermill injects is tagged ``remove-cell`` so the book does not show it; the ch
 Before any kernel starts, the parameters are checked against the chapter's ``parameters`` cell
 (:func:`check_parameters`): an unknown name (``-p leyer 1``) or a value of the wrong type (the type of the
 default; ``None`` defaults take anything) is refused with a message naming the parameter and its type, and a
-``-f`` file must be a YAML mapping of name: value.
+``-f`` file must be a YAML mapping of name: value. Then the values go through the chapter's own configs
+(:func:`check_values`, :func:`atomsnb.parameters.validate_parameters`): ``-p n_steps -5``, a layer the model lacks, or
+``n_fit_tokens`` below 20 x the model's ``d_model`` (read from its card or config, no weights loaded) are refused.
+
+A missing kernel or a file that is not a notebook is one line naming it and the fix. A chapter that fails in the
+kernel keeps its partly executed notebook, the failing cell marked, as ``<output stem>.failed.ipynb`` beside the
+output (named in the error); directories the run created are removed if left empty. What the executed notebook
+records of paths (``metadata.papermill``, the re-run box) is relative to the repository, or the file name only.
 
 Right after the chapter's title cell, a Markdown cell tagged ``rerun-box`` is inserted: an admonition with the
 command that re-runs this chapter on another model (with the chapter's own parameter names, read from its
@@ -73,8 +80,12 @@ def _parameters_cell(nb: nbformat.NotebookNode):
 
 
 def chapter_parameters(src: Path | nbformat.NotebookNode) -> list[Parameter]:
-    """The parameters of a chapter (jupytext source or notebook), in order, read from its ``parameters`` cell."""
-    nb = jupytext.read(src) if isinstance(src, (str, Path)) else src
+    """The parameters of a chapter (jupytext source or notebook), in order, read from its ``parameters`` cell.
+
+    Raises:
+        RunError: ``src`` is a file that is not a notebook (:func:`read_notebook`).
+    """
+    nb = read_notebook(Path(src), source=True) if isinstance(src, (str, Path)) else src
     cell = _parameters_cell(nb)
     if cell is None:
         return []
@@ -289,7 +300,8 @@ def collect_parameters(args: argparse.Namespace) -> dict:
     """Parameters of a command line (``-f`` file, then ``-p`` pairs), checked against the chapter.
 
     Raises:
-        ParameterError: see :func:`load_parameters_file`, :func:`cli_parameters` and :func:`check_parameters`.
+        ParameterError: see :func:`load_parameters_file`, :func:`cli_parameters`, :func:`check_parameters` and
+            :func:`check_values`.
     """
     if not Path(args.source).is_file():
         raise ParameterError(f"chapter source {str(args.source)!r} does not exist or is not a file")
@@ -300,7 +312,30 @@ def collect_parameters(args: argparse.Namespace) -> dict:
     params = load_parameters_file(args.parameters_file) if args.parameters_file else {}
     params.update(cli_parameters(args.parameter))
     check_parameters(args.source, params)
+    check_values(args.source, params, origin=args.parameters_file)
     return params
+
+
+def check_values(src: Path, parameters: dict, origin: Path | None = None) -> None:
+    """Refuse values the chapter's configs refuse, before any kernel starts: the chapter's defaults updated with
+    ``parameters`` go through :func:`atomsnb.parameters.validate_parameters` (``n_steps >= 1``, a layer the model has,
+    ``n_fit_tokens >= 20 x d_model`` with ``d_model`` from the model's card or config, ...).
+
+    Raises:
+        ParameterError: the configs' message, naming the chapter (and ``origin``, the ``-f`` file, if any).
+    """
+    from atomsnb.models import ModelNotFoundError
+    from atomsnb.parameters import validate_parameters
+
+    values = {p.name: _default_value(p) for p in chapter_parameters(src)}
+    values.update(parameters)
+    if any(v is _ANY for v in values.values()):  # a default that is not a literal: the chapter computes it
+        return
+    try:
+        validate_parameters(Path(src).stem, values)
+    except (ValueError, TypeError, ModelNotFoundError) as exc:
+        where = f" with the parameters of {origin}" if origin else ""
+        raise ParameterError(f"{Path(src).name}{where}: {exc}") from None
 
 
 def _md_cell_text(text: str) -> str:
@@ -329,13 +364,21 @@ def _matching_params_file(params: list[Parameter]) -> Path | None:
     return None
 
 
+def _relative_link(target: Path, start: Path) -> str | None:
+    """``target`` relative to directory ``start``, or ``None`` when the two share no folder below the filesystem root
+    (the relative path would climb to the root and spell the absolute path)."""
+    target, start = Path(target).resolve(), Path(start).resolve()
+    common = Path(os.path.commonpath([target, start]))
+    return None if common == Path(common.anchor) else os.path.relpath(target, start)
+
+
 def rerun_box(src: Path, dst: Path, params: list[Parameter]) -> str:
     """Markdown (MyST) of the re-run box of chapter ``src`` executed to ``dst``."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     stem = src.stem
-    rel_src = src.relative_to(REPO).as_posix() if src.is_relative_to(REPO) else src.as_posix()
-    link_src = os.path.relpath(src, dst.parent)
-    link_rerun = os.path.relpath(REPO / "book" / "rerun", dst.parent)
+    rel_src = shown_path(src)  # relative to the repository, else the name only
+    link_src = _relative_link(src, dst.parent)
+    link_rerun = _relative_link(REPO / "book" / "rerun", dst.parent)
     args = _example_arguments(params)
     what = "on another model" if any(p.name == "model" for p in params) else "with other parameters"
     lines = [
@@ -365,9 +408,11 @@ def rerun_box(src: Path, dst: Path, params: list[Parameter]) -> str:
         f"    {stem}.ipynb {stem}_out.ipynb" + (f" \\\n    {args}" if args else ""),
         "```",
         "",
-        f"Download: {{download}}`the jupytext source ({src.name}) <{link_src}>` | "
-        f"{{download}}`the executed notebook ({dst.name}) <{dst.name}>`. "
-        f"Models, hardware and every chapter's parameters: {{doc}}`{link_rerun}`.",
+        (f"Download: {{download}}`the jupytext source ({src.name}) <{link_src}>` | " if link_src else
+         f"Download: the jupytext source `{rel_src}` | ")
+        + f"{{download}}`the executed notebook ({dst.name}) <{dst.name}>`. "
+        + (f"Models, hardware and every chapter's parameters: {{doc}}`{link_rerun}`." if link_rerun else
+           "Models, hardware and every chapter's parameters: the book's page `book/rerun.md`."),
         "",
         ":::{dropdown} The parameters of this chapter",
         "| parameter | default | meaning |",
@@ -507,25 +552,118 @@ def record_execution(nb: nbformat.NotebookNode, wall_time_s: float) -> nbformat.
     return nb
 
 
+class RunError(RuntimeError):
+    """A chapter that cannot run or did not finish: the message names the file (or kernel) and what to do."""
+
+
+def check_kernel(kernel: str) -> None:
+    """Refuse a Jupyter kernel that is not installed, before anything is written.
+
+    Raises:
+        RunError: no kernelspec named ``kernel``; the message lists the installed ones and how to install ``atomsnb``.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        manager.get_kernel_spec(kernel)
+    except NoSuchKernel:
+        installed = ", ".join(sorted(manager.find_kernel_specs())) or "none"
+        fix = "run `make install` (it installs the 'atomsnb' kernel into .venv)" if kernel == KERNEL else \
+            "pass -k with an installed kernel"
+        raise RunError(f"kernel {kernel!r} is not installed (installed: {installed}): {fix}") from None
+
+
+def read_notebook(path: Path, *, source: bool = False) -> nbformat.NotebookNode:
+    """A chapter source (``source=True``: jupytext, any format it reads) or an executed ``.ipynb``.
+
+    Raises:
+        RunError: the file is missing or is not a notebook (an ``.ipynb`` that is not notebook JSON).
+    """
+    from nbformat.reader import NotJSONError
+
+    try:
+        return jupytext.read(path) if source else nbformat.read(path, as_version=4)
+    except NotJSONError as exc:
+        what = "a chapter source (.py in the jupytext percent format, or an .ipynb)" if source else \
+            "an executed notebook (.ipynb JSON) written by this tool"
+        raise RunError(f"{path} is not a notebook: {str(exc)[:80]}; it must be {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} cannot be read: {exc}") from None
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as the executed notebook may record it: relative to the repository, else the file name only."""
+    p = Path(path).resolve()
+    return p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else p.name
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """The directories ``path.mkdir(parents=True)`` would create, ``path`` first."""
+    out, p = [], Path(path).absolute()
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def failed_path(dst: Path) -> Path:
+    """Where a chapter that failed in the kernel leaves its partly executed notebook: ``<dst stem>.failed.ipynb``
+    beside ``dst`` (not ``dst`` itself, which a build tool would take as up to date)."""
+    return Path(dst).with_name(f"{Path(dst).stem}.failed.ipynb")
+
+
+def _finish(path: Path, src: Path, dst: Path, out_path: Path) -> nbformat.NotebookNode:
+    """Read papermill's notebook at ``path`` and record repository-relative paths in ``metadata.papermill``
+    (papermill writes the absolute paths it was given: the converted copy and the temporary file)."""
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.setdefault("papermill", {})
+    meta["input_path"] = shown_path(src)
+    meta["output_path"] = shown_path(out_path)
+    return nb
+
+
 def run(src: Path, dst: Path, parameters: dict, kernel: str = KERNEL) -> float:
-    nb = jupytext.read(src)
+    """Execute chapter ``src`` with ``parameters`` into ``dst`` (see the module docstring); return the seconds taken.
+
+    A chapter that fails in the kernel leaves its partly executed notebook, the failing cell marked by papermill,
+    at :func:`failed_path` and keeps any previous ``dst``; directories this call created are removed again if
+    they are left empty.
+
+    Raises:
+        RunError: the kernel is not installed, the source is not a notebook, or the chapter failed in the kernel
+            (naming the cell, the error and where the partly executed notebook is).
+    """
+    src, dst = Path(src), Path(dst)
+    check_kernel(kernel)
+    nb = read_notebook(src, source=True)
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
     prepare_for_publication(nb, src)
     work = Path(os.environ.get("ATOMSNB_BUILD", "build")) / "nb"
-    work.mkdir(parents=True, exist_ok=True)
-    converted = work / f"{src.stem}.ipynb"
-    nbformat.write(nb, converted)
-    claims_dir = os.environ.get("ATOMSNB_CLAIMS_DIR")
-    if claims_dir:
-        (Path(claims_dir) / f"{src.stem}.jsonl").unlink(missing_ok=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".ipynb", dir=dst.parent)
-    os.close(fd)
+    created = _missing_dirs(work) + _missing_dirs(dst.parent)
+    failed = failed_path(dst)
+    tmp = None
     t0 = time.time()
     try:
-        papermill.execute_notebook(str(converted), tmp, parameters=parameters, kernel_name=kernel,
-                                   progress_bar=False, cwd=str(work))
-        out = nbformat.read(tmp, as_version=4)
+        work.mkdir(parents=True, exist_ok=True)
+        converted = work / f"{src.stem}.ipynb"
+        nbformat.write(nb, converted)
+        claims_dir = os.environ.get("ATOMSNB_CLAIMS_DIR")
+        if claims_dir:
+            (Path(claims_dir) / f"{src.stem}.jsonl").unlink(missing_ok=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".ipynb", dir=dst.parent)
+        os.close(fd)
+        try:
+            papermill.execute_notebook(str(converted), tmp, parameters=parameters, kernel_name=kernel,
+                                       progress_bar=False, cwd=str(work))
+        except papermill.PapermillExecutionError as exc:
+            nbformat.write(_finish(tmp, src, dst, failed), tmp)
+            os.replace(tmp, failed)
+            raise RunError(f"{src} failed in the kernel at cell [{exc.exec_count}]: {exc.ename}: {exc.evalue}\n"
+                           f"The partly executed notebook, the failing cell marked, is {failed}"
+                           + (f"; {dst} is the previous run's, unchanged" if dst.exists() else "")) from None
+        out = _finish(tmp, src, dst, dst)
         for cell in out.cells:
             tags = cell.get("metadata", {}).get("tags", [])
             if "injected-parameters" in tags and "remove-cell" not in tags:
@@ -534,9 +672,15 @@ def run(src: Path, dst: Path, parameters: dict, kernel: str = KERNEL) -> float:
         record_execution(out, time.time() - t0)
         nbformat.write(out, tmp)
         os.replace(tmp, dst)
+        failed.unlink(missing_ok=True)  # a failure of an earlier run, now stale
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        for d in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()  # only if empty
+            except OSError:
+                pass
     return time.time() - t0
 
 
@@ -550,15 +694,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rerun-box-only", action="store_true",
                     help="only (re)write the re-run box into the already executed OUTPUT; execute nothing")
     args = ap.parse_args(argv)
-    if args.rerun_box_only:
-        nb = nbformat.read(args.output, as_version=4)
-        nbformat.write(insert_rerun_box(nb, args.source, args.output), args.output)
-        return 0
     try:
-        params = collect_parameters(args)
-    except ParameterError as exc:  # before any kernel starts
+        if args.rerun_box_only:
+            nb = read_notebook(args.output)
+            nbformat.write(insert_rerun_box(nb, args.source, args.output), args.output)
+            return 0
+        params = collect_parameters(args)  # before any kernel starts
+        seconds = run(args.source, args.output, params or {}, kernel=args.kernel)
+    except (ParameterError, RunError) as exc:
         raise SystemExit(f"run_notebook.py: error: {exc}") from None
-    seconds = run(args.source, args.output, params or {}, kernel=args.kernel)
     print(f"executed {args.source} -> {args.output} in {seconds:.0f} s", file=sys.stderr)
     return 0
 
