@@ -48,6 +48,15 @@ def positive_int(name: str, v, minimum: int = 1) -> int:
     return int(v)
 
 
+def check_massive_k(value: Any) -> float | None:
+    """The massive-token criterion (:func:`atomsnb.massive.massive_token_mask`): None keeps every token, else a finite
+    number > 1, a multiple of the median token norm. Raises ``ValueError`` naming the value otherwise."""
+    if value is not None and (not _is_real(value) or not math.isfinite(value) or value <= 1):
+        raise ValueError(f"massive_k={value!r} is not allowed: massive_k must be None (keep every token) or a finite "
+                         "number > 1 (a multiple of the median token norm)")
+    return None if value is None else float(value)
+
+
 def check_coefficient(name: str, value: Any) -> float:
     """A sparsity coefficient: a finite number ``>= 0``."""
     if not _is_real(value) or not math.isfinite(value) or value < 0:

@@ -298,7 +298,7 @@ class LayerStudyConfig(_Common):
             ValueError: a value out of range, naming the field, the value and what is allowed.
             ModelNotFoundError: an unknown model.
         """
-        from ._validate import check_data, check_fields
+        from ._validate import check_data, check_fields, check_massive_k
 
         check_fields(self)
         d_model = self._check_common(self.resolved_layers())
@@ -309,10 +309,7 @@ class LayerStudyConfig(_Common):
         if isinstance(self.n_splice_tokens, bool) or not isinstance(self.n_splice_tokens, int) or self.n_splice_tokens < 0:
             raise ValueError(f"n_splice_tokens={self.n_splice_tokens!r} is not allowed: an integer >= 0 (0 skips the "
                              "spliced-in scores)")
-        if self.massive_k is not None and (isinstance(self.massive_k, bool) or not isinstance(self.massive_k, (int, float))
-                                           or not math.isfinite(self.massive_k) or self.massive_k <= 1):
-            raise ValueError(f"massive_k={self.massive_k!r} is not allowed: None (keep every token) or a finite number "
-                             "> 1 (multiple of the median token norm)")
+        check_massive_k(self.massive_k)
         check_data(self)
         return d_model
 

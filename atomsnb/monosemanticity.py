@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
+from ._validate import check_massive_k
 from . import judges as J
 from .contexts import Context, UnitContexts, random_contexts, render_html, sample_units, top_contexts
 from .metrics import METRIC_LABELS
@@ -343,9 +344,7 @@ def reading_contexts(unit_sets: Mapping[str, object], reading, layer: int, token
     n_units, k = _count("n_units", n_units, 1), _count("k", k, 1)
     batch_size = _count("batch_size", batch_size, 1)
     n_random = 20 * k if n_random is None else _count("n_random", n_random, 0)
-    if massive_k is not None and (isinstance(massive_k, bool) or not isinstance(massive_k, numbers.Real)
-                                  or not math.isfinite(massive_k) or massive_k <= 1):
-        raise ValueError(f"massive_k must be None (keep every token) or a finite number > 1; got {massive_k!r}")
+    check_massive_k(massive_k)
     excluded = (massive_token_mask(x, float(massive_k)) if massive_k is not None
                 else torch.zeros(x.shape[0], dtype=torch.bool))
     keep = (~excluded).to(torch.float32)[:, None]

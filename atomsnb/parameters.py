@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import NamedTuple
 
+from ._validate import check_massive_k
+
 __all__ = ["CHAPTERS", "ModelShape", "model_shape", "validate_parameters"]
 
 
@@ -44,6 +46,7 @@ def model_shape(model: str) -> ModelShape | None:
     from pathlib import Path
 
     from .models import ModelNotFoundError, _looks_local, canonical_name, check_model
+    from .io import CacheCorruptError
     from .packaged import PACKAGED_MODELS, model_card, packaged_model_path
 
     canon = canonical_name(model)
@@ -51,7 +54,7 @@ def model_shape(model: str) -> ModelShape | None:
         try:
             card = model_card(packaged_model_path(canon))
             return ModelShape(int(card["n_layers"]), int(card["d_model"]))
-        except (OSError, KeyError, TypeError, ValueError):  # not converted yet (or a card to be rebuilt): unknown
+        except (OSError, KeyError, TypeError, ValueError, CacheCorruptError):  # not converted yet, or to be rebuilt
             return None
     if canon is not None:  # a registered model built on first use (the docstring GPT-2)
         return None
@@ -95,14 +98,6 @@ def _layer(layer, model: str, shape: ModelShape | None) -> None:
         raise ValueError(f"layer={layer} is out of range for {model!r}: allowed 0..{shape.n_layers}")
 
 
-def _massive_k(k) -> None:
-    """As :func:`atomsnb.units.layer_data` and :class:`LayerStudyConfig` require."""
-    import math
-    import numbers
-
-    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Real) or not math.isfinite(k) or k <= 1):
-        raise ValueError(f"massive_k={k!r} is not allowed: None (keep every token) or a finite number > 1 (multiple "
-                         "of the median token norm)")
 
 
 def _threads(t) -> None:
@@ -152,7 +147,7 @@ def _representation_shift(p: Mapping) -> None:
     from ._validate import check_int
 
     _threads(p["threads"])
-    _massive_k(p["massive_k"])
+    check_massive_k(p["massive_k"])
     check_int("n_pairs", p["n_pairs"], 1)
     for model in p["models"]:
         shape = model_shape(model)
@@ -164,7 +159,7 @@ def _units_chapter(p: Mapping, l0: list, l1: list, **extra_activations) -> None:
     from ._validate import check_int
 
     _threads(p["threads"])
-    _massive_k(p["massive_k"])
+    check_massive_k(p["massive_k"])
     check_int("layer", p["layer"], 0)
     shape = model_shape(p["model"])
     _layer(p["layer"], p["model"], shape)

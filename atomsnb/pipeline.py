@@ -7,13 +7,11 @@ cache or the activation store), leaves out massive tokens if asked, and fits ``S
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import torch
 
-from ._validate import positive_int
+from ._validate import check_massive_k, positive_int
 from .activations import ActivationConfig, collect_activations
 from .aip import AIP
 from .massive import massive_token_mask
@@ -123,10 +121,7 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
     n_fit_tokens = positive_int("n_fit_tokens", n_fit_tokens)
     n_eval_tokens = positive_int("n_eval_tokens", n_eval_tokens)
     seq_len = positive_int("seq_len", seq_len, 2)
-    if massive_k is not None and (isinstance(massive_k, bool) or not isinstance(massive_k, numbers.Real)
-                                  or not math.isfinite(massive_k) or massive_k <= 1):
-        raise ValueError(f"massive_k must be None (keep every token) or a finite number > 1 (multiple of the median "
-                         f"token norm); got {massive_k!r}")
+    check_massive_k(massive_k)
     lm = lm if lm is not None else load_model(model, device=device, dtype=dtype)
     if layer > lm.n_layers:
         raise ValueError(f"layer {layer} out of range for {model!r}: allowed 0..{lm.n_layers}")

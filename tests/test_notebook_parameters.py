@@ -147,11 +147,12 @@ def test_value_out_of_range_is_refused_before_a_kernel_starts(no_kernel, tmp_pat
 
 def _fake_card(name: str, n_layers: int, d_model: int) -> None:
     """A converted packaged model's card (no weights): what the check reads instead of loading the model."""
-    from atomsnb.packaged import CARD_FILE, packaged_model_path
+    from atomsnb.packaged import CARD_FILE, REQUIRED_FILES, _seal, packaged_model_path
 
     path = packaged_model_path(name)
     path.mkdir(parents=True)
-    (path / CARD_FILE).write_text(json.dumps({"n_layers": n_layers, "d_model": d_model}))
+    card = _seal({"n_layers": n_layers, "d_model": d_model, "files": {f: "0" * 64 for f in REQUIRED_FILES}})
+    (path / CARD_FILE).write_text(json.dumps(card))
 
 
 def test_fit_tokens_below_20_d_model_of_the_chosen_model_are_refused(no_kernel, tmp_path):
