@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 import os
 import re
 import weakref
@@ -91,6 +92,14 @@ def _resolve_store_dtype(dtype: str | torch.dtype) -> tuple[str, torch.dtype]:
         if dtype == name or dtype == dt:
             return name, dt
     raise ValueError(f"unknown store dtype {dtype!r}; allowed: {sorted(STORE_DTYPES)}")
+
+
+def _check_shard_tokens(shard_tokens) -> None:
+    """Refuse a ``shard_tokens`` that is neither ``None`` (the default size) nor an integer >= 1."""
+    if shard_tokens is None:
+        return
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, numbers.Integral) or shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be None (default_shard_tokens) or an integer >= 1; got {shard_tokens!r}")
 
 
 def default_shard_tokens(d_model: int, dtype: str | torch.dtype = "float32") -> int:
@@ -889,7 +898,8 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
     Args:
         config: an :class:`atomsnb.activations.ActivationConfig` (``model``, ``layers``, ``corpus``, ``split``,
             ``n_tokens``, ``seq_len``, ``batch_size``, ``seed``, ``drop_bos``, ``device``, ``dtype``).
-        model: an already loaded :class:`atomsnb.models.LoadedModel` (default: loaded from ``config``).
+        model: an already loaded :class:`atomsnb.models.LoadedModel` (default: loaded from ``config``); it must be
+            the model ``config.model`` names, with ``config.dtype``, on ``config.device``.
         store_dtype: one of :data:`STORE_DTYPES`.
         root: directory of the stores (e.g. on a filesystem shared by Dask workers).
         shard_tokens: rows per shard of new stores (default :func:`default_shard_tokens`).
@@ -899,24 +909,21 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
         ``{layer: ActivationStore}``.
 
     Raises:
-        ValueError: a layer out of range, an unknown store dtype, NaN/inf activations, float16 overflow, a corpus
-            too small for ``n_tokens``.
+        TypeError: ``config`` not an :class:`~atomsnb.activations.ActivationConfig`, ``model`` not a
+            :class:`~atomsnb.models.LoadedModel`.
+        ValueError: before any work, as :func:`atomsnb.activations.collect_activations` (the same checks): a
+            ``model`` that is not the one ``config.model`` names (path, dtype, device), a layer out of range,
+            ``seq_len`` above the model's maximum positions; an unknown store dtype, ``shard_tokens < 1``. During
+            collection: NaN/inf activations, float16 overflow, a corpus too small for ``n_tokens``.
         ImportError: an ``hf:`` corpus without the ``hub`` extra.
     """
+    from .activations import _checked_request
     from .corpus import Corpus
-    from .models import load_model
     from .paths import cache_dir
 
     _resolve_store_dtype(store_dtype)
-    if int(config.n_tokens) < 1:
-        raise ValueError(f"n_tokens must be >= 1; got {config.n_tokens}")
-    if int(config.batch_size) < 1 or int(config.seq_len) < 2:
-        raise ValueError(f"need batch_size >= 1 and seq_len >= 2; got {config.batch_size}, {config.seq_len}")
-    lm = model or load_model(config.model, device=config.device, dtype=config.dtype)
-    layers = tuple(range(1, lm.n_layers + 1)) if config.layers is None else tuple(sorted(set(int(l) for l in config.layers)))
-    bad = [l for l in layers if not 0 <= l <= lm.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layer(s) {bad or list(layers)} out of range for {lm.name!r}: allowed 0..{lm.n_layers}")
+    _check_shard_tokens(shard_tokens)
+    lm, layers = _checked_request(config, model, "collect_store")
     corpus = Corpus(config.corpus)
     base = Path(root) if root is not None else cache_dir("stores")
     n = int(config.n_tokens)

@@ -250,6 +250,20 @@ def test_collected_store_equals_collect_activations_and_grows_by_prefix(tmp_path
     assert stores[1].path != stores[2].path
 
 
+def test_collect_store_checks_its_request_as_collect_activations_does(tmp_path, tiny, text_file):
+    """seq_len beyond the model's positions (rotary Llama would run on silently) and a loaded model other than the
+    one config.model names are refused before any store directory exists."""
+    from atomsnb.models import load_model
+
+    root = tmp_path / "stores"
+    with pytest.raises(ValueError, match=r"seq_len=300 exceeds the maximum positions .*use seq_len <= 256"):
+        collect_store(_cfg(tiny, text_file, seq_len=300, n_tokens=600), root=root, progress=False)
+    other = load_model(str(save_tiny("llama", tmp_path / "other", seed=1)))
+    with pytest.raises(ValueError, match=r"passed to collect_store was loaded from .*other.*pass the model config.model"):
+        collect_store(_cfg(tiny, text_file), model=other, root=root, progress=False)
+    assert not root.exists()
+
+
 _KILLER = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
