@@ -79,6 +79,13 @@ _SHARD = "shard_{:06d}.safetensors"
 _SHARD_TARGET_BYTES = 128 * 2**20
 
 
+def _manifest_int(name: str, value, minimum: int) -> int:
+    """An integer field of a manifest (JSON numbers that are not integers, and booleans, are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return value
+
+
 class StoreMismatchError(ValueError):
     """A store directory holds a store with another key, d_model or dtype than the one asked for."""
 
@@ -321,7 +328,8 @@ class ActivationStore:
 
     Raises:
         FileNotFoundError: no manifest in ``path``.
-        atomsnb.io.CacheCorruptError: a manifest that is not a store manifest or is inconsistent.
+        atomsnb.io.CacheCorruptError: a manifest that cannot be read, is not JSON, is not a store manifest or is
+            inconsistent (the message names the file and says to delete the store's directory).
     """
 
     def __init__(self, path: str | os.PathLike, *, verify: bool = True):
@@ -330,30 +338,45 @@ class ActivationStore:
         man_path = self.path / MANIFEST
         if not man_path.is_file():
             raise FileNotFoundError(f"no activation store at {str(self.path)!r} (no {MANIFEST})")
-        man = load_json(man_path)
+        fix = f"delete the directory {str(self.path)!r} to recollect the store (or write it again)"
         try:
-            if man.get("format") != FORMAT or int(man["version"]) != FORMAT_VERSION:
-                raise ValueError(f"format {man.get('format')!r} version {man.get('version')!r}")
+            man = load_json(man_path)
+        except (CacheCorruptError, OSError) as exc:  # not UTF-8 JSON (load_json's CacheCorruptError), unreadable
+            detail = f"not UTF-8 JSON: {exc.__cause__ or exc}" if isinstance(exc, CacheCorruptError) else \
+                f"{type(exc).__name__}: {exc.strerror or exc}"
+            raise CacheCorruptError(f"{man_path} is not a readable activation-store manifest ({detail}); {fix}") from exc
+        try:
+            if not isinstance(man, dict):
+                raise ValueError(f"a JSON {type(man).__name__}, not an object")
+            if man.get("format") != FORMAT or man.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format {man.get('format')!r} version {man.get('version')!r}, expected {FORMAT!r} "
+                                 f"version {FORMAT_VERSION}")
+            for field in ("key", "info"):
+                if not isinstance(man.get(field, {}), dict):
+                    raise ValueError(f"{field} is {man[field]!r}, not an object")
             self.key = dict(man["key"])
             self.info = dict(man.get("info", {}))
-            self.d_model = int(man["d_model"])
+            self.d_model = _manifest_int("d_model", man["d_model"], 1)
             self.dtype_name, self.dtype = _resolve_store_dtype(man["dtype"])
-            self.shard_tokens = int(man["shard_tokens"])
-            self.shards = [dict(s) for s in man["shards"]]
+            self.shard_tokens = _manifest_int("shard_tokens", man["shard_tokens"], 1)
+            if not isinstance(man["shards"], list) or not all(isinstance(e, dict) for e in man["shards"]):
+                raise ValueError(f"shards must be a list of objects; got {man['shards']!r:.200}")
+            self.shards = [dict(e) for e in man["shards"]]
             pos = 0
-            for i, s in enumerate(self.shards):
-                if s["file"] != _SHARD.format(i) or s["start"] != pos or not 0 < s["stop"] - s["start"] <= self.shard_tokens:
-                    raise ValueError(f"shard entry {i} {s} is out of sequence")
-                if i < len(self.shards) - 1 and s["stop"] - s["start"] != self.shard_tokens:
+            for i, e in enumerate(self.shards):
+                start, stop = (_manifest_int(f"shard {i}'s {k}", e[k], 0) for k in ("start", "stop"))
+                if e["file"] != _SHARD.format(i) or start != pos or not 0 < stop - start <= self.shard_tokens:
+                    raise ValueError(f"shard entry {i} {e} is out of sequence")
+                if i < len(self.shards) - 1 and stop - start != self.shard_tokens:
                     raise ValueError(f"shard {i} is partial but not the last one")
-                if not isinstance(s.get("checksum"), dict) or not s["checksum"]:
+                if not isinstance(e.get("checksum"), dict) or not e["checksum"]:
                     raise ValueError(f"shard {i} has no checksum")
-                pos = s["stop"]
+                pos = stop
             if man.get("key_digest") != _digest_of(self.key):
                 raise ValueError("the key digest does not match the key")
         except (KeyError, TypeError, ValueError) as exc:
-            raise CacheCorruptError(f"{man_path} is not a valid activation-store manifest ({exc}); delete the store "
-                                    "directory to recompute") from exc
+            what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CacheCorruptError(f"{man_path} is not a valid activation-store manifest ({what}); {fix}") from exc
         self.n_tokens = pos
         self.block_tokens = self.shard_tokens
 

@@ -106,6 +106,38 @@ def test_damage_is_detected(tmp_path):
         ActivationStore(tmp_path / "s")
 
 
+_BAD_MANIFESTS = {
+    "not JSON": lambda man: b"{",
+    "empty file": lambda man: b"",
+    "not UTF-8": lambda man: b"\xff\xfe",
+    "a list": lambda man: b"[]",
+    "a string": lambda man: b'"manifest"',
+    "huge d_model": lambda man: json.dumps({**man, "d_model": 1e400}).encode(),
+    "d_model as text": lambda man: json.dumps({**man, "d_model": "12"}).encode(),
+    "shard_tokens zero": lambda man: json.dumps({**man, "shard_tokens": 0, "shards": []}).encode(),
+    "shards not a list": lambda man: json.dumps({**man, "shards": {"0": 1}}).encode(),
+    "shard not an object": lambda man: json.dumps({**man, "shards": ["shard_000000.safetensors"]}).encode(),
+    "float row bounds": lambda man: json.dumps({**man, "shards": [{**e, "stop": e["stop"] + 0.5} for e in man["shards"]]}).encode(),
+    "shard without stop": lambda man: json.dumps({**man, "shards": [{"file": e["file"]} for e in man["shards"]]}).encode(),
+    "key not an object": lambda man: json.dumps({**man, "key": [1]}).encode(),
+    "info not an object": lambda man: json.dumps({**man, "info": "x"}).encode(),
+    "no format": lambda man: json.dumps({k: v for k, v in man.items() if k != "format"}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", list(_BAD_MANIFESTS))
+def test_a_bad_manifest_is_a_corrupt_cache_naming_the_file_and_the_fix(tmp_path, damage):
+    write_store(tmp_path / "s", _data(n=300, d=4), shard_tokens=128)
+    path = tmp_path / "s" / MANIFEST
+    path.write_bytes(_BAD_MANIFESTS[damage](json.loads(path.read_text())))
+    with pytest.raises(CacheCorruptError) as info:
+        ActivationStore(tmp_path / "s")
+    msg = str(info.value)
+    assert str(path) in msg and f"delete the directory {str(tmp_path / 's')!r} to recollect" in msg, msg
+    # a writer treats it as no store and writes the store again
+    assert write_store(tmp_path / "s", _data(n=300, d=4), shard_tokens=128).n_tokens == 300
+
+
 def test_bad_rows_are_refused(tmp_path):
     x = _data()
     x[1234, 3] = float("nan")
