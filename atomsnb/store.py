@@ -76,6 +76,10 @@ DEFAULT_BUFFER_TOKENS = 1 << 18
 FORMAT = "atomsnb-activation-store"
 FORMAT_VERSION = 1
 _SHARD = "shard_{:06d}.safetensors"
+#: Rows of a store's head digest (at most one shard): the manifest's ``head`` is the SHA-256 of the first
+#: ``min(HEAD_ROWS, shard_tokens, n_tokens)`` rows in the storage dtype, so that resuming a store from other data
+#: under the same key is refused (:func:`write_store`).
+HEAD_ROWS = 1024
 _SHARD_TARGET_BYTES = 128 * 2**20
 
 
@@ -124,6 +128,15 @@ def default_shard_tokens(d_model: int, dtype: str | torch.dtype = "float32") -> 
 
 def _digest_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _head_digest(rows: torch.Tensor) -> dict:
+    """The manifest's ``head``: ``{"rows": n, "sha256": ...}`` of ``rows`` ``[n, d_model]`` (storage dtype): SHA-256 of
+    the dtype's name, the shape and the bytes (its own format, so that it never changes with :mod:`atomsnb.io`'s)."""
+    x = rows.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{str(x.dtype).removeprefix('torch.')}|{tuple(x.shape)}|".encode())
+    h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"rows": int(x.shape[0]), "sha256": h.hexdigest()}
 
 
 def _rng(seed: int, *parts: int) -> torch.Generator:
@@ -324,7 +337,8 @@ class ActivationStore:
 
     Attributes:
         path, key (dict), d_model, dtype (torch dtype), dtype_name, shard_tokens, n_tokens (rows written),
-        shards (list of ``{"file", "start", "stop", "checksum"}``), block_tokens (= shard_tokens).
+        shards (list of ``{"file", "start", "stop", "checksum"}``), block_tokens (= shard_tokens),
+        head (``{"rows", "sha256"}`` of the first rows, see :data:`HEAD_ROWS`; ``None`` in older stores).
 
     Raises:
         FileNotFoundError: no manifest in ``path``.
@@ -374,6 +388,13 @@ class ActivationStore:
                 pos = stop
             if man.get("key_digest") != _digest_of(self.key):
                 raise ValueError("the key digest does not match the key")
+            self.head = man.get("head")  # absent in stores written before it existed
+            if self.head is not None:
+                if not isinstance(self.head, dict) or set(self.head) != {"rows", "sha256"} \
+                        or not re.fullmatch(r"[0-9a-f]{64}", str(self.head["sha256"])):
+                    raise ValueError(f"head must be {{'rows': n, 'sha256': 64 hex digits}}; got {self.head!r}")
+                if _manifest_int("head rows", self.head["rows"], 1) > min(pos, self.shard_tokens):
+                    raise ValueError(f"head rows {self.head['rows']} exceed the first shard's {min(pos, self.shard_tokens)}")
         except (KeyError, TypeError, ValueError) as exc:
             what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
             raise CacheCorruptError(f"{man_path} is not a valid activation-store manifest ({what}); {fix}") from exc
@@ -528,13 +549,22 @@ class _Writer:
             shards = existing.shards
             if shards and shards[-1]["stop"] - shards[-1]["start"] < self.shard_tokens:
                 shards = shards[:-1]  # a partial last shard is rewritten as it grows
+            # the head of the rows on disk (read from them, checked, for a store written before heads existed)
+            self.stored_head = existing.head or _head_digest(
+                ActivationStore(self.path).read(0, min(HEAD_ROWS, existing.shard_tokens, existing.n_tokens)))
         else:
             self.shard_tokens = int(shard_tokens) if shard_tokens is not None else default_shard_tokens(d_model, self.dtype)
             if self.shard_tokens < 1:
                 raise ValueError(f"shard_tokens must be >= 1; got {shard_tokens}")
             shards = []
+            self.stored_head = None
         self.key, self.d_model, self.info = dict(key), int(d_model), dict(info or {})
         self.shards = list(shards)
+        self.head_rows = min(HEAD_ROWS, self.shard_tokens)
+        # a head of fewer rows belongs to a store smaller than head_rows, rewritten from row 0: its head is computed anew
+        short = self.stored_head is not None and self.stored_head["rows"] < self.head_rows and not self.shards
+        self.head = None if short else self.stored_head
+        self._head_parts: list[torch.Tensor] = []
         self.durable = self.shards[-1]["stop"] if self.shards else 0  # rows on disk in complete, recorded shards
         self.queued = self.durable  # rows in complete shards handed to the writing thread
         self.buf = torch.empty(self.shard_tokens, self.d_model, dtype=self.dtype)
@@ -549,10 +579,12 @@ class _Writer:
         return self.queued + self.fill
 
     def _manifest(self) -> None:
-        save_json(self.path / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, "key": self.key,
-                                         "key_digest": _digest_of(self.key), "info": self.info, "d_model": self.d_model,
-                                         "dtype": self.dtype_name, "shard_tokens": self.shard_tokens,
-                                         "shards": self.shards})
+        man = {"format": FORMAT, "version": FORMAT_VERSION, "key": self.key, "key_digest": _digest_of(self.key),
+               "info": self.info, "d_model": self.d_model, "dtype": self.dtype_name, "shard_tokens": self.shard_tokens,
+               "shards": self.shards}
+        if self.head is not None:
+            man["head"] = self.head
+        save_json(self.path / MANIFEST, man)
         self._since_manifest = 0
 
     def add(self, rows: torch.Tensor, position: int) -> None:
@@ -569,6 +601,10 @@ class _Writer:
             big = float(rows.abs().max())
             raise ValueError(f"{self.name} rows {position}..{position + rows.shape[0]} reach |x| = {big:.3g}, beyond "
                              "float16's range (65504): store them as dtype='bfloat16' or 'float32'")
+        if self.head is None and position < self.head_rows:  # rows arrive in order, from row 0 for a new head
+            self._head_parts.append(conv[: self.head_rows - position].clone())
+            if sum(len(h) for h in self._head_parts) >= self.head_rows:
+                self.head, self._head_parts = _head_digest(torch.cat(self._head_parts)[: self.head_rows]), []
         at = 0
         while at < conv.shape[0]:
             take = min(self.shard_tokens - self.fill, conv.shape[0] - at)
@@ -628,6 +664,8 @@ class _Writer:
 
     def finish(self) -> ActivationStore:
         """Write the partial last shard (if any) and the manifest; return the store."""
+        if self.head is None and self._head_parts:  # a store of fewer than head_rows rows
+            self.head, self._head_parts = _head_digest(torch.cat(self._head_parts)), []
         if self.fill:
             self._write_shard(final=True)
         else:
@@ -644,7 +682,8 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
 
     Rows are appended in order and converted to ``dtype``; a store already at ``path`` with the same key is
     resumed (its rows are taken as the first rows of ``data``, which is then re-read from that row on): the
-    iterable must therefore yield the same rows on every pass.
+    iterable must therefore yield the same rows on every pass. The manifest records a digest of the first rows
+    (:data:`HEAD_ROWS`), and a resumption whose data begins with other rows is refused before anything is written.
 
     Args:
         path: the store's directory (created).
@@ -662,18 +701,22 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
     Raises:
         ValueError: a batch that is not ``[n, d_model]``, NaN/inf rows, float16 overflow, an empty input, an
             unknown dtype, or a store at ``path`` written from an iterable without ``key``.
-        StoreMismatchError: ``path`` holds a store with another key, d_model or dtype.
+        StoreMismatchError: ``path`` holds a store with another key, d_model or dtype, or one with the same key whose
+            first rows are not the first rows of ``data`` (delete the directory, or pass another key).
     """
+    import itertools
+
     from tqdm import tqdm
 
     path = Path(path)
     _resolve_store_dtype(dtype)
+    _check_shard_tokens(shard_tokens)
     if isinstance(data, torch.Tensor):
         if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1 or not data.is_floating_point():
             raise ValueError(f"data must be a non-empty floating tensor [n_tokens, d_model]; got shape {tuple(data.shape)} "
                              f"dtype {data.dtype}")
         key = dict(key) if key is not None else {"source": "tensor", "sha256": tensor_digest({"acts": data})}
-        chunks: Iterable[torch.Tensor] = (data[s:s + 65536] for s in range(0, data.shape[0], 65536))
+        chunks: Iterator[torch.Tensor] = (data[s:s + 65536] for s in range(0, data.shape[0], 65536))
         d_model = int(data.shape[1])
     else:
         if key is None and (path / MANIFEST).is_file():
@@ -688,23 +731,40 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
         if first.dim() != 2:
             raise ValueError(f"each batch must be [n, d_model]; got shape {tuple(first.shape)}")
         d_model = int(first.shape[1])
+        chunks = itertools.chain([first], it)
 
-        def _chain():
-            yield first
-            yield from it
+    def batch(x) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != d_model:
+            raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
+        return x
 
-        chunks = _chain()
     with _lock(path):
         _remove_orphans(path)
         w = _Writer(path, key, d_model, dtype, shard_tokens, info)
-        skip = w.durable  # rows already on disk: the data's first rows
-        pos = 0
         try:
+            if w.stored_head is not None:
+                # resuming: the data's first rows must be the store's (the key alone cannot tell two iterables apart)
+                want = w.stored_head["rows"]
+                peeked, got = [], 0
+                for x in chunks:
+                    peeked.append(batch(x))
+                    got += len(peeked[-1])
+                    if got >= want:
+                        break
+                chunks = itertools.chain(peeked, chunks)
+                rows = torch.cat(peeked)[:want].detach().to(w.dtype) if peeked else torch.empty(0, d_model, dtype=w.dtype)
+                if len(rows) < want or _head_digest(rows) != w.stored_head:
+                    what = f"gave only {len(rows)} rows" if len(rows) < want else "has other rows"
+                    raise StoreMismatchError(
+                        f"{path} holds a store written from other data under the same key {key!r}: its first {want} rows "
+                        f"(SHA-256 {w.stored_head['sha256'][:16]}...) are not the data's, which {what}; delete the "
+                        "directory to write it from this data, or pass another key (or path)")
+            skip = w.durable  # rows already on disk: the data's first rows
+            pos = 0
             for x in tqdm(chunks, desc=f"store {path.name}", disable=not progress or None, leave=False):
-                x = torch.as_tensor(x)
-                n = int(x.shape[0]) if x.dim() == 2 else -1
-                if x.dim() != 2 or x.shape[1] != d_model:
-                    raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
+                x = batch(x)
+                n = int(x.shape[0])
                 if pos + n > skip:
                     w.add(x[max(0, skip - pos):], max(pos, skip))
                 pos += n

@@ -83,6 +83,51 @@ def test_resuming_an_iterable_and_growing_a_store(tmp_path):
         write_store(tmp_path / "whole", iter([x]), key={"k": 1}, shard_tokens=512)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resuming_from_other_data_under_the_same_key_is_refused(tmp_path, dtype):
+    """The key alone cannot tell two iterables apart: the manifest's head digest (of the first rows) does."""
+    import hashlib
+
+    x, y = _data(seed=0), _data(seed=1)
+    st = write_store(tmp_path / "s", iter([x[:1000]]), dtype=dtype, shard_tokens=400, key={"k": 1})
+    # the head: SHA-256 of the first min(HEAD_ROWS, shard_tokens) rows as stored, computed here from numpy's bytes
+    first = x[:400].to(st.dtype).view(torch.int16 if dtype == "bfloat16" else torch.float32).numpy()
+    raw = f"{dtype}|(400, 12)|".encode() + first.tobytes()
+    assert st.head == {"rows": 400, "sha256": hashlib.sha256(raw).hexdigest()}
+    assert json.loads((tmp_path / "s" / MANIFEST).read_text())["head"] == st.head
+    before = _tree(tmp_path / "s")
+    for other, words in ((iter(torch.split(y, 256)), "has other rows"), (iter([x[:399]]), "gave only 399 rows"),
+                         (iter([torch.cat([x[:399], y[399:]])]), "has other rows")):
+        with pytest.raises(StoreMismatchError) as info:
+            write_store(tmp_path / "s", other, dtype=dtype, key={"k": 1})
+        msg = str(info.value)
+        assert str(tmp_path / "s") in msg and words in msg and "delete the directory" in msg and "another key" in msg
+        assert _tree(tmp_path / "s") == before  # nothing written
+    # the same data in other batches resumes (and grows) the store
+    grown = write_store(tmp_path / "s", iter(torch.split(x, 333)), dtype=dtype, key={"k": 1})
+    assert torch.equal(grown.read(0, 3000), x.to(grown.dtype)) and grown.head == st.head
+
+
+def test_a_store_smaller_than_its_head_and_one_without_a_head_are_checked_too(tmp_path):
+    x, y = _data(seed=0), _data(seed=1)
+    # 100 rows: the head covers them all, and a resumption rewrites the partial shard from row 0
+    write_store(tmp_path / "small", iter([x[:100]]), shard_tokens=400, key={"k": 1})
+    assert ActivationStore(tmp_path / "small").head["rows"] == 100
+    with pytest.raises(StoreMismatchError, match="first 100 rows"):
+        write_store(tmp_path / "small", iter([y]), key={"k": 1})
+    grown = write_store(tmp_path / "small", iter([x]), key={"k": 1})
+    assert grown.head["rows"] == 400 and torch.equal(grown.read(0, 3000), x)
+    # a manifest written before heads existed: the head is read from the shards on disk
+    write_store(tmp_path / "old", iter([x[:1000]]), shard_tokens=400, key={"k": 1})
+    man = json.loads((tmp_path / "old" / MANIFEST).read_text())
+    expected = man.pop("head")
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps(man))
+    assert ActivationStore(tmp_path / "old").head is None
+    with pytest.raises(StoreMismatchError, match="first 400 rows"):
+        write_store(tmp_path / "old", iter([y]), key={"k": 1})
+    assert write_store(tmp_path / "old", iter([x]), key={"k": 1}).head == expected
+
+
 def test_damage_is_detected(tmp_path):
     x = _data()
     st = write_store(tmp_path / "s", x, shard_tokens=1000)
@@ -122,6 +167,8 @@ _BAD_MANIFESTS = {
     "key not an object": lambda man: json.dumps({**man, "key": [1]}).encode(),
     "info not an object": lambda man: json.dumps({**man, "info": "x"}).encode(),
     "no format": lambda man: json.dumps({k: v for k, v in man.items() if k != "format"}).encode(),
+    "head not hex": lambda man: json.dumps({**man, "head": {"rows": 128, "sha256": "x" * 64}}).encode(),
+    "head beyond the first shard": lambda man: json.dumps({**man, "head": {**man["head"], "rows": 129}}).encode(),
 }
 
 
