@@ -965,13 +965,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-40:] or "model"
 
 
+def _model_label(lm) -> str:
+    """The model's name as a store records it, never a machine's path: a registered name or hub id as given, the
+    folder's own name for a model loaded from a local directory (its identity is the key's weights fingerprint)."""
+    name = str(lm.name)
+    local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.isdir(os.path.expanduser(name))
+    return (Path(str(lm.path)).name or Path(name).name or "model") if local else name
+
+
 def collect_store(config, *, model=None, store_dtype: str = "float32", root: str | os.PathLike | None = None,
                   shard_tokens: int | None = None, progress: bool = True) -> dict[int, ActivationStore]:
     """Collect residual-stream activations of ``config.layers`` into one store per layer (one forward pass serves
     every layer), or extend / resume the stores already there.
 
     The store of a layer lives in ``root/<model>-L<layer>-<split>-<key digest>`` (default root
-    ``$ATOMSNB_CACHE/stores``), keyed by :func:`collection_key`. It holds at least ``config.n_tokens`` rows when this
+    ``$ATOMSNB_CACHE/stores``; ``<model>`` is the registered name or hub id, or the folder's name of a model loaded
+    from a directory: never a path), keyed by :func:`collection_key`. It holds at least ``config.n_tokens`` rows when this
     returns; a store already holding that many is returned as is, a shorter one is extended, a killed collection
     is resumed at its first missing shard. Windows and layers follow :func:`atomsnb.activations.collect_activations`
     (in-memory corpora are cut by :func:`atomsnb.activations.token_windows`, so the first ``n`` rows equal the
@@ -1012,9 +1021,10 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
     n = int(config.n_tokens)
     dirs, keys = {}, {}
     cfp = "hub-stream" if corpus.source.startswith("hf:") else corpus.fingerprint(config.split)
+    label = _model_label(lm)
     for l in layers:
         keys[l] = collection_key(lm, config, l, store_dtype, corpus, cfp)
-        dirs[l] = base / f"{_slug(lm.name)}-L{l:03d}-{config.split}-{_digest_of(keys[l])[:16]}"
+        dirs[l] = base / f"{_slug(label)}-L{l:03d}-{config.split}-{_digest_of(keys[l])[:16]}"
     out: dict[int, ActivationStore] = {}
     with contextlib.ExitStack() as locks:
         for l in layers:
@@ -1029,7 +1039,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
                     and existing.n_tokens >= n:
                 out[l] = existing
                 continue
-            info = {"model_name": lm.name, "model_path": str(lm.path), "layer": l}
+            info = {"model_name": label, "model_fingerprint": _model_fingerprint(lm), "layer": l}  # no machine paths
             writers[l] = _Writer(dirs[l], keys[l], lm.d_model, store_dtype, shard_tokens, info,
                                  name=f"activations of layer {l}")
         try:

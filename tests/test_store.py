@@ -343,6 +343,33 @@ def test_collect_store_checks_its_request_as_collect_activations_does(tmp_path, 
     assert not root.exists()
 
 
+def test_a_store_records_no_machine_path(tmp_path, tmp_path_factory, tiny):
+    """A model loaded from a (temporary) directory: neither the directory names nor the manifest hold its path, the
+    store's path or the home directory; the model is named by its folder's name and its weights fingerprint."""
+    import re
+
+    root = tmp_path / "stores"
+    st = collect_store(_cfg(str(tiny), "pydoc-topics", n_tokens=200, layers=(1,)), root=root, shard_tokens=64,
+                       progress=False)[1]
+    forbidden = [str(tmp_path_factory.getbasetemp()), str(Path.home()), "pytest-of"]
+    names = [str(p.relative_to(root)) for p in root.rglob("*")]
+    assert re.fullmatch(rf"{re.escape(tiny.name)}-L001-eval-[0-9a-f]{{16}}", st.path.name), st.path.name
+    text = (st.path / MANIFEST).read_text()
+    for bad in forbidden:
+        assert not any(bad in n for n in names), (bad, names)
+        assert bad not in text, (bad, text)
+    assert st.info == {"model_name": tiny.name, "model_fingerprint": st.key["model"], "layer": 1}
+    # registered names and hub ids are kept as given; a relative or home-relative folder is named by its own name
+    from types import SimpleNamespace
+
+    from atomsnb.store import _model_label
+
+    for name, path, label in (("smollm2-135m", "/x/models/smollm2-135m", "smollm2-135m"),
+                              ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M"),
+                              ("./runs/final", "/home/u/runs/final", "final"), ("~/m/tiny", "/home/u/m/tiny", "tiny")):
+        assert _model_label(SimpleNamespace(name=name, path=path)) == label
+
+
 _KILLER = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
