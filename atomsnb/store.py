@@ -701,6 +701,7 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
     Raises:
         ValueError: a batch that is not ``[n, d_model]``, NaN/inf rows, float16 overflow, an empty input, an
             unknown dtype, or a store at ``path`` written from an iterable without ``key``.
+        NotADirectoryError: ``path`` is a file.
         StoreMismatchError: ``path`` holds a store with another key, d_model or dtype, or one with the same key whose
             first rows are not the first rows of ``data`` (delete the directory, or pass another key).
     """
@@ -711,6 +712,8 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
     path = Path(path)
     _resolve_store_dtype(dtype)
     _check_shard_tokens(shard_tokens)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"store path {str(path)!r} is a file, not a directory; pass a directory")
     if isinstance(data, torch.Tensor):
         if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1 or not data.is_floating_point():
             raise ValueError(f"data must be a non-empty floating tensor [n_tokens, d_model]; got shape {tuple(data.shape)} "
@@ -1007,6 +1010,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
             ``model`` that is not the one ``config.model`` names (path, dtype, device), a layer out of range,
             ``seq_len`` above the model's maximum positions; an unknown store dtype, ``shard_tokens < 1``. During
             collection: NaN/inf activations, float16 overflow, a corpus too small for ``n_tokens``.
+        NotADirectoryError: ``root`` is a file.
         ImportError: an ``hf:`` corpus without the ``hub`` extra.
     """
     from .activations import _checked_request
@@ -1015,6 +1019,8 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
 
     _resolve_store_dtype(store_dtype)
     _check_shard_tokens(shard_tokens)
+    if root is not None and Path(root).exists() and not Path(root).is_dir():
+        raise NotADirectoryError(f"stores root {str(root)!r} is a file, not a directory; pass a directory")
     lm, layers = _checked_request(config, model, "collect_store")
     corpus = Corpus(config.corpus)
     base = Path(root) if root is not None else cache_dir("stores")

@@ -142,6 +142,8 @@ CASES = [
     ("store shard_tokens 0", lambda e: collect_store(cfg(model=str(e["llama"])), shard_tokens=0,
                                                      root=e["root"] / "stores"), ValueError, "got 0",
      "shard_tokens must be None (default_shard_tokens) or an integer >= 1"),
+    ("store root is a file", lambda e: collect_store(cfg(model=str(e["llama"])), root=e["afile"]), NotADirectoryError,
+     "afile.txt", "is a file, not a directory"),
     ("token_windows seq_len", lambda e: token_windows(load_model(str(e["llama"])).tokenizer, Corpus(), "eval",
                                                      n_tokens=5, seq_len=1, seed=0), ValueError, "got 1", ">= 2"),
     # massive activations / AIP exclusion
