@@ -52,6 +52,7 @@ from .io import CacheCorruptError, load_json, load_tensors, save_json, save_tens
 __all__ = [
     "STORE_DTYPES",
     "MANIFEST",
+    "HEAD_ROWS",
     "DEFAULT_BUFFER_TOKENS",
     "ActivationStore",
     "MemorySource",
@@ -361,13 +362,13 @@ class ActivationStore:
             raise CacheCorruptError(f"{man_path} is not a readable activation-store manifest ({detail}); {fix}") from exc
         try:
             if not isinstance(man, dict):
-                raise ValueError(f"a JSON {type(man).__name__}, not an object")
+                raise TypeError(f"a JSON {type(man).__name__}, not an object")
             if man.get("format") != FORMAT or man.get("version") != FORMAT_VERSION:
                 raise ValueError(f"format {man.get('format')!r} version {man.get('version')!r}, expected {FORMAT!r} "
                                  f"version {FORMAT_VERSION}")
             for field in ("key", "info"):
                 if not isinstance(man.get(field, {}), dict):
-                    raise ValueError(f"{field} is {man[field]!r}, not an object")
+                    raise TypeError(f"{field} is {man[field]!r}, not an object")
             self.key = dict(man["key"])
             self.info = dict(man.get("info", {}))
             self.d_model = _manifest_int("d_model", man["d_model"], 1)
