@@ -271,24 +271,55 @@ def _cache_key(lm: LoadedModel, cfg: ActivationConfig, corpus: Corpus, prefix: l
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_model_matches(lm: LoadedModel, config: ActivationConfig) -> None:
-    """Refuse a loaded model that is not the one ``config`` names (path, dtype, device)."""
+def _check_model_matches(lm: LoadedModel, config: ActivationConfig, caller: str = "collect_activations") -> None:
+    """Refuse a loaded model that is not the one ``config`` names (path, dtype, device); ``caller`` names the
+    function the model was passed to, in the message."""
     if not isinstance(lm, LoadedModel):
         raise TypeError(f"model must be a LoadedModel from atomsnb.models.load_model (or None); got "
                         f"{type(lm).__name__}")
     expected = resolve_model_path(config.model, verbose=False)
     same = (os.path.realpath(expected) == os.path.realpath(lm.path)) if os.path.isdir(expected) else expected == lm.path
     if not same:
-        raise ValueError(f"the model passed to collect_activations was loaded from {lm.path!r} (name {lm.name!r}), but "
+        raise ValueError(f"the model passed to {caller} was loaded from {lm.path!r} (name {lm.name!r}), but "
                          f"config.model={config.model!r} resolves to {expected!r}; pass the model config.model names, "
                          "or model=None to load it")
     if lm.dtype != resolve_dtype(config.dtype):
-        raise ValueError(f"the model passed to collect_activations has dtype {lm.dtype}, but config.dtype="
+        raise ValueError(f"the model passed to {caller} has dtype {lm.dtype}, but config.dtype="
                          f"{config.dtype!r}; load it with dtype={config.dtype!r} or change the config")
     dev = resolve_device(config.device)
     if lm.device.type != dev.type or (dev.index is not None and (lm.device.index or 0) != dev.index):
-        raise ValueError(f"the model passed to collect_activations is on device {str(lm.device)!r}, but config.device="
+        raise ValueError(f"the model passed to {caller} is on device {str(lm.device)!r}, but config.device="
                          f"{config.device!r}; load it with device={config.device!r} or change the config")
+
+
+def _checked_request(config: ActivationConfig, model: LoadedModel | None,
+                     caller: str = "collect_activations") -> tuple[LoadedModel, tuple[int, ...]]:
+    """Check a collection request against the model before any forward pass; shared by :func:`collect_activations`
+    and :func:`atomsnb.store.collect_store` (``caller`` names the function in the messages).
+
+    Returns:
+        ``(lm, layers)``: ``model`` (or the model ``config.model`` names, loaded) and the layers to collect
+        (``config.layers``, default ``1..n_layers``).
+
+    Raises:
+        TypeError: ``config`` not an :class:`ActivationConfig`, ``model`` not a :class:`LoadedModel`.
+        ValueError: a ``model`` that is not the one ``config`` names (path, dtype, device), a layer above
+            ``n_layers``, ``seq_len`` above the model's maximum positions.
+    """
+    if not isinstance(config, ActivationConfig):
+        raise TypeError(f"config must be an ActivationConfig; got {type(config).__name__}")
+    if model is not None:
+        _check_model_matches(model, config, caller)
+    lm = model or load_model(config.model, device=config.device, dtype=config.dtype)
+    layers = tuple(range(1, lm.n_layers + 1)) if config.layers is None else config.layers
+    bad = [l for l in layers if not 0 <= l <= lm.n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range for {lm.name!r}: residual-stream layers are 0..{lm.n_layers} "
+                         "(0 = embeddings, l = after block l)")
+    if lm.max_positions is not None and config.seq_len > lm.max_positions:
+        raise ValueError(f"seq_len={config.seq_len} exceeds the maximum positions of {lm.name!r} "
+                         f"({lm.max_positions}); use seq_len <= {lm.max_positions}")
+    return lm, layers
 
 
 def _save(path, tensors, meta) -> None:
@@ -324,19 +355,7 @@ def collect_activations(config: ActivationConfig, *, model: LoadedModel | None =
             the layer).
         RuntimeError: the forward loop did not fill every row (a bug; nothing is cached).
     """
-    if not isinstance(config, ActivationConfig):
-        raise TypeError(f"config must be an ActivationConfig; got {type(config).__name__}")
-    if model is not None:
-        _check_model_matches(model, config)
-    lm = model or load_model(config.model, device=config.device, dtype=config.dtype)
-    layers = tuple(range(1, lm.n_layers + 1)) if config.layers is None else config.layers
-    bad = [l for l in layers if not 0 <= l <= lm.n_layers]
-    if bad:
-        raise ValueError(f"layer(s) {bad} out of range for {lm.name!r}: residual-stream layers are 0..{lm.n_layers} "
-                         "(0 = embeddings, l = after block l)")
-    if lm.max_positions is not None and config.seq_len > lm.max_positions:
-        raise ValueError(f"seq_len={config.seq_len} exceeds the maximum positions of {lm.name!r} "
-                         f"({lm.max_positions}); use seq_len <= {lm.max_positions}")
+    lm, layers = _checked_request(config, model)
     corpus = Corpus(config.corpus)
     prefix = tokenizer_prefix(lm.tokenizer)
     key = _cache_key(lm, config, corpus, prefix)

@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 import os
 import re
 import weakref
@@ -50,6 +51,7 @@ from .io import CacheCorruptError, load_json, load_tensors, save_json, save_tens
 __all__ = [
     "STORE_DTYPES",
     "MANIFEST",
+    "HEAD_ROWS",
     "DEFAULT_BUFFER_TOKENS",
     "ActivationStore",
     "MemorySource",
@@ -72,7 +74,18 @@ DEFAULT_BUFFER_TOKENS = 1 << 18
 FORMAT = "atomsnb-activation-store"
 FORMAT_VERSION = 1
 _SHARD = "shard_{:06d}.safetensors"
+#: Rows of a store's head digest (at most one shard): the manifest's ``head`` is the SHA-256 of the first
+#: ``min(HEAD_ROWS, shard_tokens, n_tokens)`` rows in the storage dtype, so that resuming a store from other data
+#: under the same key is refused (:func:`write_store`).
+HEAD_ROWS = 1024
 _SHARD_TARGET_BYTES = 128 * 2**20
+
+
+def _manifest_int(name: str, value, minimum: int) -> int:
+    """An integer field of a manifest (JSON numbers that are not integers, and booleans, are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return value
 
 
 class StoreMismatchError(ValueError):
@@ -90,6 +103,14 @@ def _resolve_store_dtype(dtype: str | torch.dtype) -> tuple[str, torch.dtype]:
     raise ValueError(f"unknown store dtype {dtype!r}; allowed: {sorted(STORE_DTYPES)}")
 
 
+def _check_shard_tokens(shard_tokens) -> None:
+    """Refuse a ``shard_tokens`` that is neither ``None`` (the default size) nor an integer >= 1."""
+    if shard_tokens is None:
+        return
+    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, numbers.Integral) or shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be None (default_shard_tokens) or an integer >= 1; got {shard_tokens!r}")
+
+
 def default_shard_tokens(d_model: int, dtype: str | torch.dtype = "float32") -> int:
     """Rows per shard: the largest power of two whose shard fits in 128 MiB, clamped to ``[2^10, 2^20]``.
 
@@ -105,6 +126,15 @@ def default_shard_tokens(d_model: int, dtype: str | torch.dtype = "float32") -> 
 
 def _digest_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _head_digest(rows: torch.Tensor) -> dict:
+    """The manifest's ``head``: ``{"rows": n, "sha256": ...}`` of ``rows`` ``[n, d_model]`` (storage dtype): SHA-256 of
+    the dtype's name, the shape and the bytes (its own format, so that it never changes with :mod:`atomsnb.io`'s)."""
+    x = rows.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{str(x.dtype).removeprefix('torch.')}|{tuple(x.shape)}|".encode())
+    h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"rows": int(x.shape[0]), "sha256": h.hexdigest()}
 
 
 def _rng(seed: int, *parts: int) -> torch.Generator:
@@ -305,11 +335,13 @@ class ActivationStore:
 
     Attributes:
         path, key (dict), d_model, dtype (torch dtype), dtype_name, shard_tokens, n_tokens (rows written),
-        shards (list of ``{"file", "start", "stop", "checksum"}``), block_tokens (= shard_tokens).
+        shards (list of ``{"file", "start", "stop", "checksum"}``), block_tokens (= shard_tokens),
+        head (``{"rows", "sha256"}`` of the first rows, see :data:`HEAD_ROWS`; ``None`` in older stores).
 
     Raises:
         FileNotFoundError: no manifest in ``path``.
-        atomsnb.io.CacheCorruptError: a manifest that is not a store manifest or is inconsistent.
+        atomsnb.io.CacheCorruptError: a manifest that cannot be read, is not JSON, is not a store manifest or is
+            inconsistent (the message names the file and says to delete the store's directory).
     """
 
     def __init__(self, path: str | os.PathLike, *, verify: bool = True):
@@ -318,30 +350,52 @@ class ActivationStore:
         man_path = self.path / MANIFEST
         if not man_path.is_file():
             raise FileNotFoundError(f"no activation store at {str(self.path)!r} (no {MANIFEST})")
-        man = load_json(man_path)
+        fix = f"delete the directory {str(self.path)!r} to recollect the store (or write it again)"
         try:
-            if man.get("format") != FORMAT or int(man["version"]) != FORMAT_VERSION:
-                raise ValueError(f"format {man.get('format')!r} version {man.get('version')!r}")
+            man = load_json(man_path)
+        except (CacheCorruptError, OSError) as exc:  # not UTF-8 JSON (load_json's CacheCorruptError), unreadable
+            detail = f"not UTF-8 JSON: {exc.__cause__ or exc}" if isinstance(exc, CacheCorruptError) else \
+                f"{type(exc).__name__}: {exc.strerror or exc}"
+            raise CacheCorruptError(f"{man_path} is not a readable activation-store manifest ({detail}); {fix}") from exc
+        try:
+            if not isinstance(man, dict):
+                raise TypeError(f"a JSON {type(man).__name__}, not an object")
+            if man.get("format") != FORMAT or man.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format {man.get('format')!r} version {man.get('version')!r}, expected {FORMAT!r} "
+                                 f"version {FORMAT_VERSION}")
+            for field in ("key", "info"):
+                if not isinstance(man.get(field, {}), dict):
+                    raise TypeError(f"{field} is {man[field]!r}, not an object")
             self.key = dict(man["key"])
             self.info = dict(man.get("info", {}))
-            self.d_model = int(man["d_model"])
+            self.d_model = _manifest_int("d_model", man["d_model"], 1)
             self.dtype_name, self.dtype = _resolve_store_dtype(man["dtype"])
-            self.shard_tokens = int(man["shard_tokens"])
-            self.shards = [dict(s) for s in man["shards"]]
+            self.shard_tokens = _manifest_int("shard_tokens", man["shard_tokens"], 1)
+            if not isinstance(man["shards"], list) or not all(isinstance(e, dict) for e in man["shards"]):
+                raise ValueError(f"shards must be a list of objects; got {man['shards']!r:.200}")
+            self.shards = [dict(e) for e in man["shards"]]
             pos = 0
-            for i, s in enumerate(self.shards):
-                if s["file"] != _SHARD.format(i) or s["start"] != pos or not 0 < s["stop"] - s["start"] <= self.shard_tokens:
-                    raise ValueError(f"shard entry {i} {s} is out of sequence")
-                if i < len(self.shards) - 1 and s["stop"] - s["start"] != self.shard_tokens:
+            for i, e in enumerate(self.shards):
+                start, stop = (_manifest_int(f"shard {i}'s {k}", e[k], 0) for k in ("start", "stop"))
+                if e["file"] != _SHARD.format(i) or start != pos or not 0 < stop - start <= self.shard_tokens:
+                    raise ValueError(f"shard entry {i} {e} is out of sequence")
+                if i < len(self.shards) - 1 and stop - start != self.shard_tokens:
                     raise ValueError(f"shard {i} is partial but not the last one")
-                if not isinstance(s.get("checksum"), dict) or not s["checksum"]:
+                if not isinstance(e.get("checksum"), dict) or not e["checksum"]:
                     raise ValueError(f"shard {i} has no checksum")
-                pos = s["stop"]
+                pos = stop
             if man.get("key_digest") != _digest_of(self.key):
                 raise ValueError("the key digest does not match the key")
+            self.head = man.get("head")  # absent in stores written before it existed
+            if self.head is not None:
+                if not isinstance(self.head, dict) or set(self.head) != {"rows", "sha256"} \
+                        or not re.fullmatch(r"[0-9a-f]{64}", str(self.head["sha256"])):
+                    raise ValueError(f"head must be {{'rows': n, 'sha256': 64 hex digits}}; got {self.head!r}")
+                if _manifest_int("head rows", self.head["rows"], 1) > min(pos, self.shard_tokens):
+                    raise ValueError(f"head rows {self.head['rows']} exceed the first shard's {min(pos, self.shard_tokens)}")
         except (KeyError, TypeError, ValueError) as exc:
-            raise CacheCorruptError(f"{man_path} is not a valid activation-store manifest ({exc}); delete the store "
-                                    "directory to recompute") from exc
+            what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CacheCorruptError(f"{man_path} is not a valid activation-store manifest ({what}); {fix}") from exc
         self.n_tokens = pos
         self.block_tokens = self.shard_tokens
 
@@ -493,13 +547,22 @@ class _Writer:
             shards = existing.shards
             if shards and shards[-1]["stop"] - shards[-1]["start"] < self.shard_tokens:
                 shards = shards[:-1]  # a partial last shard is rewritten as it grows
+            # the head of the rows on disk (read from them, checked, for a store written before heads existed)
+            self.stored_head = existing.head or _head_digest(
+                ActivationStore(self.path).read(0, min(HEAD_ROWS, existing.shard_tokens, existing.n_tokens)))
         else:
             self.shard_tokens = int(shard_tokens) if shard_tokens is not None else default_shard_tokens(d_model, self.dtype)
             if self.shard_tokens < 1:
                 raise ValueError(f"shard_tokens must be >= 1; got {shard_tokens}")
             shards = []
+            self.stored_head = None
         self.key, self.d_model, self.info = dict(key), int(d_model), dict(info or {})
         self.shards = list(shards)
+        self.head_rows = min(HEAD_ROWS, self.shard_tokens)
+        # a head of fewer rows belongs to a store smaller than head_rows, rewritten from row 0: its head is computed anew
+        short = self.stored_head is not None and self.stored_head["rows"] < self.head_rows and not self.shards
+        self.head = None if short else self.stored_head
+        self._head_parts: list[torch.Tensor] = []
         self.durable = self.shards[-1]["stop"] if self.shards else 0  # rows on disk in complete, recorded shards
         self.queued = self.durable  # rows in complete shards handed to the writing thread
         self.buf = torch.empty(self.shard_tokens, self.d_model, dtype=self.dtype)
@@ -514,10 +577,12 @@ class _Writer:
         return self.queued + self.fill
 
     def _manifest(self) -> None:
-        save_json(self.path / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, "key": self.key,
-                                         "key_digest": _digest_of(self.key), "info": self.info, "d_model": self.d_model,
-                                         "dtype": self.dtype_name, "shard_tokens": self.shard_tokens,
-                                         "shards": self.shards})
+        man = {"format": FORMAT, "version": FORMAT_VERSION, "key": self.key, "key_digest": _digest_of(self.key),
+               "info": self.info, "d_model": self.d_model, "dtype": self.dtype_name, "shard_tokens": self.shard_tokens,
+               "shards": self.shards}
+        if self.head is not None:
+            man["head"] = self.head
+        save_json(self.path / MANIFEST, man)
         self._since_manifest = 0
 
     def add(self, rows: torch.Tensor, position: int) -> None:
@@ -534,6 +599,10 @@ class _Writer:
             big = float(rows.abs().max())
             raise ValueError(f"{self.name} rows {position}..{position + rows.shape[0]} reach |x| = {big:.3g}, beyond "
                              "float16's range (65504): store them as dtype='bfloat16' or 'float32'")
+        if self.head is None and position < self.head_rows:  # rows arrive in order, from row 0 for a new head
+            self._head_parts.append(conv[: self.head_rows - position].clone())
+            if sum(len(h) for h in self._head_parts) >= self.head_rows:
+                self.head, self._head_parts = _head_digest(torch.cat(self._head_parts)[: self.head_rows]), []
         at = 0
         while at < conv.shape[0]:
             take = min(self.shard_tokens - self.fill, conv.shape[0] - at)
@@ -593,6 +662,8 @@ class _Writer:
 
     def finish(self) -> ActivationStore:
         """Write the partial last shard (if any) and the manifest; return the store."""
+        if self.head is None and self._head_parts:  # a store of fewer than head_rows rows
+            self.head, self._head_parts = _head_digest(torch.cat(self._head_parts)), []
         if self.fill:
             self._write_shard(final=True)
         else:
@@ -609,7 +680,8 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
 
     Rows are appended in order and converted to ``dtype``; a store already at ``path`` with the same key is
     resumed (its rows are taken as the first rows of ``data``, which is then re-read from that row on): the
-    iterable must therefore yield the same rows on every pass.
+    iterable must therefore yield the same rows on every pass. The manifest records a digest of the first rows
+    (:data:`HEAD_ROWS`), and a resumption whose data begins with other rows is refused before anything is written.
 
     Args:
         path: the store's directory (created).
@@ -627,18 +699,25 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
     Raises:
         ValueError: a batch that is not ``[n, d_model]``, NaN/inf rows, float16 overflow, an empty input, an
             unknown dtype, or a store at ``path`` written from an iterable without ``key``.
-        StoreMismatchError: ``path`` holds a store with another key, d_model or dtype.
+        NotADirectoryError: ``path`` is a file.
+        StoreMismatchError: ``path`` holds a store with another key, d_model or dtype, or one with the same key whose
+            first rows are not the first rows of ``data`` (delete the directory, or pass another key).
     """
+    import itertools
+
     from tqdm import tqdm
 
     path = Path(path)
     _resolve_store_dtype(dtype)
+    _check_shard_tokens(shard_tokens)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"store path {str(path)!r} is a file, not a directory; pass a directory")
     if isinstance(data, torch.Tensor):
         if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1 or not data.is_floating_point():
             raise ValueError(f"data must be a non-empty floating tensor [n_tokens, d_model]; got shape {tuple(data.shape)} "
                              f"dtype {data.dtype}")
         key = dict(key) if key is not None else {"source": "tensor", "sha256": tensor_digest({"acts": data})}
-        chunks: Iterable[torch.Tensor] = (data[s:s + 65536] for s in range(0, data.shape[0], 65536))
+        chunks: Iterator[torch.Tensor] = (data[s:s + 65536] for s in range(0, data.shape[0], 65536))
         d_model = int(data.shape[1])
     else:
         if key is None and (path / MANIFEST).is_file():
@@ -653,23 +732,40 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
         if first.dim() != 2:
             raise ValueError(f"each batch must be [n, d_model]; got shape {tuple(first.shape)}")
         d_model = int(first.shape[1])
+        chunks = itertools.chain([first], it)
 
-        def _chain():
-            yield first
-            yield from it
+    def batch(x) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != d_model:
+            raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
+        return x
 
-        chunks = _chain()
     with _lock(path):
         _remove_orphans(path)
         w = _Writer(path, key, d_model, dtype, shard_tokens, info)
-        skip = w.durable  # rows already on disk: the data's first rows
-        pos = 0
         try:
+            if w.stored_head is not None:
+                # resuming: the data's first rows must be the store's (the key alone cannot tell two iterables apart)
+                want = w.stored_head["rows"]
+                peeked, got = [], 0
+                for x in chunks:
+                    peeked.append(batch(x))
+                    got += len(peeked[-1])
+                    if got >= want:
+                        break
+                chunks = itertools.chain(peeked, chunks)
+                rows = torch.cat(peeked)[:want].detach().to(w.dtype) if peeked else torch.empty(0, d_model, dtype=w.dtype)
+                if len(rows) < want or _head_digest(rows) != w.stored_head:
+                    what = f"gave only {len(rows)} rows" if len(rows) < want else "has other rows"
+                    raise StoreMismatchError(
+                        f"{path} holds a store written from other data under the same key {key!r}: its first {want} rows "
+                        f"(SHA-256 {w.stored_head['sha256'][:16]}...) are not the data's, which {what}; delete the "
+                        "directory to write it from this data, or pass another key (or path)")
+            skip = w.durable  # rows already on disk: the data's first rows
+            pos = 0
             for x in tqdm(chunks, desc=f"store {path.name}", disable=not progress or None, leave=False):
-                x = torch.as_tensor(x)
-                n = int(x.shape[0]) if x.dim() == 2 else -1
-                if x.dim() != 2 or x.shape[1] != d_model:
-                    raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
+                x = batch(x)
+                n = int(x.shape[0])
                 if pos + n > skip:
                     w.add(x[max(0, skip - pos):], max(pos, skip))
                 pos += n
@@ -870,13 +966,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-40:] or "model"
 
 
+def _model_label(lm) -> str:
+    """The model's name as a store records it, never a machine's path: a registered name or hub id as given, the
+    folder's own name for a model loaded from a local directory (its identity is the key's weights fingerprint)."""
+    name = str(lm.name)
+    local = os.path.isabs(name) or name.startswith((".", "~")) or os.path.isdir(os.path.expanduser(name))
+    return (Path(str(lm.path)).name or Path(name).name or "model") if local else name
+
+
 def collect_store(config, *, model=None, store_dtype: str = "float32", root: str | os.PathLike | None = None,
                   shard_tokens: int | None = None, progress: bool = True) -> dict[int, ActivationStore]:
     """Collect residual-stream activations of ``config.layers`` into one store per layer (one forward pass serves
     every layer), or extend / resume the stores already there.
 
     The store of a layer lives in ``root/<model>-L<layer>-<split>-<key digest>`` (default root
-    ``$ATOMSNB_CACHE/stores``), keyed by :func:`collection_key`. It holds at least ``config.n_tokens`` rows when this
+    ``$ATOMSNB_CACHE/stores``; ``<model>`` is the registered name or hub id, or the folder's name of a model loaded
+    from a directory: never a path), keyed by :func:`collection_key`. It holds at least ``config.n_tokens`` rows when this
     returns; a store already holding that many is returned as is, a shorter one is extended, a killed collection
     is resumed at its first missing shard. Windows and layers follow :func:`atomsnb.activations.collect_activations`
     (in-memory corpora are cut by :func:`atomsnb.activations.token_windows`, so the first ``n`` rows equal the
@@ -886,7 +991,8 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
     Args:
         config: an :class:`atomsnb.activations.ActivationConfig` (``model``, ``layers``, ``corpus``, ``split``,
             ``n_tokens``, ``seq_len``, ``batch_size``, ``seed``, ``drop_bos``, ``device``, ``dtype``).
-        model: an already loaded :class:`atomsnb.models.LoadedModel` (default: loaded from ``config``).
+        model: an already loaded :class:`atomsnb.models.LoadedModel` (default: loaded from ``config``); it must be
+            the model ``config.model`` names, with ``config.dtype``, on ``config.device``.
         store_dtype: one of :data:`STORE_DTYPES`.
         root: directory of the stores (e.g. on a filesystem shared by Dask workers).
         shard_tokens: rows per shard of new stores (default :func:`default_shard_tokens`).
@@ -896,32 +1002,33 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
         ``{layer: ActivationStore}``.
 
     Raises:
-        ValueError: a layer out of range, an unknown store dtype, NaN/inf activations, float16 overflow, a corpus
-            too small for ``n_tokens``.
+        TypeError: ``config`` not an :class:`~atomsnb.activations.ActivationConfig`, ``model`` not a
+            :class:`~atomsnb.models.LoadedModel`.
+        ValueError: before any work, as :func:`atomsnb.activations.collect_activations` (the same checks): a
+            ``model`` that is not the one ``config.model`` names (path, dtype, device), a layer out of range,
+            ``seq_len`` above the model's maximum positions; an unknown store dtype, ``shard_tokens < 1``. During
+            collection: NaN/inf activations, float16 overflow, a corpus too small for ``n_tokens``.
+        NotADirectoryError: ``root`` is a file.
         ImportError: an ``hf:`` corpus without the ``hub`` extra.
     """
+    from .activations import _checked_request
     from .corpus import Corpus
-    from .models import load_model
     from .paths import cache_dir
 
     _resolve_store_dtype(store_dtype)
-    if int(config.n_tokens) < 1:
-        raise ValueError(f"n_tokens must be >= 1; got {config.n_tokens}")
-    if int(config.batch_size) < 1 or int(config.seq_len) < 2:
-        raise ValueError(f"need batch_size >= 1 and seq_len >= 2; got {config.batch_size}, {config.seq_len}")
-    lm = model or load_model(config.model, device=config.device, dtype=config.dtype)
-    layers = tuple(range(1, lm.n_layers + 1)) if config.layers is None else tuple(sorted(set(int(l) for l in config.layers)))
-    bad = [l for l in layers if not 0 <= l <= lm.n_layers]
-    if bad or not layers:
-        raise ValueError(f"layer(s) {bad or list(layers)} out of range for {lm.name!r}: allowed 0..{lm.n_layers}")
+    _check_shard_tokens(shard_tokens)
+    if root is not None and Path(root).exists() and not Path(root).is_dir():
+        raise NotADirectoryError(f"stores root {str(root)!r} is a file, not a directory; pass a directory")
+    lm, layers = _checked_request(config, model, "collect_store")
     corpus = Corpus(config.corpus)
     base = Path(root) if root is not None else cache_dir("stores")
     n = int(config.n_tokens)
     dirs, keys = {}, {}
     cfp = "hub-stream" if corpus.source.startswith("hf:") else corpus.fingerprint(config.split)
+    label = _model_label(lm)
     for l in layers:
         keys[l] = collection_key(lm, config, l, store_dtype, corpus, cfp)
-        dirs[l] = base / f"{_slug(lm.name)}-L{l:03d}-{config.split}-{_digest_of(keys[l])[:16]}"
+        dirs[l] = base / f"{_slug(label)}-L{l:03d}-{config.split}-{_digest_of(keys[l])[:16]}"
     out: dict[int, ActivationStore] = {}
     with contextlib.ExitStack() as locks:
         for l in layers:
@@ -936,7 +1043,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
                     and existing.n_tokens >= n:
                 out[l] = existing
                 continue
-            info = {"model_name": lm.name, "model_path": str(lm.path), "layer": l}
+            info = {"model_name": label, "model_fingerprint": _model_fingerprint(lm), "layer": l}  # no machine paths
             writers[l] = _Writer(dirs[l], keys[l], lm.d_model, store_dtype, shard_tokens, info,
                                  name=f"activations of layer {l}")
         try:

@@ -15,6 +15,7 @@ from atomsnb.corpus import Corpus
 from atomsnb.fingerprints import file_sha256
 from atomsnb.massive import massive_activation_stats, massive_token_mask
 from atomsnb.models import ModelNotFoundError, UnsupportedModelError, load_model, model_card
+from atomsnb.store import collect_store
 from tiny_models import save_tiny
 
 
@@ -57,6 +58,14 @@ def collect(env, model_key="llama", model_obj=None, **kw):
     base.update(kw)
     lm = load_model(str(env[model_obj])) if model_obj else None
     return collect_activations(ActivationConfig(**base), model=lm, progress=False)
+
+
+def store(env, model_key="llama", model_obj=None, **kw):
+    """collect_store with the arguments of :func:`collect`: it must refuse what collect_activations refuses."""
+    base = dict(model=str(env[model_key]), layers=(1,), split="eval", n_tokens=20, seq_len=16)
+    base.update(kw)
+    lm = load_model(str(env[model_obj])) if model_obj else None
+    return collect_store(ActivationConfig(**base), model=lm, root=env["root"] / "stores", progress=False)
 
 
 ACTS = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
@@ -120,6 +129,21 @@ CASES = [
     ("config not a config", lambda e: collect_activations({"model": "default"}), TypeError, "dict",
      "must be an ActivationConfig"),
     ("too many tokens", lambda e: collect(e, n_tokens=10_000_000), ValueError, "n_tokens=10000000", "Lower n_tokens"),
+    # the activation store refuses the same (the same checks, before any forward pass)
+    ("store seq_len above positions", lambda e: store(e, "gpt2", seq_len=100, n_tokens=200), ValueError, "seq_len=100",
+     "use seq_len <= 64"),
+    ("store layer above n_layers", lambda e: store(e, layers=(3,)), ValueError, "[3]", "0..2"),
+    ("store model object mismatch", lambda e: store(e, "llama", model_obj="llama2"), ValueError, "llama2",
+     "pass the model config.model names"),
+    ("store model object dtype", lambda e: store(e, "llama", model_obj="llama", dtype="bfloat16"), ValueError,
+     "'bfloat16'", "load it with dtype='bfloat16'"),
+    ("store config not a config", lambda e: collect_store({"model": "default"}), TypeError, "dict",
+     "must be an ActivationConfig"),
+    ("store shard_tokens 0", lambda e: collect_store(cfg(model=str(e["llama"])), shard_tokens=0,
+                                                     root=e["root"] / "stores"), ValueError, "got 0",
+     "shard_tokens must be None (default_shard_tokens) or an integer >= 1"),
+    ("store root is a file", lambda e: collect_store(cfg(model=str(e["llama"])), root=e["afile"]), NotADirectoryError,
+     "afile.txt", "is a file, not a directory"),
     ("token_windows seq_len", lambda e: token_windows(load_model(str(e["llama"])).tokenizer, Corpus(), "eval",
                                                      n_tokens=5, seq_len=1, seed=0), ValueError, "got 1", ">= 2"),
     # massive activations / AIP exclusion
@@ -158,6 +182,7 @@ def test_bad_input_is_refused_with_a_clear_message(case, env):
     msg = str(info.value)
     assert value in msg, f"message does not name the offending value {value!r}: {msg}"
     assert allowed in msg, f"message does not say what is allowed ({allowed!r}): {msg}"
+    assert not (env["root"] / "stores").exists(), "collect_store wrote a store before refusing its input"
 
 
 def test_enough_cases():

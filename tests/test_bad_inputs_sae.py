@@ -99,6 +99,12 @@ CASES = [
     ("stream buffer_tokens=0", lambda t: lambda: ShuffledBatches(MemorySource(X), 8, buffer_tokens=0), ValueError,
      ["buffer_tokens", ">= 1"]),
     ("empty batches", lambda t: lambda: write_store(t / "s", iter([])), ValueError, ["no batch"]),
+    ("shard_tokens=0", lambda t: lambda: write_store(t / "s", X, shard_tokens=0), ValueError,
+     ["got 0", "shard_tokens must be None (default_shard_tokens) or an integer >= 1"]),
+    ("shard_tokens=2.5", lambda t: lambda: write_store(t / "s", X, shard_tokens=2.5), ValueError,
+     ["got 2.5", "an integer >= 1"]),
+    ("store path is a file", lambda t: lambda: write_store(_file(t), X), NotADirectoryError,
+     ["a_file", "is a file, not a directory"]),
 ]
 
 
@@ -114,3 +120,5 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, name, make, exc, wo
     for w in words:
         assert w in msg, (w, msg)
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())  # no work was done
+    if name != "float16 overflow":  # found in the rows as they are written (data may be a stream)
+        assert not (tmp_path / "s").exists()  # no store directory was made

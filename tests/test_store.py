@@ -83,6 +83,51 @@ def test_resuming_an_iterable_and_growing_a_store(tmp_path):
         write_store(tmp_path / "whole", iter([x]), key={"k": 1}, shard_tokens=512)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resuming_from_other_data_under_the_same_key_is_refused(tmp_path, dtype):
+    """The key alone cannot tell two iterables apart: the manifest's head digest (of the first rows) does."""
+    import hashlib
+
+    x, y = _data(seed=0), _data(seed=1)
+    st = write_store(tmp_path / "s", iter([x[:1000]]), dtype=dtype, shard_tokens=400, key={"k": 1})
+    # the head: SHA-256 of the first min(HEAD_ROWS, shard_tokens) rows as stored, computed here from numpy's bytes
+    first = x[:400].to(st.dtype).view(torch.int16 if dtype == "bfloat16" else torch.float32).numpy()
+    raw = f"{dtype}|(400, 12)|".encode() + first.tobytes()
+    assert st.head == {"rows": 400, "sha256": hashlib.sha256(raw).hexdigest()}
+    assert json.loads((tmp_path / "s" / MANIFEST).read_text())["head"] == st.head
+    before = _tree(tmp_path / "s")
+    for other, words in ((iter(torch.split(y, 256)), "has other rows"), (iter([x[:399]]), "gave only 399 rows"),
+                         (iter([torch.cat([x[:399], y[399:]])]), "has other rows")):
+        with pytest.raises(StoreMismatchError) as info:
+            write_store(tmp_path / "s", other, dtype=dtype, key={"k": 1})
+        msg = str(info.value)
+        assert str(tmp_path / "s") in msg and words in msg and "delete the directory" in msg and "another key" in msg
+        assert _tree(tmp_path / "s") == before  # nothing written
+    # the same data in other batches resumes (and grows) the store
+    grown = write_store(tmp_path / "s", iter(torch.split(x, 333)), dtype=dtype, key={"k": 1})
+    assert torch.equal(grown.read(0, 3000), x.to(grown.dtype)) and grown.head == st.head
+
+
+def test_a_store_smaller_than_its_head_and_one_without_a_head_are_checked_too(tmp_path):
+    x, y = _data(seed=0), _data(seed=1)
+    # 100 rows: the head covers them all, and a resumption rewrites the partial shard from row 0
+    write_store(tmp_path / "small", iter([x[:100]]), shard_tokens=400, key={"k": 1})
+    assert ActivationStore(tmp_path / "small").head["rows"] == 100
+    with pytest.raises(StoreMismatchError, match="first 100 rows"):
+        write_store(tmp_path / "small", iter([y]), key={"k": 1})
+    grown = write_store(tmp_path / "small", iter([x]), key={"k": 1})
+    assert grown.head["rows"] == 400 and torch.equal(grown.read(0, 3000), x)
+    # a manifest written before heads existed: the head is read from the shards on disk
+    write_store(tmp_path / "old", iter([x[:1000]]), shard_tokens=400, key={"k": 1})
+    man = json.loads((tmp_path / "old" / MANIFEST).read_text())
+    expected = man.pop("head")
+    (tmp_path / "old" / MANIFEST).write_text(json.dumps(man))
+    assert ActivationStore(tmp_path / "old").head is None
+    with pytest.raises(StoreMismatchError, match="first 400 rows"):
+        write_store(tmp_path / "old", iter([y]), key={"k": 1})
+    assert write_store(tmp_path / "old", iter([x]), key={"k": 1}).head == expected
+
+
 def test_damage_is_detected(tmp_path):
     x = _data()
     st = write_store(tmp_path / "s", x, shard_tokens=1000)
@@ -104,6 +149,40 @@ def test_damage_is_detected(tmp_path):
     (tmp_path / "s" / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(CacheCorruptError, match="out of sequence"):
         ActivationStore(tmp_path / "s")
+
+
+_BAD_MANIFESTS = {
+    "not JSON": lambda man: b"{",
+    "empty file": lambda man: b"",
+    "not UTF-8": lambda man: b"\xff\xfe",
+    "a list": lambda man: b"[]",
+    "a string": lambda man: b'"manifest"',
+    "huge d_model": lambda man: json.dumps({**man, "d_model": 1e400}).encode(),
+    "d_model as text": lambda man: json.dumps({**man, "d_model": "12"}).encode(),
+    "shard_tokens zero": lambda man: json.dumps({**man, "shard_tokens": 0, "shards": []}).encode(),
+    "shards not a list": lambda man: json.dumps({**man, "shards": {"0": 1}}).encode(),
+    "shard not an object": lambda man: json.dumps({**man, "shards": ["shard_000000.safetensors"]}).encode(),
+    "float row bounds": lambda man: json.dumps({**man, "shards": [{**e, "stop": e["stop"] + 0.5} for e in man["shards"]]}).encode(),
+    "shard without stop": lambda man: json.dumps({**man, "shards": [{"file": e["file"]} for e in man["shards"]]}).encode(),
+    "key not an object": lambda man: json.dumps({**man, "key": [1]}).encode(),
+    "info not an object": lambda man: json.dumps({**man, "info": "x"}).encode(),
+    "no format": lambda man: json.dumps({k: v for k, v in man.items() if k != "format"}).encode(),
+    "head not hex": lambda man: json.dumps({**man, "head": {"rows": 128, "sha256": "x" * 64}}).encode(),
+    "head beyond the first shard": lambda man: json.dumps({**man, "head": {**man["head"], "rows": 129}}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", list(_BAD_MANIFESTS))
+def test_a_bad_manifest_is_a_corrupt_cache_naming_the_file_and_the_fix(tmp_path, damage):
+    write_store(tmp_path / "s", _data(n=300, d=4), shard_tokens=128)
+    path = tmp_path / "s" / MANIFEST
+    path.write_bytes(_BAD_MANIFESTS[damage](json.loads(path.read_text())))
+    with pytest.raises(CacheCorruptError) as info:
+        ActivationStore(tmp_path / "s")
+    msg = str(info.value)
+    assert str(path) in msg and f"delete the directory {str(tmp_path / 's')!r} to recollect" in msg, msg
+    # a writer treats it as no store and writes the store again
+    assert write_store(tmp_path / "s", _data(n=300, d=4), shard_tokens=128).n_tokens == 300
 
 
 def test_bad_rows_are_refused(tmp_path):
@@ -248,6 +327,47 @@ def test_collected_store_equals_collect_activations_and_grows_by_prefix(tmp_path
     key = stores[1].key
     assert key["layer"] == 1 and key["split"] == "eval" and key["store_dtype"] == "float32" and key["model"]
     assert stores[1].path != stores[2].path
+
+
+def test_collect_store_checks_its_request_as_collect_activations_does(tmp_path, tiny, text_file):
+    """seq_len beyond the model's positions (rotary Llama would run on silently) and a loaded model other than the
+    one config.model names are refused before any store directory exists."""
+    from atomsnb.models import load_model
+
+    root = tmp_path / "stores"
+    with pytest.raises(ValueError, match=r"seq_len=300 exceeds the maximum positions .*use seq_len <= 256"):
+        collect_store(_cfg(tiny, text_file, seq_len=300, n_tokens=600), root=root, progress=False)
+    other = load_model(str(save_tiny("llama", tmp_path / "other", seed=1)))
+    with pytest.raises(ValueError, match=r"passed to collect_store was loaded from .*other.*pass the model config.model"):
+        collect_store(_cfg(tiny, text_file), model=other, root=root, progress=False)
+    assert not root.exists()
+
+
+def test_a_store_records_no_machine_path(tmp_path, tmp_path_factory, tiny):
+    """A model loaded from a (temporary) directory: neither the directory names nor the manifest hold its path, the
+    store's path or the home directory; the model is named by its folder's name and its weights fingerprint."""
+    import re
+
+    root = tmp_path / "stores"
+    st = collect_store(_cfg(str(tiny), "pydoc-topics", n_tokens=200, layers=(1,)), root=root, shard_tokens=64,
+                       progress=False)[1]
+    forbidden = [str(tmp_path_factory.getbasetemp()), str(Path.home()), "pytest-of"]
+    names = [str(p.relative_to(root)) for p in root.rglob("*")]
+    assert re.fullmatch(rf"{re.escape(tiny.name)}-L001-eval-[0-9a-f]{{16}}", st.path.name), st.path.name
+    text = (st.path / MANIFEST).read_text()
+    for bad in forbidden:
+        assert not any(bad in n for n in names), (bad, names)
+        assert bad not in text, (bad, text)
+    assert st.info == {"model_name": tiny.name, "model_fingerprint": st.key["model"], "layer": 1}
+    # registered names and hub ids are kept as given; a relative or home-relative folder is named by its own name
+    from types import SimpleNamespace
+
+    from atomsnb.store import _model_label
+
+    for name, path, label in (("smollm2-135m", "/x/models/smollm2-135m", "smollm2-135m"),
+                              ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M"),
+                              ("./runs/final", "/home/u/runs/final", "final"), ("~/m/tiny", "/home/u/m/tiny", "tiny")):
+        assert _model_label(SimpleNamespace(name=name, path=path)) == label
 
 
 _KILLER = """
