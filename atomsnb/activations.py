@@ -46,7 +46,7 @@ from .models import LoadedModel, load_model, resolve_device, resolve_dtype, reso
 from .paths import cache_dir
 
 __all__ = ["ActivationConfig", "Activations", "CAPTURE_VERSION", "collect_activations", "token_windows",
-           "capture_residual_stream", "next_token_loss"]
+           "capture_residual_stream", "next_token_loss", "checked_request"]
 
 #: Bump when the capture code changes what it returns for the same model and config (enters every cache key).
 CAPTURE_VERSION = 2
@@ -292,7 +292,7 @@ def _check_model_matches(lm: LoadedModel, config: ActivationConfig, caller: str 
                          f"{config.device!r}; load it with device={config.device!r} or change the config")
 
 
-def _checked_request(config: ActivationConfig, model: LoadedModel | None,
+def checked_request(config: ActivationConfig, model: LoadedModel | None,
                      caller: str = "collect_activations") -> tuple[LoadedModel, tuple[int, ...]]:
     """Check a collection request against the model before any forward pass; shared by :func:`collect_activations`
     and :func:`atomsnb.store.collect_store` (``caller`` names the function in the messages).
@@ -355,7 +355,7 @@ def collect_activations(config: ActivationConfig, *, model: LoadedModel | None =
             the layer).
         RuntimeError: the forward loop did not fill every row (a bug; nothing is cached).
     """
-    lm, layers = _checked_request(config, model)
+    lm, layers = checked_request(config, model)
     corpus = Corpus(config.corpus)
     prefix = tokenizer_prefix(lm.tokenizer)
     key = _cache_key(lm, config, corpus, prefix)

@@ -1011,7 +1011,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
         NotADirectoryError: ``root`` is a file.
         ImportError: an ``hf:`` corpus without the ``hub`` extra.
     """
-    from .activations import _checked_request
+    from .activations import checked_request
     from .corpus import Corpus
     from .paths import cache_dir
 
@@ -1019,7 +1019,7 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
     _check_shard_tokens(shard_tokens)
     if root is not None and Path(root).exists() and not Path(root).is_dir():
         raise NotADirectoryError(f"stores root {str(root)!r} is a file, not a directory; pass a directory")
-    lm, layers = _checked_request(config, model, "collect_store")
+    lm, layers = checked_request(config, model, "collect_store")
     corpus = Corpus(config.corpus)
     base = Path(root) if root is not None else cache_dir("stores")
     n = int(config.n_tokens)
