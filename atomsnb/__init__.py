@@ -9,6 +9,8 @@ One module per idea of the paper:
 - :mod:`atomsnb.default_model`: the small docstring GPT-2 trained here (built on demand).
 - :mod:`atomsnb.models`: one loader for every causal LM (registered name, local path, hub id).
 - :mod:`atomsnb.fingerprints`: content hashes of model files (the activation cache's key).
+- :mod:`atomsnb.codeprint`: the fingerprint of the code behind a cached result (its modules' import closure and the
+  library versions): part of every cache key.
 - :mod:`atomsnb.activations`: residual-stream activations through forward hooks, cached; next-token loss.
 - :mod:`atomsnb.massive`: massive activations, the criterion for leaving them out of ``S``.
 - :mod:`atomsnb.shift`: representation shift per layer, held-out and other-domain text, related pairs (paper §3).
