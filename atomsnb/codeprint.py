@@ -245,7 +245,7 @@ def _still_valid(stats: dict) -> bool:
 
 def code_fingerprint(*entries, root: str | os.PathLike | None = None) -> CodeFingerprint:
     """Fingerprint the code that ``entries`` run: their modules' import closure within the package, and the library
-    versions (SPEC: every cache key names everything that determines the cached bytes).
+    versions: the code part of a cache key, which must name everything that determines the cached bytes.
 
     Args:
         *entries: at least one module, function, class (its ``__module__`` is used) or dotted module name, all in
