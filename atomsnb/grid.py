@@ -20,15 +20,14 @@ give the tables for a reader; :func:`describe_capacity` and :func:`describe_laye
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from .aip import MIN_TOKENS_PER_DIM
+from .codeprint import code_fingerprint
 from .metrics import METRIC_LABELS
 from .models import check_model
 from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS
@@ -48,13 +47,11 @@ FAMILIES = ("neurons", "features", "atoms")
 
 
 def code_version() -> str:
-    """SHA-256 (12 hex digits) of the package's source: part of every grid point, so results computed by
-    other code are never reused from a results store."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+    """The fingerprint (12 hex digits) of the code a grid point runs: :func:`atomsnb.codeprint.code_fingerprint` of
+    :func:`capacity_point` and :func:`layer_point` (their modules' import closure, wherever those modules live, and
+    the torch/transformers/safetensors versions). Part of every grid point, so results computed by other code are
+    never reused from a results store."""
+    return code_fingerprint(capacity_point, layer_point).digest[:12]
 
 
 @functools.lru_cache(maxsize=1)

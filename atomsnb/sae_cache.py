@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .aip import AIP
+from .codeprint import code_fingerprint
 from .io import CacheCorruptError, load_json, save_json, tensor_digest
 from .paths import cache_dir
 from .sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, train_sae
@@ -27,13 +27,11 @@ SAE_CACHE_VERSION = 1
 
 
 def _sae_cache_key(train_acts, aip: AIP | None, config: SAEConfig, n_tokens: int | None = None) -> str:
-
-
-    h = hashlib.sha256()
-    for name in ("sae.py", "store.py", "aip.py"):  # the code that trains: other code never shares a cached SAE
-        h.update((Path(__file__).parent / name).read_bytes())
-    parts = {"version": SAE_CACHE_VERSION, "code": h.hexdigest(), "config": config.to_dict(),
-             "threads": torch.get_num_threads(), "torch": torch.__version__,
+    # the code that trains, saves and loads (their modules' import closure and the library versions): other code
+    # never shares a cached SAE
+    code = code_fingerprint(train_sae, save_sae, load_sae).digest
+    parts = {"version": SAE_CACHE_VERSION, "code": code, "config": config.to_dict(),
+             "threads": torch.get_num_threads(),
              "data": (tensor_digest({"acts": train_acts}) if isinstance(train_acts, torch.Tensor)
                       else [train_acts.fingerprint(), int(train_acts.n_tokens if n_tokens is None else n_tokens)]),
              "aip": None if aip is None else [tensor_digest({"sum": aip._sum}), aip.n_tokens, aip.ridge, aip.pinv]}
@@ -45,8 +43,10 @@ def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens
     """:func:`atomsnb.sae.train_sae` with a cache of trained SAEs (paper §6, SPEC §6).
 
     The cache (``$ATOMSNB_CACHE/saes/<key>``) is keyed by everything that determines the trained weights: the
-    training activations' bytes (a store's key and the prefix used), the AIP's accumulated second moment, the full :class:`SAEConfig`, the torch thread
-    count and version, and the source of the training code (``sae.py``, ``store.py``, ``aip.py``). So a chapter that
+    training activations' bytes (a store's key and the prefix used), the AIP's accumulated second moment, the full
+    :class:`SAEConfig`, the torch thread count, and the code that trains (:func:`atomsnb.codeprint.code_fingerprint`
+    of :func:`atomsnb.sae.train_sae`, ``save_sae`` and ``load_sae``: their modules' import closure, and the
+    torch/transformers/safetensors versions). So a chapter that
     trains the SAE another chapter trained (chapter 5 reuses chapter 2's) loads it instead, and any change to the
     data, the settings or the code trains afresh. Entries are written atomically and checksummed; a damaged one is
     reported and retrained.

@@ -6,7 +6,7 @@ not grow with ``|M|``:
 
 - **One store per (model, layer, corpus, split, seed)**, keyed by what determines its bytes: the model's weights
   fingerprint, layer, corpus and its fingerprint, split, seed, window length, BOS handling, the forward batch
-  size, model dtype, device type, storage dtype and the capture code's version (:func:`collection_key`).
+  size, model dtype, device type, storage dtype and the capture code's fingerprint (:func:`collection_key`).
 - **Shards**: ``shard_NNNNNN.safetensors`` files of ``shard_tokens`` rows ``[rows, d_model]`` in the storage dtype
   (``float32``, or ``bfloat16`` / ``float16`` to halve the disk), each written atomically and checksummed by
   :mod:`atomsnb.io`; a manifest ``manifest.json`` (written atomically, see :data:`MANIFEST`) records the key, the
@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
-import inspect
 import json
 import math
 import numbers
@@ -46,6 +44,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from .aip import AIP, check_finite
+from .codeprint import code_fingerprint
 from .io import CacheCorruptError, load_json, load_tensors, save_json, save_tensors, tensor_digest
 
 __all__ = [
@@ -781,13 +780,13 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
 # ---------------------------------------------------------------------------------------------------------------------
 # Collecting from a model
 # ---------------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
 def _capture_code_version() -> str:
+    """:func:`atomsnb.codeprint.code_fingerprint` (16 hex digits) of the capture code: the modules of the functions
+    that turn text into stored rows and everything they import, plus the torch/transformers/safetensors versions."""
     from . import activations
 
-    parts = [inspect.getsource(activations.capture_residual_stream), inspect.getsource(activations.token_windows),
-             inspect.getsource(_collect), inspect.getsource(_windows_in_memory), inspect.getsource(_windows_streaming)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return code_fingerprint(activations.capture_residual_stream, activations.token_windows, _collect,
+                            _windows_in_memory, _windows_streaming).digest[:16]
 
 
 _MODEL_FP_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()

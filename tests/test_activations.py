@@ -191,10 +191,12 @@ def test_next_token_loss_matches_transformers_own_loss(tmp_path):
     assert got["n_tokens"] == len(w) * 15 and got["loss"] == pytest.approx(ref, rel=1e-5)
 
 
-def test_capture_version_is_part_of_the_cache_key(tmp_path, monkeypatch):
-    """Activations cached by an older capture code are not returned once CAPTURE_VERSION changes (a fix to the capture
-    that leaves the weights and the config alone must not be hidden by the cache)."""
+def test_capture_code_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    """Activations cached by other capture code are not returned (a fix to the capture that leaves the weights and the
+    config alone must not be hidden by the cache): the key holds the code fingerprint, here changed through the torch
+    version it includes (an edit of the code itself: tests/test_code_fingerprint.py)."""
     import atomsnb.activations as act
+    import atomsnb.codeprint as cp
 
     path = save_tiny("llama", tmp_path / "m")
     cfg = ActivationConfig(model=str(path), layers=(1,), split="eval", n_tokens=40, seq_len=16)
@@ -202,6 +204,7 @@ def test_capture_version_is_part_of_the_cache_key(tmp_path, monkeypatch):
     real = act.capture_residual_stream
     monkeypatch.setattr(act, "capture_residual_stream",  # a "fixed" capture: different numbers
                         lambda *a, **k: {l: x + 1.0 for l, x in real(*a, **k).items()})
-    assert torch.equal(collect_activations(cfg).acts[1], before)  # same version: the cache answers
-    monkeypatch.setattr(act, "CAPTURE_VERSION", act.CAPTURE_VERSION + 1)
-    assert torch.equal(collect_activations(cfg).acts[1], before + 1.0)  # new version: recomputed
+    assert torch.equal(collect_activations(cfg).acts[1], before)  # same code: the cache answers
+    versions = cp.library_versions()
+    monkeypatch.setattr(cp, "library_versions", lambda: {**versions, "torch": versions["torch"] + ".other"})
+    assert torch.equal(collect_activations(cfg).acts[1], before + 1.0)  # other code: recomputed
