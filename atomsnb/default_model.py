@@ -180,7 +180,58 @@ def _windows(stream: torch.Tensor, starts: torch.Tensor, n_ctx: int, bos: int) -
     return torch.cat([torch.full((len(starts), 1), bos, dtype=torch.long), body], dim=1)
 
 
+def _train_lm(model, train_stream: torch.Tensor, bos: int, config: DefaultModelConfig, g: torch.Generator, *,
+              verbose: bool, t0: float) -> list[float]:
+    """Train ``model`` in place: AdamW (no decay on biases and norms), linear warmup then cosine decay to 10 % of
+    ``config.lr``, gradient clipping at 1, random windows of ``train_stream`` drawn with ``g``. Returns the losses
+    (nats per token), one per step."""
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return config.lr * (step + 1) / config.warmup_steps
+        frac = (step - config.warmup_steps) / max(1, config.n_steps - config.warmup_steps)
+        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    max_start = len(train_stream) - config.n_ctx
+    losses: list[float] = []
+    for step in range(config.n_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        starts = torch.randint(0, max_start, (config.batch_size,), generator=g)
+        batch = _windows(train_stream, starts, config.n_ctx, bos)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if verbose and (step + 1) % 50 == 0:
+            print(f"[docstring-gpt2] step {step + 1}/{config.n_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+
+    return losses
+
+
+def _validation_loss(model, val_stream: torch.Tensor, bos: int, config: DefaultModelConfig) -> float:
+    """Mean next-token loss (nats per token) of ``model`` on ``config.n_val_sequences`` random windows of
+    ``val_stream`` (seed ``config.seed + 1``)."""
+    model.eval()
+    gv = torch.Generator().manual_seed(config.seed + 1)
+    vstarts = torch.randint(0, len(val_stream) - config.n_ctx, (config.n_val_sequences,), generator=gv)
+    vbatch = _windows(val_stream, vstarts, config.n_ctx, bos)
+    with torch.no_grad():
+        return float(sum(model(input_ids=vbatch[i:i + 16], labels=vbatch[i:i + 16]).loss * len(vbatch[i:i + 16])
+                             for i in range(0, len(vbatch), 16)) / len(vbatch))
+
+
+
 def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
+    import transformers  # heavy: only when the model is built
     from transformers import GPT2Config, GPT2LMHeadModel
 
     t0 = time.time()
@@ -199,47 +250,12 @@ def _build(config: DefaultModelConfig, out: Path, *, verbose: bool) -> None:
     g = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     model = GPT2LMHeadModel(cfg)
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return config.lr * (step + 1) / config.warmup_steps
-        frac = (step - config.warmup_steps) / max(1, config.n_steps - config.warmup_steps)
-        return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
     bos = tok.bos_token_id
-    max_start = len(train_stream) - config.n_ctx
-    losses: list[float] = []
-    for step in range(config.n_steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        starts = torch.randint(0, max_start, (config.batch_size,), generator=g)
-        batch = _windows(train_stream, starts, config.n_ctx, bos)
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if verbose and (step + 1) % 50 == 0:
-            print(f"[docstring-gpt2] step {step + 1}/{config.n_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
-
-    model.eval()
-    gv = torch.Generator().manual_seed(config.seed + 1)
-    vstarts = torch.randint(0, len(val_stream) - config.n_ctx, (config.n_val_sequences,), generator=gv)
-    vbatch = _windows(val_stream, vstarts, config.n_ctx, bos)
-    with torch.no_grad():
-        val_loss = float(sum(model(input_ids=vbatch[i:i + 16], labels=vbatch[i:i + 16]).loss * len(vbatch[i:i + 16])
-                             for i in range(0, len(vbatch), 16)) / len(vbatch))
+    losses = _train_lm(model, train_stream, bos, config, g, verbose=verbose, t0=t0)
+    val_loss = _validation_loss(model, val_stream, bos, config)
 
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    import transformers
 
     card = {
         "name": MODEL_NAME,

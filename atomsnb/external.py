@@ -63,6 +63,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 __all__ = ["ExternalSAE", "TransposedLayoutError", "SUPPORTED_ARCHITECTURES", "SUPPORTED_NORMALIZATIONS",
            "load_saelens", "load_gemma_scope", "load_external_sae", "residual_layer_of_hook", "HookMismatchError",
@@ -554,6 +556,96 @@ def _read_scaler(folder: Path) -> float | None:
     return float(value)
 
 
+def _read_saelens_cfg(folder: Path) -> dict:
+    """The normalised ``cfg.json`` of a SAELens directory, after checking the directory, ``d_in``/``d_sae``, the
+    architecture, the normalisation and the reshape (each error names the file and what is allowed)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAELens SAE directory {str(folder)!r} does not exist or is not a directory; "
+                                f"expected a directory holding {_SAELENS_CFG} and {_SAELENS_WEIGHTS}")
+    missing = [f for f in (_SAELENS_CFG, _SAELENS_WEIGHTS) if not (folder / f).is_file()]
+    if missing:
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(f"{str(folder)!r} is missing {missing}: a SAELens SAE directory holds {_SAELENS_CFG} "
+                                f"and {_SAELENS_WEIGHTS} (found: {present})")
+    with open(folder / _SAELENS_CFG) as fh:
+        try:
+            raw_cfg = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{folder / _SAELENS_CFG} is not valid JSON: {exc}") from exc
+    if not isinstance(raw_cfg, dict):
+        raise ValueError(f"{folder / _SAELENS_CFG} must hold a JSON object; got {type(raw_cfg).__name__}")
+    cfg = _normalise_cfg(raw_cfg)
+    for key in ("d_in", "d_sae"):
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{folder / _SAELENS_CFG}: {key} must be a positive integer; got {v!r}")
+    arch = cfg.get("architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{folder / _SAELENS_CFG}: architecture {arch!r} is not supported; supported: "
+                         f"{list(SUPPORTED_ARCHITECTURES)} (SAELens' 'batchtopk' saves as 'jumprelu' for inference)")
+    norm = cfg.get("normalize_activations", "none")
+    if norm == "covariance_whitening":
+        raise ValueError(f"{folder / _SAELENS_CFG}: normalize_activations='covariance_whitening' is not supported: SAELens "
+                         f"folds the whitening into the weights when training ends, so this is an unfolded checkpoint; "
+                         f"fold it with SAELens (fold_activation_whitening) and save again. Supported: "
+                         f"{list(SUPPORTED_NORMALIZATIONS)}")
+    if norm not in SUPPORTED_NORMALIZATIONS:
+        raise ValueError(f"{folder / _SAELENS_CFG}: normalize_activations={norm!r} is not supported; supported: "
+                         f"{list(SUPPORTED_NORMALIZATIONS)}")
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in ("none", None):
+        raise ValueError(f"{folder / _SAELENS_CFG}: reshape_activations={reshape!r} is not supported (an attention hook_z "
+                         f"SAE, not the residual stream); supported: ['none']")
+    return cfg
+
+
+def _saelens_scaling_factor(folder: Path, norm: str, norm_scaling_factor: float | None) -> float | None:
+    """The constant ``s`` of ``normalize_activations = "expected_average_only_in"`` (given, or read from
+    ``activation_scaler.json``); None for the other normalisations, which must not be given one."""
+    if norm == "expected_average_only_in":
+        s = norm_scaling_factor if norm_scaling_factor is not None else _read_scaler(folder)
+        if s is None:
+            raise ValueError(f"{folder / _SAELENS_CFG}: normalize_activations='expected_average_only_in' means the SAE was "
+                             f"trained on activations multiplied by a constant s = sqrt(d_in) / E||x||, which is not in "
+                             f"this directory ({_SAELENS_SCALER} absent); pass norm_scaling_factor=s (SAELens' "
+                             f"pretrained_saes.yaml lists it as norm_scaling_factor)")
+    elif norm_scaling_factor is not None:
+        raise ValueError(f"norm_scaling_factor={norm_scaling_factor!r} was given but {folder / _SAELENS_CFG} has "
+                         f"normalize_activations={norm!r}; it applies only to 'expected_average_only_in'")
+    else:
+        s = None
+    return s
+
+
+def _read_saelens_weights(folder: Path, arch: str, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
+    """The tensors of ``sae_weights.safetensors`` an ``arch`` SAE uses (``log_threshold`` as ``threshold``), checked:
+    none missing, none unknown, shapes as ``d_in``/``d_sae``, no finetuning scaling factor other than ones."""
+    try:
+        state = load_file(str(folder / _SAELENS_WEIGHTS), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{folder / _SAELENS_WEIGHTS} is not a readable safetensors file: {exc}") from exc
+    if "threshold" not in state and "log_threshold" in state:
+        state["threshold"] = state.pop("log_threshold").double().exp()
+    if "scaling_factor" in state:
+        sf = state.pop("scaling_factor")
+        if not torch.allclose(sf, torch.ones_like(sf)):
+            raise ValueError(f"{folder / _SAELENS_WEIGHTS} holds a finetuning 'scaling_factor' that is not all ones; "
+                             f"such pre-6.0 SAEs are not supported (supported tensors: W_enc, W_dec, b_enc, b_dec, "
+                             f"threshold)")
+    required = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
+    allowed = set(required) | ({"threshold"} if arch == "jumprelu" else set())
+    absent = [k for k in required if k not in state]
+    if absent:
+        raise ValueError(f"{folder / _SAELENS_WEIGHTS} lacks {absent} needed by architecture {arch!r}; it holds "
+                         f"{sorted(state)} (a {arch!r} SAE needs {required})")
+    unknown = sorted(set(state) - allowed)
+    if unknown:
+        raise ValueError(f"{folder / _SAELENS_WEIGHTS} holds tensors {unknown} that a {arch!r} SAE does not use "
+                         f"(allowed: {sorted(allowed)}); refusing to guess their role")
+    _check_shapes(state, d_in, d_sae, str(folder / _SAELENS_WEIGHTS))
+    return state
+
+
 def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
                  norm_scaling_factor: float | None = None, layer: int | None = None, model: str | None = None,
                  allow_mismatch: bool = False, name: str | None = None) -> ExternalSAE:
@@ -591,84 +683,13 @@ def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = N
             NaN/inf weights. Each message names the bad value and what is allowed.
     """
     folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"SAELens SAE directory {str(folder)!r} does not exist or is not a directory; "
-                                f"expected a directory holding {_SAELENS_CFG} and {_SAELENS_WEIGHTS}")
-    missing = [f for f in (_SAELENS_CFG, _SAELENS_WEIGHTS) if not (folder / f).is_file()]
-    if missing:
-        present = sorted(p.name for p in folder.iterdir())
-        raise FileNotFoundError(f"{str(folder)!r} is missing {missing}: a SAELens SAE directory holds {_SAELENS_CFG} "
-                                f"and {_SAELENS_WEIGHTS} (found: {present})")
-    with open(folder / _SAELENS_CFG) as fh:
-        try:
-            raw_cfg = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{folder / _SAELENS_CFG} is not valid JSON: {exc}") from exc
-    if not isinstance(raw_cfg, dict):
-        raise ValueError(f"{folder / _SAELENS_CFG} must hold a JSON object; got {type(raw_cfg).__name__}")
-    cfg = _normalise_cfg(raw_cfg)
-    for key in ("d_in", "d_sae"):
-        v = cfg.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{folder / _SAELENS_CFG}: {key} must be a positive integer; got {v!r}")
-    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-    arch = cfg.get("architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"{folder / _SAELENS_CFG}: architecture {arch!r} is not supported; supported: "
-                         f"{list(SUPPORTED_ARCHITECTURES)} (SAELens' 'batchtopk' saves as 'jumprelu' for inference)")
+    cfg = _read_saelens_cfg(folder)
+    d_in, d_sae, arch = cfg["d_in"], cfg["d_sae"], cfg.get("architecture")
     norm = cfg.get("normalize_activations", "none")
-    if norm == "covariance_whitening":
-        raise ValueError(f"{folder / _SAELENS_CFG}: normalize_activations='covariance_whitening' is not supported: SAELens "
-                         f"folds the whitening into the weights when training ends, so this is an unfolded checkpoint; "
-                         f"fold it with SAELens (fold_activation_whitening) and save again. Supported: "
-                         f"{list(SUPPORTED_NORMALIZATIONS)}")
-    if norm not in SUPPORTED_NORMALIZATIONS:
-        raise ValueError(f"{folder / _SAELENS_CFG}: normalize_activations={norm!r} is not supported; supported: "
-                         f"{list(SUPPORTED_NORMALIZATIONS)}")
-    reshape = cfg.get("reshape_activations", "none")
-    if reshape not in ("none", None):
-        raise ValueError(f"{folder / _SAELENS_CFG}: reshape_activations={reshape!r} is not supported (an attention hook_z "
-                         f"SAE, not the residual stream); supported: ['none']")
-    if norm == "expected_average_only_in":
-        s = norm_scaling_factor if norm_scaling_factor is not None else _read_scaler(folder)
-        if s is None:
-            raise ValueError(f"{folder / _SAELENS_CFG}: normalize_activations='expected_average_only_in' means the SAE was "
-                             f"trained on activations multiplied by a constant s = sqrt(d_in) / E||x||, which is not in "
-                             f"this directory ({_SAELENS_SCALER} absent); pass norm_scaling_factor=s (SAELens' "
-                             f"pretrained_saes.yaml lists it as norm_scaling_factor)")
-    elif norm_scaling_factor is not None:
-        raise ValueError(f"norm_scaling_factor={norm_scaling_factor!r} was given but {folder / _SAELENS_CFG} has "
-                         f"normalize_activations={norm!r}; it applies only to 'expected_average_only_in'")
-    else:
-        s = None
+    s = _saelens_scaling_factor(folder, norm, norm_scaling_factor)
+    state = _read_saelens_weights(folder, arch, d_in, d_sae)
     compute_dtype = _resolve_dtype(dtype, cfg.get("dtype") or "float32")
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(folder / _SAELENS_WEIGHTS), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{folder / _SAELENS_WEIGHTS} is not a readable safetensors file: {exc}") from exc
-    if "threshold" not in state and "log_threshold" in state:
-        state["threshold"] = state.pop("log_threshold").double().exp()
-    if "scaling_factor" in state:
-        sf = state.pop("scaling_factor")
-        if not torch.allclose(sf, torch.ones_like(sf)):
-            raise ValueError(f"{folder / _SAELENS_WEIGHTS} holds a finetuning 'scaling_factor' that is not all ones; "
-                             f"such pre-6.0 SAEs are not supported (supported tensors: W_enc, W_dec, b_enc, b_dec, "
-                             f"threshold)")
-    required = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
-    allowed = set(required) | ({"threshold"} if arch == "jumprelu" else set())
-    absent = [k for k in required if k not in state]
-    if absent:
-        raise ValueError(f"{folder / _SAELENS_WEIGHTS} lacks {absent} needed by architecture {arch!r}; it holds "
-                         f"{sorted(state)} (a {arch!r} SAE needs {required})")
-    unknown = sorted(set(state) - allowed)
-    if unknown:
-        raise ValueError(f"{folder / _SAELENS_WEIGHTS} holds tensors {unknown} that a {arch!r} SAE does not use "
-                         f"(allowed: {sorted(allowed)}); refusing to guess their role")
-    _check_shapes(state, d_in, d_sae, str(folder / _SAELENS_WEIGHTS))
     hook_name = _cfg_get(cfg, "hook_name")
     t = {k: v.to(device=device, dtype=compute_dtype) for k, v in state.items()}
     sae = ExternalSAE(

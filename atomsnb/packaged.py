@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .architecture import decoder_layers, tokenizer_prefix
 from .fingerprints import file_sha256
 from .io import CacheCorruptError, json_digest, load_json, save_json
 from .paths import cache_dir
@@ -360,23 +361,14 @@ def ensure_packaged_model(name: str, *, verbose: bool = True) -> Path:
     return path
 
 
-def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
-    import accelerate
-    import gguf
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _save_from_gguf(spec: PackagedModel, gguf_path: Path, out: Path):
+    """Load the GGUF model and tokenizer with transformers and save them to ``out`` as float32 safetensors.
 
-    from .architecture import tokenizer_prefix
+    Returns ``(model, tokenizer, tokenizer_seconds)``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when converting
 
     t0 = time.time()
-    work = out / ".work"
-    work.mkdir()
-    gguf_path = locate_gguf(spec.name, work)
-    if verbose:
-        print(f"[{spec.name}] converting {gguf_path.name} (SHA-256 {spec.gguf_sha256[:12]}...) to safetensors; "
-              "this happens once", flush=True)
-    summary = gguf_summary(gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     t_tok = time.time() - t0
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
@@ -388,12 +380,18 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
     model.config.name_or_path = spec.name
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    shutil.rmtree(work)
-    dist = _distribution(spec, spec.package)
-    licence_src = Path(dist.locate_file(spec.licence_file))
-    shutil.copyfile(licence_src, out / licence_src.name)
+    return model, tokenizer, t_tok
 
-    # the saved copy must reproduce the GGUF model exactly
+
+def _verify_copy(spec: PackagedModel, model, tokenizer, out: Path):
+    """The saved copy must reproduce the GGUF model exactly: the same token ids and bit-identical logits on
+    :data:`PROBE_TEXT`. Returns ``(reloaded, reloaded_tokenizer, probe_ids, probe_loss)``.
+
+    Raises:
+        ConversionError: the tokenizer or the logits differ."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when converting
+
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     tok2 = AutoTokenizer.from_pretrained(str(out))
     ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
@@ -405,12 +403,19 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
         raise ConversionError(f"[{spec.name}] the saved copy's logits differ from the GGUF model's "
                               f"(max |diff| {float((a - b).abs().max()):.3g}); nothing was cached")
     probe_loss = float(torch.nn.functional.cross_entropy(a[0, :-1], ids[0, 1:]))
+    return reloaded, tok2, ids, probe_loss
+
+
+def _card(spec: PackagedModel, dist, gguf_path: Path, summary: dict, licence_src: Path, reloaded, tok2, ids,
+          probe_loss: float, files: dict, seconds: tuple[float, float]) -> dict:
+    """The model card of a conversion (unsealed): source, quantisation, licence, shape, tokenizer, probe, files,
+    versions. ``seconds``: ``(conversion, tokenizer conversion)``."""
+    import accelerate
+    import torch
+    import transformers  # heavy: only when converting
 
     cfg = reloaded.config
-    from .architecture import decoder_layers
-
-    files = {p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != licence_src.name}
-    card = {
+    return {
         "name": spec.name,
         "title": spec.title,
         "family": spec.family,
@@ -435,14 +440,41 @@ def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
         "dtype": "float32",
         "probe": {"text": PROBE_TEXT, "n_tokens": int(ids.shape[1]), "loss_nats_per_token": probe_loss,
                   "logits_identical_after_reload": True},
-        "conversion_time_s": round(time.time() - t0, 2),
-        "tokenizer_conversion_time_s": round(t_tok, 2),
+        "conversion_time_s": round(seconds[0], 2),
+        "tokenizer_conversion_time_s": round(seconds[1], 2),
         "converter_version": CONVERTER_VERSION,
         "files": files,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "gguf": _version("gguf"),
                      "accelerate": accelerate.__version__, "python": platform.python_version()},
     }
-    del gguf  # imported only to fail early with a clear ImportError when it is missing
+
+
+def _convert(spec: PackagedModel, out: Path, *, verbose: bool) -> None:
+    """Convert ``spec``'s GGUF into ``out`` (float32 safetensors, tokenizer, licence copy), verify the copy
+    (:func:`_verify_copy`) and write its sealed card last (:data:`CARD_FILE`: a conversion without one is unfinished).
+
+    Raises:
+        ConversionError: the copy differs from the GGUF model, or a required file was not written."""
+    import gguf  # noqa: F401 - imported only to fail early with a clear ImportError when it is missing
+    import transformers  # heavy: only when converting
+
+    t0 = time.time()
+    work = out / ".work"
+    work.mkdir()
+    gguf_path = locate_gguf(spec.name, work)
+    if verbose:
+        print(f"[{spec.name}] converting {gguf_path.name} (SHA-256 {spec.gguf_sha256[:12]}...) to safetensors; "
+              "this happens once", flush=True)
+    summary = gguf_summary(gguf_path)
+    model, tokenizer, t_tok = _save_from_gguf(spec, gguf_path, out)
+    shutil.rmtree(work)
+    dist = _distribution(spec, spec.package)
+    licence_src = Path(dist.locate_file(spec.licence_file))
+    shutil.copyfile(licence_src, out / licence_src.name)
+    reloaded, tok2, ids, probe_loss = _verify_copy(spec, model, tokenizer, out)
+    files = {p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != licence_src.name}
+    card = _card(spec, dist, gguf_path, summary, licence_src, reloaded, tok2, ids, probe_loss, files,
+                 (time.time() - t0, t_tok))
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise ConversionError(f"[{spec.name}] the conversion wrote no {missing} (it wrote {sorted(files)}); "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+from tqdm import tqdm
 
 from .aip import AIP, check_finite
 from .codeprint import code_fingerprint
@@ -672,6 +674,64 @@ class _Writer:
         return ActivationStore(self.path)
 
 
+def _store_source(path: Path, data, key: Mapping | None) -> tuple[dict, Iterator[torch.Tensor], int]:
+    """``(key, chunks, d_model)`` of :func:`write_store`'s ``data``: a tensor's key defaults to its SHA-256 and it is cut
+    in chunks of 65,536 rows; an iterable's first batch gives ``d_model`` (and is put back in front)."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1 or not data.is_floating_point():
+            raise ValueError(f"data must be a non-empty floating tensor [n_tokens, d_model]; got shape {tuple(data.shape)} "
+                             f"dtype {data.dtype}")
+        key = dict(key) if key is not None else {"source": "tensor", "sha256": tensor_digest({"acts": data})}
+        chunks: Iterator[torch.Tensor] = (data[s:s + 65536] for s in range(0, data.shape[0], 65536))
+        d_model = int(data.shape[1])
+    else:
+        if key is None and (path / MANIFEST).is_file():
+            raise ValueError(f"{path} already holds a store: pass key= (what determines the batches) to resume it")
+        key = dict(key) if key is not None else {"source": "batches"}
+        it = iter(data)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("data yielded no batch: nothing to store") from None
+        first = torch.as_tensor(first)
+        if first.dim() != 2:
+            raise ValueError(f"each batch must be [n, d_model]; got shape {tuple(first.shape)}")
+        d_model = int(first.shape[1])
+        chunks = itertools.chain([first], it)
+
+    return key, chunks, d_model
+
+
+def _check_head(path: Path, w: "_Writer", chunks: Iterator[torch.Tensor], key: dict, d_model: int) -> Iterator[torch.Tensor]:
+    """Resuming: the data's first rows must be the store's (the key alone cannot tell two iterables apart). Reads the
+    first :data:`HEAD_ROWS` rows of ``chunks`` and returns the chunks with them put back in front.
+
+    Raises:
+        StoreMismatchError: the data's first rows are not the store's, or there are fewer of them."""
+    want = w.stored_head["rows"]
+    peeked, got = [], 0
+    for x in chunks:
+        peeked.append(_checked_batch(x, d_model))
+        got += len(peeked[-1])
+        if got >= want:
+            break
+    rows = torch.cat(peeked)[:want].detach().to(w.dtype) if peeked else torch.empty(0, d_model, dtype=w.dtype)
+    if len(rows) < want or _head_digest(rows) != w.stored_head:
+        what = f"gave only {len(rows)} rows" if len(rows) < want else "has other rows"
+        raise StoreMismatchError(
+            f"{path} holds a store written from other data under the same key {key!r}: its first {want} rows "
+            f"(SHA-256 {w.stored_head['sha256'][:16]}...) are not the data's, which {what}; delete the "
+            "directory to write it from this data, or pass another key (or path)")
+    return itertools.chain(peeked, chunks)
+
+
+def _checked_batch(x, d_model: int) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() != 2 or x.shape[1] != d_model:
+        raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
+    return x
+
+
 def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Tensor], *, dtype: str = "float32",
                 shard_tokens: int | None = None, key: Mapping | None = None, info: Mapping | None = None,
                 progress: bool = False) -> ActivationStore:
@@ -702,68 +762,23 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
         StoreMismatchError: ``path`` holds a store with another key, d_model or dtype, or one with the same key whose
             first rows are not the first rows of ``data`` (delete the directory, or pass another key).
     """
-    import itertools
-
-    from tqdm import tqdm
-
     path = Path(path)
     _resolve_store_dtype(dtype)
     _check_shard_tokens(shard_tokens)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"store path {str(path)!r} is a file, not a directory; pass a directory")
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1 or not data.is_floating_point():
-            raise ValueError(f"data must be a non-empty floating tensor [n_tokens, d_model]; got shape {tuple(data.shape)} "
-                             f"dtype {data.dtype}")
-        key = dict(key) if key is not None else {"source": "tensor", "sha256": tensor_digest({"acts": data})}
-        chunks: Iterator[torch.Tensor] = (data[s:s + 65536] for s in range(0, data.shape[0], 65536))
-        d_model = int(data.shape[1])
-    else:
-        if key is None and (path / MANIFEST).is_file():
-            raise ValueError(f"{path} already holds a store: pass key= (what determines the batches) to resume it")
-        key = dict(key) if key is not None else {"source": "batches"}
-        it = iter(data)
-        try:
-            first = next(it)
-        except StopIteration:
-            raise ValueError("data yielded no batch: nothing to store") from None
-        first = torch.as_tensor(first)
-        if first.dim() != 2:
-            raise ValueError(f"each batch must be [n, d_model]; got shape {tuple(first.shape)}")
-        d_model = int(first.shape[1])
-        chunks = itertools.chain([first], it)
-
-    def batch(x) -> torch.Tensor:
-        x = torch.as_tensor(x)
-        if x.dim() != 2 or x.shape[1] != d_model:
-            raise ValueError(f"each batch must be [n, d_model={d_model}]; got shape {tuple(x.shape)}")
-        return x
+    key, chunks, d_model = _store_source(path, data, key)
 
     with _lock(path):
         _remove_orphans(path)
         w = _Writer(path, key, d_model, dtype, shard_tokens, info)
         try:
             if w.stored_head is not None:
-                # resuming: the data's first rows must be the store's (the key alone cannot tell two iterables apart)
-                want = w.stored_head["rows"]
-                peeked, got = [], 0
-                for x in chunks:
-                    peeked.append(batch(x))
-                    got += len(peeked[-1])
-                    if got >= want:
-                        break
-                chunks = itertools.chain(peeked, chunks)
-                rows = torch.cat(peeked)[:want].detach().to(w.dtype) if peeked else torch.empty(0, d_model, dtype=w.dtype)
-                if len(rows) < want or _head_digest(rows) != w.stored_head:
-                    what = f"gave only {len(rows)} rows" if len(rows) < want else "has other rows"
-                    raise StoreMismatchError(
-                        f"{path} holds a store written from other data under the same key {key!r}: its first {want} rows "
-                        f"(SHA-256 {w.stored_head['sha256'][:16]}...) are not the data's, which {what}; delete the "
-                        "directory to write it from this data, or pass another key (or path)")
+                chunks = _check_head(path, w, chunks, key, d_model)
             skip = w.durable  # rows already on disk: the data's first rows
             pos = 0
             for x in tqdm(chunks, desc=f"store {path.name}", disable=not progress or None, leave=False):
-                x = batch(x)
+                x = _checked_batch(x, d_model)
                 n = int(x.shape[0])
                 if pos + n > skip:
                     w.add(x[max(0, skip - pos):], max(pos, skip))
