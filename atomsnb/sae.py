@@ -653,7 +653,7 @@ class StepStats(NamedTuple):
     """Mean active latents per input."""
     sum_sq: float
     """``sum_b ||x_b||^2`` of the batch: ``1 - mse * B / sum_sq`` is the batch's uncentred R^2 in the SAE's input
-    coordinates, i.e. ``r2_aip`` when the SAE is whitened (the train history names it so)."""
+    coordinates (the training history's ``batch_r2_aip`` when the SAE is whitened, ``batch_r2_uncentred`` if not)."""
     sparse: bool
     """Whether the sparse route was used."""
     fired: torch.Tensor | None = None
@@ -999,7 +999,7 @@ class _BatchPrep:
 
 
 def _history_names(config: SAEConfig) -> tuple[str, str]:
-    return ("r2_aip" if config.whiten else "r2_uncentred"), config.coefficient_name
+    return ("batch_r2_aip" if config.whiten else "batch_r2_uncentred"), config.coefficient_name
 
 
 #: Name of the checkpoint file inside ``checkpoint_dir``.
@@ -1067,9 +1067,10 @@ def _check_checkpoint_dir(checkpoint_dir, checkpoint_every) -> Path | None:
 class TrainingHistory:
     """The training history of :func:`train_sae`: one row every ``config.log_every`` steps and at the last step.
 
-    Columns, in order: ``step, loss, mse, sparsity_loss, l0`` (the step's :class:`StepStats`), the batch's uncentred
-    R^2 ``1 - mse B / sum_b ||x_b||^2`` named after its coordinates (``r2_aip`` when whitened, ``r2_uncentred``
-    otherwise), ``frac_dead`` (:class:`DeadLatents`), the coefficient in force under its SAELens name
+    Columns, in order: ``step, loss, mse, sparsity_loss, l0`` (the step's :class:`StepStats`), the training batch's
+    uncentred R^2 ``1 - mse B / sum_b ||x_b||^2`` named after its coordinates (``batch_r2_aip`` when whitened,
+    ``batch_r2_uncentred`` otherwise; ``batch_`` because :func:`atomsnb.metrics.r2_aip` and the results' ``r2_aip``
+    are the R^2 of a whole, usually held-out, set, not of one training batch), ``frac_dead`` (:class:`DeadLatents`), the coefficient in force under its SAELens name
     (``l0_coefficient`` / ``l1_coefficient``, warm-up included) and ``lr``. Rows restored from a checkpoint
     continue the list (dictionary_learning logs the same quantities every ``log_steps``).
     """

@@ -190,12 +190,28 @@ def test_training_history_logs_every_log_every_steps_and_the_last():
     h.log(0, StepStats(1.5, 1.0, 0.5, 3.0, 8.0, False), batch_size=4, coefficient=0.01, lr=1e-3, frac_dead=0.25)
     h.log(4, StepStats(0.1, 0.0, 0.1, 1.0, 0.0, False), batch_size=4, coefficient=0.02, lr=1e-3, frac_dead=0.0)
     df = h.frame()
-    assert list(df.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_uncentred", "frac_dead",
+    assert list(df.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead",
                                 "l0_coefficient", "lr"]
-    assert df["r2_uncentred"].iloc[0] == 1 - 1.0 * 4 / 8.0 and math.isnan(df["r2_uncentred"].iloc[1])  # all-zero batch
+    assert df["batch_r2_uncentred"].iloc[0] == 1 - 1.0 * 4 / 8.0 and math.isnan(df["batch_r2_uncentred"].iloc[1])  # all-zero batch
     assert _schedule_run(cfg)["step"].tolist() == [0, 4, 8, 9]
     with pytest.raises(ValueError, match="another version"):
         TrainingHistory(cfg).restore([{"step": 0, "r2": 1.0}], "ck")
+
+
+def test_training_curves_plot_the_histories_batch_r2():
+    import matplotlib.pyplot as plt
+
+    from atomsnb.plots import training_histories
+
+    raw = _schedule_run(SAEConfig(l0_coefficient=0.02, **_SCHED))
+    x = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+    white = train_sae(x, AIP.fit(x, min_tokens_per_dim=0), SAEConfig(l0_coefficient=0.02, **{**_SCHED, "whiten": True}),
+                      progress=False)[1]
+    fig = training_histories({"raw": raw, "whitened": white})
+    r2_panel = fig.axes[2].lines
+    assert r2_panel[0].get_ydata().tolist() == raw["batch_r2_uncentred"].tolist()
+    assert r2_panel[1].get_ydata().tolist() == white["batch_r2_aip"].tolist()
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -216,7 +232,7 @@ def test_tsae_recovers_synthetic_atoms(small_world):
     rec = atom_recovery(sae.dictionary_raw(aip), w.mixed_atoms, aip, threshold=0.9)
     assert rec.fraction >= 0.9, rec.cosines
     assert r2_aip(test, sae.reconstruct_raw(test, aip), aip) > 0.9
-    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_aip", "frac_dead", "l0_coefficient", "lr"]
+    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead", "l0_coefficient", "lr"]
     assert hist["l0"].iloc[-1] < 4  # true K = 2
     # decoder columns stay unit-norm
     assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)
