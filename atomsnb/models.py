@@ -406,8 +406,7 @@ def model_card(name_or_path: str | os.PathLike) -> dict:
     Raises:
         ModelNotFoundError: no card there (only registered models have one), or a missing package.
     """
-    from .io import load_json
-    from .packaged import CARD_FILE
+    from .packaged import CARD_FILE, read_card
 
     name = os.fspath(name_or_path)
     path = Path(resolve_model_path(name)) if canonical_name(name) else Path(name).expanduser()
@@ -415,4 +414,4 @@ def model_card(name_or_path: str | os.PathLike) -> dict:
     if not card.is_file():
         raise ModelNotFoundError(f"{name!r} has no model card ({str(card)!r} does not exist); only registered models "
                                  f"{list(REGISTERED_MODELS)} have one")
-    return load_json(card)
+    return read_card(path)

@@ -16,7 +16,7 @@ registered name           package (pinned)                        model
 (``from_pretrained(dir, gguf_file=...)``, which needs the ``gguf`` package and dequantises the weights
 to float32), the model is saved with ``save_pretrained`` (safetensors) and its tokenizer next to it,
 the saved copy is reloaded and must give bit-identical logits on a probe text, and a JSON model card
-(:data:`CARD_FILE`, read with :func:`model_card`) records source, hashes, quantisation, licence, sizes,
+(:data:`CARD_FILE`, read with :func:`read_card`) records source, hashes, quantisation, licence, sizes,
 conversion time and versions. The directory ``$ATOMSNB_CACHE/models/<name>-<sha12>-c<version>`` is keyed
 by the GGUF's pinned SHA-256 and :data:`CONVERTER_VERSION`, built in a temporary directory renamed into
 place (``os.replace``) under a file lock, and verified on every use against the card's file hashes
@@ -51,7 +51,7 @@ from .io import CacheCorruptError, load_json, save_json
 from .paths import cache_dir
 
 __all__ = ["CONVERTER_VERSION", "CARD_FILE", "PackagedModel", "PACKAGED_MODELS", "ConversionError",
-           "PackageNotInstalledError", "ensure_packaged_model", "packaged_model_path", "locate_gguf", "model_card",
+           "PackageNotInstalledError", "ensure_packaged_model", "packaged_model_path", "locate_gguf", "read_card",
            "gguf_summary", "card_summary"]
 
 #: Bump when the conversion changes in a way the GGUF hash does not capture (it enters the directory name).
@@ -240,8 +240,10 @@ def gguf_summary(path: str | os.PathLike) -> dict:
             "gguf_license": field_value("general.license")}
 
 
-def model_card(path: str | os.PathLike) -> dict:
-    """Read the model card of a converted packaged model directory.
+def read_card(path: str | os.PathLike) -> dict:
+    """Read the card (:data:`CARD_FILE`) in a model directory, packaged or the docstring GPT-2's, as it is on disk.
+
+    :func:`atomsnb.models.model_card` is the public reader: it finds a registered model's directory by name.
 
     Raises:
         FileNotFoundError: the directory has no card.
@@ -252,7 +254,7 @@ def model_card(path: str | os.PathLike) -> dict:
 
 def _is_valid(path: Path, spec: PackagedModel) -> bool:
     try:
-        card = model_card(path)
+        card = read_card(path)
         if card.get("converter_version") != CONVERTER_VERSION or card["source"]["gguf_sha256"] != spec.gguf_sha256:
             return False
         files = card["files"]
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown packaged model(s) {unknown}; registered: {list(PACKAGED_MODELS)}")
     for name in args.names or list(PACKAGED_MODELS):
         path = ensure_packaged_model(name)
-        summary = card_summary(model_card(path))
+        summary = card_summary(read_card(path))
         print(f"{name}: {path}\n  " + "\n  ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
 
 
