@@ -29,6 +29,7 @@ import torch
 
 from .default_model import MODEL_NAME as DOCSTRING_GPT2_NAME
 from .default_model import ensure_default_model
+from .io import DTYPES
 from .packaged import PACKAGED_MODELS, PackageNotInstalledError, ensure_packaged_model
 
 __all__ = ["DEFAULT_MODEL_NAME", "DOCSTRING_GPT2_NAME", "REGISTERED_MODELS", "PACKAGED_MODELS", "LoadedModel",
@@ -42,8 +43,8 @@ DEFAULT_MODEL_NAME = "smollm2-135m"
 REGISTERED_MODELS = (*PACKAGED_MODELS, DOCSTRING_GPT2_NAME)
 _ALIASES = {"default": DEFAULT_MODEL_NAME, "atomsnb/docstring-gpt2": DOCSTRING_GPT2_NAME}
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {**{name: DTYPES[name] for name in ("float32", "bfloat16", "float16")},
+           "fp32": DTYPES["float32"], "bf16": DTYPES["bfloat16"], "fp16": DTYPES["float16"]}
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 

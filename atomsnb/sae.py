@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .aip import AIP
-from .io import load_tensors, save_tensors
+from .io import DTYPES, load_tensors, save_tensors
 
 __all__ = [
     "SAEConfig",
@@ -73,8 +73,8 @@ __all__ = [
     "refit_on_support",
 ]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_PARAM_DTYPES = ("float32", "float64")  # master weights and the whitening solve (names of atomsnb.io.DTYPES)
+_AUTOCAST_DTYPES = ("bfloat16", "float16")
 _KINDS = ("jumprelu", "relu")
 
 #: Default L0 coefficient of the TSAE (jumprelu) when none is given (the chapters' atoms coefficient).
@@ -210,10 +210,10 @@ class SAEConfig:
             raise _bad("betas", self.betas, "two numbers in [0, 1)")
         if not (_finite(self.sparse_density) and 0 <= self.sparse_density <= 1):
             raise _bad("sparse_density", self.sparse_density, "a number in [0, 1]")
-        if self.dtype not in _DTYPES:
-            raise _bad("dtype", self.dtype, f"one of {sorted(_DTYPES)} (master weights; use autocast_dtype for bf16 matmuls)")
-        if self.whiten_dtype is not None and self.whiten_dtype not in _DTYPES:
-            raise _bad("whiten_dtype", self.whiten_dtype, f"None or one of {sorted(_DTYPES)}")
+        if self.dtype not in _PARAM_DTYPES:
+            raise _bad("dtype", self.dtype, f"one of {sorted(_PARAM_DTYPES)} (master weights; use autocast_dtype for bf16 matmuls)")
+        if self.whiten_dtype is not None and self.whiten_dtype not in _PARAM_DTYPES:
+            raise _bad("whiten_dtype", self.whiten_dtype, f"None or one of {sorted(_PARAM_DTYPES)}")
         if self.autocast_dtype is not None:
             if self.autocast_dtype not in _AUTOCAST_DTYPES:
                 raise _bad("autocast_dtype", self.autocast_dtype, f"None or one of {sorted(_AUTOCAST_DTYPES)}")
@@ -933,7 +933,7 @@ def training_memory_bytes(d_in: int, n_latents: int, batch_size: int, *, dtype: 
     - ``6 B H`` batch-sized tensors (raw batch, whitened batch, reconstruction, residual...) and the whitening factor
       ``2 H^2`` in float64.
     """
-    s = torch.empty((), dtype=_DTYPES[dtype]).element_size()
+    s = DTYPES[dtype].itemsize
     B, H, N = int(batch_size), int(d_in), int(n_latents)
     return int(10 * N * H * s + (4 * s + 2) * B * N + 40 * sparse_density * B * N + 6 * B * H * s + 2 * H * H * 8)
 
@@ -1198,7 +1198,7 @@ def _input_scale(config: SAEConfig, aip: AIP | None, source, n_tokens: int) -> t
     return source.d_model, scale
 
 
-def _training_batches(source, config: SAEConfig, n_tokens: int, start: int, prep: "_BatchPrep"):
+def _training_batches(source, config: SAEConfig, n_tokens: int, start: int, prep: _BatchPrep):
     """The SAE inputs of steps ``start, start + 1, ...``: the seeded stream of shuffled batches
     (:class:`atomsnb.store.ShuffledBatches`, one batch per step, so a resumed run reads on from ``start``), each
     batch checked for NaN/inf and prepared by ``prep`` (whitened, scaled, on the device).
@@ -1246,10 +1246,10 @@ class _Precision(NamedTuple):
     """Hand-written gradients (:func:`compute_grads`); auto: on the CPU without autocast."""
 
     @classmethod
-    def of(cls, config: SAEConfig, device: torch.device) -> "_Precision":
-        adt = _AUTOCAST_DTYPES.get(config.autocast_dtype) if config.autocast_dtype else None
+    def of(cls, config: SAEConfig, device: torch.device) -> _Precision:
+        adt = DTYPES[config.autocast_dtype] if config.autocast_dtype else None
         fast = config.fast if config.fast is not None else (device.type == "cpu" and adt is None)
-        return cls(_DTYPES[config.dtype], _DTYPES[config.whiten_dtype or config.dtype], adt, fast)
+        return cls(DTYPES[config.dtype], DTYPES[config.whiten_dtype or config.dtype], adt, fast)
 
 
 class _Checkpoints:
@@ -1412,9 +1412,8 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SparseAutoencoder:
         atomsnb.io.CacheCorruptError: truncated or checksum mismatch.
     """
     tensors, meta = load_tensors(path)
-    dtypes = {**_DTYPES, "bfloat16": torch.bfloat16, "float16": torch.float16}
     sae = SparseAutoencoder(meta["d_in"], meta["n_latents"], kind=meta["kind"], tied=meta["tied"], whitened=meta["whitened"],
-                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=dtypes[meta["dtype"]], device=device)
+                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=DTYPES[meta["dtype"]], device=device)
     sae.load_state_dict(tensors)
     if meta.get("config") is not None:
         sae.config = SAEConfig.from_dict(meta["config"])  # type: ignore[attr-defined]

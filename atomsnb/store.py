@@ -46,7 +46,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from .aip import AIP, check_finite
-from .io import CacheCorruptError, load_json, load_tensors, save_json, save_tensors, tensor_digest
+from .io import DTYPES, CacheCorruptError, load_json, load_tensors, save_json, save_tensors, tensor_digest
 
 __all__ = [
     "STORE_DTYPES",
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: Storage dtypes of a store (float16 halves the disk but overflows above 65504: bfloat16 keeps float32's range).
-STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORE_DTYPES = {name: DTYPES[name] for name in ("float32", "bfloat16", "float16")}
 #: File name of a store's manifest.
 MANIFEST = "manifest.json"
 #: Default size of the mixing buffer, in activations (SAELens' default buffer is of the same order).
@@ -1067,7 +1067,7 @@ def resources(*, d_model: int, model_params: int, n_layers_model: int, deepest_l
 
     _, sdt = _resolve_store_dtype(store_dtype)
     sb = _nbytes(sdt)
-    mbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[model_dtype]
+    mbytes = DTYPES[model_dtype].itemsize
     on_gpu = str(device).startswith("cuda")
     rows = n_store_tokens + n_eval_tokens
     disk = n_layer_stores * rows * d_model * sb
