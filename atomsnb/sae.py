@@ -54,7 +54,7 @@ __all__ = [
     "SparseAutoencoder",
     "StepStats",
     "TrainingHistory",
-    "DeadLatents",
+    "DeadLatentTracker",
     "DEFAULT_L0_COEFFICIENT",
     "DEFAULT_L1_COEFFICIENT",
     "DEFAULT_DEAD_AFTER_TOKENS",
@@ -1070,9 +1070,10 @@ class TrainingHistory:
     Columns, in order: ``step, loss, mse, sparsity_loss, l0`` (the step's :class:`StepStats`), the training batch's
     uncentred R^2 ``1 - mse B / sum_b ||x_b||^2`` named after its coordinates (``batch_r2_aip`` when whitened,
     ``batch_r2_uncentred`` otherwise; ``batch_`` because :func:`atomsnb.metrics.r2_aip` and the results' ``r2_aip``
-    are the R^2 of a whole, usually held-out, set, not of one training batch), ``frac_dead`` (:class:`DeadLatents`), the coefficient in force under its SAELens name
-    (``l0_coefficient`` / ``l1_coefficient``, warm-up included) and ``lr``. Rows restored from a checkpoint
-    continue the list (dictionary_learning logs the same quantities every ``log_steps``).
+    are the R^2 of a whole, usually held-out, set, not of one training batch), ``frac_dead``
+    (:class:`DeadLatentTracker`), the coefficient in force under its SAELens name (``l0_coefficient`` /
+    ``l1_coefficient``, warm-up included) and ``lr``. Rows restored from a checkpoint continue the list
+    (dictionary_learning logs the same quantities every ``log_steps``).
     """
 
     def __init__(self, config: SAEConfig):
@@ -1110,9 +1111,10 @@ class TrainingHistory:
         return pd.DataFrame(self.rows, columns=self.columns)
 
 
-class DeadLatents:
-    """Tokens since each latent last fired, and the fraction counted dead (EleutherAI/sparsify's
-    ``num_tokens_since_fired`` and ``dead_feature_threshold``; SAELens' ``dead latents``).
+class DeadLatentTracker:
+    """Tokens since each latent last fired, and the fraction counted dead during training (EleutherAI/sparsify's
+    ``num_tokens_since_fired`` and ``dead_feature_threshold``). Not :class:`atomsnb.metrics.DeadLatents`, the latents
+    that never fire on an evaluated set.
 
     A latent is dead once it has not fired for ``dead_after_tokens`` tokens, so ``fraction`` stays 0 until that
     many tokens have been seen. The counters (``[N]`` int64 on the training device) go into checkpoints.
@@ -1263,28 +1265,28 @@ class _Checkpoints:
         self.every, self.n_steps, self.scale = every, config.n_steps, scale
         self.run = _run_fingerprint(config, source, n_tokens, aip) if self.path is not None else None
 
-    def resume(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatents,
+    def resume(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatentTracker,
                history: TrainingHistory) -> int:
         """Load the checkpoint if there is one (:func:`_resume`); return the step to start from (0 if none)."""
         if self.path is None or not self.path.exists():
             return 0
         return _resume(self.path, self.run, sae, opt, dead, history)
 
-    def after_step(self, done: int, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatents,
-                   history: TrainingHistory) -> None:
+    def after_step(self, done: int, sae: SparseAutoencoder, opt: torch.optim.Optimizer,
+                   dead: DeadLatentTracker, history: TrainingHistory) -> None:
         """Save after ``done`` steps when ``done`` is a multiple of ``every`` short of the end."""
         if self.every is not None and done % self.every == 0 and done < self.n_steps:
             self.save(done, sae, opt, dead, history)
 
-    def save(self, done: int, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatents,
+    def save(self, done: int, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatentTracker,
              history: TrainingHistory) -> None:
         """Write the state after ``done`` steps (no-op without a directory)."""
         if self.path is not None:
             _save_checkpoint(self.path, sae, opt, done, dead.tokens_since_fired, history.rows, self.run, self.scale)
 
 
-def _resume(ckpt: Path, run: dict, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatents,
-            history: TrainingHistory) -> int:
+def _resume(ckpt: Path, run: dict, sae: SparseAutoencoder, opt: torch.optim.Optimizer,
+            dead: DeadLatentTracker, history: TrainingHistory) -> int:
     """Load a checkpoint into the model, Adam, the dead-latent counters and the history; return its step.
 
     Raises:
@@ -1321,7 +1323,7 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
     :class:`atomsnb.store.ActivationStore` give the same seeded stream of shuffled batches, so the same weights; each
     batch is whitened on its own, so memory does not grow with the training tokens (:func:`training_memory_bytes`).
     Each step: lambda and lr from the schedules (:meth:`SAEConfig.coefficient_at`, :meth:`SAEConfig.learning_rate_at`),
-    :func:`training_step`, then :class:`DeadLatents` and :class:`TrainingHistory`. Deterministic for a given
+    :func:`training_step`, then :class:`DeadLatentTracker` and :class:`TrainingHistory`. Deterministic for a given
     ``config.seed`` (same thread count and device for bitwise equality). With a ``checkpoint_dir`` the run saves its
     whole state every ``checkpoint_every`` steps and at the end; calling again with the same arguments resumes there
     and ends with the weights of an uninterrupted run, bit for bit.
@@ -1359,7 +1361,7 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
     prec = _Precision.of(config, device)
     d_in, scale = _input_scale(config, aip, source, P)
     sae, opt = _init_model(config, d_in, scale, prec.params, device)
-    dead, history = DeadLatents(sae.n_latents, config.dead_after_tokens, device), TrainingHistory(config)
+    dead, history = DeadLatentTracker(sae.n_latents, config.dead_after_tokens, device), TrainingHistory(config)
     checkpoints = _Checkpoints(ckpt_dir, checkpoint_every, config, source, P, aip, scale)
     start = checkpoints.resume(sae, opt, dead, history)
 

@@ -11,7 +11,7 @@ from atomsnb.aip import AIP
 from atomsnb.io import CacheCorruptError
 from atomsnb.metrics import r2_aip, r2_all
 from atomsnb.sae import (
-    DeadLatents, JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, StepStats, TrainingHistory,
+    DeadLatentTracker, JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, StepStats, TrainingHistory,
     compute_grads, construct_tsae, feasible_threshold_interval, load_sae, neuron_baseline, rectangle,
     refit_on_support, save_sae, train_sae,
 )
@@ -167,7 +167,7 @@ def test_sparsity_coefficient_warms_up_linearly_from_the_first_step():
 
 def test_dead_latents_count_tokens_since_each_latent_last_fired():
     g = torch.Generator().manual_seed(1)
-    dead = DeadLatents(6, dead_after_tokens=100)
+    dead = DeadLatentTracker(6, dead_after_tokens=100)
     last = [None] * 6  # reference: the batch each latent last fired in
     seen = 0
     for b in range(12):
