@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .aip import check_finite
 from .codeprint import code_fingerprint
-from .corpus import SPLITS, Corpus
+from .corpus import CORPUS_SPLITS, Corpus
 from .io import CacheCorruptError, load_tensors, save_tensors, tensor_digest
 from .architecture import decoder_layers, tokenizer_prefix
 from .models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
@@ -112,8 +112,8 @@ class ActivationConfig:
             clean = tuple(sorted({_int_field("each layer", l, 0, " (0 = embeddings, l = after block l)") for l in items}))
             object.__setattr__(self, "layers", clean)
         Corpus(self.corpus)  # validates the source string (and a file: path) without reading anything
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
+        if self.split not in CORPUS_SPLITS:
+            raise ValueError(f"split must be one of {CORPUS_SPLITS}; got {self.split!r}")
         object.__setattr__(self, "n_tokens", _int_field("n_tokens", self.n_tokens, 1))
         object.__setattr__(self, "seq_len", _int_field("seq_len", self.seq_len, 2, " (position 0 is dropped)"))
         object.__setattr__(self, "batch_size", _int_field("batch_size", self.batch_size, 1))

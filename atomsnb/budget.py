@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .io import DTYPES
 from .sae import training_memory_bytes
 from .store import DEFAULT_BUFFER_TOKENS, _nbytes, _resolve_store_dtype, default_shard_tokens, stream_memory_bytes
 
@@ -66,7 +67,7 @@ def resources(*, d_model: int, model_params: int, n_layers_model: int, deepest_l
     """
     _, sdt = _resolve_store_dtype(store_dtype)
     sb = _nbytes(sdt)
-    mbytes = {"float32": 4, "bfloat16": 2, "float16": 2}[model_dtype]
+    mbytes = DTYPES[model_dtype].itemsize
     on_gpu = str(device).startswith("cuda")
     rows = n_store_tokens + n_eval_tokens
     disk = n_layer_stores * rows * d_model * sb

@@ -41,9 +41,11 @@ from pathlib import Path
 from .io import save_json
 from .paths import cache_dir
 
-__all__ = ["Corpus", "Document", "SPLITS", "SOURCES", "split_of", "iter_hf_documents"]
+__all__ = ["Corpus", "Document", "CORPUS_SPLITS", "SOURCES", "split_of", "iter_hf_documents"]
 
-SPLITS = ("train", "fit", "eval")
+#: The corpus' document splits: the default model's training text, the text ``S`` and the dictionaries are fitted on,
+#: the evaluation text (not :data:`atomsnb.units.SPLITS`, the held-out/train evaluations of a unit set).
+CORPUS_SPLITS = ("train", "fit", "eval")
 #: Bump when the parsing of the built-in sources changes (enters the key of the parsed-corpus cache).
 PARSER_VERSION = 1
 #: Built-in sources (besides ``file:PATH`` and ``hf:NAME``).
@@ -274,8 +276,8 @@ def iter_hf_documents(spec: str, split: str | None = None):
         OSError: the dataset cannot be opened (offline, unknown name), naming it.
         KeyError: the column does not exist, naming the columns there are.
     """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or None; got {split!r}")
+    if split is not None and split not in CORPUS_SPLITS:
+        raise ValueError(f"split must be one of {CORPUS_SPLITS} or None; got {split!r}")
     parts = spec.split(":")
     name, config = parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
     hf_split = parts[2] if len(parts) > 2 and parts[2] else "train"
@@ -332,8 +334,8 @@ class Corpus:
 
     def documents(self, split: str | None = None) -> list[Document]:
         """All documents, or those of one split (``"train"``, ``"fit"``, ``"eval"``), in a fixed order."""
-        if split is not None and split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS} or None; got {split!r}")
+        if split is not None and split not in CORPUS_SPLITS:
+            raise ValueError(f"split must be one of {CORPUS_SPLITS} or None; got {split!r}")
         if self.source == "docstrings":
             docs = _docstring_documents()
         elif self.source == "stdlib-code":

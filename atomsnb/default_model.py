@@ -33,18 +33,17 @@ import torch
 
 from .corpus import Corpus
 from .fingerprints import file_sha256
-from .io import CacheCorruptError, load_json, save_json
+from .io import CacheCorruptError, save_json
+from .packaged import CARD_FILE, read_card
 from .paths import cache_dir
 
-__all__ = ["MODEL_NAME", "RECIPE_VERSION", "DefaultModelConfig", "ensure_default_model", "default_model_path",
-           "model_card"]
+__all__ = ["MODEL_NAME", "RECIPE_VERSION", "DefaultModelConfig", "ensure_default_model", "default_model_path"]
 
 #: The registered name under which :func:`atomsnb.models.load_model` finds this model.
 MODEL_NAME = "docstring-gpt2"
 #: Bump when the training recipe changes in a way the config does not capture
 #: (2: the saved tokenizer adds the BOS itself).
 RECIPE_VERSION = 2
-CARD_FILE = "atomsnb_card.json"
 
 
 @dataclass(frozen=True)
@@ -91,16 +90,9 @@ def default_model_path(config: DefaultModelConfig | None = None) -> Path:
     return cache_dir("models") / f"docstring-gpt2-{key}"
 
 
-def model_card(path: str | os.PathLike) -> dict:
-    """Read the model card of a built docstring GPT-2 (raises ``CacheCorruptError`` if unreadable).
-
-    :func:`atomsnb.models.model_card` reads the card of any registered model by name."""
-    return load_json(Path(path) / CARD_FILE)
-
-
 def _is_valid(path: Path) -> bool:
     try:
-        card = model_card(path)
+        card = read_card(path)
         return file_sha256(path / "model.safetensors") == card["weights_sha256"]
     except (FileNotFoundError, NotADirectoryError, CacheCorruptError, KeyError, TypeError):
         return False

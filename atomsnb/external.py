@@ -66,6 +66,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .io import DTYPES
+
 __all__ = ["ExternalSAE", "TransposedLayoutError", "SUPPORTED_ARCHITECTURES", "SUPPORTED_NORMALIZATIONS",
            "load_saelens", "load_gemma_scope", "load_external_sae", "residual_layer_of_hook", "HookMismatchError",
            "check_target", "same_model"]
@@ -79,9 +81,7 @@ _SAELENS_CFG = "cfg.json"
 _SAELENS_WEIGHTS = "sae_weights.safetensors"
 _SAELENS_SCALER = "activation_scaler.json"
 _GEMMA_SCOPE_FILE = "params.npz"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-           "float16": torch.float16, "torch.float32": torch.float32, "torch.float64": torch.float64,
-           "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
+_DTYPES = {**DTYPES, **{f"torch.{name}": dt for name, dt in DTYPES.items()}}  # SAELens writes either spelling
 
 
 class TransposedLayoutError(ValueError):

@@ -40,10 +40,11 @@ from .units import UnitSetSpec
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
            "critical_capacity_table", "paper_reader_table",
-           "describe_capacity", "describe_layers", "FAMILIES"]
+           "describe_capacity", "describe_layers", "PAPER_FAMILIES"]
 
-#: The unit-set families of the layer study, in the paper's order.
-FAMILIES = ("neurons", "features", "atoms")
+#: The paper's three unit-set families, the ones a layer point records, in the paper's order
+#: (:data:`atomsnb.units.FAMILIES` holds every family, ablation, constructed and external included).
+PAPER_FAMILIES = ("neurons", "features", "atoms")
 
 
 def code_version() -> str:
@@ -389,13 +390,13 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
     if ok.empty:
         raise ValueError("no layer finished (no row with status 'ok'): nothing to aggregate")
-    missing = [f"{f}_{k}" for f in FAMILIES for k in ("r2_aip", "q_star") if f"{f}_{k}" not in ok]
+    missing = [f"{f}_{k}" for f in PAPER_FAMILIES for k in ("r2_aip", "q_star") if f"{f}_{k}" not in ok]
     if missing:
         raise ValueError(f"the layer rows lack {missing}; they must come from grid.layer_point")
     rows = []
     for model, g in ok.groupby("model", sort=False):
         model = DEFAULT_MODEL_NAME if model == "default" else model
-        for fam in FAMILIES:
+        for fam in PAPER_FAMILIES:
             rows.append({"model": model, "unit set": fam, "layers": _layers_label(g["layer"]),
                          "n_layers": int(g["layer"].nunique()), "r2_aip": g[f"{fam}_r2_aip"].mean(),
                          "q_star": g[f"{fam}_q_star"].mean()})
@@ -504,7 +505,7 @@ def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
     index = ["model", "layer"] if "model" in ok and ok["model"].nunique() > 1 else ["layer"]
     ok = ok.sort_values(index, kind="stable").set_index(index)
     metrics = ["r2_aip", "q_star"] + [m for m in ("ce_loss_score",) if f"atoms_{m}" in ok]
-    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in FAMILIES}
+    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in PAPER_FAMILIES}
     cols[(METRIC_LABELS["l0"], "atoms")] = ok["atoms_l0"].round(1)
     return pd.DataFrame(cols)
 

@@ -42,7 +42,15 @@ __all__ = [
     "json_digest",
     "remove_stale_temp_files",
     "STALE_TMP_AGE_S",
+    "DTYPES",
 ]
+
+#: The one table of floating dtype names -> ``torch.dtype`` (the names ``str(dtype)`` gives without ``torch.``,
+#: which :func:`atomsnb.sae.save_sae` writes into its metadata); sizes are ``DTYPES[name].itemsize``. Each use
+#: admits a subset and says which: SAE master weights ``float32``/``float64`` and autocast ``bfloat16``/``float16``
+#: (:class:`atomsnb.sae.SAEConfig`), stores ``float32``/``bfloat16``/``float16`` (:data:`atomsnb.store.STORE_DTYPES`),
+#: models the same plus ``fp32``/``bf16``/``fp16`` (:func:`atomsnb.models.resolve_dtype`).
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _DIGEST_KEY_V1 = "atomsnb_sha256"  # before: tensors only (no longer trusted)
 _DIGEST_KEY_V2 = "atomsnb_sha256_v2"  # tensors and every metadata key and value

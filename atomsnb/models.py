@@ -30,7 +30,8 @@ import torch
 from .architecture import UnsupportedModelError, decoder_layers, max_positions
 from .default_model import MODEL_NAME as DOCSTRING_GPT2_NAME
 from .default_model import ensure_default_model
-from .packaged import PACKAGED_MODELS, PackageNotInstalledError, ensure_packaged_model
+from .io import DTYPES
+from .packaged import CARD_FILE, PACKAGED_MODELS, PackageNotInstalledError, ensure_packaged_model, read_card, verified_card
 
 __all__ = ["DEFAULT_MODEL_NAME", "DOCSTRING_GPT2_NAME", "REGISTERED_MODELS", "PACKAGED_MODELS", "LoadedModel",
            "ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device",
@@ -42,8 +43,8 @@ DEFAULT_MODEL_NAME = "smollm2-135m"
 REGISTERED_MODELS = (*PACKAGED_MODELS, DOCSTRING_GPT2_NAME)
 _ALIASES = {"default": DEFAULT_MODEL_NAME, "atomsnb/docstring-gpt2": DOCSTRING_GPT2_NAME}
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {**{name: DTYPES[name] for name in ("float32", "bfloat16", "float16")},
+           "fp32": DTYPES["float32"], "bf16": DTYPES["bfloat16"], "fp16": DTYPES["float16"]}
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
@@ -365,13 +366,12 @@ def model_card(name_or_path: str | os.PathLike) -> dict:
     Raises:
         ModelNotFoundError: no card there (only registered models have one), or a missing package.
     """
-    from .io import load_json
-    from .packaged import CARD_FILE
-
     name = os.fspath(name_or_path)
     path = Path(resolve_model_path(name)) if canonical_name(name) else Path(name).expanduser()
     card = path / CARD_FILE
     if not card.is_file():
         raise ModelNotFoundError(f"{name!r} has no model card ({str(card)!r} does not exist); only registered models "
                                  f"{list(REGISTERED_MODELS)} have one")
-    return load_json(card)
+    card = read_card(path)
+    # a packaged model's card is the trust anchor of its conversion: checked (checksum, required files) before use
+    return verified_card(path) if "converter_version" in card else card

@@ -16,7 +16,7 @@ registered name           package (pinned)                        model
 (``from_pretrained(dir, gguf_file=...)``, which needs the ``gguf`` package and dequantises the weights
 to float32), the model is saved with ``save_pretrained`` (safetensors) and its tokenizer next to it,
 the saved copy is reloaded and must give bit-identical logits on a probe text, and a JSON model card
-(:data:`CARD_FILE`, read with :func:`model_card`) records source, hashes, quantisation, licence, sizes,
+(:data:`CARD_FILE`, read with :func:`read_card`) records source, hashes, quantisation, licence, sizes,
 conversion time and versions. The directory ``$ATOMSNB_CACHE/models/<name>-<sha12>-c<version>`` is keyed
 by the GGUF's pinned SHA-256 and :data:`CONVERTER_VERSION`, built in a temporary directory renamed into
 place (``os.replace``) under a file lock, and verified on every use against the card's file hashes
@@ -56,8 +56,9 @@ from .fingerprints import file_sha256
 from .io import CacheCorruptError, json_digest, load_json, save_json
 from .paths import cache_dir
 
-__all__ = ["CONVERTER_VERSION", "CARD_FILE", "CARD_DIGEST_KEY", "REQUIRED_FILES", "PackagedModel", "PACKAGED_MODELS", "ConversionError",
-           "PackageNotInstalledError", "ensure_packaged_model", "packaged_model_path", "locate_gguf", "model_card",
+__all__ = ["CONVERTER_VERSION", "CARD_FILE", "CARD_DIGEST_KEY", "REQUIRED_FILES", "PackagedModel", "PACKAGED_MODELS",
+           "ConversionError", "PackageNotInstalledError", "ensure_packaged_model", "packaged_model_path", "locate_gguf",
+           "read_card", "verified_card",
            "gguf_summary", "card_summary"]
 
 #: Bump when the conversion changes in a way the GGUF hash does not capture (it enters the directory name).
@@ -257,7 +258,19 @@ def _seal(card: dict) -> dict:
     return {**body, CARD_DIGEST_KEY: json_digest(body)}
 
 
-def model_card(path: str | os.PathLike) -> dict:
+def read_card(path: str | os.PathLike) -> dict:
+    """Read the card (:data:`CARD_FILE`) in a model directory, packaged or the docstring GPT-2's, as it is on disk
+    (:func:`verified_card` also checks a packaged model's card). :func:`atomsnb.models.model_card` is the public
+    reader: it finds a registered model's directory by name.
+
+    Raises:
+        FileNotFoundError: the directory has no card.
+        CacheCorruptError: the card is not valid JSON.
+    """
+    return load_json(Path(path) / CARD_FILE)
+
+
+def verified_card(path: str | os.PathLike) -> dict:
     """Read and verify the model card of a converted packaged model directory.
 
     The card is the trust anchor of the conversion (its ``files`` list the SHA-256 of everything loaded), so it is
@@ -271,7 +284,7 @@ def model_card(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     card_file = path / CARD_FILE
-    card = load_json(card_file)
+    card = read_card(path)
     rebuild = (f"delete {str(path)!r} and load the model again (or run python -m atomsnb.packaged) to rebuild "
                f"the conversion")
     if not isinstance(card, dict) or CARD_DIGEST_KEY not in card:
@@ -290,7 +303,7 @@ def model_card(path: str | os.PathLike) -> dict:
 
 def _is_valid(path: Path, spec: PackagedModel) -> bool:
     try:
-        card = model_card(path)
+        card = verified_card(path)
         if card.get("converter_version") != CONVERTER_VERSION or card["source"]["gguf_sha256"] != spec.gguf_sha256:
             return False
         return all(file_sha256(path / f) == sha for f, sha in card["files"].items())
@@ -515,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown packaged model(s) {unknown}; registered: {list(PACKAGED_MODELS)}")
     for name in args.names or list(PACKAGED_MODELS):
         path = ensure_packaged_model(name)
-        summary = card_summary(model_card(path))
+        summary = card_summary(read_card(path))
         print(f"{name}: {path}\n  " + "\n  ".join(f"{k}: {v}" for k, v in summary.items()), flush=True)
 
 

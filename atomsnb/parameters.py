@@ -33,7 +33,7 @@ class ModelShape(NamedTuple):
 def model_shape(model: str) -> ModelShape | None:
     """``(n_layers, d_model)`` of ``model`` without loading its weights (nor converting or downloading anything).
 
-    A packaged model: its card (:func:`atomsnb.packaged.model_card`) when it is converted, else ``None``; another
+    A packaged model: its card (:func:`atomsnb.packaged.verified_card`) when it is converted, else ``None``; another
     registered model: ``None`` unless built; a local directory: its ``config.json``; a hub id: its config if the
     hub cache has it, else ``None``.
 
@@ -47,12 +47,12 @@ def model_shape(model: str) -> ModelShape | None:
 
     from .models import ModelNotFoundError, _looks_local, canonical_name, check_model
     from .io import CacheCorruptError
-    from .packaged import PACKAGED_MODELS, model_card, packaged_model_path
+    from .packaged import PACKAGED_MODELS, packaged_model_path, verified_card
 
     canon = canonical_name(model)
     if canon in PACKAGED_MODELS:
         try:
-            card = model_card(packaged_model_path(canon))
+            card = verified_card(packaged_model_path(canon))
             return ModelShape(int(card["n_layers"]), int(card["d_model"]))
         except (OSError, KeyError, TypeError, ValueError, CacheCorruptError):  # not converted yet, or to be rebuilt
             return None

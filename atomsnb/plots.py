@@ -458,7 +458,7 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
 
     Args:
         histories: unit-set name -> the history of :func:`atomsnb.sae.train_sae` (columns ``step``, ``loss``, ``l0``,
-            ``r2_aip`` (whitened training) or ``r2_uncentred`` (raw coordinates), ``frac_dead``).
+            ``batch_r2_aip`` (whitened training) or ``batch_r2_uncentred`` (raw coordinates), ``frac_dead``).
         title: the figure's title.
 
     Returns:
@@ -477,8 +477,8 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
         if "step" not in h:
             raise ValueError(f"history of {name!r} has no 'step' column")
         for ax, (col, label, logy) in zip(axes, panels):
-            y = h["r2_aip"] if col == "r2" and "r2_aip" in h else h["r2_uncentred"] if col == "r2" and "r2_uncentred" in h \
-                else h[col] if col in h else None
+            y = h["batch_r2_aip"] if col == "r2" and "batch_r2_aip" in h else h["batch_r2_uncentred"] \
+                if col == "r2" and "batch_r2_uncentred" in h else h[col] if col in h else None
             if y is None:
                 continue
             ax.plot(h["step"], y, color=colour, lw=1.2, label=name)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .aip import AIP
-from .io import load_tensors, save_tensors
+from .io import DTYPES, load_tensors, save_tensors
 
 __all__ = [
     "SAEConfig",
@@ -53,6 +53,8 @@ __all__ = [
     "SAEOutput",
     "SparseAutoencoder",
     "StepStats",
+    "TrainingHistory",
+    "DeadLatentTracker",
     "DEFAULT_L0_COEFFICIENT",
     "DEFAULT_L1_COEFFICIENT",
     "DEFAULT_DEAD_AFTER_TOKENS",
@@ -71,8 +73,8 @@ __all__ = [
     "refit_on_support",
 ]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_PARAM_DTYPES = ("float32", "float64")  # master weights and the whitening solve (names of atomsnb.io.DTYPES)
+_AUTOCAST_DTYPES = ("bfloat16", "float16")
 _KINDS = ("jumprelu", "relu")
 
 #: Default L0 coefficient of the TSAE (jumprelu) when none is given (the chapters' atoms coefficient).
@@ -208,10 +210,10 @@ class SAEConfig:
             raise _bad("betas", self.betas, "two numbers in [0, 1)")
         if not (_finite(self.sparse_density) and 0 <= self.sparse_density <= 1):
             raise _bad("sparse_density", self.sparse_density, "a number in [0, 1]")
-        if self.dtype not in _DTYPES:
-            raise _bad("dtype", self.dtype, f"one of {sorted(_DTYPES)} (master weights; use autocast_dtype for bf16 matmuls)")
-        if self.whiten_dtype is not None and self.whiten_dtype not in _DTYPES:
-            raise _bad("whiten_dtype", self.whiten_dtype, f"None or one of {sorted(_DTYPES)}")
+        if self.dtype not in _PARAM_DTYPES:
+            raise _bad("dtype", self.dtype, f"one of {sorted(_PARAM_DTYPES)} (master weights; use autocast_dtype for bf16 matmuls)")
+        if self.whiten_dtype is not None and self.whiten_dtype not in _PARAM_DTYPES:
+            raise _bad("whiten_dtype", self.whiten_dtype, f"None or one of {sorted(_PARAM_DTYPES)}")
         if self.autocast_dtype is not None:
             if self.autocast_dtype not in _AUTOCAST_DTYPES:
                 raise _bad("autocast_dtype", self.autocast_dtype, f"None or one of {sorted(_AUTOCAST_DTYPES)}")
@@ -236,6 +238,33 @@ class SAEConfig:
     def coefficient_name(self) -> str:
         """``"l0_coefficient"`` (jumprelu) or ``"l1_coefficient"`` (relu)."""
         return "l0_coefficient" if self.kind == "jumprelu" else "l1_coefficient"
+
+    def coefficient_at(self, step: int) -> float:
+        """The sparsity coefficient ``lambda`` at optimiser step ``step`` (0-based): :attr:`coefficient` warmed up
+        linearly over the first ``sparsity_warmup_steps`` steps, ``coefficient x min(1, (step + 1) / warmup)``
+        (SAELens ``l0_warm_up_steps`` / ``l1_warm_up_steps``; dictionary_learning ``get_sparsity_warmup_fn``); the
+        full coefficient from the first step when ``sparsity_warmup_steps = 0``.
+
+        Raises:
+            ValueError: ``step`` not an integer >= 0.
+        """
+        _check_step(step)
+        warmup = self.sparsity_warmup_steps
+        return self.coefficient * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+
+    def learning_rate_at(self, step: int) -> float:
+        """Adam's learning rate at optimiser step ``step`` (0-based): ``lr``, decaying linearly over the last
+        ``lr_decay_steps`` steps, ``lr x min(1, (n_steps - step) / lr_decay_steps)`` (dictionary_learning
+        ``get_lr_schedule`` with ``decay_start = n_steps - lr_decay_steps``, no warm-up); the last step runs at
+        ``lr / lr_decay_steps``. Constant when ``lr_decay_steps = 0``.
+
+        Raises:
+            ValueError: ``step`` not an integer >= 0.
+        """
+        _check_step(step)
+        if self.lr_decay_steps > 0:
+            return self.lr * min(1.0, (self.n_steps - step) / self.lr_decay_steps)
+        return self.lr
 
     def with_kind(self, kind: str, coefficient: float | None = None, *, whiten: bool | None = None) -> "SAEConfig":
         """A copy for another kind, its coefficient set (and the other kind's cleared), e.g.
@@ -309,6 +338,11 @@ class SAEConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+def _check_step(step) -> None:
+    if not _is_int(step) or step < 0:
+        raise ValueError(f"step={step!r} is not allowed: an integer >= 0 (0-based optimiser step)")
 
 
 def _parses_as_device(name: str) -> bool:
@@ -619,7 +653,7 @@ class StepStats(NamedTuple):
     """Mean active latents per input."""
     sum_sq: float
     """``sum_b ||x_b||^2`` of the batch: ``1 - mse * B / sum_sq`` is the batch's uncentred R^2 in the SAE's input
-    coordinates, i.e. ``r2_aip`` when the SAE is whitened (the train history names it so)."""
+    coordinates (the training history's ``batch_r2_aip`` when the SAE is whitened, ``batch_r2_uncentred`` if not)."""
     sparse: bool
     """Whether the sparse route was used."""
     fired: torch.Tensor | None = None
@@ -700,91 +734,152 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float, *
     Returns:
         :class:`StepStats`.
     """
-    B, H = x.shape
-    N = sae.n_latents
+    B = x.shape[0]
     lam = float(coefficient)
-    We = sae.encoder_weight.detach()
-    D = sae.W_dec.detach()
     jump = sae.kind == "jumprelu"
     ws = _workspace(sae)
-    dt, dev = x.dtype, x.device
     with torch.no_grad():
-        # the one unavoidable dense matmul: pi = x W_e^T + b_e  [B, N]
-        pi = torch.addmm(sae.b_enc.detach(), x, We.T, out=ws.get("pi", (B, N), dt, dev))
-        mask = ws.get("mask", (B, N), torch.bool, dev)
-        if jump:
-            tau = sae.threshold.detach()
-            torch.gt(pi, tau, out=mask)
-        else:
-            torch.gt(pi, 0, out=mask)
+        pi, mask, tau = _encode_support(sae, x, ws)
         nnz = int(torch.count_nonzero(mask))
-        use_sparse = (nnz < sparse_density * B * N) if sparse is None else bool(sparse)
-        if use_sparse:
-            rows, cols = mask.nonzero(as_tuple=True)  # row-major
-            counts = torch.bincount(rows, minlength=B)
-            vals = pi.view(-1)[rows * N + cols]
-            l1 = 0.0 if jump else float(vals.sum())
-            offsets = torch.cumsum(counts, 0) - counts
-            DT = torch.transpose(D, 0, 1).contiguous()  # [N, H]
-            x_hat = F.embedding_bag(cols, DT, offsets, mode="sum", per_sample_weights=vals)
-            resid = x_hat.add_(sae.b_dec.detach()).sub_(x)
-            g_xhat = resid.mul(2.0 / B)
-            # dL/df on the support: the sampled product (g_xhat D)[rows, cols]
-            g_f = _sampled_mm(g_xhat, D, rows, cols, counts)
-            g_pi = g_f if jump else g_f + lam / B
-            # weight gradients: group the support by latent and sum rows with embedding_bag
-            perm = torch.argsort(cols, stable=True)
-            ccount = torch.bincount(cols, minlength=N)
-            fired = ccount > 0
-            coffs = torch.cumsum(ccount, 0) - ccount
-            rows_p = rows[perm]
-            grad_D = F.embedding_bag(rows_p, g_xhat, coffs, mode="sum", per_sample_weights=vals[perm]).T  # [H, N]
-            grad_We = F.embedding_bag(rows_p, x, coffs, mode="sum", per_sample_weights=g_pi[perm])  # [N, H]
-            grad_be = torch.zeros(N, dtype=dt, device=dev).index_add_(0, cols, g_pi)
-            if jump:  # pi and mask are no longer needed: reuse them for the kernel window |pi - tau| < eps/2
-                u = pi.sub_(tau).abs_()
-                win = torch.lt(u, 0.5 * sae.bandwidth, out=mask)
-                wr, wc = win.nonzero(as_tuple=True)
-                g_f_win = _sampled_mm(g_xhat, D, wr, wc, torch.bincount(wr, minlength=B))
-        else:
-            zero = torch.zeros((), dtype=dt, device=dev)
-            fired = mask.any(0)
-            f = torch.where(mask, pi, zero, out=ws.get("f", (B, N), dt, dev))
-            l1 = 0.0 if jump else float(f.sum())
-            x_hat = torch.addmm(sae.b_dec.detach(), f, D.T, out=ws.get("x_hat", (B, H), dt, dev))
-            resid = x_hat.sub_(x)
-            g_xhat = torch.mul(resid, 2.0 / B, out=ws.get("g_xhat", (B, H), dt, dev))
-            grad_D = torch.mm(g_xhat.T, f, out=ws.get("grad_D", (H, N), dt, dev))  # [H, N]
-            g_f = torch.mm(g_xhat, D, out=ws.get("g_f", (B, N), dt, dev))  # [B, N]
-            if jump:
-                u = torch.sub(pi, tau, out=f).abs_()  # f is no longer needed
-                win = torch.lt(u, 0.5 * sae.bandwidth, out=ws.get("win", (B, N), torch.bool, dev))
-                wr, wc = win.nonzero(as_tuple=True)
-                g_f_win = g_f[wr, wc]
-            g_pi = torch.where(mask, g_f if jump else g_f + lam / B, zero, out=g_f)
-            grad_We = torch.mm(g_pi.T, x, out=ws.get("grad_We", (N, H), dt, dev))  # [N, H]
-            grad_be = torch.mv(g_pi.T, torch.ones(B, dtype=dt, device=dev))  # column sum as a GEMV (much faster)
-        mse = float(resid.pow(2).sum()) / B
-        grad_bd = torch.mv(g_xhat.T, torch.ones(B, dtype=dt, device=dev))
+        use_sparse = (nnz < sparse_density * B * sae.n_latents) if sparse is None else bool(sparse)
+        route = _sparse_route if use_sparse else _dense_route
+        g = route(sae, x, pi, mask, tau, lam, ws)
+        mse = float(g.resid.pow(2).sum()) / B
+        grad_bd = torch.mv(g.g_xhat.T, torch.ones(B, dtype=x.dtype, device=x.device))
         if jump:
-            # dL/dtau_j = sum_b kappa_bj (g_f_bj (-tau_j / eps) - lambda / (B eps)); dL/dlog tau = tau dL/dtau
-            # (the window |pi - tau| < eps/2 is kappa((pi - tau)/eps) = 1[|u| < 1/2])
-            eps = sae.bandwidth
-            contrib = g_f_win * (-tau[wc] / eps) - lam / (B * eps)
-            grad_tau = torch.zeros(N, dtype=dt, device=dev).index_add_(0, wc, contrib)
-            _set_grad(sae.log_threshold, (grad_tau * tau).to(torch.float32))
+            _set_grad(sae.log_threshold, _log_threshold_grad(sae, tau, g.window_latents, g.g_f_window, lam, B))
             sparsity = lam * nnz / B
         else:
-            sparsity = lam * l1 / B
+            sparsity = lam * g.l1 / B
         if sae.tied:
-            _set_grad(sae.W_dec, grad_D + grad_We.T)
+            _set_grad(sae.W_dec, g.grad_D + g.grad_We.T)
         else:
-            _set_grad(sae.W_dec, grad_D)
-            _set_grad(sae.W_enc, grad_We)
+            _set_grad(sae.W_dec, g.grad_D)
+            _set_grad(sae.W_enc, g.grad_We)
         _set_grad(sae.b_dec, grad_bd)
-        _set_grad(sae.b_enc, grad_be)
+        _set_grad(sae.b_enc, g.grad_be)
         tot = float(x.pow(2).sum())
-    return StepStats(mse + sparsity, mse, sparsity, nnz / B, tot, use_sparse, fired)
+    return StepStats(mse + sparsity, mse, sparsity, nnz / B, tot, use_sparse, g.fired)
+
+
+class _RouteGrads(NamedTuple):
+    """What a gradient route of :func:`compute_grads` hands back (shapes for ``B`` inputs, ``H = d_in``, ``N`` latents)."""
+
+    resid: torch.Tensor
+    """``[B, H]`` residual ``x_hat - x``."""
+    g_xhat: torch.Tensor
+    """``[B, H]`` ``dL/dx_hat = 2 resid / B``."""
+    grad_D: torch.Tensor
+    """``[H, N]`` the decoder's gradient through the reconstruction."""
+    grad_We: torch.Tensor
+    """``[N, H]`` the encoder's gradient."""
+    grad_be: torch.Tensor
+    """``[N]`` the encoder bias' gradient."""
+    fired: torch.Tensor
+    """``[N]`` bool: latents active on at least one input."""
+    l1: float
+    """``sum_b ||f_b||_1`` (relu; 0.0 for jumprelu)."""
+    window_latents: torch.Tensor | None
+    """jumprelu: ``[nw]`` latent of each entry in the kernel window ``|pi - tau| < epsilon / 2`` (else None)."""
+    g_f_window: torch.Tensor | None
+    """jumprelu: ``[nw]`` ``dL/df`` at those entries (else None)."""
+
+
+def _encode_support(sae: SparseAutoencoder, x: torch.Tensor, ws: _Workspace):
+    """``(pi, mask, tau)``: pre-activations ``pi = x W_e^T + b_e`` ``[B, N]`` (the one unavoidable dense matmul), the
+    support ``mask = pi > tau`` (jumprelu; ``pi > 0`` for relu) ``[B, N]`` bool, and ``tau`` ``[N]`` (None for relu);
+    ``pi`` and ``mask`` live in the workspace's buffers."""
+    B, N = x.shape[0], sae.n_latents
+    pi = torch.addmm(sae.b_enc.detach(), x, sae.encoder_weight.detach().T, out=ws.get("pi", (B, N), x.dtype, x.device))
+    mask = ws.get("mask", (B, N), torch.bool, x.device)
+    if sae.kind == "jumprelu":
+        tau = sae.threshold.detach()
+        torch.gt(pi, tau, out=mask)
+        return pi, mask, tau
+    torch.gt(pi, 0, out=mask)
+    return pi, mask, None
+
+
+def _sparse_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mask: torch.Tensor, tau, lam: float,
+                  ws: _Workspace) -> _RouteGrads:
+    """Gradients when the codes are sparse: ``O(B L0 H)`` work on the support (SPEC §6).
+
+    Decodes with ``embedding_bag`` and ``per_sample_weights``, takes ``dL/df`` on the support by a sampled matmul
+    (:func:`_sampled_mm`) and the weight gradients by ``embedding_bag`` over the support grouped by latent. Overwrites
+    ``pi`` and ``mask`` (the jumprelu kernel window reuses them).
+    """
+    B, N = mask.shape
+    jump = tau is not None
+    D = sae.W_dec.detach()
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major
+    counts = torch.bincount(rows, minlength=B)
+    vals = pi.view(-1)[rows * N + cols]
+    l1 = 0.0 if jump else float(vals.sum())
+    offsets = torch.cumsum(counts, 0) - counts
+    DT = torch.transpose(D, 0, 1).contiguous()  # [N, H]
+    x_hat = F.embedding_bag(cols, DT, offsets, mode="sum", per_sample_weights=vals)
+    resid = x_hat.add_(sae.b_dec.detach()).sub_(x)
+    g_xhat = resid.mul(2.0 / B)
+    # dL/df on the support: the sampled product (g_xhat D)[rows, cols]
+    g_f = _sampled_mm(g_xhat, D, rows, cols, counts)
+    g_pi = g_f if jump else g_f + lam / B
+    # weight gradients: group the support by latent and sum rows with embedding_bag
+    perm = torch.argsort(cols, stable=True)
+    ccount = torch.bincount(cols, minlength=N)
+    coffs = torch.cumsum(ccount, 0) - ccount
+    rows_p = rows[perm]
+    grad_D = F.embedding_bag(rows_p, g_xhat, coffs, mode="sum", per_sample_weights=vals[perm]).T  # [H, N]
+    grad_We = F.embedding_bag(rows_p, x, coffs, mode="sum", per_sample_weights=g_pi[perm])  # [N, H]
+    grad_be = torch.zeros(N, dtype=x.dtype, device=x.device).index_add_(0, cols, g_pi)
+    wc = g_f_win = None
+    if jump:  # pi and mask are no longer needed: reuse them for the kernel window |pi - tau| < eps/2
+        u = pi.sub_(tau).abs_()
+        win = torch.lt(u, 0.5 * sae.bandwidth, out=mask)
+        wr, wc = win.nonzero(as_tuple=True)
+        g_f_win = _sampled_mm(g_xhat, D, wr, wc, torch.bincount(wr, minlength=B))
+    return _RouteGrads(resid, g_xhat, grad_D, grad_We, grad_be, ccount > 0, l1, wc, g_f_win)
+
+
+def _dense_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mask: torch.Tensor, tau, lam: float,
+                 ws: _Workspace) -> _RouteGrads:
+    """Gradients by 5 dense matmuls of size ``B x H x N`` into the workspace's reused buffers (SPEC §6)."""
+    (B, H), N = x.shape, mask.shape[1]
+    jump = tau is not None
+    dt, dev = x.dtype, x.device
+    D = sae.W_dec.detach()
+    zero = torch.zeros((), dtype=dt, device=dev)
+    fired = mask.any(0)
+    f = torch.where(mask, pi, zero, out=ws.get("f", (B, N), dt, dev))
+    l1 = 0.0 if jump else float(f.sum())
+    x_hat = torch.addmm(sae.b_dec.detach(), f, D.T, out=ws.get("x_hat", (B, H), dt, dev))
+    resid = x_hat.sub_(x)
+    g_xhat = torch.mul(resid, 2.0 / B, out=ws.get("g_xhat", (B, H), dt, dev))
+    grad_D = torch.mm(g_xhat.T, f, out=ws.get("grad_D", (H, N), dt, dev))  # [H, N]
+    g_f = torch.mm(g_xhat, D, out=ws.get("g_f", (B, N), dt, dev))  # [B, N]
+    wc = g_f_win = None
+    if jump:
+        u = torch.sub(pi, tau, out=f).abs_()  # f is no longer needed
+        win = torch.lt(u, 0.5 * sae.bandwidth, out=ws.get("win", (B, N), torch.bool, dev))
+        wr, wc = win.nonzero(as_tuple=True)
+        g_f_win = g_f[wr, wc]
+    g_pi = torch.where(mask, g_f if jump else g_f + lam / B, zero, out=g_f)
+    grad_We = torch.mm(g_pi.T, x, out=ws.get("grad_We", (N, H), dt, dev))  # [N, H]
+    grad_be = torch.mv(g_pi.T, torch.ones(B, dtype=dt, device=dev))  # column sum as a GEMV (much faster)
+    return _RouteGrads(resid, g_xhat, grad_D, grad_We, grad_be, fired, l1, wc, g_f_win)
+
+
+def _log_threshold_grad(sae: SparseAutoencoder, tau: torch.Tensor, window_latents: torch.Tensor,
+                        g_f_window: torch.Tensor, lam: float, B: int) -> torch.Tensor:
+    """``dL/dlog tau`` ``[N]`` float32 from the entries in the kernel window (Rajamanoharan et al. 2024, eqs. 10-11).
+
+    ``dL/dtau_j = sum_b kappa_bj (g_f_bj (-tau_j / eps) - lambda / (B eps))`` and ``dL/dlog tau = tau dL/dtau``; the
+    window ``|pi - tau| < eps/2`` is ``kappa((pi - tau)/eps) = 1[|u| < 1/2]``.
+    """
+    eps = sae.bandwidth
+    contrib = g_f_window * (-tau[window_latents] / eps) - lam / (B * eps)
+    grad_tau = torch.zeros(sae.n_latents, dtype=g_f_window.dtype, device=g_f_window.device).index_add_(
+        0, window_latents, contrib)
+    return (grad_tau * tau).to(torch.float32)
 
 
 def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, coefficient: float, *,
@@ -838,7 +933,7 @@ def training_memory_bytes(d_in: int, n_latents: int, batch_size: int, *, dtype: 
     - ``6 B H`` batch-sized tensors (raw batch, whitened batch, reconstruction, residual...) and the whitening factor
       ``2 H^2`` in float64.
     """
-    s = torch.empty((), dtype=_DTYPES[dtype]).element_size()
+    s = DTYPES[dtype].itemsize
     B, H, N = int(batch_size), int(d_in), int(n_latents)
     return int(10 * N * H * s + (4 * s + 2) * B * N + 40 * sparse_density * B * N + 6 * B * H * s + 2 * H * H * 8)
 
@@ -904,7 +999,7 @@ class _BatchPrep:
 
 
 def _history_names(config: SAEConfig) -> tuple[str, str]:
-    return ("r2_aip" if config.whiten else "r2_uncentred"), config.coefficient_name
+    return ("batch_r2_aip" if config.whiten else "batch_r2_uncentred"), config.coefficient_name
 
 
 #: Name of the checkpoint file inside ``checkpoint_dir``.
@@ -969,58 +1064,87 @@ def _check_checkpoint_dir(checkpoint_dir, checkpoint_every) -> Path | None:
     return d
 
 
-def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, progress: bool = True,
-              checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-              callback=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
-    """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations in memory or on disk (paper §6, SPEC §6).
+class TrainingHistory:
+    """The training history of :func:`train_sae`: one row every ``config.log_every`` steps and at the last step.
 
-    One loop for every source: an in-memory tensor is wrapped in :class:`atomsnb.store.MemorySource`, an
-    :class:`atomsnb.store.ActivationStore` is read as it is, and both go through the same seeded stream of shuffled
-    batches (:class:`atomsnb.store.ShuffledBatches`, mixing buffer ``config.buffer_tokens``); so a store written from
-    a tensor gives the same weights as the tensor. Each batch is whitened on its own (triangular solve by the
-    AIP's Cholesky factor, ``config.whiten_dtype``), so memory is O(batch + mixing buffer + parameters),
-    independent of the number of training tokens (:func:`training_memory_bytes`,
-    :func:`atomsnb.store.stream_memory_bytes`).
+    Columns, in order: ``step, loss, mse, sparsity_loss, l0`` (the step's :class:`StepStats`), the training batch's
+    uncentred R^2 ``1 - mse B / sum_b ||x_b||^2`` named after its coordinates (``batch_r2_aip`` when whitened,
+    ``batch_r2_uncentred`` otherwise; ``batch_`` because :func:`atomsnb.metrics.r2_aip` and the results' ``r2_aip``
+    are the R^2 of a whole, usually held-out, set, not of one training batch), ``frac_dead``
+    (:class:`DeadLatentTracker`), the coefficient in force under its SAELens name (``l0_coefficient`` /
+    ``l1_coefficient``, warm-up included) and ``lr``. Rows restored from a checkpoint continue the list
+    (dictionary_learning logs the same quantities every ``log_steps``).
+    """
 
-    Deterministic for a given ``config.seed``: the initialisation and the stream come from seeded generators and no
-    global random state is used (thread count and device must match for bitwise equality). With a
-    ``checkpoint_dir`` the run saves parameters, Adam's state, the step (= the stream position: one batch per step),
-    the dead-latent counters and the history every ``checkpoint_every`` steps and at the end (one file, atomic,
-    checksummed); calling again with the same arguments resumes from the checkpoint and ends with the weights an
-    uninterrupted run gives, bit for bit.
+    def __init__(self, config: SAEConfig):
+        self.log_every, self.last_step = config.log_every, config.n_steps - 1
+        self.r2_name, self.coefficient_name = _history_names(config)
+        self.columns = ["step", "loss", "mse", "sparsity_loss", "l0", self.r2_name, "frac_dead", self.coefficient_name, "lr"]
+        self.rows: list[dict] = []
 
-    Args:
-        data: ``[n_tokens, d_model]`` raw activations (any float dtype), an :class:`~atomsnb.store.ActivationStore`
-            or a :class:`~atomsnb.store.MemorySource`.
-        aip: the fitted AIP (required when ``config.whiten``; ignored otherwise).
-        config: the :class:`SAEConfig`.
-        n_tokens: train on the first ``n_tokens`` rows only (``|M|``; default all): grid points share one store.
-        progress: show a tqdm bar (``TQDM_DISABLE=1`` silences it).
-        checkpoint_dir: directory of the run's checkpoint (created); None: no checkpoint.
-        checkpoint_every: steps between checkpoints (None: only the final one).
-        callback: called as ``callback(step, stats)`` after every step (:class:`StepStats`); an exception it raises
-            stops the run (the last checkpoint stays).
+    def due(self, step: int) -> bool:
+        """Whether ``step`` (0-based) gets a row: every ``log_every`` steps from 0, and the last step."""
+        return step % self.log_every == 0 or step == self.last_step
 
-    Returns:
-        ``(sae, history)``: the trained :class:`SparseAutoencoder` and a DataFrame with one row every
-        ``config.log_every`` steps (and the last): ``step, loss, mse, sparsity_loss, l0``, the batch's R^2 as
-        ``r2_aip`` (whitened: it is the AIP R^2 of the batch, SPEC §3) or ``r2_uncentred`` (not whitened),
-        ``frac_dead`` (fraction of latents that have not fired for ``config.dead_after_tokens`` tokens, as sparsify's
-        ``dead_pct``), the coefficient in force as ``l0_coefficient`` / ``l1_coefficient`` (warm-up included) and ``lr``.
+    def log(self, step: int, stats: StepStats, batch_size: int, coefficient: float, lr: float, frac_dead: float) -> None:
+        """Append the row of ``step``; the batch R^2 is NaN for an all-zero batch (``sum_sq = 0``)."""
+        r2 = 1.0 - stats.mse * batch_size / stats.sum_sq if stats.sum_sq > 0 else float("nan")
+        self.rows.append({"step": step, "loss": stats.loss, "mse": stats.mse, "sparsity_loss": stats.sparsity_loss,
+                          "l0": stats.l0, self.r2_name: r2, "frac_dead": frac_dead, self.coefficient_name: coefficient,
+                          "lr": lr})
+
+    def restore(self, rows: list[dict], where: str) -> None:
+        """Continue from a checkpoint's rows.
+
+        Raises:
+            ValueError: a row whose columns are not :attr:`columns` (a checkpoint written by another version of the
+                trainer), naming ``where`` and the columns.
+        """
+        for row in rows:
+            if set(row) != set(self.columns):  # the checkpoint's JSON sorts the keys
+                raise ValueError(f"the checkpoint in {where!r} has history columns {sorted(row)}, this trainer writes "
+                                 f"{self.columns}: it was written by another version of atomsnb; delete it to restart")
+        self.rows = list(rows)
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame with :attr:`columns` (empty with these columns when nothing was logged)."""
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+
+class DeadLatentTracker:
+    """Tokens since each latent last fired, and the fraction counted dead during training (EleutherAI/sparsify's
+    ``num_tokens_since_fired`` and ``dead_feature_threshold``). Not :class:`atomsnb.metrics.DeadLatents`, the latents
+    that never fire on an evaluated set.
+
+    A latent is dead once it has not fired for ``dead_after_tokens`` tokens, so ``fraction`` stays 0 until that
+    many tokens have been seen. The counters (``[N]`` int64 on the training device) go into checkpoints.
+    """
+
+    def __init__(self, n_latents: int, dead_after_tokens: int, device: torch.device | str = "cpu"):
+        self.dead_after_tokens = int(dead_after_tokens)
+        self.tokens_since_fired = torch.zeros(n_latents, dtype=torch.int64, device=device)
+
+    def update(self, fired: torch.Tensor, n_tokens: int) -> None:
+        """Count a batch of ``n_tokens`` tokens; reset the latents in ``fired`` (``[N]`` bool) to 0."""
+        self.tokens_since_fired.add_(n_tokens)
+        self.tokens_since_fired.masked_fill_(fired, 0)
+
+    def fraction(self) -> float:
+        """The fraction of latents that have not fired for ``dead_after_tokens`` tokens."""
+        return float((self.tokens_since_fired >= self.dead_after_tokens).sum()) / self.tokens_since_fired.numel()
+
+
+def _training_source(data, config: SAEConfig, aip: AIP | None, n_tokens: int | None):
+    """Validate the trainer's inputs before any work; return ``(source, P)``: the data as a store or
+    :class:`atomsnb.store.MemorySource`, and the number of training rows ``P``.
 
     Raises:
-        ValueError: before any work: an invalid config, data that are not a non-empty 2-D float tensor or store,
-            NaN/inf activations (also checked per batch, naming the step), a missing or mismatched AIP,
-            ``batch_size`` above the training tokens, an unusable device, bad checkpoint arguments, or a checkpoint
-            written by another run.
-        atomsnb.io.CacheCorruptError: a damaged checkpoint or store shard.
+        TypeError: ``config`` not an :class:`SAEConfig`, ``data`` of another type.
+        ValueError: as :func:`train_sae` (NaN/inf rows of a tensor, ``n_tokens`` out of range, ``batch_size`` above
+            ``P``, a missing or mismatched AIP).
     """
-    from tqdm import tqdm
+    from .store import ActivationStore, MemorySource
 
-    from .models import resolve_device
-    from .store import ActivationStore, MemorySource, ShuffledBatches
-
-    # ------------------------------------------------------------------ validation, before any work
     if not isinstance(config, SAEConfig):
         raise TypeError(f"config must be an SAEConfig; got {type(config).__name__}")
     config.validate()
@@ -1052,97 +1176,215 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
             raise ValueError("config.whiten=True needs the fitted AIP (or set whiten=False for the Euclidean [Alt])")
         if aip.d_model != source.d_model:
             raise ValueError(f"the AIP was fitted on d_model={aip.d_model}, the activations have d_model={source.d_model}")
-    device = resolve_device(config.device)
-    ckpt_dir = _check_checkpoint_dir(checkpoint_dir, checkpoint_every)
-    pdt = _DTYPES[config.dtype]
-    wdt = _DTYPES[config.whiten_dtype or config.dtype]
-    adt = _AUTOCAST_DTYPES.get(config.autocast_dtype) if config.autocast_dtype else None
-    fast = config.fast if config.fast is not None else (device.type == "cpu" and adt is None)
+    return source, P
 
-    # ------------------------------------------------------------------ inputs: scale and per-batch preparation
+
+def _input_scale(config: SAEConfig, aip: AIP | None, source, n_tokens: int) -> tuple[int, float]:
+    """``(d_in, c)``: the SAE's input width and the scale ``c`` of its inputs ``x = W m / c`` or ``m / c`` (SPEC §6).
+
+    Whitened: ``d_in = rank(W)`` and ``c = sqrt(d_in)``, so that ``E||x||^2 = 1``; raw: ``d_in = d_model`` and
+    ``c^2 = E||m||^2`` over the first ``min(n_tokens, 2^20)`` training rows.
+
+    Raises:
+        ValueError: all those rows are zero.
+    """
     if config.whiten:
-        d_in = aip.rank
-        scale = math.sqrt(d_in)
-    else:
-        d_in = source.d_model
-        n_scale = min(P, 1 << 20)  # E||m||^2 from the first 2^20 training rows (all of them in small runs)
-        tot = 0.0
-        for s in range(0, n_scale, 65536):
-            tot += float(source.read(s, min(s + 65536, n_scale)).to(torch.float64).pow(2).sum())
-        scale = math.sqrt(tot / n_scale)
-        if scale == 0:
-            raise ValueError("all activations are zero: nothing to train on")
-    prep = _BatchPrep(aip, config.whiten, scale, source.d_model, device, pdt, wdt)
-    N = config.n_latents or 4 * d_in
-    sae = SparseAutoencoder.init_random(d_in, N, seed=config.seed, kind=config.kind, tied=config.tied, whitened=config.whiten,
-                                        input_scale=scale, bandwidth=config.bandwidth, init_threshold=config.init_threshold,
-                                        dtype=pdt, device=device)
-    params = [p for p in sae.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
-    since_fired = torch.zeros(N, dtype=torch.int64, device=device)
-    rows: list[dict] = []
-    start = 0
-    r2_name, coef_name = _history_names(config)
+        return aip.rank, math.sqrt(aip.rank)
+    n_scale = min(n_tokens, 1 << 20)  # E||m||^2 from the first 2^20 training rows (all of them in small runs)
+    tot = 0.0
+    for s in range(0, n_scale, 65536):
+        tot += float(source.read(s, min(s + 65536, n_scale)).to(torch.float64).pow(2).sum())
+    scale = math.sqrt(tot / n_scale)
+    if scale == 0:
+        raise ValueError("all activations are zero: nothing to train on")
+    return source.d_model, scale
 
-    # ------------------------------------------------------------------ resume
-    ckpt = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
-    run = _run_fingerprint(config, source, P, aip) if ckpt is not None else None
-    if ckpt is not None and ckpt.exists():
-        tensors, state = _load_checkpoint(ckpt)
-        if state["run"] != _json_roundtrip(run):
-            diff = sorted(k for k in set(state["run"]) | set(run) if state["run"].get(k) != _json_roundtrip(run).get(k))
-            if "config" in diff:
-                old, new = state["run"]["config"], _json_roundtrip(run)["config"]
-                diff = [f"config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] + \
-                    [d for d in diff if d != "config"]
-            raise ValueError(f"the checkpoint in {str(ckpt_dir)!r} was written by another run (differs in: "
-                             f"{', '.join(diff)}); use another checkpoint_dir or delete it")
-        sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
-        osd = {"state": {}, "param_groups": state["param_groups"]}
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, i, name = k.split(".", 2)
-                osd["state"].setdefault(int(i), {})[name] = v
-        opt.load_state_dict(osd)
-        since_fired.copy_(tensors["tokens_since_fired"])
-        rows, start = list(state["history"]), int(state["step"])
 
-    # ------------------------------------------------------------------ the loop
-    stream = ShuffledBatches(source, config.batch_size, n_tokens=P, seed=config.seed,
+def _training_batches(source, config: SAEConfig, n_tokens: int, start: int, prep: _BatchPrep):
+    """The SAE inputs of steps ``start, start + 1, ...``: the seeded stream of shuffled batches
+    (:class:`atomsnb.store.ShuffledBatches`, one batch per step, so a resumed run reads on from ``start``), each
+    batch checked for NaN/inf and prepared by ``prep`` (whitened, scaled, on the device).
+
+    Raises:
+        ValueError: a batch holds NaN/inf, naming its step.
+    """
+    from .store import ShuffledBatches
+
+    stream = ShuffledBatches(source, config.batch_size, n_tokens=n_tokens, seed=config.seed,
                              buffer_tokens=config.buffer_tokens).iter_from(start)
-    bar = {} if progress else {"disable": True}  # leave `disable` unset so that TQDM_DISABLE=1 applies
-    B = config.batch_size
-    for step in tqdm(range(start, config.n_steps), desc=f"train {config.kind} SAE", mininterval=1.0,
-                     initial=start, total=config.n_steps, **bar):
+    step = start
+    while True:
         m = next(stream)
         lo, hi = torch.aminmax(m)
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
             raise ValueError(f"the batch of step {step} holds NaN/inf activations (rows of the source; check the store)")
-        x = prep(m)
-        lam = config.coefficient * (min(1.0, (step + 1) / config.sparsity_warmup_steps) if config.sparsity_warmup_steps > 0 else 1.0)
-        lr = config.lr
-        if config.lr_decay_steps > 0:
-            lr = config.lr * min(1.0, (config.n_steps - step) / config.lr_decay_steps)
+        yield prep(m)
+        step += 1
+
+
+def _init_model(config: SAEConfig, d_in: int, scale: float, dtype: torch.dtype,
+                device: torch.device) -> tuple[SparseAutoencoder, torch.optim.Adam]:
+    """The SAE at its seeded initialisation (:meth:`SparseAutoencoder.init_random`: unit-norm decoder, ``W_e = D~^T``,
+    JumpReLU threshold ``init_threshold`` and bandwidth from the config) and Adam over its trainable parameters
+    (``log tau`` only for jumprelu, no ``W_enc`` when tied), ``betas = config.betas`` (SPEC §6)."""
+    sae = SparseAutoencoder.init_random(d_in, config.n_latents or 4 * d_in, seed=config.seed, kind=config.kind,
+                                        tied=config.tied, whitened=config.whiten, input_scale=scale,
+                                        bandwidth=config.bandwidth, init_threshold=config.init_threshold, dtype=dtype,
+                                        device=device)
+    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=config.lr, betas=tuple(config.betas))
+    return sae, opt
+
+
+class _Precision(NamedTuple):
+    """The dtypes and the gradient route of a training run, from its config and device."""
+
+    params: torch.dtype
+    """Master weights (``config.dtype``)."""
+    whiten: torch.dtype
+    """The per-batch whitening solve (``config.whiten_dtype``, default ``config.dtype``)."""
+    autocast: torch.dtype | None
+    """``torch.autocast`` dtype of the autograd step, or None."""
+    fast: bool
+    """Hand-written gradients (:func:`compute_grads`); auto: on the CPU without autocast."""
+
+    @classmethod
+    def of(cls, config: SAEConfig, device: torch.device) -> _Precision:
+        adt = DTYPES[config.autocast_dtype] if config.autocast_dtype else None
+        fast = config.fast if config.fast is not None else (device.type == "cpu" and adt is None)
+        return cls(DTYPES[config.dtype], DTYPES[config.whiten_dtype or config.dtype], adt, fast)
+
+
+class _Checkpoints:
+    """Where and when :func:`train_sae` saves its state: every ``every`` steps (None: only at the end) and at the
+    end, in ``directory/CHECKPOINT_FILE`` (one file, atomic, checksummed); nothing when ``directory`` is None. The
+    run's fingerprint (config, data, AIP) goes in, so that another run's checkpoint is refused on resume."""
+
+    def __init__(self, directory: Path | None, every: int | None, config: SAEConfig, source, n_tokens: int,
+                 aip: AIP | None, scale: float):
+        self.path = directory / CHECKPOINT_FILE if directory is not None else None
+        self.every, self.n_steps, self.scale = every, config.n_steps, scale
+        self.run = _run_fingerprint(config, source, n_tokens, aip) if self.path is not None else None
+
+    def resume(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatentTracker,
+               history: TrainingHistory) -> int:
+        """Load the checkpoint if there is one (:func:`_resume`); return the step to start from (0 if none)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        return _resume(self.path, self.run, sae, opt, dead, history)
+
+    def after_step(self, done: int, sae: SparseAutoencoder, opt: torch.optim.Optimizer,
+                   dead: DeadLatentTracker, history: TrainingHistory) -> None:
+        """Save after ``done`` steps when ``done`` is a multiple of ``every`` short of the end."""
+        if self.every is not None and done % self.every == 0 and done < self.n_steps:
+            self.save(done, sae, opt, dead, history)
+
+    def save(self, done: int, sae: SparseAutoencoder, opt: torch.optim.Optimizer, dead: DeadLatentTracker,
+             history: TrainingHistory) -> None:
+        """Write the state after ``done`` steps (no-op without a directory)."""
+        if self.path is not None:
+            _save_checkpoint(self.path, sae, opt, done, dead.tokens_since_fired, history.rows, self.run, self.scale)
+
+
+def _resume(ckpt: Path, run: dict, sae: SparseAutoencoder, opt: torch.optim.Optimizer,
+            dead: DeadLatentTracker, history: TrainingHistory) -> int:
+    """Load a checkpoint into the model, Adam, the dead-latent counters and the history; return its step.
+
+    Raises:
+        ValueError: the checkpoint was written by another run (naming the fields that differ) or another version.
+        atomsnb.io.CacheCorruptError: a damaged checkpoint.
+    """
+    tensors, state = _load_checkpoint(ckpt)
+    if state["run"] != _json_roundtrip(run):
+        diff = sorted(k for k in set(state["run"]) | set(run) if state["run"].get(k) != _json_roundtrip(run).get(k))
+        if "config" in diff:
+            old, new = state["run"]["config"], _json_roundtrip(run)["config"]
+            diff = [f"config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] + \
+                [d for d in diff if d != "config"]
+        raise ValueError(f"the checkpoint in {str(ckpt.parent)!r} was written by another run (differs in: "
+                         f"{', '.join(diff)}); use another checkpoint_dir or delete it")
+    history.restore(state["history"], str(ckpt.parent))
+    sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+    osd = {"state": {}, "param_groups": state["param_groups"]}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            osd["state"].setdefault(int(i), {})[name] = v
+    opt.load_state_dict(osd)
+    dead.tokens_since_fired.copy_(tensors["tokens_since_fired"])
+    return int(state["step"])
+
+
+def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, progress: bool = True,
+              checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+              callback=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
+    """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations in memory or on disk (paper §6, SPEC §6).
+
+    One loop for every source: a tensor (wrapped in :class:`atomsnb.store.MemorySource`) and an
+    :class:`atomsnb.store.ActivationStore` give the same seeded stream of shuffled batches, so the same weights; each
+    batch is whitened on its own, so memory does not grow with the training tokens (:func:`training_memory_bytes`).
+    Each step: lambda and lr from the schedules (:meth:`SAEConfig.coefficient_at`, :meth:`SAEConfig.learning_rate_at`),
+    :func:`training_step`, then :class:`DeadLatentTracker` and :class:`TrainingHistory`. Deterministic for a given
+    ``config.seed`` (same thread count and device for bitwise equality). With a ``checkpoint_dir`` the run saves its
+    whole state every ``checkpoint_every`` steps and at the end; calling again with the same arguments resumes there
+    and ends with the weights of an uninterrupted run, bit for bit.
+
+    Args:
+        data: ``[n_tokens, d_model]`` raw activations (any float dtype), an :class:`~atomsnb.store.ActivationStore`
+            or a :class:`~atomsnb.store.MemorySource`.
+        aip: the fitted AIP (required when ``config.whiten``; ignored otherwise).
+        config: the :class:`SAEConfig`.
+        n_tokens: train on the first ``n_tokens`` rows only (``|M|``; default all): grid points share one store.
+        progress: show a tqdm bar (``TQDM_DISABLE=1`` silences it).
+        checkpoint_dir: directory of the run's checkpoint (created); None: no checkpoint.
+        checkpoint_every: steps between checkpoints (None: only the final one).
+        callback: called as ``callback(step, stats)`` after every step (:class:`StepStats`); an exception it raises
+            stops the run (the last checkpoint stays).
+
+    Returns:
+        ``(sae, history)``: the trained :class:`SparseAutoencoder` and the DataFrame of :class:`TrainingHistory` (one
+        row every ``config.log_every`` steps and the last: losses, L0, the batch R^2, ``frac_dead``, lambda, lr).
+
+    Raises:
+        ValueError: before any work: an invalid config, data that are not a non-empty 2-D float tensor or store,
+            NaN/inf activations (also checked per batch, naming the step), a missing or mismatched AIP,
+            ``batch_size`` above the training tokens, an unusable device, bad checkpoint arguments, or a checkpoint
+            written by another run.
+        atomsnb.io.CacheCorruptError: a damaged checkpoint or store shard.
+    """
+    from tqdm import tqdm
+
+    from .models import resolve_device
+
+    source, P = _training_source(data, config, aip, n_tokens)  # validation, before any work
+    device = resolve_device(config.device)
+    ckpt_dir = _check_checkpoint_dir(checkpoint_dir, checkpoint_every)
+    prec = _Precision.of(config, device)
+    d_in, scale = _input_scale(config, aip, source, P)
+    sae, opt = _init_model(config, d_in, scale, prec.params, device)
+    dead, history = DeadLatentTracker(sae.n_latents, config.dead_after_tokens, device), TrainingHistory(config)
+    checkpoints = _Checkpoints(ckpt_dir, checkpoint_every, config, source, P, aip, scale)
+    start = checkpoints.resume(sae, opt, dead, history)
+
+    prep = _BatchPrep(aip, config.whiten, scale, source.d_model, device, prec.params, prec.whiten)
+    bar = {} if progress else {"disable": True}  # leave `disable` unset so that TQDM_DISABLE=1 applies
+    steps = tqdm(range(start, config.n_steps), desc=f"train {config.kind} SAE", mininterval=1.0, initial=start,
+                 total=config.n_steps, **bar)
+    for step, x in zip(steps, _training_batches(source, config, P, start, prep)):
+        lam, lr = config.coefficient_at(step), config.learning_rate_at(step)
         for grp in opt.param_groups:
             grp["lr"] = lr
-        st = training_step(sae, opt, x, lam, fast=fast, sparse_density=config.sparse_density, autocast_dtype=adt)
-        since_fired.add_(B)
-        since_fired.masked_fill_(st.fired, 0)
-        if step % config.log_every == 0 or step == config.n_steps - 1:
-            frac_dead = float((since_fired >= config.dead_after_tokens).sum()) / N
-            r2 = 1.0 - st.mse * B / st.sum_sq if st.sum_sq > 0 else float("nan")
-            rows.append({"step": step, "loss": st.loss, "mse": st.mse, "sparsity_loss": st.sparsity_loss, "l0": st.l0,
-                         r2_name: r2, "frac_dead": frac_dead, coef_name: lam, "lr": lr})
-        done = step + 1
-        if ckpt is not None and checkpoint_every is not None and done % checkpoint_every == 0 and done < config.n_steps:
-            _save_checkpoint(ckpt, sae, opt, done, since_fired, rows, run, scale)
+        st = training_step(sae, opt, x, lam, fast=prec.fast, sparse_density=config.sparse_density,
+                           autocast_dtype=prec.autocast)
+        dead.update(st.fired, config.batch_size)
+        if history.due(step):
+            history.log(step, st, config.batch_size, lam, lr, dead.fraction())
+        checkpoints.after_step(step + 1, sae, opt, dead, history)
         if callback is not None:
             callback(step, st)
-    if ckpt is not None and start < config.n_steps:
-        _save_checkpoint(ckpt, sae, opt, config.n_steps, since_fired, rows, run, scale)
+    if start < config.n_steps:
+        checkpoints.save(config.n_steps, sae, opt, dead, history)
     sae.config = config  # type: ignore[attr-defined]
-    cols = ["step", "loss", "mse", "sparsity_loss", "l0", r2_name, "frac_dead", coef_name, "lr"]
-    return sae, pd.DataFrame(rows, columns=cols)
+    return sae, history.frame()
 
 
 def _json_roundtrip(obj):
@@ -1172,9 +1414,8 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SparseAutoencoder:
         atomsnb.io.CacheCorruptError: truncated or checksum mismatch.
     """
     tensors, meta = load_tensors(path)
-    dtypes = {**_DTYPES, "bfloat16": torch.bfloat16, "float16": torch.float16}
     sae = SparseAutoencoder(meta["d_in"], meta["n_latents"], kind=meta["kind"], tied=meta["tied"], whitened=meta["whitened"],
-                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=dtypes[meta["dtype"]], device=device)
+                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=DTYPES[meta["dtype"]], device=device)
     sae.load_state_dict(tensors)
     if meta.get("config") is not None:
         sae.config = SAEConfig.from_dict(meta["config"])  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from .aip import AIP, check_finite
 from .codeprint import code_fingerprint
-from .io import CacheCorruptError, load_json, load_tensors, save_json, save_tensors, tensor_digest
+from .io import DTYPES, CacheCorruptError, load_json, load_tensors, save_json, save_tensors, tensor_digest
 
 __all__ = [
     "STORE_DTYPES",
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: Storage dtypes of a store (float16 halves the disk but overflows above 65504: bfloat16 keeps float32's range).
-STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORE_DTYPES = {name: DTYPES[name] for name in ("float32", "bfloat16", "float16")}
 #: File name of a store's manifest.
 MANIFEST = "manifest.json"
 #: Default size of the mixing buffer, in activations (SAELens' default buffer is of the same order).

@@ -2,12 +2,12 @@
 
 import pytest
 
-from atomsnb.corpus import SPLITS, Corpus, split_of
+from atomsnb.corpus import CORPUS_SPLITS, Corpus, split_of
 
 
 def test_docstring_corpus_splits_are_disjoint_and_cover():
     c = Corpus("docstrings")
-    ids = {s: {d.doc_id for d in c.documents(s)} for s in SPLITS}
+    ids = {s: {d.doc_id for d in c.documents(s)} for s in CORPUS_SPLITS}
     assert all(ids.values())
     assert not (ids["train"] & ids["fit"]) and not (ids["fit"] & ids["eval"]) and not (ids["train"] & ids["eval"])
     total = len(c.documents())
@@ -18,7 +18,7 @@ def test_docstring_corpus_splits_are_disjoint_and_cover():
 
 def test_split_is_a_stable_hash():
     assert split_of("stdlib:json/__init__.py::dumps") == split_of("stdlib:json/__init__.py::dumps")
-    assert {split_of(f"doc{i}") for i in range(200)} == set(SPLITS)
+    assert {split_of(f"doc{i}") for i in range(200)} == set(CORPUS_SPLITS)
 
 
 def test_fingerprint_stable_and_split_specific():
@@ -60,7 +60,7 @@ def test_pydoc_topics_is_prose_split_by_section_with_stable_ids():
     words = sum(len(d.text.split()) for d in docs)
     assert words > 50_000
     assert Corpus("pydoc-topics").fingerprint("eval") == c.fingerprint("eval")
-    assert {s: len(c.documents(s)) for s in SPLITS} == {s: sum(1 for i in ids if split_of(i) == s) for s in SPLITS}
+    assert {s: len(c.documents(s)) for s in CORPUS_SPLITS} == {s: sum(1 for i in ids if split_of(i) == s) for s in CORPUS_SPLITS}
 
 
 def test_file_corpus_errors_name_the_file(tmp_path):

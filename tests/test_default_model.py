@@ -7,10 +7,9 @@ configuration of the same recipe.
 import pytest
 
 from atomsnb import models
-from atomsnb.default_model import (MODEL_NAME, DefaultModelConfig, _is_valid, default_model_path, ensure_default_model,
-                                   model_card)
 from atomsnb.architecture import tokenizer_prefix
-from atomsnb.models import load_model
+from atomsnb.default_model import MODEL_NAME, DefaultModelConfig, _is_valid, default_model_path, ensure_default_model
+from atomsnb.models import load_model, model_card
 
 MICRO = DefaultModelConfig(vocab_size=300, n_embd=32, n_layer=2, n_head=2, n_ctx=32, batch_size=4, n_steps=6,
                            warmup_steps=2, n_val_sequences=4)

@@ -101,7 +101,7 @@ def test_a_stale_or_damaged_conversion_is_rebuilt(monkeypatch, damage):
     ("no weights listed", ["does not list the required file(s) ['model.safetensors']"])])
 def test_model_card_refuses_a_card_it_cannot_trust_and_says_how_to_rebuild(damage, words):
     path, card = fake_conversion("smollm2-135m")
-    assert pk.model_card(path) == card
+    assert pk.verified_card(path) == card
     if damage == "edited":
         card = {**card, "d_model": 640}
     elif damage == "no checksum":
@@ -110,7 +110,7 @@ def test_model_card_refuses_a_card_it_cannot_trust_and_says_how_to_rebuild(damag
         card = sealed({**card, "files": {k: v for k, v in card["files"].items() if k != "model.safetensors"}})
     (path / pk.CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(pk.CacheCorruptError) as exc:
-        pk.model_card(path)
+        pk.verified_card(path)
     msg = str(exc.value)
     assert all(w in msg for w in words + [pk.CARD_FILE, f"delete {str(path)!r}", "python -m atomsnb.packaged"]), msg
 

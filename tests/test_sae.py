@@ -11,8 +11,9 @@ from atomsnb.aip import AIP
 from atomsnb.io import CacheCorruptError
 from atomsnb.metrics import r2_aip, r2_all
 from atomsnb.sae import (
-    JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, compute_grads, construct_tsae,
-    feasible_threshold_interval, load_sae, neuron_baseline, rectangle, refit_on_support, save_sae, train_sae,
+    DeadLatentTracker, JumpReLUFunction, SAEConfig, SparseAutoencoder, StepFunction, StepStats, TrainingHistory,
+    compute_grads, construct_tsae, feasible_threshold_interval, load_sae, neuron_baseline, rectangle,
+    refit_on_support, save_sae, train_sae,
 )
 from atomsnb.synthetic import SyntheticConfig, atom_recovery, make_world, support_recovery
 
@@ -122,6 +123,97 @@ def test_l0_penalty_sends_no_gradient_to_encoder():
     assert float(sae.log_threshold.grad.abs().max()) > 0.0
 
 
+# ----------------------------------------------------------------------------------------------- the trainer's pieces
+_SCHED = dict(n_latents=8, n_steps=10, batch_size=64, lr=4e-3, init_threshold=0.05, bandwidth=0.01, log_every=1,
+              whiten=False, seed=3)
+
+
+def _schedule_run(cfg: SAEConfig):
+    x = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+    return train_sae(x, None, cfg, progress=False)[1]
+
+
+def test_learning_rate_schedule_is_constant_then_linear_to_the_end():
+    # n_steps = 10, lr_decay_steps = 4: full lr for steps 0..6, then 3/4, 2/4, 1/4 of it (the last step is not 0)
+    cfg = SAEConfig(l0_coefficient=0.02, lr_decay_steps=4, **_SCHED)
+    expected = [4e-3] * 7 + [3e-3, 2e-3, 1e-3]
+    assert [cfg.learning_rate_at(k) for k in range(10)] == pytest.approx(expected, rel=1e-15, abs=0)
+    assert _schedule_run(cfg)["lr"].tolist() == [cfg.learning_rate_at(k) for k in range(10)]  # what the trainer used
+    # lr_decay_steps >= n_steps: decays from the first step; 0: constant
+    long = SAEConfig(l0_coefficient=0.02, lr_decay_steps=20, **_SCHED)
+    assert [long.learning_rate_at(k) for k in range(10)] == pytest.approx([4e-3 * (10 - k) / 20 for k in range(10)],
+                                                                          rel=1e-15, abs=0)
+    assert {SAEConfig(l0_coefficient=0.02, **_SCHED).learning_rate_at(k) for k in range(10)} == {4e-3}
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=f"step={bad!r}.*integer >= 0"):
+            cfg.learning_rate_at(bad)
+
+
+def test_sparsity_coefficient_warms_up_linearly_from_the_first_step():
+    # coefficient 0.02 over 4 warm-up steps: 0.005, 0.010, 0.015, then 0.02 from step 3 on (never 0)
+    cfg = SAEConfig(l0_coefficient=0.02, sparsity_warmup_steps=4, **_SCHED)
+    expected = [0.005, 0.01, 0.015] + [0.02] * 7
+    assert [cfg.coefficient_at(k) for k in range(10)] == pytest.approx(expected, rel=1e-15, abs=0)
+    hist = _schedule_run(cfg)
+    assert hist["l0_coefficient"].tolist() == [cfg.coefficient_at(k) for k in range(10)]
+    # the ReLU kind warms up its own coefficient, under its own name; no warm-up: full from step 0
+    relu = cfg.with_kind("relu", 0.3)
+    assert [relu.coefficient_at(k) for k in range(5)] == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3], rel=1e-15, abs=0)
+    assert _schedule_run(relu)["l1_coefficient"].tolist() == [relu.coefficient_at(k) for k in range(10)]
+    assert SAEConfig(**_SCHED).coefficient_at(0) == 3e-3  # DEFAULT_L0_COEFFICIENT, no warm-up
+    with pytest.raises(ValueError, match="step=-2"):
+        cfg.coefficient_at(-2)
+
+
+def test_dead_latents_count_tokens_since_each_latent_last_fired():
+    g = torch.Generator().manual_seed(1)
+    dead = DeadLatentTracker(6, dead_after_tokens=100)
+    last = [None] * 6  # reference: the batch each latent last fired in
+    seen = 0
+    for b in range(12):
+        fired = torch.rand(6, generator=g) < torch.tensor([0.9, 0.5, 0.2, 0.1, 0.0, 0.0])
+        dead.update(fired, 30)
+        seen += 30
+        for j in range(6):
+            if fired[j]:
+                last[j] = b
+        since = [seen - 30 * (last[j] + 1) if last[j] is not None else seen for j in range(6)]
+        assert dead.tokens_since_fired.tolist() == since
+        assert dead.fraction() == sum(t >= 100 for t in since) / 6
+    assert dead.fraction() > 0  # the two latents that never fire are dead after 120 tokens
+
+
+def test_training_history_logs_every_log_every_steps_and_the_last():
+    cfg = SAEConfig(l0_coefficient=0.02, **{**_SCHED, "log_every": 4})
+    h = TrainingHistory(cfg)
+    assert [k for k in range(10) if h.due(k)] == [0, 4, 8, 9]
+    h.log(0, StepStats(1.5, 1.0, 0.5, 3.0, 8.0, False), batch_size=4, coefficient=0.01, lr=1e-3, frac_dead=0.25)
+    h.log(4, StepStats(0.1, 0.0, 0.1, 1.0, 0.0, False), batch_size=4, coefficient=0.02, lr=1e-3, frac_dead=0.0)
+    df = h.frame()
+    assert list(df.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead",
+                                "l0_coefficient", "lr"]
+    assert df["batch_r2_uncentred"].iloc[0] == 1 - 1.0 * 4 / 8.0 and math.isnan(df["batch_r2_uncentred"].iloc[1])  # all-zero batch
+    assert _schedule_run(cfg)["step"].tolist() == [0, 4, 8, 9]
+    with pytest.raises(ValueError, match="another version"):
+        TrainingHistory(cfg).restore([{"step": 0, "r2": 1.0}], "ck")
+
+
+def test_training_curves_plot_the_histories_batch_r2():
+    import matplotlib.pyplot as plt
+
+    from atomsnb.plots import training_histories
+
+    raw = _schedule_run(SAEConfig(l0_coefficient=0.02, **_SCHED))
+    x = torch.randn(256, 4, generator=torch.Generator().manual_seed(0))
+    white = train_sae(x, AIP.fit(x, min_tokens_per_dim=0), SAEConfig(l0_coefficient=0.02, **{**_SCHED, "whiten": True}),
+                      progress=False)[1]
+    fig = training_histories({"raw": raw, "whitened": white})
+    r2_panel = fig.axes[2].lines
+    assert r2_panel[0].get_ydata().tolist() == raw["batch_r2_uncentred"].tolist()
+    assert r2_panel[1].get_ydata().tolist() == white["batch_r2_aip"].tolist()
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def small_world():
@@ -140,7 +232,7 @@ def test_tsae_recovers_synthetic_atoms(small_world):
     rec = atom_recovery(sae.dictionary_raw(aip), w.mixed_atoms, aip, threshold=0.9)
     assert rec.fraction >= 0.9, rec.cosines
     assert r2_aip(test, sae.reconstruct_raw(test, aip), aip) > 0.9
-    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_aip", "frac_dead", "l0_coefficient", "lr"]
+    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead", "l0_coefficient", "lr"]
     assert hist["l0"].iloc[-1] < 4  # true K = 2
     # decoder columns stay unit-norm
     assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)

@@ -93,7 +93,7 @@ def test_streaming_equals_an_independent_reference_loop(world, kind, whiten):
         row = hist.iloc[step]
         assert row["loss"] == pytest.approx(st_.loss, rel=1e-9) and row["l0"] == st_.l0
         assert row["frac_dead"] == float((since >= 256).double().mean()), step
-        assert row["r2_aip" if whiten else "r2_uncentred"] == pytest.approx(1 - st_.mse * 128 / float(xb.pow(2).sum()),
+        assert row["batch_r2_aip" if whiten else "batch_r2_uncentred"] == pytest.approx(1 - st_.mse * 128 / float(xb.pow(2).sum()),
                                                                            rel=1e-9)
     for (name, p), q in zip(sae.state_dict().items(), ref.state_dict().values()):
         assert torch.allclose(p.double(), q.double(), rtol=0, atol=1e-9 if name != "log_threshold" else 1e-6), name
@@ -103,10 +103,10 @@ def test_streaming_equals_an_independent_reference_loop(world, kind, whiten):
 def test_history_names_one_quantity_each(world):
     x, st, aip = world
     _, h = train_sae(st, aip, SAEConfig(l0_coefficient=0.02, **_CFG), progress=False)
-    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_aip", "frac_dead", "l0_coefficient", "lr"]
+    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead", "l0_coefficient", "lr"]
     assert h["l0_coefficient"].iloc[0] == pytest.approx(0.002) and h["l0_coefficient"].iloc[-1] == 0.02  # warm-up
     _, h = train_sae(st, aip, SAEConfig(kind="relu", whiten=False, l1_coefficient=0.05, **_CFG), progress=False)
-    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "r2_uncentred", "frac_dead",
+    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead",
                                "l1_coefficient", "lr"]
 
 
@@ -172,8 +172,8 @@ def test_bf16_autocast_keeps_float32_master_weights(world):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert b.pre_acts(x[:4].float()).dtype == torch.bfloat16  # the matmuls do run in bf16 under autocast
     assert not _same_weights(a, b)
-    assert hb["r2_aip"].iloc[-5:].mean() == pytest.approx(ha["r2_aip"].iloc[-5:].mean(), abs=0.05)
-    assert hb["r2_aip"].iloc[-1] > hb["r2_aip"].iloc[0] + 0.2  # it learns
+    assert hb["batch_r2_aip"].iloc[-5:].mean() == pytest.approx(ha["batch_r2_aip"].iloc[-5:].mean(), abs=0.05)
+    assert hb["batch_r2_aip"].iloc[-1] > hb["batch_r2_aip"].iloc[0] + 0.2  # it learns
 
 
 # ----------------------------------------------------------------------------------------------- bounded memory
