@@ -458,7 +458,7 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
 
     Args:
         histories: unit-set name -> the history of :func:`atomsnb.sae.train_sae` (columns ``step``, ``loss``, ``l0``,
-            ``batch_r2_aip`` (whitened training) or ``batch_r2_uncentred`` (raw coordinates), ``frac_dead``).
+            ``batch_r2_aip`` (whitened training) or ``batch_r2_uncentred`` (raw coordinates), ``frac_dead_recent``).
         title: the figure's title.
 
     Returns:
@@ -471,7 +471,7 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
         raise ValueError("no training history to plot (no SAE was trained)")
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     panels = (("loss", "loss (MSE + sparsity)", True), ("l0", "L0 (latents/token)", True),
-              ("r2", "batch R² (AIP if whitened, else uncentred)", False), ("frac_dead", "dead latents (fraction)", False))
+              ("r2", "batch R² (AIP if whitened, else uncentred)", False), ("frac_dead_recent", "dead latents (fraction, recent window)", False))
     colours = sns.color_palette("tab10", len(histories))
     for colour, (name, h) in zip(colours, histories.items()):
         if "step" not in h:

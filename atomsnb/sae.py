@@ -1070,8 +1070,9 @@ class TrainingHistory:
     Columns, in order: ``step, loss, mse, sparsity_loss, l0`` (the step's :class:`StepStats`), the training batch's
     uncentred R^2 ``1 - mse B / sum_b ||x_b||^2`` named after its coordinates (``batch_r2_aip`` when whitened,
     ``batch_r2_uncentred`` otherwise; ``batch_`` because :func:`atomsnb.metrics.r2_aip` and the results' ``r2_aip``
-    are the R^2 of a whole, usually held-out, set, not of one training batch), ``frac_dead``
-    (:class:`DeadLatentTracker`), the coefficient in force under its SAELens name (``l0_coefficient`` /
+    are the R^2 of a whole, usually held-out, set, not of one training batch), ``frac_dead_recent``
+    (:class:`DeadLatentTracker`: not fired in the last ``dead_feature_threshold`` tokens; ``frac_dead`` of
+    :mod:`atomsnb.metrics` is the fraction never fired on a whole evaluated set), the coefficient in force under its SAELens name (``l0_coefficient`` /
     ``l1_coefficient``, warm-up included) and ``lr``. Rows restored from a checkpoint continue the list
     (dictionary_learning logs the same quantities every ``log_steps``).
     """
@@ -1079,18 +1080,21 @@ class TrainingHistory:
     def __init__(self, config: SAEConfig):
         self.log_every, self.last_step = config.log_every, config.n_steps - 1
         self.r2_name, self.coefficient_name = _history_names(config)
-        self.columns = ["step", "loss", "mse", "sparsity_loss", "l0", self.r2_name, "frac_dead", self.coefficient_name, "lr"]
+        self.columns = ["step", "loss", "mse", "sparsity_loss", "l0", self.r2_name, "frac_dead_recent",
+                        self.coefficient_name, "lr"]
         self.rows: list[dict] = []
 
     def due(self, step: int) -> bool:
         """Whether ``step`` (0-based) gets a row: every ``log_every`` steps from 0, and the last step."""
         return step % self.log_every == 0 or step == self.last_step
 
-    def log(self, step: int, stats: StepStats, batch_size: int, coefficient: float, lr: float, frac_dead: float) -> None:
+    def log(self, step: int, stats: StepStats, batch_size: int, coefficient: float, lr: float,
+            frac_dead_recent: float) -> None:
         """Append the row of ``step``; the batch R^2 is NaN for an all-zero batch (``sum_sq = 0``)."""
         r2 = 1.0 - stats.mse * batch_size / stats.sum_sq if stats.sum_sq > 0 else float("nan")
         self.rows.append({"step": step, "loss": stats.loss, "mse": stats.mse, "sparsity_loss": stats.sparsity_loss,
-                          "l0": stats.l0, self.r2_name: r2, "frac_dead": frac_dead, self.coefficient_name: coefficient,
+                          "l0": stats.l0, self.r2_name: r2, "frac_dead_recent": frac_dead_recent,
+                          self.coefficient_name: coefficient,
                           "lr": lr})
 
     def restore(self, rows: list[dict], where: str) -> None:
@@ -1342,7 +1346,7 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
 
     Returns:
         ``(sae, history)``: the trained :class:`SparseAutoencoder` and the DataFrame of :class:`TrainingHistory` (one
-        row every ``config.log_every`` steps and the last: losses, L0, the batch R^2, ``frac_dead``, lambda, lr).
+        row every ``config.log_every`` steps and the last: losses, L0, the batch R^2, ``frac_dead_recent``, lambda, lr).
 
     Raises:
         ValueError: before any work: an invalid config, data that are not a non-empty 2-D float tensor or store,

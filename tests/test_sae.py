@@ -187,10 +187,10 @@ def test_training_history_logs_every_log_every_steps_and_the_last():
     cfg = SAEConfig(l0_coefficient=0.02, **{**_SCHED, "log_every": 4})
     h = TrainingHistory(cfg)
     assert [k for k in range(10) if h.due(k)] == [0, 4, 8, 9]
-    h.log(0, StepStats(1.5, 1.0, 0.5, 3.0, 8.0, False), batch_size=4, coefficient=0.01, lr=1e-3, frac_dead=0.25)
-    h.log(4, StepStats(0.1, 0.0, 0.1, 1.0, 0.0, False), batch_size=4, coefficient=0.02, lr=1e-3, frac_dead=0.0)
+    h.log(0, StepStats(1.5, 1.0, 0.5, 3.0, 8.0, False), batch_size=4, coefficient=0.01, lr=1e-3, frac_dead_recent=0.25)
+    h.log(4, StepStats(0.1, 0.0, 0.1, 1.0, 0.0, False), batch_size=4, coefficient=0.02, lr=1e-3, frac_dead_recent=0.0)
     df = h.frame()
-    assert list(df.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead",
+    assert list(df.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead_recent",
                                 "l0_coefficient", "lr"]
     assert df["batch_r2_uncentred"].iloc[0] == 1 - 1.0 * 4 / 8.0 and math.isnan(df["batch_r2_uncentred"].iloc[1])  # all-zero batch
     assert _schedule_run(cfg)["step"].tolist() == [0, 4, 8, 9]
@@ -232,7 +232,7 @@ def test_tsae_recovers_synthetic_atoms(small_world):
     rec = atom_recovery(sae.dictionary_raw(aip), w.mixed_atoms, aip, threshold=0.9)
     assert rec.fraction >= 0.9, rec.cosines
     assert r2_aip(test, sae.reconstruct_raw(test, aip), aip) > 0.9
-    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead", "l0_coefficient", "lr"]
+    assert list(hist.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead_recent", "l0_coefficient", "lr"]
     assert hist["l0"].iloc[-1] < 4  # true K = 2
     # decoder columns stay unit-norm
     assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)

@@ -92,21 +92,21 @@ def test_streaming_equals_an_independent_reference_loop(world, kind, whiten):
         since = torch.where(fired, 0, since + 128)
         row = hist.iloc[step]
         assert row["loss"] == pytest.approx(st_.loss, rel=1e-9) and row["l0"] == st_.l0
-        assert row["frac_dead"] == float((since >= 256).double().mean()), step
+        assert row["frac_dead_recent"] == float((since >= 256).double().mean()), step
         assert row["batch_r2_aip" if whiten else "batch_r2_uncentred"] == pytest.approx(1 - st_.mse * 128 / float(xb.pow(2).sum()),
                                                                            rel=1e-9)
     for (name, p), q in zip(sae.state_dict().items(), ref.state_dict().values()):
         assert torch.allclose(p.double(), q.double(), rtol=0, atol=1e-9 if name != "log_threshold" else 1e-6), name
-    assert hist["frac_dead"].max() > 0 or kind == "relu"  # the check above saw dead latents (ReLU: all fire)
+    assert hist["frac_dead_recent"].max() > 0 or kind == "relu"  # the check above saw dead latents (ReLU: all fire)
 
 
 def test_history_names_one_quantity_each(world):
     x, st, aip = world
     _, h = train_sae(st, aip, SAEConfig(l0_coefficient=0.02, **_CFG), progress=False)
-    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead", "l0_coefficient", "lr"]
+    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_aip", "frac_dead_recent", "l0_coefficient", "lr"]
     assert h["l0_coefficient"].iloc[0] == pytest.approx(0.002) and h["l0_coefficient"].iloc[-1] == 0.02  # warm-up
     _, h = train_sae(st, aip, SAEConfig(kind="relu", whiten=False, l1_coefficient=0.05, **_CFG), progress=False)
-    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead",
+    assert list(h.columns) == ["step", "loss", "mse", "sparsity_loss", "l0", "batch_r2_uncentred", "frac_dead_recent",
                                "l1_coefficient", "lr"]
 
 
@@ -116,12 +116,12 @@ def test_dead_latents_are_counted_in_tokens_since_last_fired(world):
     cfg = SAEConfig(l0_coefficient=0.0, **{**_CFG, "init_threshold": 50.0, "lr": 1e-9, "dead_after_tokens": 3 * 128,
                                           "n_steps": 6})
     _, h = train_sae(st, aip, cfg, progress=False)
-    assert h["frac_dead"].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and (h["l0"] == 0).all()
+    assert h["frac_dead_recent"].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and (h["l0"] == 0).all()
     # the autograd step reports the same firing latents as the hand-written one
     cfg = SAEConfig(l0_coefficient=0.05, **{**_CFG, "dtype": "float64", "init_threshold": 0.6, "dead_after_tokens": 256})
     _, hf = train_sae(st, aip, cfg, progress=False)
     _, ha = train_sae(st, aip, SAEConfig(**{**cfg.to_dict(), "betas": (0.0, 0.999), "fast": False}), progress=False)
-    assert hf["frac_dead"].tolist() == ha["frac_dead"].tolist() and hf["frac_dead"].max() > 0
+    assert hf["frac_dead_recent"].tolist() == ha["frac_dead_recent"].tolist() and hf["frac_dead_recent"].max() > 0
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

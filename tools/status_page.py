@@ -100,7 +100,7 @@ def load_claims(notebooks: Path, claims_dir: Path) -> list[tuple[Path, list[dict
     return chapters
 
 
-def rerun_command(src: Path, model: str, params_dir: Path) -> str | None:
+def model_rerun_command(src: Path, model: str, params_dir: Path) -> str | None:
     """The command that would run ``src`` on ``model``: a parameter file in ``params_dir`` whose ``model`` is it
     and whose keys are all parameters of the chapter, else ``-p model``; None if the chapter has no ``model``."""
     names = {p.name for p in chapter_parameters(src)}
@@ -155,7 +155,7 @@ def render(chapters: list[tuple[Path, list[dict]]], params_dir: Path) -> str:
                 not_run.append(r)
         lines.append("")
         for r in not_run:
-            cmd = r.get("command") or rerun_command(src, r["model"], params_dir)
+            cmd = r.get("command") or model_rerun_command(src, r["model"], params_dir)
             if cmd:
                 lines += [f"`{r['claim_id']}` was not run in this build; the command that runs it:", "",
                           "```bash", cmd, "```", ""]
