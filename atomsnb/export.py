@@ -375,16 +375,19 @@ def zip_export(export_dir: str | os.PathLike, zip_path: str | os.PathLike, *, co
     Raises:
         FileNotFoundError: ``export_dir`` lacks ``cfg.json`` or ``sae_weights.safetensors``.
         FileExistsError: ``zip_path`` exists and ``overwrite`` is False.
-        ValueError: an export not written by :func:`export_saelens` (no ``metadata.atomsnb``), a ``zip_path`` not
-            ending in ``.zip``, a ``corpus`` that is empty or an absolute path, counts below 1, or coefficients or
-            metrics that are not finite numbers. Nothing is written then.
+        ValueError: a damaged ``cfg.json``, an export not written by :func:`export_saelens` (no
+            ``metadata.atomsnb``), a ``zip_path`` not ending in ``.zip``, a ``corpus`` that is empty or an absolute
+            path, counts below 1, or coefficients or metrics that are not finite numbers. Nothing is written then.
     """
     folder = Path(export_dir).expanduser()
     missing = [f for f in (_CFG, _WEIGHTS) if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{str(folder)!r} lacks {missing}: pass a directory written by export_saelens")
-    cfg = json.loads((folder / _CFG).read_text(encoding="utf-8"))
-    meta = cfg.get("metadata") or {}
+    try:
+        cfg = json.loads((folder / _CFG).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(folder / _CFG)!r} is not valid UTF-8 JSON ({exc}); export the SAE again") from exc
+    meta = (cfg.get("metadata") if isinstance(cfg, dict) else None) or {}
     own = meta.get("atomsnb")
     if not isinstance(own, dict):
         raise ValueError(f"{str(folder / _CFG)!r} has no metadata.atomsnb: zip_export packs exports written by "
