@@ -119,3 +119,19 @@ def test_imports_sit_in_module_headers_unless_optional_or_heavy_and_commented():
             elif not any("#" in lines[k] for k in range(max(0, node.lineno - 2), node.end_lineno)):
                 bad.append(f"{where}: third-party import inside a function without a comment saying why")
     assert not bad, "\n".join(bad)
+
+
+def test_no_function_body_is_over_80_lines():
+    """Functions stay readable: at most 80 lines of code each (the docstring, which documents shapes, units and errors,
+    is not counted); a longer one is split into named pieces, as train_sae's schedules and history are."""
+    long = []
+    for name, path in _modules().items():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = fn.body[0]
+                doc = (first.end_lineno - first.lineno + 1 if isinstance(first, ast.Expr)
+                       and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str) else 0)
+                n = fn.end_lineno - fn.lineno + 1 - doc
+                if n > 80:
+                    long.append(f"{path.relative_to(PKG.parent)}:{fn.lineno} {fn.name}: {n} lines")
+    assert not long, long
