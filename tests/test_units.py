@@ -314,3 +314,33 @@ def test_trained_saes_are_cached_by_data_settings_and_code(world, aip):
         c, _, hit_c = train_sae_cached(world.acts, aip, cfg, progress=False)
     assert hit_c is False and torch.equal(c.W_dec, a.W_dec)
     assert train_sae_cached(world.acts, aip, cfg, cache=False, progress=False)[2] is False
+
+
+def test_model_data_collects_every_layer_of_three_sets_and_keeps_the_ordinary_tokens(tiny_path):
+    from atomsnb.pipeline import model_data
+
+    full = model_data(tiny_path, "docstrings", 600, 200, other_corpus="pydoc-topics", seed=0)
+    assert full.layers == [1, 2] and set(full.sets) == {"fit", "held-out", "other"}
+    assert full.sets["held-out"].config.split == "eval" and full.sets["other"].config.corpus == "pydoc-topics"
+    assert all(bool(full.keep(s, l).all()) for s in full.sets for l in full.layers)  # massive_k None keeps all
+    k = 1.2
+    d = model_data(tiny_path, "docstrings", 600, 200, other_corpus="pydoc-topics", seed=0, massive_k=k, lm=full.lm)
+    for split in d.sets:
+        for layer in d.layers:
+            x = full.sets[split].acts[layer]
+            norms = [float(sum(v * v for v in row) ** 0.5) for row in x.double().tolist()]  # brute force
+            med = sorted(norms)[(len(norms) - 1) // 2]
+            keep = [i for i, n in enumerate(norms) if not n > k * med]
+            assert 0 < len(keep) < len(norms) and torch.equal(d.kept(split, [layer])[layer], x[keep])
+    with pytest.raises(ValueError, match="split 'eval' is not one of"):
+        d.kept("eval")
+
+
+def test_model_data_refuses_bad_inputs_before_loading_the_model():
+    from atomsnb.pipeline import model_data
+
+    for kwargs, words in ((dict(massive_k=0.5), "massive_k=0.5"), (dict(n_fit_tokens=0), "n_fit_tokens")):
+        args = dict(model="no-such-model-dir/x", corpus="docstrings", n_fit_tokens=10, n_eval_tokens=10,
+                    other_corpus="pydoc-topics") | kwargs
+        with pytest.raises(ValueError, match=words):
+            model_data(**args)
