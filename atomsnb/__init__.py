@@ -25,7 +25,7 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
    (:mod:`~atomsnb.grid`), what a run will cost (:mod:`~atomsnb.budget`).
 6. **Monosemanticity** (paper §7): top contexts (:mod:`~atomsnb.contexts`), offline and LLM judges
    (:mod:`~atomsnb.judges`), blinded human ratings (:mod:`~atomsnb.ratings`), the comparisons
-   (:mod:`~atomsnb.monosemanticity`).
+   (:mod:`~atomsnb.monosemanticity`), a page per unit set to browse its units (:mod:`~atomsnb.browser`).
 7. **Verdicts and figures**: the checks that turn our numbers into verdicts and words (:mod:`~atomsnb.verdicts`),
    the book's figures (:mod:`~atomsnb.plots`).
 
@@ -45,7 +45,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
     ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external")),
     ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "grid", "budget")),
-    ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity")),
+    ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity", "browser")),
     ("Verdicts and figures", ("verdicts", "plots")),
 )
 
