@@ -37,8 +37,9 @@ import html
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
+import pandas as pd
 import torch
 
 from ._validate import positive_int
@@ -50,7 +51,7 @@ from .metrics import q_star_from_samples, uniqueness_bound, whitened_atoms
 from .units import is_unit_set
 
 __all__ = ["FinalNorm", "final_norm_gain", "LogitLens", "logit_lens", "QStarContributions", "q_star_contributions",
-           "UnitRecord", "BrowserData", "browser_data", "render_page"]
+           "UnitRecord", "BrowserData", "browser_data", "render_page", "summary_table", "describe"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,7 +178,8 @@ def logit_lens(model: torch.nn.Module, directions: torch.Tensor, *, k: int = 10)
     fn = final_norm_gain(model)
     if fn.centre:
         D = D - D.mean(dim=0, keepdim=True)
-    logits = W_U.double().cpu() @ (fn.gain[:, None] * D)  # [vocab, n]
+    # float32 (a float64 copy of W_U would be 8 x vocab x d_model bytes: 226 MB for SmolLM2)
+    logits = (W_U.float().cpu() @ (fn.gain[:, None] * D).float()).double()  # [vocab, n]
     top = torch.topk(logits, k, dim=0)
     bottom = torch.topk(-logits, k, dim=0)
     how = (f"W_U (g * d / ||d||), W_U the unembedding [{vocab} x {d_model}]; {fn.how}"
@@ -389,12 +391,15 @@ def browser_data(unit_set, x: torch.Tensor, activations: Activations, rows: torc
         :class:`BrowserData`, units by index.
 
     Raises:
-        TypeError: ``unit_set`` is not a UnitSet.
+        TypeError: ``unit_set`` is not a UnitSet, or ``activations`` not :class:`Activations`.
         ValueError: ``x`` and ``rows`` disagree, a row outside the activations, a bad count, or a unit out of range
             (all before any work); as :func:`logit_lens` and :func:`q_star_contributions`.
     """
     if not is_unit_set(unit_set):
         raise TypeError(f"unit_set must be a UnitSet (codes, reconstruct, dictionary); got {type(unit_set).__name__}")
+    if not isinstance(activations, Activations):
+        raise TypeError(f"activations must be the Activations x was taken from (tokens, windows; LayerData."
+                        f"eval_activations, collected without store=True); got {type(activations).__name__}")
     rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
     n_collected = len(activations.token_ids)
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] != rows.numel():
@@ -607,3 +612,69 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
         f"<div id='units'>{''.join(cards)}</div>"
         f"<script type='application/json' id='atomsnb-data'>{payload}</script>"
         f"<script>{_JS}</script></body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the chapter prints
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_pages(pages) -> None:
+    if not isinstance(pages, Mapping) or not pages or not all(isinstance(d, BrowserData) for d in pages.values()):
+        raise TypeError("pages must be a non-empty mapping of unit-set name -> BrowserData (from browser_data)")
+
+
+def _rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho (Pearson correlation of average ranks); NaN with fewer than 3 values or a constant one."""
+    if len(a) < 3:
+        return math.nan
+    ra, rb = pd.Series(a).rank(), pd.Series(b).rank()
+    if ra.nunique() < 2 or rb.nunique() < 2:
+        return math.nan
+    return float(ra.corr(rb))
+
+
+def summary_table(pages: Mapping[str, BrowserData]) -> pd.DataFrame:
+    """One row per unit set: units shown, ``q*``, firing frequencies and the signs of the ``q*`` contributions.
+
+    Columns: ``units shown``, ``of``, ``held-out tokens``, ``q*``, ``median firing frequency (%)``, ``q* contribution
+    > 0`` / ``= 0`` / ``< 0`` (counts of shown units), ``largest q* contribution``, ``rank correlation (frequency,
+    contribution)`` (Spearman's rho over the shown units; NaN when undefined).
+
+    Raises:
+        TypeError: ``pages`` is not a non-empty mapping of name -> :class:`BrowserData`.
+    """
+    _check_pages(pages)
+    rows = []
+    for name, d in pages.items():
+        c = [u.q_star_contribution for u in d.units]
+        f = [u.frequency for u in d.units]
+        rows.append({"unit set": name, "units shown": len(d.units), "of": d.n_latents, "held-out tokens": d.n_tokens,
+                     "q*": round(d.q_star, 4),
+                     "median firing frequency (%)": round(100 * float(pd.Series(f).median()), 2) if f else math.nan,
+                     "q* contribution > 0": sum(v > 0 for v in c), "q* contribution = 0": sum(v == 0 for v in c),
+                     "q* contribution < 0": sum(v < 0 for v in c),
+                     "largest q* contribution": round(max(c), 5) if c else math.nan,
+                     "rank correlation (frequency, contribution)": round(_rank_correlation(f, c), 3)})
+    return pd.DataFrame(rows).set_index("unit set")
+
+
+def describe(pages: Mapping[str, BrowserData]) -> list[str]:
+    """Sentences for a reader, every number computed from ``pages`` (one per unit set).
+
+    Raises:
+        TypeError: as :func:`summary_table`.
+    """
+    table = summary_table(pages)
+    out = []
+    for name, r in table.iterrows():
+        n = int(r["units shown"])
+        pos, zero, neg = (int(r[f"q* contribution {s} 0"]) for s in (">", "=", "<"))
+        s = (f"{name}: of the {n} units shown (of {int(r['of']):,}), {pos} raise q* (q* = {r['q*']:.4f} for the whole "
+             f"set), {zero} leave it unchanged and {neg} lower it")
+        if pos:
+            s += f"; the largest contribution is {r['largest q* contribution']:+.5f}"
+        rho = r["rank correlation (frequency, contribution)"]
+        s += (f"; firing frequency and contribution rank-correlate at rho = {rho:+.2f}." if not math.isnan(rho) else
+              "; the rank correlation of frequency and contribution is undefined (fewer than 3 units, or one of them "
+              "constant).")
+        out.append(s)
+    return out

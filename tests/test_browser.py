@@ -181,3 +181,20 @@ def test_page_highlight_strength_and_escaping():
     assert len(soup.find_all("script")) == 2 and soup.find("i") is None and soup.find("b", string=None) is not None
     with pytest.raises(TypeError, match="must be a BrowserData"):
         B.render_page({"units": []})
+
+
+def test_summary_and_sentences_against_counts():
+    recs = [B.UnitRecord(unit=i, frequency=f, n_active=1, max_activation=1.0, q_star_contribution=c)
+            for i, (f, c) in enumerate([(0.1, 0.02), (0.2, 0.0), (0.3, -0.01), (0.4, 0.05)])]
+    pages = {"atoms": B.BrowserData("atoms", "m", 1, "", 100, 40, 0.75, "", recs),
+             "neurons": B.BrowserData("neurons", "m", 1, "", 100, 8, 0.0, "", recs[1:2])}
+    t = B.summary_table(pages)
+    assert t.loc["atoms", ["q* contribution > 0", "q* contribution = 0", "q* contribution < 0"]].tolist() == [2, 1, 1]
+    assert t.loc["atoms", "largest q* contribution"] == 0.05 and t.loc["atoms", "median firing frequency (%)"] == 25.0
+    assert t.loc["atoms", "rank correlation (frequency, contribution)"] == pytest.approx(0.2)  # ranks 1 2 3 4 vs 3 2 1 4: 1 - 6 * 8 / 60
+    text = B.describe(pages)
+    assert text[0].startswith("atoms: of the 4 units shown (of 40), 2 raise q* (q* = 0.7500")
+    assert "+0.05000" in text[0] and "rho = +0.20" in text[0]
+    assert "0 raise q*" in text[1] and "undefined" in text[1] and "largest" not in text[1]
+    with pytest.raises(TypeError, match="pages must be a non-empty mapping"):
+        B.summary_table({})
