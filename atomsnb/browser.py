@@ -586,7 +586,7 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
             f"data-contribution='{u.q_star_contribution:.6g}' data-search='{html.escape(search, quote=True)}'>"
             f"<h2>{html.escape(data.unit_set)} #{u.unit}</h2>"
             f"<div class='stats'>fires on {u.frequency:.2%} of tokens ({u.n_active:,} of {data.n_tokens:,}); "
-            f"largest activation {u.max_activation:.3g}; q* contribution {u.q_star_contribution:+.4f}</div>"
+            f"largest activation {u.max_activation:.3g}; q* contribution {u.q_star_contribution:+.3g}</div>"
             f"<div class='row'><div><b>top contexts</b>{ctx}</div>"
             f"<div><b>activations &gt; 0</b><br>{_histogram_svg(u.histogram, u.max_activation)}</div>"
             f"<div><b>logit lens</b><table class='lens'><tr><th>promotes</th><th></th><th>suppresses</th><th></th></tr>"
@@ -600,7 +600,8 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
             f"the value). <b>Logit lens</b>: {html.escape(data.logit_lens)}.")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"  # no favicon request
+
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='note'>{note}</p>"
         "<div id='controls'><label>search tokens and contexts <input id='search' type='search' "
@@ -652,7 +653,7 @@ def summary_table(pages: Mapping[str, BrowserData]) -> pd.DataFrame:
                      "median firing frequency (%)": round(100 * float(pd.Series(f).median()), 2) if f else math.nan,
                      "q* contribution > 0": sum(v > 0 for v in c), "q* contribution = 0": sum(v == 0 for v in c),
                      "q* contribution < 0": sum(v < 0 for v in c),
-                     "largest q* contribution": round(max(c), 5) if c else math.nan,
+                     "largest q* contribution": max(c) if c else math.nan,
                      "rank correlation (frequency, contribution)": round(_rank_correlation(f, c), 3)})
     return pd.DataFrame(rows).set_index("unit set")
 
@@ -668,10 +669,10 @@ def describe(pages: Mapping[str, BrowserData]) -> list[str]:
     for name, r in table.iterrows():
         n = int(r["units shown"])
         pos, zero, neg = (int(r[f"q* contribution {s} 0"]) for s in (">", "=", "<"))
-        s = (f"{name}: of the {n} units shown (of {int(r['of']):,}), {pos} raise q* (q* = {r['q*']:.4f} for the whole "
-             f"set), {zero} leave it unchanged and {neg} lower it")
+        s = (f"{name} (q* = {r['q*']:.4f}): of the {n} units shown (of {int(r['of']):,}), the q* contribution is > 0 "
+             f"for {pos}, 0 for {zero} and < 0 for {neg}")
         if pos:
-            s += f"; the largest contribution is {r['largest q* contribution']:+.5f}"
+            s += f"; the largest is {r['largest q* contribution']:+.3g}"
         rho = r["rank correlation (frequency, contribution)"]
         s += (f"; firing frequency and contribution rank-correlate at rho = {rho:+.2f}." if not math.isnan(rho) else
               "; the rank correlation of frequency and contribution is undefined (fewer than 3 units, or one of them "

@@ -163,7 +163,8 @@ def test_page_parses_and_holds_every_unit(neuron_data):
         assert float(card["data-frequency"]) == pytest.approx(u.frequency, rel=1e-5)
     embedded = json.loads(soup.find("script", id="atomsnb-data").string)
     assert embedded["units"][0]["unit"] == data.units[0].unit and len(embedded["units"]) == len(data.units)
-    assert not soup.find_all(src=True) and not soup.find_all("link"), "the page must load nothing"
+    assert not soup.find_all(src=True), "the page must load nothing"
+    assert [link["href"] for link in soup.find_all("link")] == ["data:,"], "not even a favicon"
 
 
 def test_page_highlight_strength_and_escaping():
@@ -193,8 +194,9 @@ def test_summary_and_sentences_against_counts():
     assert t.loc["atoms", "largest q* contribution"] == 0.05 and t.loc["atoms", "median firing frequency (%)"] == 25.0
     assert t.loc["atoms", "rank correlation (frequency, contribution)"] == pytest.approx(0.2)  # ranks 1 2 3 4 vs 3 2 1 4: 1 - 6 * 8 / 60
     text = B.describe(pages)
-    assert text[0].startswith("atoms: of the 4 units shown (of 40), 2 raise q* (q* = 0.7500")
-    assert "+0.05000" in text[0] and "rho = +0.20" in text[0]
-    assert "0 raise q*" in text[1] and "undefined" in text[1] and "largest" not in text[1]
+    assert text[0].startswith("atoms (q* = 0.7500): of the 4 units shown (of 40), the q* contribution is > 0 for 2, "
+                              "0 for 1 and < 0 for 1; the largest is +0.05;")
+    assert "rho = +0.20" in text[0]
+    assert "> 0 for 0, 0 for 1 and < 0 for 0" in text[1] and "undefined" in text[1] and "largest" not in text[1]
     with pytest.raises(TypeError, match="pages must be a non-empty mapping"):
         B.summary_table({})
