@@ -528,6 +528,11 @@ def _text(s: str) -> str:
     return html.escape(s).replace("\n", "⏎").replace("\r", "")
 
 
+def _lens_token(s: str) -> str:
+    """A logit-lens token on its own: spaces shown as ␣ (``" the"`` -> ``␣the``), since no context shows them."""
+    return _text(s.replace(" ", "␣"))
+
+
 def _histogram_svg(counts: Sequence[int], amax: float, width: int = 220, height: int = 60) -> str:
     n = max(len(counts), 1)
     top = max(max(counts, default=0), 1)
@@ -579,7 +584,7 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
                           + [t for t, _ in u.promoted + u.suppressed]).lower()
         ctx = "\n".join(f"<div class='ctx'>{_context_html(c, p, u.max_activation)}</div>"
                         for c, p in zip(u.contexts, u.peaks)) or "<div class='note'>no context</div>"
-        lens = "".join(f"<tr><td class='pos'>{_text(a)}</td><td>{va:+.3g}</td><td class='neg'>{_text(b)}</td>"
+        lens = "".join(f"<tr><td class='pos'>{_lens_token(a)}</td><td>{va:+.3g}</td><td class='neg'>{_lens_token(b)}</td>"
                        f"<td>{vb:+.3g}</td></tr>" for (a, va), (b, vb) in zip(u.promoted, u.suppressed))
         cards.append(
             f"<div class='card' id='unit-{u.unit}' data-unit='{u.unit}' data-frequency='{u.frequency:.6g}' "

@@ -170,7 +170,8 @@ def test_page_parses_and_holds_every_unit(neuron_data):
 def test_page_highlight_strength_and_escaping():
     rec = B.UnitRecord(unit=7, frequency=0.25, n_active=5, max_activation=2.0, q_star_contribution=-0.01,
                        contexts=[[["<script>", 0.0], ["</script><b>", 1.0], [" x", 2.0]]], peaks=[2],
-                       histogram=[1, 4], promoted=[["<i>", 1.5]], suppressed=[["&", -1.0]])
+                       histogram=[1, 4], promoted=[["<i>", 1.5], [" the", 1.0]],
+                       suppressed=[["&", -1.0], ["\n", -2.0]])
     data = B.BrowserData("atoms", "m", 3, "src", 20, 64, 0.5, "W_U d", [rec])
     page = B.render_page(data)
     soup = BeautifulSoup(page, "html.parser")
@@ -179,6 +180,7 @@ def test_page_highlight_strength_and_escaping():
     assert "background" not in spans[0].get("style", "")
     assert "rgba(255,140,0,0.50)" in spans[1]["style"] and "rgba(255,140,0,1.00)" in spans[2]["style"]
     assert spans[2]["class"] == ["peak"]
+    assert [t.get_text() for t in soup.select(".lens td.pos, .lens td.neg")] == ["<i>", "&", "␣the", "⏎"]
     assert len(soup.find_all("script")) == 2 and soup.find("i") is None and soup.find("b", string=None) is not None
     with pytest.raises(TypeError, match="must be a BrowserData"):
         B.render_page({"units": []})
