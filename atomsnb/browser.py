@@ -51,7 +51,7 @@ from .metrics import q_star_from_samples, uniqueness_bound, whitened_atoms
 from .units import is_unit_set
 
 __all__ = ["FinalNorm", "final_norm_gain", "LogitLens", "logit_lens", "QStarContributions", "q_star_contributions",
-           "UnitRecord", "BrowserData", "browser_data", "render_page", "summary_table", "describe"]
+           "UnitRecord", "BrowserData", "browser_data", "render_page", "SHADES", "shade", "summary_table", "describe"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -487,6 +487,18 @@ def browser_data(unit_set, x: torch.Tensor, activations: Activations, rows: torc
 # ---------------------------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------------------------
+#: Shading levels of a context token: level ``n`` (1..10) is orange at opacity ``n / 10`` (CSS classes ``s1``..``s10``).
+SHADES = 10
+
+
+def shade(a: float, amax: float) -> int:
+    """Shading level of a token of activation ``a`` in a unit whose largest activation is ``amax``:
+    ``ceil(SHADES * a / amax)`` clipped to ``0..SHADES`` (0, unshaded, for ``a <= 0``; ``SHADES`` at the peak)."""
+    if amax <= 0 or a <= 0:
+        return 0
+    return min(SHADES, max(1, math.ceil(SHADES * a / amax - 1e-9)))
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;padding:1em 1.5em;color:#222;background:#fff}
 h1{font-size:1.4em;margin:.2em 0}.note{color:#555;font-size:.9em;max-width:70em}
@@ -497,6 +509,7 @@ h1{font-size:1.4em;margin:.2em 0}.note{color:#555;font-size:.9em;max-width:70em}
 .row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}
 .ctx{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.82em;white-space:pre;line-height:1.6}
 .ctx span{border-radius:2px}.ctx .peak{outline:1px solid #c60}
+""" + "".join(f".s{n}{{background:rgba(255,140,0,{n / SHADES:.1f})}}" for n in range(1, SHADES + 1)) + """
 .lens{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.82em}
 .lens td{padding:0 .5em 0 0}.pos{color:#0a5}.neg{color:#c22}.hidden{display:none}
 """
@@ -549,10 +562,10 @@ def _histogram_svg(counts: Sequence[int], amax: float, width: int = 220, height:
 def _context_html(tokens: Sequence[Sequence], peak: int, amax: float) -> str:
     out = []
     for j, (tok, a) in enumerate(tokens):
-        alpha = min(max(a / amax, 0.0), 1.0) if amax > 0 else 0.0
-        style = f" style='background:rgba(255,140,0,{alpha:.2f})'" if alpha > 0 else ""
-        cls = " class='peak'" if j == peak else ""
-        out.append(f"<span{cls}{style} title='{a:.4g}'>{_text(tok)}</span>")
+        level = shade(a, amax)
+        cls = " ".join(c for c in (f"s{level}" if level else "", "peak" if j == peak else "") if c)
+        attrs = (f" class='{cls}'" if cls else "") + (f" title='{a:.4g}'" if a != 0 else "")
+        out.append(f"<span{attrs}>{_text(tok)}</span>")
     return "".join(out)
 
 
@@ -561,8 +574,9 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
 
     Every card carries ``data-unit``, ``data-frequency``, ``data-contribution`` and ``data-search`` (its contexts' text
     and logit-lens tokens, lowercased): the script filters and sorts on them. A context token's background is orange
-    with opacity ``a / a_max`` (``a`` its activation, ``a_max`` the unit's largest code on the held-out tokens); its
-    exact activation is its tooltip; the peak token is outlined. All text is escaped, so contexts holding code or
+    with opacity about ``a / a_max`` (``a`` its activation, ``a_max`` the unit's largest code on the held-out tokens); its
+    exact activation is its tooltip; the peak token is outlined. The opacity is quantised to :data:`SHADES` levels
+(:func:`shade`) so that a token costs a short class name instead of an inline style. All text is escaped, so contexts holding code or
     HTML cannot break the page.
 
     Args:

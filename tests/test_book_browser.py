@@ -285,7 +285,8 @@ def test_atom_browser_page(browser, server, unit_set):
         assert units and cards.count() == len(units), (cards.count(), len(units))
         per_card = page.evaluate("""() => Array.from(document.querySelectorAll('.card')).map(c => ({
             unit: +c.dataset.unit, contexts: c.querySelectorAll('.ctx').length,
-            shaded: c.querySelectorAll('.ctx span[style*="background"]').length,
+            shaded: Array.from(c.querySelectorAll('.ctx span'))
+                .filter(s => getComputedStyle(s).backgroundColor !== 'rgba(0, 0, 0, 0)').length,
             promoted: Array.from(c.querySelectorAll('.lens td.pos')).map(t => t.textContent),
             suppressed: Array.from(c.querySelectorAll('.lens td.neg')).map(t => t.textContent),
             bars: c.querySelectorAll('svg.hist rect').length}))""")

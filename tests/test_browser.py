@@ -167,6 +167,11 @@ def test_page_parses_and_holds_every_unit(neuron_data):
     assert [link["href"] for link in soup.find_all("link")] == ["data:,"], "not even a favicon"
 
 
+def test_shade_levels():
+    assert [B.shade(a, 2.0) for a in (-1.0, 0.0, 1e-6, 0.2, 0.21, 1.0, 1.99, 2.0, 3.0)] == [0, 0, 1, 1, 2, 5, 10, 10, 10]
+    assert B.shade(1.0, 0.0) == 0
+
+
 def test_page_highlight_strength_and_escaping():
     rec = B.UnitRecord(unit=7, frequency=0.25, n_active=5, max_activation=2.0, q_star_contribution=-0.01,
                        contexts=[[["<script>", 0.0], ["</script><b>", 1.0], [" x", 2.0]]], peaks=[2],
@@ -177,9 +182,9 @@ def test_page_highlight_strength_and_escaping():
     soup = BeautifulSoup(page, "html.parser")
     spans = soup.select(".ctx span")
     assert [s.get_text() for s in spans] == ["<script>", "</script><b>", " x"]
-    assert "background" not in spans[0].get("style", "")
-    assert "rgba(255,140,0,0.50)" in spans[1]["style"] and "rgba(255,140,0,1.00)" in spans[2]["style"]
-    assert spans[2]["class"] == ["peak"]
+    assert not spans[0].get("class") and not spans[0].get("title")  # activation 0: unshaded
+    assert spans[1]["class"] == ["s5"] and spans[2]["class"] == ["s10", "peak"] and spans[1]["title"] == "1"
+    assert ".s5{background:rgba(255,140,0,0.5)}" in page and ".s10{background:rgba(255,140,0,1.0)}" in page
     assert [t.get_text() for t in soup.select(".lens td.pos, .lens td.neg")] == ["<i>", "&", "␣the", "⏎"]
     assert len(soup.find_all("script")) == 2 and soup.find("i") is None and soup.find("b", string=None) is not None
     with pytest.raises(TypeError, match="must be a BrowserData"):
