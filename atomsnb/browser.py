@@ -107,7 +107,8 @@ def final_norm_gain(model: torch.nn.Module) -> FinalNorm:
                                     "unembedding to read a logit lens through")
     d = int(head.weight.shape[1])
     if norm is None:
-        raise UnsupportedModelError(f"cannot find the final norm of {type(model).__name__} at {', '.join(_FINAL_NORMS)}")
+        raise UnsupportedModelError(f"cannot find the final norm of {type(model).__name__} at "
+                                    f"{', '.join(_FINAL_NORMS)}")
     p = next(norm.parameters(), head.weight)
     if isinstance(norm, torch.nn.LayerNorm):
         gain = (norm.weight.detach().double() if norm.weight is not None else torch.ones(d, dtype=torch.float64))
@@ -574,10 +575,10 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
 
     Every card carries ``data-unit``, ``data-frequency``, ``data-contribution`` and ``data-search`` (its contexts' text
     and logit-lens tokens, lowercased): the script filters and sorts on them. A context token's background is orange
-    with opacity about ``a / a_max`` (``a`` its activation, ``a_max`` the unit's largest code on the held-out tokens); its
-    exact activation is its tooltip; the peak token is outlined. The opacity is quantised to :data:`SHADES` levels
-(:func:`shade`) so that a token costs a short class name instead of an inline style. All text is escaped, so contexts holding code or
-    HTML cannot break the page.
+    with opacity ``shade(a, a_max) / SHADES``, about ``a / a_max`` (``a`` its activation, ``a_max`` the unit's largest
+    code on the held-out tokens; :func:`shade`, so that a token costs a short class name, not an inline style); its
+    exact activation is its tooltip; the peak token is outlined. All text is escaped, so contexts holding code or HTML
+    cannot break the page.
 
     Args:
         data: from :func:`browser_data`.
@@ -598,7 +599,8 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
                           + [t for t, _ in u.promoted + u.suppressed]).lower()
         ctx = "\n".join(f"<div class='ctx'>{_context_html(c, p, u.max_activation)}</div>"
                         for c, p in zip(u.contexts, u.peaks)) or "<div class='note'>no context</div>"
-        lens = "".join(f"<tr><td class='pos'>{_lens_token(a)}</td><td>{va:+.3g}</td><td class='neg'>{_lens_token(b)}</td>"
+        lens = "".join(f"<tr><td class='pos'>{_lens_token(a)}</td><td>{va:+.3g}</td>"
+                       f"<td class='neg'>{_lens_token(b)}</td>"
                        f"<td>{vb:+.3g}</td></tr>" for (a, va), (b, vb) in zip(u.promoted, u.suppressed))
         cards.append(
             f"<div class='card' id='unit-{u.unit}' data-unit='{u.unit}' data-frequency='{u.frequency:.6g}' "
@@ -619,7 +621,8 @@ def render_page(data: BrowserData, *, title: str | None = None) -> str:
             f"the value). <b>Logit lens</b>: {html.escape(data.logit_lens)}.")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>"  # no favicon request
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<link rel='icon' href='data:,'>"  # no favicon request
 
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='note'>{note}</p>"

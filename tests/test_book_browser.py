@@ -317,7 +317,8 @@ def test_atom_browser_page(browser, server, unit_set):
         assert not visit.console_errors, f"{unit_set}: console errors: {visit.console_errors}"
         assert not visit.failed, f"{unit_set}: failed requests: {visit.failed}"
         assert not visit.foreign, f"{unit_set}: requests outside the book's server: {visit.foreign}"
-        urls = page.evaluate("() => Array.from(document.querySelectorAll('[src], link[href]')).map(e => e.src || e.href)")
+        urls = page.evaluate("() => Array.from(document.querySelectorAll('[src], link[href]'))"
+                             ".map(e => e.src || e.href)")
         assert all(u.startswith("data:") for u in urls), f"{unit_set}: the page loads {urls}"
     finally:
         visit.close()

@@ -168,7 +168,8 @@ def test_page_parses_and_holds_every_unit(neuron_data):
 
 
 def test_shade_levels():
-    assert [B.shade(a, 2.0) for a in (-1.0, 0.0, 1e-6, 0.2, 0.21, 1.0, 1.99, 2.0, 3.0)] == [0, 0, 1, 1, 2, 5, 10, 10, 10]
+    levels = [B.shade(a, 2.0) for a in (-1.0, 0.0, 1e-6, 0.2, 0.21, 1.0, 1.99, 2.0, 3.0)]
+    assert levels == [0, 0, 1, 1, 2, 5, 10, 10, 10]
     assert B.shade(1.0, 0.0) == 0
 
 
@@ -199,7 +200,7 @@ def test_summary_and_sentences_against_counts():
     t = B.summary_table(pages)
     assert t.loc["atoms", ["q* contribution > 0", "q* contribution = 0", "q* contribution < 0"]].tolist() == [2, 1, 1]
     assert t.loc["atoms", "largest q* contribution"] == 0.05 and t.loc["atoms", "median firing frequency (%)"] == 25.0
-    assert t.loc["atoms", "rank correlation (frequency, contribution)"] == pytest.approx(0.2)  # ranks 1 2 3 4 vs 3 2 1 4: 1 - 6 * 8 / 60
+    assert t.loc["atoms", "rank correlation (frequency, contribution)"] == pytest.approx(0.2)  # 1 - 6 * 8 / 60
     text = B.describe(pages)
     assert text[0].startswith("atoms (q* = 0.7500): of the 4 units shown (of 40), the q* contribution is > 0 for 2, "
                               "0 for 1 and < 0 for 1; the largest is +0.05;")
