@@ -158,7 +158,7 @@ PAGES.mkdir(parents=True, exist_ok=True)
 for name, page in pages.items():
     text = browser.render_page(page)
     (PAGES / f"{name}.html").write_text(text, encoding="utf-8")
-    print(f"{PAGES / f'{name}.html'}: {len(text.encode()) / 1e3:,.0f} kB, {len(page.units)} units")
+    print(f"{name}.html: {len(text.encode()) / 1e3:,.0f} kB, {len(page.units)} units")
 display(HTML("<p>Open a page: " + " &middot; ".join(
     f"<a href='../../_static/browser/{name}.html'>{name} ({len(page.units)} units)</a>" for name, page in pages.items())
     + "</p><iframe src='../../_static/browser/atoms.html' title='atom browser: atoms' "
