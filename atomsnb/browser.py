@@ -359,10 +359,42 @@ class BrowserData:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
 
 
-def _decode_one(tokenizer, memo: dict[int, str], tid: int) -> str:
-    if tid not in memo:
-        memo[tid] = tokenizer.decode([tid])
-    return memo[tid]
+class _ShadedContexts:
+    """The tokens around a context's peak (same document), each with one unit's code there."""
+
+    def __init__(self, activations: Activations, tokenizer, width_left: int, width_right: int):
+        self.acts, self.tok, self.width_left, self.width_right = activations, tokenizer, width_left, width_right
+        n_windows, self.seq_len = activations.windows.shape
+        # row of each (window, position) in the activations (-1: not collected, e.g. position 0)
+        self.where = torch.full((n_windows, self.seq_len), -1, dtype=torch.int64)
+        self.where[activations.window, activations.position] = torch.arange(len(activations.token_ids))
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._memo: dict[int, str] = {}
+
+    def decode(self, tid: int) -> str:
+        """One token decoded alone (remembered)."""
+        if tid not in self._memo:
+            self._memo[tid] = self.tok.decode([tid])
+        return self._memo[tid]
+
+    def tokens(self, c, values: torch.Tensor) -> tuple[list[list], int]:
+        """``([[token, value], ...], index of the peak)`` for :class:`atomsnb.contexts.Context` ``c``; ``values`` is
+        ``[n_collected]``, the unit's code at every collected token. A special token (BOS, EOS) ends the context."""
+        window = self.acts.windows[c.window].tolist()
+        left = list(range(max(0, c.position - self.width_left), c.position))
+        cut = [j for j, p in enumerate(left) if window[p] in self.special]
+        if cut:
+            left = left[cut[-1] + 1:]
+        right = []
+        for p in range(c.position + 1, min(self.seq_len, c.position + self.width_right + 1)):
+            if window[p] in self.special:
+                break
+            right.append(p)
+        out = []
+        for p in left + [c.position] + right:
+            r = int(self.where[c.window, p])
+            out.append([self.decode(window[p]), round(float(values[r]), 4) if r >= 0 else 0.0])
+        return out, len(left)
 
 
 def browser_data(unit_set, x: torch.Tensor, activations: Activations, rows: torch.Tensor, lm, aip: AIP, *,
@@ -437,12 +469,7 @@ def browser_data(unit_set, x: torch.Tensor, activations: Activations, rows: torc
     del codes64
     lens = logit_lens(lm.model, dictionary[:, units], k=n_logits)
 
-    # row of each (window, position) in the activations (-1: not collected, e.g. position 0)
-    n_windows, seq_len = activations.windows.shape
-    where = torch.full((n_windows, seq_len), -1, dtype=torch.int64)
-    where[activations.window, activations.position] = torch.arange(n_collected)
-    special = set(getattr(lm.tokenizer, "all_special_ids", []) or [])
-    memo: dict[int, str] = {}
+    shaded = _ShadedContexts(activations, lm.tokenizer, width_left, width_right)
     records = []
     for i, (u, tc) in enumerate(zip(units, tops)):
         col = codes[:, u]
@@ -450,35 +477,16 @@ def browser_data(unit_set, x: torch.Tensor, activations: Activations, rows: torc
         amax = float(pos.max()) if pos.numel() else 0.0
         hist = (torch.histc(pos, bins=n_bins, min=0.0, max=amax).to(torch.int64).tolist() if pos.numel()
                 else [0] * n_bins)
-        ctxs, peaks, origins = [], [], []
-        for c in tc.contexts:
-            window = activations.windows[c.window].tolist()
-            lo, hi = max(0, c.position - width_left), min(seq_len, c.position + width_right + 1)
-            left = [p for p in range(lo, c.position)]
-            cut = [j for j, p in enumerate(left) if window[p] in special]
-            if cut:
-                left = left[cut[-1] + 1:]
-            right = []
-            for p in range(c.position + 1, hi):
-                if window[p] in special:
-                    break
-                right.append(p)
-            toks = []
-            for p in left + [c.position] + right:
-                r = int(where[c.window, p])
-                a = float(sel[r, i]) if r >= 0 else 0.0
-                toks.append([_decode_one(lm.tokenizer, memo, window[p]), round(a, 4)])
-            ctxs.append(toks)
-            peaks.append(len(left))
-            origins.append([int(c.window), int(c.position)])
+        ctxs = [shaded.tokens(c, sel[:, i]) for c in tc.contexts]
         records.append(UnitRecord(
             unit=int(u), frequency=float((col > 0).double().mean()) if col.numel() else 0.0,
             n_active=int((col > 0).sum()), max_activation=round(amax, 4),
-            q_star_contribution=float(contrib.contributions[i]), contexts=ctxs, peaks=peaks, origins=origins,
+            q_star_contribution=float(contrib.contributions[i]), contexts=[t for t, _ in ctxs],
+            peaks=[p for _, p in ctxs], origins=[[int(c.window), int(c.position)] for c in tc.contexts],
             histogram=hist,
-            promoted=[[_decode_one(lm.tokenizer, memo, int(t)), round(float(v), 4)]
+            promoted=[[shaded.decode(int(t)), round(float(v), 4)]
                       for t, v in zip(lens.promoted_ids[i], lens.promoted[i])],
-            suppressed=[[_decode_one(lm.tokenizer, memo, int(t)), round(float(v), 4)]
+            suppressed=[[shaded.decode(int(t)), round(float(v), 4)]
                         for t, v in zip(lens.suppressed_ids[i], lens.suppressed[i])]))
     return BrowserData(unit_set=unit_set.name, model=getattr(lm, "name", ""), layer=int(layer), source=source,
                        n_tokens=int(codes.shape[0]), n_latents=n_latents, q_star=contrib.q_star,
