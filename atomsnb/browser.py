@@ -36,8 +36,9 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 import torch

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from bs4 import BeautifulSoup
+from tiny_models import save_tiny
 
 from atomsnb import browser as B
 from atomsnb.activations import ActivationConfig, collect_activations
@@ -13,7 +14,6 @@ from atomsnb.aip import AIP
 from atomsnb.metrics import q_star
 from atomsnb.models import load_model
 from atomsnb.units import Neurons
-from tiny_models import save_tiny
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama", "gemma2"])
