@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 export ATOMSNB_CACHE := $(CURDIR)/.cache/atomsnb
 export ATOMSNB_BUILD := $(CURDIR)/build
 export ATOMSNB_CLAIMS_DIR := $(CURDIR)/build/claims
+# Chapter 6 writes its atom-browser pages here; the book serves them as _static/browser/<unit set>.html.
+export ATOMSNB_BROWSER_DIR := $(CURDIR)/book/_static/browser
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export IPYTHONDIR := $(CURDIR)/.cache/ipython
 export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
@@ -72,8 +74,9 @@ model: $(STAMP)
 book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
 	$(BIN)/python tools/run_notebook.py $< $@
 
-# Chapter 5 reads chapter 2's trained SAEs from the SAE cache: run it after chapter 2.
+# Chapters 5 and 6 read chapter 2's trained SAEs from the SAE cache: run them after chapter 2.
 book/chapters/05_monosemanticity.ipynb: | book/chapters/02_neurons_features_atoms.ipynb
+book/chapters/06_atom_browser.ipynb: | book/chapters/02_neurons_features_atoms.ipynb
 
 # The longest chapters start first (measured cold on 2 cores: chapter 4 about 9.5 min, chapter 1 about 7, the others
 # 6 or less), so that the two job slots finish together.
@@ -81,11 +84,12 @@ LONGEST_FIRST := book/chapters/04_per_model_results.ipynb book/chapters/01_repre
 notebooks: model
 	$(MAKE) --no-print-directory -j$(JOBS) $(filter $(LONGEST_FIRST),$(EXECUTED)) $(filter-out $(LONGEST_FIRST),$(EXECUTED))
 
-# CI scale: same sources, params/ci/<chapter>.yaml, claim records not written (they are the book's).
+# CI scale: same sources, params/ci/<chapter>.yaml, claim records and browser pages not written (they are the book's).
 build/ci/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py $(wildcard params/ci/*.yaml) | $(STAMP)
-	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python tools/run_notebook.py $< $@ $(if $(wildcard params/ci/$*.yaml),-f params/ci/$*.yaml)
+	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR $(BIN)/python tools/run_notebook.py $< $@ $(if $(wildcard params/ci/$*.yaml),-f params/ci/$*.yaml)
 
 build/ci/05_monosemanticity.ipynb: | build/ci/02_neurons_features_atoms.ipynb
+build/ci/06_atom_browser.ipynb: | build/ci/02_neurons_features_atoms.ipynb
 
 ci-notebooks: model
 	$(MAKE) --no-print-directory -j$(JOBS) $(CI_EXECUTED)
@@ -140,7 +144,7 @@ validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
 # ATOMSNB_CLAIMS_DIR unset, so that no claim record of the book is touched) and compares the outputs; then the
 # teaching guide's exercise tests against the solutions (students run `pytest exercises` on their own answers).
 test: validate model notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
-	env -u ATOMSNB_CLAIMS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
 # Optional, not part of `make test`: SAELens itself loads our SAELens exports (atomsnb.export) and must compute our
@@ -158,4 +162,4 @@ test-compat: $(STAMP) $(SAELENS_VENV)/.installed
 	ATOMSNB_SAELENS_PYTHON=$(CURDIR)/$(SAELENS_VENV)/bin/python $(BIN)/python -m pytest tests/compat -p no:cacheprovider -s
 
 clean:
-	rm -rf book/_build book/chapters book/status.md book/models.md build
+	rm -rf book/_build book/chapters book/status.md book/models.md book/_static/browser build

@@ -27,7 +27,7 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
    will cost (:mod:`~atomsnb.budget`).
 6. **Monosemanticity** (paper §7): top contexts (:mod:`~atomsnb.contexts`), offline and LLM judges
    (:mod:`~atomsnb.judges`), blinded human ratings (:mod:`~atomsnb.ratings`), the comparisons
-   (:mod:`~atomsnb.monosemanticity`).
+   (:mod:`~atomsnb.monosemanticity`), a page per unit set to browse its units (:mod:`~atomsnb.browser`).
 7. **Verdicts and figures**: the checks that turn our numbers into verdicts and words (:mod:`~atomsnb.verdicts`),
    the book's figures (:mod:`~atomsnb.plots`).
 
@@ -46,8 +46,9 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Text and models", ("corpus", "packaged", "default_model", "models")),
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
     ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external", "export")),
-    ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "grid", "parameters", "budget")),
-    ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity")),
+    ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "grid",
+                                    "parameters", "budget")),
+    ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity", "browser")),
     ("Verdicts and figures", ("verdicts", "plots")),
 )
 

@@ -180,6 +180,16 @@ def _monosemanticity(p: Mapping) -> None:
                    splits=((p["reading_corpus"], p["reading_split"], p["n_reading_tokens"]),))
 
 
+def _atom_browser(p: Mapping) -> None:
+    from ._validate import check_int
+
+    for name in ("n_units", "k", "n_bins", "n_logits"):
+        check_int(name, p[name], 1)
+    for name in ("width_left", "width_right"):
+        check_int(name, p[name], 0)
+    _units_chapter(p, [p["l0_coefficient"]], [p["l1_coefficient"]])
+
+
 def _grid_config(config) -> None:
     """A grid config's full :meth:`validate` where the model's shape is known, else the checks of its fields."""
     from ._validate import check_fields
@@ -226,6 +236,7 @@ CHAPTERS: dict[str, Callable[[Mapping], None]] = {
     "03_capacity_grid": _capacity_grid,
     "04_per_model_results": _per_model_results,
     "05_monosemanticity": _monosemanticity,
+    "06_atom_browser": _atom_browser,
 }
 
 

@@ -4,6 +4,9 @@ For every page of ``_toc.yml``: HTTP 200, no console errors, no failed request t
 loaded, MathJax (served from ``_static/mathjax``, no CDN) has typeset every math element, and every internal
 link resolves with HTTP 200. Screenshots of the landing page and chapter 1 go to ``test-artifacts/``.
 
+Chapter 6's atom-browser pages (``_static/browser/<unit set>.html``): every unit's card shows contexts and logit-lens
+tokens, typing a token into the search box narrows the list, the sort menu orders it, and nothing is loaded.
+
 Without a browser, from the built HTML: every chapter page links Binder and Colab to its executed notebook
 ``book/chapters/<chapter>.ipynb`` on the repository and branch of ``_config.yml`` (the branch the workflow publishes
 those notebooks to), and that notebook carries the hidden install cell and the version; every page's footer
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -248,6 +252,76 @@ def test_screenshots(browser, server):
         finally:
             visit.close()
         assert (ARTIFACTS / name).stat().st_size > 10_000, f"{name} looks empty"
+
+
+# ------------------------------------------------------------------------ the atom browser (chapter 6's pages)
+BROWSER_SETS = ("atoms", "features", "neurons")  # the unit sets chapter 6 writes a page for
+
+
+def _search_token(units: list[dict], search: list[str]) -> str:
+    """A context or logit-lens token (stripped, lowercased, 2+ characters) that some cards hold and others do not."""
+    for u in units:
+        for tok in [t for c in u["contexts"] for t, _ in c] + [t for t, _ in u["promoted"] + u["suppressed"]]:
+            t = tok.strip().lower()
+            if len(t) >= 2 and 0 < sum(t in s for s in search) < len(search):
+                return t
+    pytest.fail("no token tells the cards apart: the page cannot show that search narrows the list")
+
+
+@pytest.mark.parametrize("unit_set", BROWSER_SETS)
+def test_atom_browser_page(browser, server, unit_set):
+    """Chapter 6's page of one unit set, served by the book: every unit's card shows contexts with shaded tokens and
+    logit-lens tokens, typing a token into the search box narrows the list to the cards holding it, the sort menu
+    orders the cards, and the page loads nothing from anywhere (no console error, no request outside the page)."""
+    visit = PageVisit(browser, server)
+    try:
+        page = visit.page
+        resp = page.goto(f"{server}/_static/browser/{unit_set}.html", wait_until="load")
+        assert resp is not None and resp.status == 200, (f"{unit_set}: HTTP {resp and resp.status} (chapter 6 writes "
+                                                         "the pages: make book)")
+        data = json.loads(page.locator("#atomsnb-data").text_content())
+        units = data["units"]
+        cards = page.locator(".card")
+        assert units and cards.count() == len(units), (cards.count(), len(units))
+        per_card = page.evaluate("""() => Array.from(document.querySelectorAll('.card')).map(c => ({
+            unit: +c.dataset.unit, contexts: c.querySelectorAll('.ctx').length,
+            shaded: Array.from(c.querySelectorAll('.ctx span'))
+                .filter(s => getComputedStyle(s).backgroundColor !== 'rgba(0, 0, 0, 0)').length,
+            promoted: Array.from(c.querySelectorAll('.lens td.pos')).map(t => t.textContent),
+            suppressed: Array.from(c.querySelectorAll('.lens td.neg')).map(t => t.textContent),
+            bars: c.querySelectorAll('svg.hist rect').length}))""")
+        assert sorted(c["unit"] for c in per_card) == sorted(u["unit"] for u in units)
+        empty = [c["unit"] for c in per_card if not (c["contexts"] and c["shaded"] and c["promoted"]
+                                                     and c["suppressed"] and c["bars"])]
+        assert not empty, f"{unit_set}: cards without contexts, shading, logit-lens tokens or histogram: {empty}"
+        assert page.locator("#count").text_content() == f"{len(units)} of {len(units)} units shown"
+
+        search = page.evaluate("() => Array.from(document.querySelectorAll('.card')).map(c => c.dataset.search)")
+        token = _search_token(units, search)
+        page.locator("#search").press_sequentially(token, delay=5)
+        expected = sum(token in s for s in search)
+        page.wait_for_function("n => document.querySelectorAll('.card:not(.hidden)').length === n", arg=expected)
+        assert 0 < expected < len(units)
+        assert page.locator("#count").text_content() == f"{expected} of {len(units)} units shown"
+        shown = page.evaluate("() => Array.from(document.querySelectorAll('.card:not(.hidden)'))"
+                              ".map(c => c.dataset.search)")
+        assert all(token in s for s in shown), token
+        page.locator("#search").fill("")
+        page.wait_for_function("n => document.querySelectorAll('.card:not(.hidden)').length === n", arg=len(units))
+
+        for key, field in (("frequency", "frequency"), ("contribution", "contribution")):
+            page.select_option("#sort", key)
+            order = page.evaluate(f"() => Array.from(document.querySelectorAll('.card')).map(c => +c.dataset.{field})")
+            assert order == sorted(order, reverse=True), f"{unit_set}: sort by {key} gave {order[:10]}..."
+
+        assert not visit.console_errors, f"{unit_set}: console errors: {visit.console_errors}"
+        assert not visit.failed, f"{unit_set}: failed requests: {visit.failed}"
+        assert not visit.foreign, f"{unit_set}: requests outside the book's server: {visit.foreign}"
+        urls = page.evaluate("() => Array.from(document.querySelectorAll('[src], link[href]'))"
+                             ".map(e => e.src || e.href)")
+        assert all(u.startswith("data:") for u in urls), f"{unit_set}: the page loads {urls}"
+    finally:
+        visit.close()
 
 
 # ------------------------------------------------------------------------ launch links, footer, citation (no browser)

@@ -137,6 +137,9 @@ CH = {c.stem[:2]: c for c in CHAPTERS}
     ("04", ["-p", "l1_coefficient", "-0.1"], ["l1_coefficient=-0.1"]),
     ("05", ["-p", "n_steps", "-1"], ["n_steps=-1"]),
     ("05", ["-p", "n_reading_tokens", "0"], ["n_tokens", "0"]),
+    ("06", ["-p", "n_units", "0"], ["n_units=0", "integer >= 1"]),
+    ("06", ["-p", "width_left", "-1"], ["width_left=-1"]),
+    ("06", ["-p", "n_steps", "-5"], ["n_steps=-5"]),
 ])
 def test_value_out_of_range_is_refused_before_a_kernel_starts(no_kernel, tmp_path, chapter, argv, words):
     """The chapter's own configs refuse it (atomsnb.parameters); before, `-p n_steps -5` failed in the kernel."""

@@ -448,6 +448,12 @@ def test_status_page_renders_the_records_and_refuses_bad_ones(tmp_path, monkeypa
     os.utime(path, None)
     assert status_page.main(["--claims-dir", str(claims_dir), "--notebooks", str(nb), "--out", str(out)]) == 1
     assert "no claims file" in capsys.readouterr().err
+    # a chapter that tests no claim of the paper (the atom browser) needs no claims file, and is not on the page
+    (nb / "05_monosemanticity.py").unlink()
+    _chapter(nb, "06_atom_browser")
+    assert "06_atom_browser" not in status_page.CLAIM_CHAPTERS
+    assert status_page.main(["--claims-dir", str(claims_dir), "--notebooks", str(nb), "--out", str(out)]) == 0
+    assert "06_atom_browser" not in out.read_text() and "chapters/04_per_model_results" in out.read_text()
 
 
 def test_layers_atoms_near_one_over_several_models():

@@ -9,8 +9,9 @@ This script reads them and writes one Markdown page: a count of verdicts, then o
 beside ours, the model ours ran on and the reading of our numbers). Nothing on the page is typed by hand.
 
 The script refuses to write a page that could be stale or incomplete: it exits non-zero with a message
-naming the chapter if a notebook in ``notebooks/`` has no claims file (or an empty one), if a claims file is
-older than its notebook source, or if a record is malformed.
+naming the chapter if a notebook in ``notebooks/`` that tests a claim (one named by ``atomsnb.paper.CLAIMS``) has no
+claims file (or an empty one), if a claims file is older than its notebook source, or if a record is malformed. A
+chapter that tests no claim (the atom browser) and recorded none is left off the page.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ import jupytext
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from run_notebook import chapter_parameters  # noqa: E402
+
+from atomsnb.paper import CLAIMS  # noqa: E402
+
+#: Chapters that test a claim of the paper (atomsnb.paper.CLAIMS names each claim's chapter): these must have records.
+#: A chapter named by no claim (the atom browser, a tool for reading units) is left off the page when it has none.
+CLAIM_CHAPTERS = frozenset(c.chapter for c in CLAIMS.values())
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run here")
 FIELDS = ("chapter", "claim_id", "statement", "paper", "ours", "model", "verdict", "criterion")
@@ -62,6 +70,8 @@ def load_claims(notebooks: Path, claims_dir: Path) -> list[tuple[Path, list[dict
     problems, chapters = [], []
     for src in sources:
         path = claims_dir / f"{src.stem}.jsonl"
+        if src.stem not in CLAIM_CHAPTERS and (not path.is_file() or not path.read_text().strip()):
+            continue  # tests no claim of the paper, and recorded none
         if not path.is_file():
             problems.append(f"{src}: no claims file {path} (execute the chapter: rm -f book/chapters/{src.stem}.ipynb && make book)")
             continue
