@@ -90,7 +90,7 @@ ci-notebooks: model
 	$(MAKE) --no-print-directory -j$(JOBS) $(CI_EXECUTED)
 
 # The book's page of model cards and licences, generated from the cards written when the models were converted.
-book/models.md: tools/models_page.py atomsnb/packaged.py atomsnb/models.py | model
+book/models.md: tools/models_page.py atomsnb/packaged.py atomsnb/models.py atomsnb/corpus.py requirements.lock | model
 	$(BIN)/python tools/models_page.py --out $@
 
 # MathJax is served from the built site (no CDN): the book renders in a classroom without internet.

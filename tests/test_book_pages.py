@@ -46,6 +46,12 @@ def test_models_page_links_every_licence_from_the_cards():
         card = model_card(name)
         assert f"`{name}`" in text and card["licence"]["url"] in text and card["licence"]["notice"] in text
         assert f"{card['n_parameters']:,}" in text and card["source"]["gguf_sha256"][:16] in text
+    # the Text section: every corpus with each tokenizer, counted (not typed), and the domain shift said plainly
+    section = text[text.index("## Text"):text.index("## Licences")]
+    assert "domain shift" in section and "Wikipedia" in section
+    for src, _ in models_page.CORPORA:
+        assert sum(line.startswith(f"| `{src}` |") for line in section.splitlines()) == len(PACKAGED_MODELS)
+    assert "| `torch` |" in section and "| `stdlib` |" in section
 
 
 def _docstrings():

@@ -269,3 +269,27 @@ def test_token_counts_match_an_independent_count_and_are_cached(tmp_path, monkey
     assert cmod.token_counts("site-docstrings", tok) == counts  # from the cache: the tokenizer is not called
     with pytest.raises(TypeError, match="fast"):
         cmod.token_counts("site-docstrings", object())
+
+
+@pytest.mark.slow
+@pytest.mark.shared_cache
+def test_python_source_is_large_enough_for_the_scaling_study():
+    """The real corpus (cached index and counts in the repository cache; first build several minutes): at least 20 M
+    SmolLM2 tokens, 2^23 of them in ``train`` (the scaling study's largest run at layer 1), no machine path."""
+    import sysconfig
+
+    from transformers import AutoTokenizer
+
+    from atomsnb.corpus import site_index, token_counts
+    from atomsnb.packaged import ensure_packaged_model
+
+    docs, record = site_index("python-source")
+    ids = {s: {d.doc_id for d in Corpus("python-source").documents(s)} for s in SPLITS}
+    assert sum(map(len, ids.values())) == len(docs) == len({d.doc_id for d in docs})
+    assert not (ids["train"] & ids["fit"] or ids["fit"] & ids["eval"] or ids["train"] & ids["eval"])
+    machine = (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"])
+    assert not any(p in str(record) for p in machine) and not any(d.doc_id.startswith("/") for d in docs)
+    assert {"stdlib", "numpy", "torch", "transformers"} <= {name for name, _ in record["distributions"]}
+    tok = AutoTokenizer.from_pretrained(ensure_packaged_model("smollm2-135m", verbose=False))
+    counts = token_counts("python-source", tok)
+    assert sum(counts["tokens"].values()) >= 20_000_000 and counts["tokens"]["train"] >= 2**23

