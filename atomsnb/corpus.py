@@ -14,10 +14,12 @@ Sources (the ``source`` string of :class:`Corpus`):
   :func:`ast.unparse`, docstrings removed): a second domain for out-of-domain tests of ``S``.
 - ``"site-docstrings"``: the docstrings of the standard library and of every distribution that atomsnb
   requires at run time (the closure of its ``Requires-Dist``, extras it names included; ``requirements.lock`` pins
-  their versions, so the lock determines the text): about 40 M characters, 10 M tokens.
+  their versions, so the lock determines the text): about 38 M characters, 11 M tokens (the book's models
+  page counts them per split and tokenizer).
 - ``"python-source"``: the same files' code as written, one document per top-level class or function (decorators,
-  docstrings and comments included): about 150 M characters, 40 M tokens. Exact duplicates (code copied between
-  models of ``transformers``, for instance) are kept once, at their first id in document order, so no text is in
+  docstrings and comments included; other module-level code is left out): about 170 M characters, 46 M SmolLM2
+  tokens, 36 M of them in ``train``. In both site sources an exact duplicate (code and docstrings copied between
+  the models of ``transformers``, for instance) is kept once, at its first id in document order, so no text is in
   two splits.
 - ``"file:/path/to/text.txt"``: a local UTF-8 text file, one document per blank-line-separated block.
 - ``"hf:NAME[:CONFIG[:SPLIT[:COLUMN]]]"``: a Hugging Face dataset (e.g. ``hf:wikitext:wikitext-103-raw-v1``),
@@ -26,15 +28,15 @@ Sources (the ``source`` string of :class:`Corpus`):
 The parsed built-in sources are kept in ``$ATOMSNB_CACHE/corpus`` (JSON), keyed by the path, size and
 mtime of every source file parsed, the Python version and :data:`PARSER_VERSION`: a later process reads
 them in seconds instead of re-parsing (10-20 s), and any change to a source file re-parses.
-The two site sources share one checksummed index per source (:func:`site_index`), keyed by the distributions'
+Each site source is read from a checksummed index (:func:`site_index`), keyed by the distributions'
 names and versions, the size and mtime of every file read, the Python version and the extraction code itself;
-it records names, versions, relative paths and the build time, never a machine's absolute paths.
+it records the distributions' names and versions, the counts and the build time, never a machine's paths.
 
-Every document has a stable id (``stdlib:json/decoder.py::JSONDecoder.decode``, for a distribution
-``numpy:numpy/linalg/_linalg.py::norm``: canonical distribution name, path inside site-packages, qualified name,
-no version); its split (``train`` / ``fit`` / ``eval``: 80/10/10 %) is a
-hash of that id, so splits are disjoint and identical across runs and machines, and adding or upgrading a
-distribution never moves another document from one split to another. The default
+Every document has a stable id (``stdlib:json/decoder.py::JSONDecoder.decode``; in the site sources a
+distribution's is ``numpy:numpy/linalg/_linalg.py::norm``: canonical distribution name, path inside site-packages,
+qualified name, no version, whereas ``"docstrings"`` keeps its ``numpy-<version>:`` tags); its split (``train`` /
+``fit`` / ``eval``: 80/10/10 %) is a hash of that id, so splits are disjoint and identical across runs and
+machines, and adding or upgrading a distribution never moves another document from one split to another. The default
 model trains on ``train``; ``S`` and dictionaries are fitted on ``fit``; metrics use ``eval``.
 """
 
@@ -630,9 +632,10 @@ def token_counts(source: str, tokenizer, *, batch_size: int = 256) -> dict:
         batch_size: documents per tokenizer call (does not change the counts).
 
     Returns:
-        ``{"source", "fingerprint", "documents": {split: n}, "tokens": {split: n}, "by_group": {group: {split:
-        tokens}}, "tokenize_s"}``; a group is the part of a document id before its first ``:`` (``stdlib``, a
-        distribution's name, ``pydoc``); ``tokenize_s`` is the wall time of the counting that wrote the cache.
+        A dict: ``source``; ``fingerprint`` (of the whole corpus); ``documents`` and ``tokens``, each
+        ``{split: count}``; ``by_group``, ``{group: {split: tokens}}``, where a group is the part of a document id
+        before its first ``:`` (``stdlib``, a distribution's name, ``pydoc``); ``tokenize_s``, the wall time of
+        the counting that wrote the cache.
 
     Raises:
         TypeError: the tokenizer is not a fast tokenizer.
