@@ -1,5 +1,7 @@
 """The offline corpus: deterministic, disjoint splits."""
 
+import os
+
 import pytest
 
 from atomsnb.corpus import SPLITS, Corpus, split_of
@@ -200,18 +202,18 @@ def test_a_documents_split_does_not_depend_on_other_packages(tmp_path, monkeypat
 def test_site_fingerprint_changes_with_a_document_and_the_index_is_cached(tmp_path, monkeypatch):
     from atomsnb import corpus as cmod
 
+    private = os.environ["ATOMSNB_CACHE"]
     site, _ = _site(tmp_path, monkeypatch)
     c = Corpus("site-docstrings")
     before = {s: c.fingerprint(s) for s in (*SPLITS, None)}
     index = list(cmod.cache_dir("corpus").glob("site-docstrings-*.json"))
     assert len(index) == 1 and str(tmp_path) not in index[0].read_text()  # no machine path in the index
-    # read back from the index: no parse
+    # read back from the index: no parse (a context of its own: undoing the test's monkeypatch would also undo
+    # the private ATOMSNB_CACHE and point the rest of the test at the shared cache)
     cmod._site_index.cache_clear()
-    monkeypatch.setattr(cmod, "_build_site_documents", lambda *a: pytest.fail("rebuilt although the index is valid"))
-    assert {s: Corpus("site-docstrings").fingerprint(s) for s in (*SPLITS, None)} == before
-    monkeypatch.undo()
-    _site_spec = cmod._SiteSpec(roots=("app",), paths=(str(site),), stdlib=False)
-    monkeypatch.setattr(cmod, "_site_spec", lambda: _site_spec)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cmod, "_build_site_documents", lambda *a: pytest.fail("rebuilt although the index is valid"))
+        assert {s: Corpus("site-docstrings").fingerprint(s) for s in (*SPLITS, None)} == before
     # one docstring changes: the fingerprint of its split and of the whole corpus change, the others' do not
     core = site / "alpha" / "core.py"
     core.write_text(core.read_text().replace("A thing with one method", "A thing with a single method"))
@@ -221,6 +223,7 @@ def test_site_fingerprint_changes_with_a_document_and_the_index_is_cached(tmp_pa
     assert after[changed] != before[changed] and after[None] != before[None]
     assert all(after[s] == before[s] for s in SPLITS if s != changed)
     # a damaged index is rebuilt, not used
+    assert os.environ["ATOMSNB_CACHE"] == private  # never damage an index of the shared cache
     for f in cmod.cache_dir("corpus").glob("site-docstrings-*.json"):
         f.write_text(f.read_text().replace("single", "lonely"))
     cmod._site_index.cache_clear()
