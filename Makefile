@@ -35,7 +35,7 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css
 
-.PHONY: book test test-compat install install-hub model notebooks ci-notebooks clean help validate
+.PHONY: book test test-compat corpus-counts install install-hub model notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
@@ -95,8 +95,14 @@ ci-notebooks: model
 	$(MAKE) --no-print-directory -j$(JOBS) $(CI_EXECUTED)
 
 # The book's page of model cards and licences, generated from the cards written when the models were converted.
-book/models.md: tools/models_page.py atomsnb/packaged.py atomsnb/models.py | model
+book/models.md: tools/models_page.py tools/corpus_counts.py $(wildcard results/corpus/*.json) atomsnb/packaged.py atomsnb/models.py atomsnb/corpus.py requirements.lock | model
 	$(BIN)/python tools/models_page.py --out $@
+
+# The offline corpora's token counts (tools/corpus_counts.py): parsing every installed package and tokenising about
+# 60 M tokens takes over ten minutes, so the counts are committed (results/corpus/token_counts.json) with their
+# provenance, and the models page marks them stale when the corpora, tokenizers or counting code change.
+corpus-counts: model
+	$(BIN)/python tools/corpus_counts.py
 
 # MathJax is served from the built site (no CDN): the book renders in a classroom without internet.
 MATHJAX_VERSION := 3.2.2

@@ -114,9 +114,9 @@ def check_corpus(corpus: Any) -> str:
     """A corpus source :class:`atomsnb.corpus.Corpus` accepts (a ``file:`` path must be an existing file)."""
     from pathlib import Path
 
-    from .corpus import Corpus
+    from .corpus import SOURCES, Corpus
 
-    allowed = "'docstrings', 'stdlib-code', 'file:PATH' or 'hf:NAME[:CONFIG[:SPLIT[:COLUMN]]]'"
+    allowed = f"{', '.join(map(repr, SOURCES))}, 'file:PATH' or 'hf:NAME[:CONFIG[:SPLIT[:COLUMN]]]'"
     if not isinstance(corpus, str):
         raise TypeError(f"corpus={corpus!r} is not allowed: it must be a string, {allowed}")
     try:

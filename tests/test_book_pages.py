@@ -46,6 +46,12 @@ def test_models_page_links_every_licence_from_the_cards():
         card = model_card(name)
         assert f"`{name}`" in text and card["licence"]["url"] in text and card["licence"]["notice"] in text
         assert f"{card['n_parameters']:,}" in text and card["source"]["gguf_sha256"][:16] in text
+    # the Text section: every corpus with each tokenizer, counted (not typed), and the domain shift said plainly
+    section = text[text.index("## Text"):text.index("## Licences")]
+    assert "domain shift" in section and "Wikipedia" in section
+    for src, _ in models_page.CORPORA:
+        assert sum(line.startswith(f"| `{src}` |") for line in section.splitlines()) == len(PACKAGED_MODELS)
+    assert "| `torch` |" in section and "| `stdlib` |" in section
 
 
 def _docstrings():
@@ -122,3 +128,25 @@ def test_every_docstring_is_valid_restructuredtext():
         if stream.getvalue():
             bad.append(f"{where}: {stream.getvalue()[:300]}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.shared_cache
+def test_models_page_marks_committed_corpus_counts_stale_when_what_they_depend_on_changes(monkeypatch):
+    sys.path.insert(0, str(REPO / "tools"))
+    import corpus_counts
+    import models_page
+
+    rec, stale = corpus_counts.load()
+    assert rec is not None, "results/corpus/token_counts.json is committed (make corpus-counts)"
+    assert stale == [], f"the committed corpus counts are stale ({stale}): run make corpus-counts"
+    assert "**current**" in "\n".join(models_page.text_section())
+    text = (REPO / "results" / "corpus" / "token_counts.json").read_text()
+    assert str(REPO) not in text and str(Path.home()) not in text
+    real = corpus_counts.provenance()
+    moved = {**real, "corpora": {**real["corpora"], "python-source": "0" * 16}, "code": "f" * 64}
+    monkeypatch.setattr(corpus_counts, "provenance", lambda: moved)
+    _, stale = corpus_counts.load()
+    assert stale == ["corpus python-source", "the counting code"]
+    section = "\n".join(models_page.text_section())
+    assert "**They are stale**: corpus python-source, the counting code changed" in section
+    assert "make corpus-counts" in section
