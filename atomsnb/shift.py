@@ -311,24 +311,25 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
 
 
 def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`massive_choice` for a reader: one row per layer, units in the headers, condition numbers in 2 digits.
+    """:func:`massive_choice` for a reader: one row per layer, units in the headers, each "with / without the massive
+    tokens" pair in one column (``before → after``), so that the table fits the book's column.
 
     Returns:
-        Index ``layer``; columns: massive fitting tokens, their share of ``sum ||m||^2`` (%), the largest ``|x|`` and
-        its coordinate, the top coordinate's share of the trace (%), cond(E[hh^T]) with all tokens / without the
-        massive ones, the same for held-out ordinary tokens after whitening, and the change of the mean held-out AIP
-        angle (degrees).
+        Index ``layer``; columns: ``massive tokens`` (count among the fitting tokens), ``their share of Σ‖m‖² (%)``
+        (1 decimal), ``largest |x| (coordinate)`` (3 significant digits and the coordinate), ``top coordinate's share of
+        tr E[hhᵀ] (%)`` (1 decimal), ``cond E[hhᵀ]: all → massive excluded`` (2 digits each), ``whitened held-out
+        cond: S from all → S without massive`` (2 significant digits each; 1 is a perfect whitening) and ``Δ mean
+        held-out AIP angle (degrees)`` (without minus with the massive tokens, 2 decimals).
     """
     out = pd.DataFrame({
         "massive tokens": table["n_massive_fit"].astype(int),
         "their share of Σ‖m‖² (%)": (100 * table["share_sq_norm"]).round(1),
-        "largest |x|": table["max_abs"].map("{:.3g}".format),
-        "at coordinate": table["max_abs_dim"].astype(int),
+        "largest |x| (coordinate)": [f"{v:.3g} ({int(d)})" for v, d in zip(table["max_abs"], table["max_abs_dim"])],
         "top coordinate's share of tr E[hhᵀ] (%)": (100 * table["share_trace_top_dim"]).round(1),
-        "cond E[hhᵀ], all tokens": table["cond_kept"].map("{:.1e}".format),
-        "cond E[hhᵀ], massive excluded": table["cond_excluded"].map("{:.1e}".format),
-        "whitened held-out cond, S from all": table["whitened_cond_kept"].map("{:.2g}".format),
-        "whitened held-out cond, S without massive": table["whitened_cond_excluded"].map("{:.2g}".format),
+        "cond E[hhᵀ]: all → massive excluded": [f"{a:.1e} → {b:.1e}" for a, b in zip(table["cond_kept"],
+                                                                                     table["cond_excluded"])],
+        "whitened held-out cond: S from all → S without massive": [
+            f"{a:.2g} → {b:.2g}" for a, b in zip(table["whitened_cond_kept"], table["whitened_cond_excluded"])],
         "Δ mean held-out AIP angle (degrees)": (table["aip_mean_excluded"] - table["aip_mean_kept"]).round(2),
     })
     out.index = pd.Index(table["layer"].astype(int), name="layer")

@@ -116,3 +116,13 @@ def test_collect_sets_and_models_table(tmp_path):
     assert (row["blocks"], row["d_model"], row["fitting tokens / d_model"]) == (2, 32, 200)
     assert row["parameters (M)"] == round(sum(p.numel() for p in lm.model.parameters()) / 1e6, 1)
     assert row["package"] == "" and row["licence"] == ""  # not a packaged model
+
+
+def test_massive_reader_table_pairs_before_and_after(fitted):
+    table, _ = fitted
+    r = shift.massive_reader_table(table)
+    assert list(r.index) == list(LAYERS) and r.index.name == "layer" and len(r.columns) == 7
+    row, raw = r.loc[2], table.set_index("layer").loc[2]
+    assert row["massive tokens"] == 4 and row["largest |x| (coordinate)"] == f"{raw['max_abs']:.3g} (0)"
+    assert row["cond E[hhᵀ]: all → massive excluded"] == f"{raw['cond_kept']:.1e} → {raw['cond_excluded']:.1e}"
+    assert row["Δ mean held-out AIP angle (degrees)"] == round(raw["aip_mean_excluded"] - raw["aip_mean_kept"], 2)

@@ -194,9 +194,8 @@ def test_compare_unit_sets_mixes_trained_and_ready_unit_sets(world, aip):
         compare_unit_sets(train, held, aip, [], cfg)
 
     r = reader_table(t)
-    assert list(r.columns) == ["family", "L0 coefficient", "L1 coefficient", "R² (AIP)", "explained variance (Euclidean)",
-                               "q*", "L0 (latents/token)", "dead latents (%)"]
-    assert r.loc["atoms", "L0 coefficient"] == "0.01" and r.loc["atoms", "L1 coefficient"] == ""
+    assert list(r.columns) == ["R² (AIP)", "explained variance (Euclidean)", "q*", "L0 (latents/token)",
+                               "dead latents (%)"]
     assert r.loc["atoms", "dead latents (%)"] == round(100 * idx.loc[("atoms", "held-out"), "frac_dead"], 1)
     assert r.loc["neurons", "R² (AIP)"] == 1.0
     tv = train_vs_heldout_table(t)
@@ -314,3 +313,20 @@ def test_trained_saes_are_cached_by_data_settings_and_code(world, aip):
         c, _, hit_c = train_sae_cached(world.acts, aip, cfg, progress=False)
     assert hit_c is False and torch.equal(c.W_dec, a.W_dec)
     assert train_sae_cached(world.acts, aip, cfg, cache=False, progress=False)[2] is False
+
+
+def test_spliced_reader_table_gives_the_shared_losses_once():
+    from atomsnb.evaluation import spliced_reader_table
+
+    t = pd.DataFrame({"unit set": ["neurons", "atoms"], "r2_aip": [1.0, 0.91234], "explained_variance": [1.0, 0.8],
+                      "q_star": [0.5, 0.7], "ce_loss_score": [1.0, 0.61234], "kl_div_score": [1.0, 0.5],
+                      "ce_loss_with_sae": [3.0, 3.41234], "ce_loss_without_sae": [3.0, 3.0],
+                      "ce_loss_with_ablation": [7.12345, 7.12345]})
+    r = spliced_reader_table(t)
+    spliced = "CE spliced (nats; clean 3.000, zero-ablated 7.123)"
+    assert list(r.columns) == ["R² (AIP)", "explained variance (Euclidean)", "q*", "ce_loss_score", "kl_div_score", spliced]
+    assert r.loc["atoms", "R² (AIP)"] == 0.912 and r.loc["atoms", spliced] == 3.412
+    with pytest.raises(ValueError, match="ce_loss_with_ablation differs"):
+        spliced_reader_table(t.assign(ce_loss_with_ablation=[7.0, 8.0]))
+    with pytest.raises(ValueError, match="lacks columns"):
+        spliced_reader_table(t.drop(columns="kl_div_score"))
