@@ -378,11 +378,17 @@ def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_sta
     """
     metrics = [m for m in metrics if f"atoms_{m}" in df]
     groups = list(df.groupby("model", sort=False)) if "model" in df else [("", df)]
-    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(5.2 * len(metrics), 3.3 * len(groups)), squeeze=False)
+    n = len(groups) * len(metrics)
+    cols = min(n, 2)  # (model, metric) panels two a row: each at least MIN_PANEL_PX wide in the book
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH_IN if cols > 1 else 6, 3.4 * rows), squeeze=False)
+    for ax in grid.flat[n:]:
+        ax.axis("off")
+    panels = iter(grid.flat)
     labels = {"r2_aip": "R² in the AIP (held-out)", "q_star": "q* (held-out)", "ce_loss_score": "ce_loss_score (spliced)"}
-    for row, (model, g) in zip(axes, groups):
+    for model, g in groups:
         g = g.sort_values("layer")
-        for ax, metric in zip(row, metrics):
+        for ax, metric in zip(panels, metrics):
             for fam in ("neurons", "features", "atoms"):
                 color, marker = _FAMILY_STYLE[fam]
                 ax.plot(g["layer"], g[f"{fam}_{metric}"], marker=marker, color=color, label=fam)
@@ -392,7 +398,7 @@ def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_sta
             ax.axhline(1, color="k", lw=0.5, ls=":")
             if model:
                 ax.set_title(model, fontsize=10)
-    axes[0][0].legend(fontsize=8)
+    grid[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -413,9 +419,14 @@ def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, 
         The array of axes.
     """
     judges = list(dict.fromkeys(summary["judge"]))
+    created = axes is None
     if axes is None:
-        _, axes = plt.subplots(1, len(judges), figsize=(4.2 * len(judges), 3.6), squeeze=False)
-        axes = axes[0]
+        cols = min(len(judges), 2)  # two panels a row: each at least MIN_PANEL_PX wide in the book
+        rows = -(-len(judges) // cols)
+        _, grid = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH_IN if cols > 1 else 5, 3.8 * rows), squeeze=False)
+        for ax in grid.flat[len(judges):]:
+            ax.axis("off")
+        axes = list(grid.flat)
     sets = list(order or dict.fromkeys(summary["unit set"]))
     for ax, judge in zip(axes, judges):
         df = summary[summary["judge"] == judge].set_index("unit set").reindex(sets)
@@ -440,6 +451,8 @@ def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, 
     axes[0].legend(fontsize=8, loc="upper left")
     if title:
         axes[0].figure.suptitle(title, fontsize=10)
+    if created:
+        axes[0].figure.tight_layout()
     return axes
 
 

@@ -65,6 +65,18 @@ def _grid():
                          for m in (512, 2048, 8192, 32768) for d in (576, 2304, 4608)])
 
 
+def _layers():
+    return pd.DataFrame([{"model": m, "layer": l, **{f"{f}_{k}": RNG.uniform() for f in ("neurons", "features", "atoms")
+                                                     for k in ("r2_aip", "q_star", "ce_loss_score")}}
+                         for m in ("smollm2-135m", "gemma3-270m") for l in (3, 6, 9, 12)])
+
+
+def _judges(judges=("token concentration", "embedding", "LLM judge")):
+    return pd.DataFrame([{"judge": j, "unit set": s, "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+                          "chance (shuffled)": 0.3, "chance (random tokens)": 0.2}
+                         for j in judges for s in ("neurons", "features", "atoms")])
+
+
 FIGURES = {
     "ch1 massive choice": lambda: plots.massive_choice_by_layer({m: _massive_table(l) for m, l in LAYERS.items()},
                                                                 title="Fitting S with or without massive tokens"),
@@ -83,6 +95,11 @@ FIGURES = {
         _grid(), {"train_r2_aip": "R² in the AIP, training activations", "heldout_r2_aip": "R² in the AIP, held-out",
                   "train_q_star": "q*, training activations", "heldout_q_star": "q*, held-out"},
         critical={512: 576.0}, title="smollm2-135m, layer 1: red = smallest |D| with training R² >= 0.99"),
+    "ch4 layer curves": lambda: plots.layer_curves(_layers(), metrics=("r2_aip", "q_star", "ce_loss_score"),
+                                                   title="Held-out R² and q*, and the loss kept when spliced in"),
+    "ch5 judges": lambda: plots.judge_scores(_judges(), order=("neurons", "features", "atoms"),
+                                             title="smollm2-135m, layer 15: 64 units per set, top 20 contexts each"
+                                             )[0].figure,
 }
 
 
