@@ -12,6 +12,7 @@ neighbouring tokens of one context), the test the construction does not pass for
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, NamedTuple
 
 import pandas as pd
@@ -310,6 +311,17 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
     return (pd.DataFrame(rows), fitted) if return_aips else pd.DataFrame(rows)
 
 
+def _short(value: float, fmt: str) -> str:
+    """``value`` in ``fmt`` with the exponent written short: ``2.1e+05`` -> ``2.1e5``, ``3.4e-03`` -> ``3.4e-3``."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: f"e{'-' if m.group(1) == '-' else ''}{m.group(2)}", fmt.format(value))
+
+
+def _pair(before: float, after: float, fmt: str) -> str:
+    """``"2.1e5 → 3.4e3"``: two numbers in ``fmt`` (:func:`_short`) joined by an arrow between no-break spaces, so
+    that a table cell never breaks inside the pair."""
+    return "\u00a0→\u00a0".join(_short(v, fmt) for v in (before, after))
+
+
 def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`massive_choice` for a reader: one row per layer, units in the headers, each "with / without the massive
     tokens" pair in one column (``before → after``), so that the table fits the book's column.
@@ -317,20 +329,21 @@ def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
     Returns:
         Index ``layer``; columns: ``massive tokens`` (count among the fitting tokens), ``their share of Σ‖m‖² (%)``
         (1 decimal), ``largest |x| (coordinate)`` (3 significant digits and the coordinate), ``top coordinate's share of
-        tr E[hhᵀ] (%)`` (1 decimal), ``cond E[hhᵀ]: all → massive excluded`` (2 digits each), ``whitened held-out
+        tr E[hhᵀ] (%)`` (1 decimal), ``cond E[hhᵀ]: all → massive excluded`` (2 digits each, ``2.1e5 → 3.4e3``), ``whitened held-out
         cond: S from all → S without massive`` (2 significant digits each; 1 is a perfect whitening) and ``Δ mean
         held-out AIP angle (degrees)`` (without minus with the massive tokens, 2 decimals).
     """
     out = pd.DataFrame({
         "massive tokens": table["n_massive_fit"].astype(int),
         "their share of Σ‖m‖² (%)": (100 * table["share_sq_norm"]).round(1),
-        "largest |x| (coordinate)": [f"{v:.3g} ({int(d)})" for v, d in zip(table["max_abs"], table["max_abs_dim"])],
+        "largest |x| (coordinate)": [f"{_short(v, '{:.3g}')} ({int(d)})" for v, d in zip(table["max_abs"],
+                                                                                          table["max_abs_dim"])],
         "top coordinate's share of tr E[hhᵀ] (%)": (100 * table["share_trace_top_dim"]).round(1),
-        "cond E[hhᵀ]: all → massive excluded": [f"{a:.1e} → {b:.1e}" for a, b in zip(table["cond_kept"],
-                                                                                     table["cond_excluded"])],
+        "cond E[hhᵀ]: all → massive excluded": [_pair(a, b, "{:.1e}") for a, b in zip(table["cond_kept"],
+                                                                                      table["cond_excluded"])],
         "whitened held-out cond: S from all → S without massive": [
-            f"{a:.2g} → {b:.2g}" for a, b in zip(table["whitened_cond_kept"], table["whitened_cond_excluded"])],
-        "Δ mean held-out AIP angle (degrees)": (table["aip_mean_excluded"] - table["aip_mean_kept"]).round(2),
+            _pair(a, b, "{:.2g}") for a, b in zip(table["whitened_cond_kept"], table["whitened_cond_excluded"])],
+        "Δ mean held-out AIP angle (degrees)": (table["aip_mean_excluded"] - table["aip_mean_kept"]).round(2) + 0.0,
     })
     out.index = pd.Index(table["layer"].astype(int), name="layer")
     return out
@@ -443,14 +456,15 @@ def models_table(lms, *, n_fit_tokens: int) -> pd.DataFrame:
         n_fit_tokens: tokens per layer fitting ``S`` (shown per ``d_model``: SPEC §1.1 asks at least 20).
 
     Returns:
-        Index ``model``; ``architecture``, ``blocks``, ``d_model``, ``parameters (M)`` (1 decimal),
+        Index ``model``; ``architecture`` (the transformers class without ``ForCausalLM``), ``blocks``, ``d_model``, ``parameters (M)`` (1 decimal),
         ``fitting tokens / d_model`` (integer) and, for the packaged models (:data:`atomsnb.models.PACKAGED_MODELS`;
         blank for the others), ``package`` (``name==version``) and ``licence`` from the model card.
     """
     rows = []
     for lm in lms:
         card = card_summary(model_card(lm.name)) if lm.name in PACKAGED_MODELS else {}
-        rows.append({"model": lm.name, "architecture": type(lm.model).__name__, "blocks": lm.n_layers,
+        rows.append({"model": lm.name, "architecture": type(lm.model).__name__.removesuffix("ForCausalLM"),
+                     "blocks": lm.n_layers,
                      "d_model": lm.d_model,
                      "parameters (M)": round(sum(p.numel() for p in lm.model.parameters()) / 1e6, 1),
                      "fitting tokens / d_model": round(n_fit_tokens / lm.d_model),

@@ -113,7 +113,7 @@ def test_collect_sets_and_models_table(tmp_path):
                for x in sets[k].acts.values())
     t = shift.models_table([lm], n_fit_tokens=6400)
     row = t.loc[lm.name]
-    assert (row["blocks"], row["d_model"], row["fitting tokens / d_model"]) == (2, 32, 200)
+    assert (row["architecture"], row["blocks"], row["d_model"], row["fitting tokens / d_model"]) == ("Llama", 2, 32, 200)
     assert row["parameters (M)"] == round(sum(p.numel() for p in lm.model.parameters()) / 1e6, 1)
     assert row["package"] == "" and row["licence"] == ""  # not a packaged model
 
@@ -123,6 +123,11 @@ def test_massive_reader_table_pairs_before_and_after(fitted):
     r = shift.massive_reader_table(table)
     assert list(r.index) == list(LAYERS) and r.index.name == "layer" and len(r.columns) == 7
     row, raw = r.loc[2], table.set_index("layer").loc[2]
-    assert row["massive tokens"] == 4 and row["largest |x| (coordinate)"] == f"{raw['max_abs']:.3g} (0)"
-    assert row["cond E[hhᵀ]: all → massive excluded"] == f"{raw['cond_kept']:.1e} → {raw['cond_excluded']:.1e}"
+    assert row["massive tokens"] == 4 and row["largest |x| (coordinate)"] == f"{raw['max_abs']:.3g} (0)".replace("e+0", "e")
+    cond = [f"{v:.1e}".replace("e+0", "e").replace("e+", "e") for v in (raw["cond_kept"], raw["cond_excluded"])]
+    assert row["cond E[hhᵀ]: all → massive excluded"] == "\u00a0→\u00a0".join(cond)  # 2.1e+05 -> 2.1e5
+    assert shift._pair(2.1e5, 3.4e-3, "{:.1e}") == "2.1e5\u00a0→\u00a03.4e-3"
+    assert shift._pair(12, 1.5, "{:.2g}") == "12\u00a0→\u00a01.5"
+    assert str(shift.massive_reader_table(table.assign(aip_mean_excluded=table["aip_mean_kept"] - 1e-4)).iloc[0, -1]) \
+        == "0.0"  # never "-0.0"
     assert row["Δ mean held-out AIP angle (degrees)"] == round(raw["aip_mean_excluded"] - raw["aip_mean_kept"], 2)
