@@ -21,11 +21,12 @@ __all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines"
            "unit_set_frontier", "grid_heatmaps", "layer_curves", "BOOK_CONTENT_PX", "FIGURE_WIDTH_IN", "MIN_PANEL_PX",
            "MIN_TEXT_PX", "displayed_layout"]
 
-#: The width (CSS px) of a chapter's output column at a 1280 px wide window (``book/_static/atomsnb.css``;
-#: ``tests/test_book_browser.py`` measures it). A figure wider than this in the PNG is scaled down to it.
-BOOK_CONTENT_PX = 1000
-#: The widest figure of the book, in inches: at matplotlib's 100 dpi (the inline backend's PNGs) 1000 px, so a
-#: figure is shown unscaled in :data:`BOOK_CONTENT_PX` (before ``bbox_inches="tight"`` trims or widens it).
+#: The least width (CSS px) of a chapter's output column at a 1280 px wide window (``book/_static/atomsnb.css`` gives
+#: about 960; ``tests/test_book_browser.py`` checks that it is at least this). A PNG wider than the column is scaled
+#: down to it, so the figures' readability is checked at this width (a wider column only shows them larger).
+BOOK_CONTENT_PX = 950
+#: The widest figure of the book, in inches: at matplotlib's 100 dpi (the inline backend's PNGs) about 1000 px
+#: once ``bbox_inches="tight"`` has trimmed it, shown at about 0.95 of its size in :data:`BOOK_CONTENT_PX`.
 FIGURE_WIDTH_IN = 10.0
 #: What a reader needs at 1280 px: every panel (axes) at least this wide, every text at least this high (CSS px).
 MIN_PANEL_PX, MIN_TEXT_PX = 300, 10
