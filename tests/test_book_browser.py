@@ -331,6 +331,26 @@ def test_chapter_outputs_fit_at_1280(browser, server, page_path):
     assert not layout_problems(m), f"{page_path} at 1280 px: {layout_problems(m)}"
 
 
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_chapter_readable_at_1024(browser, server, page_path):
+    """At 1024 px the column is narrower (about 820 px): figures are scaled to it, and a table wider than it scrolls
+    inside its own box; nothing is cut off and the page itself never scrolls sideways."""
+    visit = PageVisit(browser, server, width=1024)
+    try:
+        visit.page.goto(f"{server}/{page_path}.html", wait_until="load")
+        _wait_for_images(visit.page)
+        m = visit.page.evaluate(LAYOUT_JS)
+        scrollable = visit.page.evaluate("""() => Array.from(document.querySelectorAll('div.cell_output table'))
+            .map(t => t.closest('div.output') || t.closest('div.cell_output'))
+            .filter(b => b.scrollWidth > b.clientWidth)
+            .every(b => ['auto', 'scroll'].includes(getComputedStyle(b).overflowX))""")
+    finally:
+        visit.close()
+    problems = [p for p in layout_problems(m, min_column=800) if not p.startswith("table wider")]
+    assert not problems, f"{page_path} at 1024 px: {problems}"
+    assert scrollable, f"{page_path} at 1024 px: a table wider than its box cannot be scrolled"
+
+
 # ------------------------------------------------------------------------ launch links, footer, citation (no browser)
 
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
