@@ -33,7 +33,7 @@ CI_EXECUTED := $(patsubst notebooks/%.py,build/ci/%.ipynb,$(NOTEBOOKS))
 JOBS ?= 2
 PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
-	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css
+	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css book/_static/atomsnb.js
 
 .PHONY: book test test-compat corpus-counts install install-hub model notebooks ci-notebooks clean help validate
 help:

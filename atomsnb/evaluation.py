@@ -210,37 +210,34 @@ def _fmt_coef(v) -> str:
 def reader_table(table: pd.DataFrame, split: str = "held-out") -> pd.DataFrame:
     """A reader's version of :func:`compare_unit_sets`' table: one row per unit set, rounded, units in headers.
 
+    The unit set's name carries its family and coefficient (``"atoms (TSAE, L0 coefficient 0.003)"``), so the table
+    shows only the metrics (the columns ``family``, ``l0_coefficient``, ``l1_coefficient`` stay in ``table``).
+
     Args:
         table: :attr:`UnitSetResults.table`.
         split: ``"held-out"`` or ``"train"``.
 
     Returns:
-        Index ``unit set``; columns ``family``, ``L0 coefficient``, ``L1 coefficient`` (blank where not applicable),
-        ``R² (AIP)``, ``explained variance (Euclidean)``, ``q*`` (3 decimals), ``L0 (latents/token)`` (1 decimal),
-        ``dead latents (%)`` (1 decimal).
+        Index ``unit set``; columns ``R² (AIP)``, ``explained variance (Euclidean)``, ``q*`` (3 decimals),
+        ``L0 (latents/token)`` (1 decimal), ``dead latents (%)`` (1 decimal).
 
     Raises:
         ValueError: an unknown split or missing columns.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    need = ["unit set", "family", "split", "l0_coefficient", "l1_coefficient", "r2_aip", "explained_variance", "q_star",
-            "l0", "frac_dead"]
+    need = ["unit set", "split", "r2_aip", "explained_variance", "q_star", "l0", "frac_dead"]
     missing = [c for c in need if c not in table]
     if missing:
         raise ValueError(f"the unit-set table lacks {missing}; pass UnitSetResults.table")
     t = table[table["split"] == split].set_index("unit set")
-    out = pd.DataFrame({
-        "family": t["family"],
-        METRIC_LABELS["l0_coefficient"]: t["l0_coefficient"].map(_fmt_coef),
-        METRIC_LABELS["l1_coefficient"]: t["l1_coefficient"].map(_fmt_coef),
+    return pd.DataFrame({
         METRIC_LABELS["r2_aip"]: t["r2_aip"].round(3),
         METRIC_LABELS["explained_variance"]: t["explained_variance"].round(3),
         METRIC_LABELS["q_star"]: t["q_star"].round(3),
         METRIC_LABELS["l0"]: t["l0"].round(1),
         "dead latents (%)": (100 * t["frac_dead"]).round(1),
     })
-    return out
 
 
 def train_vs_heldout_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -349,24 +346,35 @@ def with_spliced_scores(held: pd.DataFrame, spliced: dict) -> pd.DataFrame:
 def spliced_reader_table(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`with_spliced_scores` for a reader: per unit set, the activation-space metrics beside the spliced-in ones.
 
+    The clean and zero-ablated losses are the same for every unit set (one model, one set of windows); they are given
+    once, in the header of the spliced loss, rather than repeated in two columns.
+
     Returns:
         Index ``unit set``; ``R² (AIP)``, ``explained variance (Euclidean)``, ``q*``, ``ce_loss_score``,
-        ``kl_div_score`` (3 decimals), ``CE spliced (nats)``, and the shared ``CE clean (nats)`` and
-        ``CE zero-ablated (nats)`` (3 decimals).
+        ``kl_div_score`` (3 decimals) and ``CE spliced (nats; clean <c>, zero-ablated <z>)`` (3 decimals).
+
+    Raises:
+        ValueError: missing columns, or clean / zero-ablated losses that differ between rows (more than one model or
+            set of windows: show those tables separately).
     """
     need = ["unit set", "r2_aip", "explained_variance", "q_star", "ce_loss_score", "kl_div_score", "ce_loss_with_sae",
             "ce_loss_without_sae", "ce_loss_with_ablation"]
     missing = [c for c in need if c not in table.columns]
     if missing:
         raise ValueError(f"the table lacks columns {missing}; build it with with_spliced_scores")
-    out = pd.DataFrame({
-        METRIC_LABELS.get("r2_aip", "R² (AIP)"): table["r2_aip"].round(3).to_numpy(),
-        METRIC_LABELS.get("explained_variance", "explained variance"): table["explained_variance"].round(3).to_numpy(),
-        METRIC_LABELS.get("q_star", "q*"): table["q_star"].round(3).to_numpy(),
+    shared = {}
+    for col in ("ce_loss_without_sae", "ce_loss_with_ablation"):
+        values = table[col].round(3).unique()
+        if len(values) != 1:
+            raise ValueError(f"{col} differs between rows ({sorted(values)}): one table per model and set of windows")
+        shared[col] = float(values[0])
+    spliced = (f"CE spliced (nats; clean {shared['ce_loss_without_sae']:.3f}, zero-ablated "
+               f"{shared['ce_loss_with_ablation']:.3f})")
+    return pd.DataFrame({
+        METRIC_LABELS["r2_aip"]: table["r2_aip"].round(3).to_numpy(),
+        METRIC_LABELS["explained_variance"]: table["explained_variance"].round(3).to_numpy(),
+        METRIC_LABELS["q_star"]: table["q_star"].round(3).to_numpy(),
         "ce_loss_score": table["ce_loss_score"].round(3).to_numpy(),
         "kl_div_score": table["kl_div_score"].round(3).to_numpy(),
-        "CE spliced (nats)": table["ce_loss_with_sae"].round(3).to_numpy(),
-        "CE clean (nats)": table["ce_loss_without_sae"].round(3).to_numpy(),
-        "CE zero-ablated (nats)": table["ce_loss_with_ablation"].round(3).to_numpy(),
+        spliced: table["ce_loss_with_sae"].round(3).to_numpy(),
     }, index=pd.Index(table["unit set"].to_numpy(), name="unit set"))
-    return out

@@ -37,7 +37,7 @@ from .evaluation import compare_unit_sets
 from .pipeline import layer_data
 from .units import UnitSetSpec
 
-__all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version",
+__all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version", "EXACT_FOR_NEURONS",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
            "critical_capacity_table", "paper_reader_table",
            "describe_capacity", "describe_layers", "PAPER_FAMILIES"]
@@ -490,6 +490,11 @@ def paper_reader_table(table: pd.DataFrame) -> pd.DataFrame:
                          METRIC_LABELS["q_star"]: out["q_star"].round(3)})
 
 
+#: The neurons' metrics that the identity reconstruction makes exactly 1 (:func:`layer_reader_table` leaves them out
+#: when they are).
+EXACT_FOR_NEURONS = ("r2_aip", "ce_loss_score")
+
+
 def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
     """Chapter 4's per-layer results for a reader: held-out ``R²`` (AIP) and ``q*`` per family, and the atoms' L0.
 
@@ -499,13 +504,16 @@ def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         Index ``layer`` (``(model, layer)`` for several models); columns a two-level header (metric, family), 3
-        decimals (``ce_loss_score`` when the rows have it); L0 with 1 decimal.
+        decimals (``ce_loss_score`` when the rows have it); L0 with 1 decimal. The neurons' ``R²`` and
+        ``ce_loss_score`` are left out when every one of them is 1.000, as the identity makes them (so that the table
+        fits the book's column); any other value is shown.
     """
     ok = df[df["status"] == "ok"] if "status" in df else df
     index = ["model", "layer"] if "model" in ok and ok["model"].nunique() > 1 else ["layer"]
     ok = ok.sort_values(index, kind="stable").set_index(index)
     metrics = ["r2_aip", "q_star"] + [m for m in ("ce_loss_score",) if f"atoms_{m}" in ok]
-    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in PAPER_FAMILIES}
+    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in PAPER_FAMILIES
+            if not (fam == "neurons" and m in EXACT_FOR_NEURONS and (ok[f"{fam}_{m}"].round(3) == 1).all())}
     cols[(METRIC_LABELS["l0"], "atoms")] = ok["atoms_l0"].round(1)
     return pd.DataFrame(cols)
 

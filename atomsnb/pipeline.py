@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from ._validate import check_massive_k, positive_int
-from .activations import ActivationConfig, collect_activations
+from .activations import ActivationConfig, Activations, collect_activations
 from .aip import AIP
 from .massive import massive_token_mask
 from .models import load_model
 from .store import collect_store
 
-__all__ = ["LayerData", "layer_data", "ModelData", "model_data"]
+__all__ = ["LayerData", "layer_data", "collect_sets"]
 
 
 @dataclass
@@ -155,76 +155,28 @@ def layer_data(model: str, layer: int, corpus: str, n_fit_tokens: int, n_eval_to
                      n_collected)
 
 
-@dataclass
-class ModelData:
-    """Every layer of one model on three sets of text (chapter 1's prologue): activations of the fitting split, of
-    held-out text of the same corpus and of another domain, and which tokens the massive-token choice keeps.
-
-    Attributes:
-        lm: the loaded model (:class:`atomsnb.models.LoadedModel`).
-        sets: ``{"fit", "held-out", "other"}`` -> :class:`atomsnb.activations.Activations` (every layer
-            ``1..n_layers``, every collected token).
-        massive_k: the criterion of :func:`atomsnb.massive.massive_token_mask`, or None (every token kept).
-    """
-
-    lm: object
-    sets: dict
-    massive_k: float | None = None
-
-    @property
-    def layers(self) -> list[int]:
-        """The layers collected, ascending."""
-        return sorted(self.sets["fit"].acts)
-
-    def keep(self, split: str, layer: int) -> torch.Tensor:
-        """``[n_tokens]`` bool: the tokens of ``split`` at ``layer`` that are not massive in their own split (all
-        True when ``massive_k`` is None)."""
-        x = self._acts(split).acts[layer]
-        return torch.ones(len(x), dtype=torch.bool) if self.massive_k is None else ~massive_token_mask(x, self.massive_k)
-
-    def kept(self, split: str, layers=None) -> dict[int, torch.Tensor]:
-        """``{layer: [n_kept, d_model]}`` activations of ``split`` without its massive tokens (``layers``: default all)."""
-        acts = self._acts(split)
-        return {l: acts.acts[l][self.keep(split, l)] for l in (self.layers if layers is None else layers)}
-
-    def _acts(self, split: str):
-        if split not in self.sets:
-            raise ValueError(f"split {split!r} is not one of {sorted(self.sets)}")
-        return self.sets[split]
-
-
-def model_data(model: str, corpus: str, n_fit_tokens: int, n_eval_tokens: int, *, other_corpus: str,
-               other_split: str = "train", seq_len: int = 128, seed: int = 0, device: str = "cpu",
-               dtype: str = "float32", massive_k: float | None = None, lm=None, cache: bool = True) -> ModelData:
-    """Load ``model`` and collect the residual stream of every layer on the fitting split and held-out split of
-    ``corpus`` and on ``other_split`` of ``other_corpus`` (through the per-call activation cache): chapter 1's
-    prologue, the every-layer counterpart of :func:`layer_data` (paper §3, SPEC §1.1).
+def collect_sets(lm, *, corpus: str, other_corpus: str, other_split: str = "train", n_fit_tokens: int,
+                 n_eval_tokens: int, seq_len: int = 128, seed: int = 0, device: str = "cpu",
+                 dtype: str = "float32") -> dict[str, Activations]:
+    """Every layer's residual stream of one model on chapter 1's three sets (paper §3, SPEC §1.1): the every-layer
+    counterpart of :func:`layer_data`, chapter 1's prologue.
 
     Args:
-        model: registered name, local directory or hub id.
-        corpus: the text ``S`` is fitted on (``"fit"`` split) and its held-out split (``"eval"``).
-        n_fit_tokens, n_eval_tokens: tokens of the fitting set, and of each of the two evaluation sets.
+        lm: a loaded model (:func:`atomsnb.models.load_model`); its ``name`` is the model collected.
+        corpus: the text ``S`` is fitted on (split ``"fit"``) and its held-out split (``"eval"``).
         other_corpus, other_split: the other domain.
+        n_fit_tokens: tokens per layer for fitting ``S``; n_eval_tokens: tokens per layer of each other set.
         seq_len, seed, device, dtype: as :class:`atomsnb.activations.ActivationConfig`.
-        massive_k: the massive-token criterion (:func:`atomsnb._validate.check_massive_k`), or None.
-        lm: an already loaded model to reuse.
-        cache: use the on-disk activation cache.
 
     Returns:
-        :class:`ModelData`.
+        ``{"fit", "held-out", "other"}`` (the values of :data:`atomsnb.shift.SET_KEYS`) -> :class:`Activations` of every layer
+        ``1..n_layers``, ``[n_tokens, d_model]`` each.
 
     Raises:
-        ValueError: a bad size or ``massive_k`` (before any work), or from collection.
+        Whatever :func:`atomsnb.activations.collect_activations` raises (unknown corpus, too few tokens).
     """
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"model must be a non-empty string; got {model!r}")
-    n_fit_tokens = positive_int("n_fit_tokens", n_fit_tokens)
-    n_eval_tokens = positive_int("n_eval_tokens", n_eval_tokens)
-    massive_k = check_massive_k(massive_k)
-    lm = lm if lm is not None else load_model(model, device=device, dtype=dtype)
-    common = dict(model=model, layers=None, seq_len=seq_len, seed=seed, device=device, dtype=dtype)
-    requests = {"fit": (corpus, "fit", n_fit_tokens), "held-out": (corpus, "eval", n_eval_tokens),
-                "other": (other_corpus, other_split, n_eval_tokens)}
-    sets = {name: collect_activations(ActivationConfig(corpus=c, split=s, n_tokens=n, **common), model=lm, cache=cache)
-            for name, (c, s, n) in requests.items()}
-    return ModelData(lm, sets, massive_k)
+    common = dict(model=lm.name, layers=None, seq_len=seq_len, seed=seed, device=device, dtype=dtype)
+    configs = {"fit": ActivationConfig(corpus=corpus, split="fit", n_tokens=n_fit_tokens, **common),
+               "held-out": ActivationConfig(corpus=corpus, split="eval", n_tokens=n_eval_tokens, **common),
+               "other": ActivationConfig(corpus=other_corpus, split=other_split, n_tokens=n_eval_tokens, **common)}
+    return {key: collect_activations(cfg, model=lm) for key, cfg in configs.items()}

@@ -7,6 +7,7 @@ the notebooks stay one call per figure.
 
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -14,9 +15,54 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from PIL import Image
 
 __all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer",
-           "unit_set_frontier", "grid_heatmaps", "layer_curves"]
+           "unit_set_frontier", "grid_heatmaps", "layer_curves", "BOOK_CONTENT_PX", "FIGURE_WIDTH_IN", "MIN_PANEL_PX",
+           "MIN_TEXT_PX", "displayed_layout"]
+
+#: The least width (CSS px) of a chapter's output column at a 1280 px wide window (``book/_static/atomsnb.css`` gives
+#: about 960; ``tests/test_book_browser.py`` checks that it is at least this). A PNG wider than the column is scaled
+#: down to it, so the figures' readability is checked at this width (a wider column only shows them larger).
+BOOK_CONTENT_PX = 950
+#: The widest figure of the book, in inches: at matplotlib's 100 dpi (the inline backend's PNGs) about 1000 px
+#: once ``bbox_inches="tight"`` has trimmed it, shown at about 0.95 of its size in :data:`BOOK_CONTENT_PX`.
+FIGURE_WIDTH_IN = 10.0
+#: What a reader needs at 1280 px: every panel (axes) at least this wide, every text at least this high (CSS px).
+MIN_PANEL_PX, MIN_TEXT_PX = 300, 10
+
+
+def displayed_layout(fig: plt.Figure, *, container_px: float = BOOK_CONTENT_PX) -> dict:
+    """How a figure shows in the book: its panels' widths and its smallest text, in CSS px.
+
+    The chapters' figures reach the book as the inline backend's PNG: ``savefig(dpi=fig.dpi, bbox_inches="tight")``,
+    shown at its natural width (1 image px = 1 CSS px) or, when wider than the output column, scaled down to the
+    column (``max-width: 100%``). So a panel's displayed width is its axes' width in figure pixels times
+    ``min(1, container_px / natural_width)``, and a text's displayed height is ``fontsize_pt * dpi / 72`` times the
+    same scale. ``tests/test_plots_layout.py`` checks every multi-panel figure of the book with this, and the browser
+    test checks that the column is at least :data:`BOOK_CONTENT_PX` wide and that images are not scaled otherwise.
+
+    Args:
+        fig: a drawn figure.
+        container_px: the output column's width (CSS px).
+
+    Returns:
+        ``natural_px`` (PNG width), ``scale``, ``panel_px`` (displayed width of every visible axes that is not
+        switched off, in figure order) and ``min_text_px`` (displayed height of the smallest visible non-empty text,
+        tick labels included; ``inf`` if none), ``min_text`` (that text).
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    natural = Image.open(io.BytesIO(buf.getvalue())).size[0]
+    scale = min(1.0, container_px / natural)
+    renderer = fig.canvas.get_renderer()
+    panels = [ax.get_window_extent(renderer).width * scale for ax in fig.axes if ax.get_visible() and ax.axison]
+    texts = [t for t in fig.findobj(plt.Text) if t.get_visible() and t.get_text().strip()
+             and t.get_window_extent(renderer).width > 0 and fig.bbox.overlaps(t.get_window_extent(renderer))]
+    smallest = min(texts, key=lambda t: t.get_fontsize(), default=None)
+    px = float("inf") if smallest is None else smallest.get_fontsize() * fig.dpi / 72 * scale
+    return {"natural_px": natural, "scale": scale, "panel_px": panels, "min_text_px": px,
+            "min_text": None if smallest is None else smallest.get_text()}
 
 
 def _axes(ax):
@@ -131,9 +177,13 @@ def angle_histogram_panels(angles: dict[str, tuple[torch.Tensor, torch.Tensor]],
     Args:
         angles: panel title -> ``(euclidean [n_pairs], aip [n_pairs])`` angles in degrees.
     """
-    fig, axes = plt.subplots(1, len(angles), figsize=(4.2 * len(angles), 3.2), sharey=True, squeeze=False)
+    cols = min(len(angles), 2)  # two panels a row: each at least MIN_PANEL_PX wide in the book
+    rows = -(-len(angles) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH_IN, 3.3 * rows), sharey=True, squeeze=False)
     bins = np.arange(0, 181, 1.0)
-    for ax, (name, (e, a)) in zip(axes[0], angles.items()):
+    for ax in axes.flat[len(angles):]:
+        ax.axis("off")
+    for ax, (name, (e, a)) in zip(axes.flat, angles.items()):
         ax.hist(e.numpy(), bins=bins, color=_COLORS["euclidean"], alpha=0.6, density=True, label="Euclidean")
         ax.hist(a.numpy(), bins=bins, color=_COLORS["aip"], alpha=0.6, density=True, label="AIP")
         ax.axvline(90, color="k", lw=0.8, ls="--")
@@ -141,7 +191,8 @@ def angle_histogram_panels(angles: dict[str, tuple[torch.Tensor, torch.Tensor]],
         ax.set_xlabel("angle between random pairs (degrees)")
         ax.set_xlim(0, 180)
         ax.set_xticks(range(0, 181, 30))
-    axes[0][0].set_ylabel("density")
+    for row in axes:
+        row[0].set_ylabel("density")
     axes[0][0].legend(frameon=False, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -192,8 +243,13 @@ def angles_by_layer_models(tables: Mapping[str, pd.DataFrame], *, title: str = "
     Args:
         tables: model name -> its :func:`atomsnb.shift.angle_study` table.
     """
-    fig, axes = plt.subplots(1, len(tables), figsize=(6.2 * len(tables), 4.2), sharey=True, squeeze=False)
-    for ax, (name, t) in zip(axes[0], tables.items()):
+    cols = min(len(tables), 2)
+    rows = -(-len(tables) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH_IN if cols > 1 else 7, 4.2 * rows), sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(tables):]:
+        ax.axis("off")
+    for ax, (name, t) in zip(axes.flat, tables.items()):
         angles_by_layer(t, title=name, ax=ax)
     if title:
         fig.suptitle(title, fontsize=12)
@@ -210,7 +266,7 @@ def massive_choice_by_layer(tables: Mapping[str, pd.DataFrame], *, title: str = 
     Args:
         tables: model name -> :func:`atomsnb.shift.massive_choice` table.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.0))
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 4.2))
     palette = sns.color_palette("dark", len(tables))
     for colour, (name, t) in zip(palette, tables.items()):
         for ax, stem in zip(axes, ("cond", "whitened_cond")):
@@ -263,10 +319,10 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
                 note += f" (R²={raw:.3g})"
             if note:
                 ax.annotate(note, (q, r), textcoords="offset points", xytext=(5, 4 + (10 * (i % 3) if raw < r2_floor else 0)),
-                            fontsize=7, color=color)
+                            fontsize=8, color=color)
     for label, (q, r) in (paper or {}).items():
         ax.scatter([q], [r], facecolors="none", edgecolors="k", s=60, zorder=2)
-        ax.annotate(f"paper: {label}", (q, r), textcoords="offset points", xytext=(-4, -12), fontsize=7, ha="right")
+        ax.annotate(f"paper: {label}", (q, r), textcoords="offset points", xytext=(-4, -12), fontsize=8, ha="right")
     ax.axhline(1, color="k", lw=0.5, ls=":")
     ax.set_xlim(-0.02, 1.05)
     ax.set_ylim(r2_floor - 0.1, 1.05)
@@ -290,7 +346,8 @@ def grid_heatmaps(df: pd.DataFrame, values: Mapping[str, str], *, critical: Mapp
     """
     n = len(values)
     cols = min(n, 2)
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(5.2 * cols, 3.6 * ((n + cols - 1) // cols)), squeeze=False)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(FIGURE_WIDTH_IN / 2 * cols, 3.6 * ((n + cols - 1) // cols)),
+                             squeeze=False)
     for ax, (col, name) in zip(axes.flat, values.items()):
         piv = df.pivot_table(index="n_train", columns="n_latents", values=col, aggfunc="mean").sort_index(ascending=False)
         sns.heatmap(piv, ax=ax, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, cbar=False,
@@ -322,11 +379,17 @@ def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_sta
     """
     metrics = [m for m in metrics if f"atoms_{m}" in df]
     groups = list(df.groupby("model", sort=False)) if "model" in df else [("", df)]
-    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(5.2 * len(metrics), 3.3 * len(groups)), squeeze=False)
+    n = len(groups) * len(metrics)
+    cols = min(n, 2)  # (model, metric) panels two a row: each at least MIN_PANEL_PX wide in the book
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH_IN if cols > 1 else 6, 3.4 * rows), squeeze=False)
+    for ax in grid.flat[n:]:
+        ax.axis("off")
+    panels = iter(grid.flat)
     labels = {"r2_aip": "R² in the AIP (held-out)", "q_star": "q* (held-out)", "ce_loss_score": "ce_loss_score (spliced)"}
-    for row, (model, g) in zip(axes, groups):
+    for model, g in groups:
         g = g.sort_values("layer")
-        for ax, metric in zip(row, metrics):
+        for ax, metric in zip(panels, metrics):
             for fam in ("neurons", "features", "atoms"):
                 color, marker = _FAMILY_STYLE[fam]
                 ax.plot(g["layer"], g[f"{fam}_{metric}"], marker=marker, color=color, label=fam)
@@ -336,7 +399,7 @@ def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_sta
             ax.axhline(1, color="k", lw=0.5, ls=":")
             if model:
                 ax.set_title(model, fontsize=10)
-    axes[0][0].legend(fontsize=8)
+    grid[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -357,9 +420,14 @@ def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, 
         The array of axes.
     """
     judges = list(dict.fromkeys(summary["judge"]))
+    created = axes is None
     if axes is None:
-        _, axes = plt.subplots(1, len(judges), figsize=(4.2 * len(judges), 3.6), squeeze=False)
-        axes = axes[0]
+        cols = min(len(judges), 2)  # two panels a row: each at least MIN_PANEL_PX wide in the book
+        rows = -(-len(judges) // cols)
+        _, grid = plt.subplots(rows, cols, figsize=(FIGURE_WIDTH_IN if cols > 1 else 5, 3.8 * rows), squeeze=False)
+        for ax in grid.flat[len(judges):]:
+            ax.axis("off")
+        axes = list(grid.flat)
     sets = list(order or dict.fromkeys(summary["unit set"]))
     for ax, judge in zip(axes, judges):
         df = summary[summary["judge"] == judge].set_index("unit set").reindex(sets)
@@ -381,9 +449,11 @@ def judge_scores(summary: pd.DataFrame, *, axes=None, title: str | None = None, 
         ax.set_ylim(0, min(1.05, max(1e-3, float(np.nanmax(df[cols].to_numpy())) * 1.15 + 0.02)))
         ax.set_title(judge, fontsize=10)
         ax.set_ylabel("mean score (95% CI)")
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=8, loc="upper left")
     if title:
         axes[0].figure.suptitle(title, fontsize=10)
+    if created:
+        axes[0].figure.tight_layout()
     return axes
 
 
@@ -462,14 +532,15 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
         title: the figure's title.
 
     Returns:
-        A figure with four panels.
+        A figure with four panels, two by two.
 
     Raises:
         ValueError: no history, or a history without ``step``.
     """
     if not histories:
         raise ValueError("no training history to plot (no SAE was trained)")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(2, 2, figsize=(FIGURE_WIDTH_IN, 6.8))  # 2 x 2: each panel readable in the book
+    axes = list(axes.flat)
     panels = (("loss", "loss (MSE + sparsity)", True), ("l0", "L0 (latents/token)", True),
               ("r2", "batch R² (AIP if whitened, else uncentred)", False), ("frac_dead_recent", "dead latents (fraction, recent window)", False))
     colours = sns.color_palette("tab10", len(histories))
@@ -487,9 +558,46 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
             if logy:
                 ax.set_yscale("log")
     axes[2].set_ylim(top=1.02)
-    axes[0].legend(frameon=False, fontsize=7)
+    axes[0].legend(frameon=False, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=12)
     sns.despine(fig)
     fig.tight_layout()
     return fig
+
+
+def faithfulness_stability(held: pd.DataFrame, curves: Mapping[str, object], *,
+                           paper: Mapping[str, tuple[float, float]] | None = None, title: str | None = None) -> plt.Figure:
+    """Chapter 2's figure: :func:`unit_set_frontier` (left) beside :func:`q_star_curves` of the most stable unit set
+    of each family (right).
+
+    Args:
+        held: held-out rows of :func:`atomsnb.evaluation.compare_unit_sets` (columns ``unit set``, ``family``,
+            ``r2_aip``, ``q_star``).
+        curves: unit set -> its :class:`~atomsnb.metrics.QStarResult` (:attr:`UnitSetResults.q_star_curves`).
+        paper: the paper's points for the frontier (:func:`atomsnb.paper.paper_unit_points`).
+        title: the left panel's title.
+
+    Returns:
+        The figure (:data:`FIGURE_WIDTH_IN` wide, two panels).
+
+    Raises:
+        ValueError: a family of neurons, features and atoms without rows, or a best unit set without curves.
+    """
+    best = []
+    for family in ("neurons", "features", "atoms"):
+        rows = held[held["family"] == family]
+        if rows.empty:
+            raise ValueError(f"no {family!r} rows in the held-out table")
+        best.append(rows.sort_values("q_star").iloc[-1]["unit set"])
+    missing = [n for n in best if n not in curves]
+    if missing:
+        raise ValueError(f"no q* curves for {missing}")
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 4.8))
+    unit_set_frontier(held, paper=paper, ax=axes[0], title=title)
+    q_star_curves({n: curves[n] for n in best}, ax=axes[1], title="where q* falls: coherence quantile vs uniqueness bound")
+    fig.tight_layout()
+    return fig
+
+
+__all__.append("faithfulness_stability")

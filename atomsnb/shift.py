@@ -12,15 +12,22 @@ neighbouring tokens of one context), the test the construction does not pass for
 
 from __future__ import annotations
 
-from typing import Mapping
+import re
+from typing import Mapping, NamedTuple
 
 import pandas as pd
 import torch
 
+from .activations import Activations
 from .aip import AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
+from .massive import massive_activation_stats, massive_token_mask
+from .models import PACKAGED_MODELS, model_card
+from .packaged import card_summary
 
 __all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
-           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "massive_reader_table", "describe_massive_choice", "WHITENING_GAIN"]
+           "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "massive_reader_table", "describe_massive_choice", "WHITENING_GAIN",
+           "SET_KEYS", "models_table", "by_model", "ordinary_mask", "AngleStudy", "angle_study_sets",
+           "first_middle_last", "layer_pair_angles", "related_study", "check_construction", "claims_table"]
 
 #: How much better (ratio of condition numbers) excluding massive tokens must whiten held-out ordinary tokens
 #: before the numbers are said to support excluding them (:func:`describe_massive_choice`).
@@ -276,8 +283,6 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
     Raises:
         ValueError: layers that differ between ``fit`` and ``held_out``, or a bad ``k`` (from the mask).
     """
-    from .massive import massive_activation_stats, massive_token_mask
-
     if set(fit) != set(held_out):
         raise ValueError(f"fit and held_out must have the same layers; got {sorted(fit)} and {sorted(held_out)}")
     rows, fitted = [], {}
@@ -306,26 +311,39 @@ def massive_choice(fit: Mapping[int, torch.Tensor], held_out: Mapping[int, torch
     return (pd.DataFrame(rows), fitted) if return_aips else pd.DataFrame(rows)
 
 
+def _short(value: float, fmt: str) -> str:
+    """``value`` in ``fmt`` with the exponent written short: ``2.1e+05`` -> ``2.1e5``, ``3.4e-03`` -> ``3.4e-3``."""
+    return re.sub(r"e([+-])0*(\d)", lambda m: f"e{'-' if m.group(1) == '-' else ''}{m.group(2)}", fmt.format(value))
+
+
+def _pair(before: float, after: float, fmt: str) -> str:
+    """``"2.1e5 → 3.4e3"``: two numbers in ``fmt`` (:func:`_short`) joined by an arrow between no-break spaces, so
+    that a table cell never breaks inside the pair."""
+    return "\u00a0→\u00a0".join(_short(v, fmt) for v in (before, after))
+
+
 def massive_reader_table(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`massive_choice` for a reader: one row per layer, units in the headers, condition numbers in 2 digits.
+    """:func:`massive_choice` for a reader: one row per layer, units in the headers, each "with / without the massive
+    tokens" pair in one column (``before → after``), so that the table fits the book's column.
 
     Returns:
-        Index ``layer``; columns: massive fitting tokens, their share of ``sum ||m||^2`` (%), the largest ``|x|`` and
-        its coordinate, the top coordinate's share of the trace (%), cond(E[hh^T]) with all tokens / without the
-        massive ones, the same for held-out ordinary tokens after whitening, and the change of the mean held-out AIP
-        angle (degrees).
+        Index ``layer``; columns: ``massive tokens`` (count among the fitting tokens), ``their share of Σ‖m‖² (%)``
+        (1 decimal), ``largest |x| (coordinate)`` (3 significant digits and the coordinate), ``top coordinate's share of
+        tr E[hhᵀ] (%)`` (1 decimal), ``cond E[hhᵀ]: all → massive excluded`` (2 digits each, ``2.1e5 → 3.4e3``), ``whitened held-out
+        cond: S from all → S without massive`` (2 significant digits each; 1 is a perfect whitening) and ``Δ mean
+        held-out AIP angle (degrees)`` (without minus with the massive tokens, 2 decimals).
     """
     out = pd.DataFrame({
         "massive tokens": table["n_massive_fit"].astype(int),
         "their share of Σ‖m‖² (%)": (100 * table["share_sq_norm"]).round(1),
-        "largest |x|": table["max_abs"].map("{:.3g}".format),
-        "at coordinate": table["max_abs_dim"].astype(int),
+        "largest |x| (coordinate)": [f"{_short(v, '{:.3g}')} ({int(d)})" for v, d in zip(table["max_abs"],
+                                                                                          table["max_abs_dim"])],
         "top coordinate's share of tr E[hhᵀ] (%)": (100 * table["share_trace_top_dim"]).round(1),
-        "cond E[hhᵀ], all tokens": table["cond_kept"].map("{:.1e}".format),
-        "cond E[hhᵀ], massive excluded": table["cond_excluded"].map("{:.1e}".format),
-        "whitened held-out cond, S from all": table["whitened_cond_kept"].map("{:.2g}".format),
-        "whitened held-out cond, S without massive": table["whitened_cond_excluded"].map("{:.2g}".format),
-        "Δ mean held-out AIP angle (degrees)": (table["aip_mean_excluded"] - table["aip_mean_kept"]).round(2),
+        "cond E[hhᵀ]: all → massive excluded": [_pair(a, b, "{:.1e}") for a, b in zip(table["cond_kept"],
+                                                                                      table["cond_excluded"])],
+        "whitened held-out cond: S from all → S without massive": [
+            _pair(a, b, "{:.2g}") for a, b in zip(table["whitened_cond_kept"], table["whitened_cond_excluded"])],
+        "Δ mean held-out AIP angle (degrees)": (table["aip_mean_excluded"] - table["aip_mean_kept"]).round(2) + 0.0,
     })
     out.index = pd.Index(table["layer"].astype(int), name="layer")
     return out
@@ -394,3 +412,165 @@ def describe_massive_choice(table: pd.DataFrame, *, k: float, chosen: float | No
     lines.append(f"{why}; the book {runs}" + (", as the numbers support." if agree and support != "either" else
                                               "." if agree else ", against what these numbers support."))
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chapter 1 per model: the activation sets, the angle study on ordinary tokens, the related pairs, the tables
+# ---------------------------------------------------------------------------------------------------------------------
+#: Chapter 1's three activation sets: the name :func:`angle_study` reports each under -> its key in
+#: :func:`atomsnb.pipeline.collect_sets`' mapping.
+SET_KEYS = {IN_SAMPLE: "fit", HELD_OUT: "held-out", OTHER_DOMAIN: "other"}
+
+
+
+
+def models_table(lms, *, n_fit_tokens: int) -> pd.DataFrame:
+    """The models of chapter 1 for a reader: one row per model.
+
+    Args:
+        lms: loaded models (:func:`atomsnb.models.load_model`).
+        n_fit_tokens: tokens per layer fitting ``S`` (shown per ``d_model``: SPEC §1.1 asks at least 20).
+
+    Returns:
+        Index ``model``; ``architecture`` (the transformers class without ``ForCausalLM``), ``blocks``, ``d_model``, ``parameters (M)`` (1 decimal),
+        ``fitting tokens / d_model`` (integer) and, for the packaged models (:data:`atomsnb.models.PACKAGED_MODELS`;
+        blank for the others), ``package`` (``name==version``) and ``licence`` from the model card.
+    """
+    rows = []
+    for lm in lms:
+        card = card_summary(model_card(lm.name)) if lm.name in PACKAGED_MODELS else {}
+        rows.append({"model": lm.name, "architecture": type(lm.model).__name__.removesuffix("ForCausalLM"),
+                     "blocks": lm.n_layers,
+                     "d_model": lm.d_model,
+                     "parameters (M)": round(sum(p.numel() for p in lm.model.parameters()) / 1e6, 1),
+                     "fitting tokens / d_model": round(n_fit_tokens / lm.d_model),
+                     "package": card.get("package", ""), "licence": card.get("licence", "")})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def by_model(reader, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One reader table per model, stacked under a ``model`` index level: ``reader(tables[name])`` for each name.
+
+    Args:
+        reader: a reader-table function of this module (:func:`reader_table`, :func:`massive_reader_table`,
+            :func:`related_reader_table`).
+        tables: model name -> that function's input, in the order to show.
+
+    Raises:
+        ValueError: no table.
+    """
+    if not tables:
+        raise ValueError("no table to show (no model)")
+    return pd.concat({name: reader(t) for name, t in tables.items()}, names=["model"])
+
+
+def ordinary_mask(x: torch.Tensor, massive_k: float | None) -> torch.Tensor:
+    """``[n_tokens]`` bool: the rows of ``x`` ``[n_tokens, d_model]`` that chapter 1 keeps (not massive under
+    criterion ``massive_k``; every row when ``massive_k`` is ``None``)."""
+    return torch.ones(len(x), dtype=torch.bool) if massive_k is None else ~massive_token_mask(x, massive_k)
+
+
+class AngleStudy(NamedTuple):
+    """:func:`angle_study_sets` for one model."""
+
+    table: pd.DataFrame
+    """:func:`angle_study`'s long table, every layer and set (the in-sample set included)."""
+    aips: dict[int, AIP]
+    """layer -> the :class:`AIP` the angles were measured with."""
+    keep: dict[str, dict[int, torch.Tensor]]
+    """set key (``"fit"``, ``"held-out"``, ``"other"``) -> layer -> ``[n_tokens]`` bool, the ordinary tokens."""
+
+    def measured(self) -> pd.DataFrame:
+        """The table without the in-sample rows (the sets ``S`` was not fitted on)."""
+        return self.table[self.table["set"] != IN_SAMPLE]
+
+
+def angle_study_sets(sets: Mapping[str, Activations], massive_aips: Mapping[int, tuple[AIP, AIP]], *,
+                     massive_k: float | None, n_pairs: int = 20_000, seed: int = 0) -> AngleStudy:
+    """Chapter 1's angle study of one model: :func:`angle_study` on the ordinary tokens of its three sets.
+
+    Args:
+        sets: :func:`atomsnb.pipeline.collect_sets`' mapping.
+        massive_aips: layer -> ``(kept, excluded)`` fits from :func:`massive_choice` (``return_aips=True``) on
+            ``sets["fit"]`` with criterion ``massive_k``: the *excluded* fit is used, or the *kept* one (every
+            token) when ``massive_k`` is ``None``; nothing is fitted twice.
+        massive_k: the criterion of :func:`atomsnb.massive.massive_token_mask`, or ``None`` to keep every token.
+        n_pairs, seed: random pairs per layer and set.
+
+    Returns:
+        :class:`AngleStudy`.
+
+    Raises:
+        ValueError: ``massive_aips`` not fitted on exactly the ordinary fitting tokens (from :func:`angle_study`).
+    """
+    layers = sorted(sets["fit"].acts)
+    keep = {key: {l: ordinary_mask(sets[key].acts[l], massive_k) for l in layers} for key in SET_KEYS.values()}
+    kept = {label: {l: sets[key].acts[l][keep[key][l]] for l in layers} for label, key in SET_KEYS.items()}
+    fitted = {l: massive_aips[l][0 if massive_k is None else 1] for l in layers}
+    table, aips = angle_study(kept[IN_SAMPLE], kept, n_pairs=n_pairs, seed=seed, aips=fitted)
+    return AngleStudy(table, aips, keep)
+
+
+def first_middle_last(layers) -> list[int]:
+    """The first, middle and last of ``layers`` (sorted; fewer when there are fewer than three)."""
+    layers = sorted(layers)
+    return list(dict.fromkeys([layers[0], layers[len(layers) // 2], layers[-1]]))
+
+
+def layer_pair_angles(study: AngleStudy, sets: Mapping[str, Activations], *, key: str = "held-out",
+                      layers=None, n_pairs: int = 20_000, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Random-pair angles of the ordinary tokens of one set at a few layers (for histograms).
+
+    Args:
+        study, sets: :func:`angle_study_sets`' result and input.
+        key: the set (a value of :data:`SET_KEYS`).
+        layers: which layers; ``None`` for :func:`first_middle_last`.
+
+    Returns:
+        ``"layer <l>"`` -> ``(euclidean [n_pairs], aip [n_pairs])`` degrees (:func:`pair_angles`).
+    """
+    layers = first_middle_last(study.aips) if layers is None else layers
+    return {f"layer {l}": pair_angles(study.aips[l], sets[key].acts[l][study.keep[key][l]], n_pairs=n_pairs,
+                                      seed=seed) for l in layers}
+
+
+def related_study(study: AngleStudy, held: Activations, *, n_pairs: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """:func:`related_pair_angles` at every layer, on the ordinary tokens of the held-out set.
+
+    Returns:
+        :func:`related_pair_angles`' rows with a ``layer`` column (input of :func:`related_reader_table`).
+    """
+    rows = []
+    for l in sorted(study.aips):
+        m = study.keep["held-out"][l]
+        rows.append(related_pair_angles(study.aips[l], held.acts[l][m], held.token_ids[m], held.window[m],
+                                        n_pairs=n_pairs, seed=seed).assign(layer=l))
+    return pd.concat(rows, ignore_index=True)
+
+
+def check_construction(study: AngleStudy, fit: Activations, *, angle_tol: float = 1.0,
+                       whitening_tol: float = 1e-6) -> None:
+    """What the AIP guarantees by construction on its own fitting data (SPEC §1.5), checked.
+
+    In-sample random-pair AIP angles average within ``angle_tol`` degrees of 90 at every layer, and the whitened
+    fitting tokens have identity second moment (max abs deviation below ``whitening_tol``) at the first, middle and
+    last layer (:func:`first_middle_last`; a whitening costs a fit).
+
+    Raises:
+        AssertionError: either guarantee fails (a bug in :class:`AIP`, not a finding).
+    """
+    ins = study.table[study.table["set"] == IN_SAMPLE]
+    worst = float((ins["aip_mean"] - 90).abs().max())
+    if not worst < angle_tol:
+        raise AssertionError(f"in-sample AIP angles must centre on 90 degrees by construction; off by {worst:.3f}")
+    for l in first_middle_last(study.aips):
+        w = study.aips[l].whiten(fit.acts[l][study.keep["fit"][l]])
+        dev = float(((w.T @ w) / len(w) - torch.eye(w.shape[1], dtype=w.dtype)).abs().max())
+        if not dev < whitening_tol:
+            raise AssertionError(f"layer {l}: whitened fitting tokens deviate from identity second moment by {dev:.2e}")
+
+
+def claims_table(studies: Mapping[str, AngleStudy]) -> pd.DataFrame:
+    """Every model's :attr:`AngleStudy.table` stacked with a ``model`` column (the input of the claim checks of
+    :mod:`atomsnb.verdicts`)."""
+    return pd.concat([s.table.assign(model=name) for name, s in studies.items()], ignore_index=True)

@@ -61,15 +61,10 @@ threads = 1  # torch CPU threads (make runs two chapters at once); None for torc
 
 # %%
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
-from IPython.display import display
 
-from atomsnb import claims, plots, shift, verdicts
-from atomsnb.activations import ActivationConfig, collect_activations
-from atomsnb.massive import massive_token_mask
-from atomsnb.models import PACKAGED_MODELS, load_model, model_card
-from atomsnb.packaged import card_summary
+from atomsnb import claims, pipeline, plots, shift, verdicts
+from atomsnb.models import load_model
 
 if threads:
     torch.set_num_threads(threads)
@@ -83,23 +78,11 @@ CHAPTER = "01_representation_shift"
 # position 0, the attention sink, is dropped in both.
 
 # %%
-lms, acts = {}, {}
-for name in models:
-    lm = lms[name] = load_model(name, device=device, dtype=dtype)
-    common = dict(model=name, layers=None, seq_len=seq_len, seed=seed, device=device, dtype=dtype)
-    acts[name] = {
-        "fit": collect_activations(ActivationConfig(corpus=corpus, split="fit", n_tokens=n_fit_tokens, **common), model=lm),
-        "held-out": collect_activations(ActivationConfig(corpus=corpus, split="eval", n_tokens=n_eval_tokens, **common),
-                                        model=lm),
-        "other": collect_activations(ActivationConfig(corpus=other_corpus, split=other_split, n_tokens=n_eval_tokens,
-                                                      **common), model=lm),
-    }
-cards = pd.DataFrame([{"model": lm.name, "architecture": type(lm.model).__name__, "blocks": lm.n_layers,
-                       "d_model": lm.d_model, "parameters": sum(p.numel() for p in lm.model.parameters()),
-                       "fitting tokens / d_model": round(n_fit_tokens / lm.d_model),
-                       **({k: card_summary(model_card(lm.name))[k] for k in ("package", "quantization", "licence")}
-                          if lm.name in PACKAGED_MODELS else {})} for lm in lms.values()]).set_index("model")
-cards
+lms = {name: load_model(name, device=device, dtype=dtype) for name in models}
+acts = {name: pipeline.collect_sets(lm, corpus=corpus, other_corpus=other_corpus, other_split=other_split,
+                                    n_fit_tokens=n_fit_tokens, n_eval_tokens=n_eval_tokens, seq_len=seq_len, seed=seed,
+                                    device=device, dtype=dtype) for name, lm in lms.items()}
+shift.models_table(lms.values(), n_fit_tokens=n_fit_tokens)
 
 # %% [markdown]
 # ## Massive activations, layer by layer
@@ -112,20 +95,19 @@ cards
 
 # %%
 k_study = massive_k if massive_k is not None else 20.0
-massive, massive_aips = {}, {}
-for name in models:
-    massive[name], massive_aips[name] = shift.massive_choice(acts[name]["fit"].acts, acts[name]["held-out"].acts,
-                                                             k=k_study, n_pairs=n_pairs, seed=seed, return_aips=True)
-pd.concat({name: shift.massive_reader_table(t) for name, t in massive.items()}, names=["model"])
+massive = {name: shift.massive_choice(a["fit"].acts, a["held-out"].acts, k=k_study, n_pairs=n_pairs, seed=seed,
+                                      return_aips=True) for name, a in acts.items()}  # name -> (table, fitted S)
+massive_tables = {name: table for name, (table, _) in massive.items()}
+shift.by_model(shift.massive_reader_table, massive_tables)
 
 # %%
-fig = plots.massive_choice_by_layer(massive, title=f"Fitting S with or without massive tokens (criterion: norm > "
-                                                   f"{k_study:g} x median)")
+fig = plots.massive_choice_by_layer(massive_tables, title=f"Fitting S with or without massive tokens (criterion: norm > "
+                                                         f"{k_study:g} x median)")
 plt.show()
 
-# %%
-for name in models:
-    print("\n".join(shift.describe_massive_choice(massive[name], k=k_study, chosen=massive_k, model=name)))
+# %% tags=["hide-input"]
+for name, table in massive_tables.items():
+    print("\n".join(shift.describe_massive_choice(table, k=k_study, chosen=massive_k, model=name)))
 
 # %% [markdown]
 # ## Angles per layer
@@ -137,40 +119,22 @@ for name in models:
 
 
 # %%
-def ordinary(a, layer):
-    """Rows of one layer's activations kept by the massive-token choice (all rows when massive_k is None)."""
-    x = a.acts[layer]
-    return torch.ones(len(x), dtype=torch.bool) if massive_k is None else ~massive_token_mask(x, massive_k)
-
-
-tables, aips, keep = {}, {}, {}
-for name in models:
-    layers = sorted(acts[name]["fit"].acts)
-    keep[name] = {s: {l: ordinary(acts[name][s], l) for l in layers} for s in ("fit", "held-out", "other")}
-    sets = {shift.IN_SAMPLE: "fit", shift.HELD_OUT: "held-out", shift.OTHER_DOMAIN: "other"}
-    kept = {label: {l: acts[name][s].acts[l][keep[name][s][l]] for l in layers} for label, s in sets.items()}
-    # S per layer: massive_choice's fit without the massive tokens (or with every token when massive_k is None)
-    fitted = {l: massive_aips[name][l][0 if massive_k is None else 1] for l in layers}
-    tables[name], aips[name] = shift.angle_study(kept[shift.IN_SAMPLE], kept, n_pairs=n_pairs, seed=seed, aips=fitted)
-table = pd.concat([t.assign(model=name) for name, t in tables.items()], ignore_index=True)
-pd.concat({name: shift.reader_table(t[t["set"] != shift.IN_SAMPLE]) for name, t in tables.items()}, names=["model"])
+studies = {name: shift.angle_study_sets(acts[name], fitted, massive_k=massive_k, n_pairs=n_pairs, seed=seed)
+           for name, (_, fitted) in massive.items()}
+shift.by_model(shift.reader_table, {name: study.measured() for name, study in studies.items()})
 
 # %%
-fig = plots.angles_by_layer_models({name: t[t["set"] != shift.IN_SAMPLE] for name, t in tables.items()},
+fig = plots.angles_by_layer_models({name: study.measured() for name, study in studies.items()},
                                    title="Mean random-pair angle by layer, S fitted on a disjoint split")
 plt.show()
 
 # %% [markdown]
 # The distributions behind the means, at the first, middle and last layer of each model (held-out text):
 
-# %%
-for name in models:
-    layers = sorted(acts[name]["fit"].acts)
-    chosen = [layers[0], layers[len(layers) // 2], layers[-1]]
-    held = {l: acts[name]["held-out"].acts[l][keep[name]["held-out"][l]] for l in chosen}
-    fig = plots.angle_histogram_panels(
-        {f"layer {l}": shift.pair_angles(aips[name][l], held[l], n_pairs=n_pairs, seed=seed) for l in chosen},
-        title=f"{name}: random-pair angles on held-out text")
+# %% tags=["hide-input"]
+for name, study in studies.items():
+    fig = plots.angle_histogram_panels(shift.layer_pair_angles(study, acts[name], n_pairs=n_pairs, seed=seed),
+                                       title=f"{name}: random-pair angles on held-out text")
     plt.show()
 
 # %% [markdown]
@@ -181,15 +145,9 @@ for name in models:
 # contexts; two different tokens of one context window (mean AIP angle, degrees).
 
 # %%
-related = {}
-for name in models:
-    h = acts[name]["held-out"]
-    related[name] = pd.concat([
-        shift.related_pair_angles(aips[name][l], h.acts[l][keep[name]["held-out"][l]],
-                                  h.token_ids[keep[name]["held-out"][l]], h.window[keep[name]["held-out"][l]],
-                                  n_pairs=5000, seed=seed).assign(layer=l)
-        for l in sorted(h.acts)])
-pd.concat({name: shift.related_reader_table(r) for name, r in related.items()}, names=["model"])
+related = {name: shift.related_study(study, acts[name]["held-out"], n_pairs=5000, seed=seed)
+           for name, study in studies.items()}
+shift.by_model(shift.related_reader_table, related)
 
 # %% [markdown]
 # ## Claim checks
@@ -199,17 +157,12 @@ pd.concat({name: shift.related_reader_table(r) for name, r in related.items()}, 
 # checked over every layer of both models; a claim that does not hold is reported as such, not asserted.
 
 # %%
-for name in models:
-    ins = tables[name][tables[name]["set"] == shift.IN_SAMPLE]
-    assert (ins["aip_mean"] - 90).abs().max() < 1.0, "in-sample AIP angles must centre on 90 degrees by construction"
-    layers = sorted(aips[name])
-    for l in (layers[0], layers[len(layers) // 2], layers[-1]):  # first, middle, last (a whitening costs a fit)
-        w = aips[name][l].whiten(acts[name]["fit"].acts[l][keep[name]["fit"][l]])
-        assert ((w.T @ w) / len(w) - torch.eye(w.shape[1], dtype=w.dtype)).abs().max() < 1e-6
+for name, study in studies.items():
+    shift.check_construction(study, acts[name]["fit"])  # raises AssertionError if the construction fails
 
 label = " and ".join(f"{name} (layers 1-{lms[name].n_layers})" for name in models)
 for check in (verdicts.check_shift_euclidean_below_90, verdicts.check_shift_aip_recentres):
-    claims.record(check(table, model=label))
+    claims.record(check(shift.claims_table(studies), model=label))
 
 # %% [markdown]
 # ## Verdict
@@ -218,10 +171,10 @@ for check in (verdicts.check_shift_euclidean_below_90, verdicts.check_shift_aip_
 # on the fitting data it is automatic. The other-domain numbers show how far one $S$ transfers across text types, and
 # the related pairs whether the AIP keeps structure while it removes the shared offset.
 
-# %%
-for name in models:
+# %% tags=["hide-input"]
+for name, study in studies.items():
     print(f"{name}:")
-    print("  " + "\n  ".join(shift.describe(tables[name], related[name], fit_corpus=corpus, other_corpus=other_corpus)))
+    print("  " + "\n  ".join(shift.describe(study.table, related[name], fit_corpus=corpus, other_corpus=other_corpus)))
 
 # %% [markdown]
 # What would change this verdict: the paper's models and corpus (`-p models '[google/gemma-2-2b]' -p corpus

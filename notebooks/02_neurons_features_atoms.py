@@ -118,13 +118,8 @@ evaluation.train_vs_heldout_table(results.table)
 
 # %%
 held = results.table[results.table["split"] == "held-out"]
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
-plots.unit_set_frontier(held, paper=paper.paper_unit_points(), ax=axes[0],
-                        title=f"{lm.name}, layer {layer}: faithfulness vs stability (held-out)")
-best = [held[held["family"] == f].sort_values("q_star").iloc[-1]["unit set"] for f in ("neurons", "features", "atoms")]
-plots.q_star_curves({n: results.q_star_curves[n] for n in best}, ax=axes[1],
-                    title="where q* falls: coherence quantile vs uniqueness bound")
-fig.tight_layout()
+fig = plots.faithfulness_stability(held, results.q_star_curves, paper=paper.paper_unit_points(),
+                                   title=f"{lm.name}, layer {layer}: faithfulness vs stability (held-out)")
 plt.show()
 
 # %% [markdown]
@@ -148,10 +143,8 @@ evaluation.spliced_reader_table(both)
 
 # %%
 verdict = splice.faithfulness_correlations(both[both["family"] != "neurons"])
-fig = plt.figure(figsize=(12, 4.2))
-plots.ce_loss_score_scatter(both[both["family"] != "neurons"], verdict=verdict, axes=fig.subplots(1, 2),
+plots.ce_loss_score_scatter(both[both["family"] != "neurons"], verdict=verdict,
                             title=f"{lm.name}, layer {layer}: what predicts downstream faithfulness?")
-fig.tight_layout()
 plt.show()
 print(verdict.sentence)
 

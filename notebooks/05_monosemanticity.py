@@ -172,11 +172,8 @@ diffs = mono.unit_set_differences(scores, n_boot=n_boot, seed=seed)
 mono.reader_differences(diffs)
 
 # %%
-n_judges = summary["judge"].nunique()
-fig = plt.figure(figsize=(4.4 * n_judges, 3.8))
-plots.judge_scores(summary, axes=fig.subplots(1, n_judges, squeeze=False)[0], order=mono.SETS,
+plots.judge_scores(summary, order=mono.SETS,
                    title=f"{lm.name}, layer {layer}: {n_units} units per set, top {k} {reading_corpus} contexts each")
-fig.tight_layout()
 plt.show()
 
 # %% [markdown]

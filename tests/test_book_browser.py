@@ -4,10 +4,17 @@ For every page of ``_toc.yml``: HTTP 200, no console errors, no failed request t
 loaded, MathJax (served from ``_static/mathjax``, no CDN) has typeset every math element, and every internal
 link resolves with HTTP 200. Screenshots of the landing page and chapter 1 go to ``test-artifacts/``.
 
+Layout, at a 1280 px window, on every chapter page: the output column is at least ``atomsnb.plots.BOOK_CONTENT_PX``
+wide (the width the figures are drawn for; ``tests/test_plots_layout.py`` checks, from that width, that every panel is
+at least 300 px wide and every text at least 10 px high); no table is wider than its output box (``scrollWidth <=
+clientWidth``, nothing to scroll sideways); every figure is shown at its natural width, or scaled down to the column
+when wider, never cut off and never scaled otherwise (the assumption of ``atomsnb.plots.displayed_layout``).
+
 Chapter 6's atom-browser pages (``_static/browser/<unit set>.html``): every unit's card shows contexts and logit-lens
 tokens, typing a token into the search box narrows the list, the sort menu orders it, and nothing is loaded.
 
-Without a browser, from the built HTML: every chapter page links Binder and Colab to its executed notebook
+Without a browser, from the built HTML: no page and no executed chapter notebook names a path of the build machine
+(the repository's absolute path, the cache's, the home directory); every chapter page links Binder and Colab to its executed notebook
 ``book/chapters/<chapter>.ipynb`` on the repository and branch of ``_config.yml`` (the branch the workflow publishes
 those notebooks to), and that notebook carries the hidden install cell and the version; every page's footer
 carries the package version, the licences and the "How to cite" link; the landing page has both BibTeX entries.
@@ -35,6 +42,9 @@ from urllib.parse import urldefrag, urlsplit
 import nbformat
 import pytest
 import yaml
+
+from atomsnb.paths import cache_dir
+from atomsnb.plots import BOOK_CONTENT_PX
 
 REPO = Path(__file__).resolve().parents[1]
 HTML = REPO / "book" / "_build" / "html"
@@ -66,6 +76,7 @@ def toc_pages(toc: Path = REPO / "_toc.yml") -> list[str]:
 
 
 PAGES = toc_pages()
+CHAPTERS = [p for p in PAGES if p.startswith("book/chapters/")]
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +133,9 @@ def browser():
 class PageVisit:
     """A page opened in a fresh browser context, with its console errors and failed requests recorded."""
 
-    def __init__(self, browser, origin: str):
+    def __init__(self, browser, origin: str, width: int = 1280):
         self.origin = origin
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(viewport={"width": width, "height": 900})
         self.context.set_default_timeout(TIMEOUT_MS)
         self.context.set_default_navigation_timeout(TIMEOUT_MS)
         self.page = self.context.new_page()
@@ -324,11 +335,100 @@ def test_atom_browser_page(browser, server, unit_set):
         visit.close()
 
 
+#: What a chapter page's outputs measure in the browser: the output column, every table's output box, every figure.
+LAYOUT_JS = """() => {
+    const box = el => el.closest('div.output') || el.closest('div.cell_output');
+    const column = document.querySelector('div.cell_output') || document.querySelector('article.bd-article');
+    const tables = Array.from(document.querySelectorAll('div.cell_output table')).map(t => {
+        const b = box(t);
+        return {scroll: b.scrollWidth, client: b.clientWidth, right: t.getBoundingClientRect().right,
+                box_right: b.getBoundingClientRect().right, head: t.innerText.slice(0, 60)};
+    });
+    const images = Array.from(document.querySelectorAll('div.cell_output img')).map(i => {
+        const b = box(i);
+        return {natural: i.naturalWidth, shown: i.getBoundingClientRect().width, box: b.clientWidth,
+                right: i.getBoundingClientRect().right, box_right: b.getBoundingClientRect().right,
+                src: (i.currentSrc || i.src).split('/').pop()};
+    });
+    return {column: column ? column.clientWidth : 0, tables, images,
+            page_scroll: document.documentElement.scrollWidth, page_client: document.documentElement.clientWidth};
+}"""
+
+
+def layout_problems(m: dict, min_column: float | None = BOOK_CONTENT_PX) -> list[str]:
+    """What in a :data:`LAYOUT_JS` measurement does not fit: a narrow column, a table wider than its box, a figure cut
+    off or scaled other than to fit the column, a page that scrolls sideways."""
+    problems = []
+    if min_column is not None and m["column"] < min_column:
+        problems.append(f"output column {m['column']} px < {min_column} px (atomsnb.plots.BOOK_CONTENT_PX)")
+    for t in m["tables"]:
+        if t["scroll"] > t["client"] or t["right"] > t["box_right"] + 0.5:
+            problems.append(f"table wider than its box ({t['scroll']} > {t['client']} px): {t['head']!r}")
+    for i in m["images"]:
+        expected = min(i["natural"], i["box"])
+        if i["right"] > i["box_right"] + 0.5 or abs(i["shown"] - expected) > 1:
+            problems.append(f"figure {i['src']} shown {i['shown']:.0f} px, natural {i['natural']} px, box {i['box']} px")
+    if m["page_scroll"] > m["page_client"]:
+        problems.append(f"the page scrolls sideways ({m['page_scroll']} > {m['page_client']} px)")
+    return problems
+
+
+def test_layout_problems_catches_overflow():
+    """The checks themselves, on the measurements the reviewer reported (700 px column, cut-off table, squeezed figure)."""
+    ok = {"column": 960, "tables": [{"scroll": 900, "client": 900, "right": 1200, "box_right": 1200, "head": "t"}],
+          "images": [{"natural": 990, "shown": 960, "box": 960, "right": 1190, "box_right": 1200, "src": "a.png"}],
+          "page_scroll": 1280, "page_client": 1280}
+    assert layout_problems(ok, min_column=950) == []
+    bad = {"column": 700, "tables": [{"scroll": 812, "client": 700, "right": 1312, "box_right": 1200, "head": "L0"}],
+           "images": [{"natural": 1291, "shown": 600, "box": 700, "right": 1200, "box_right": 1200, "src": "b.png"}],
+           "page_scroll": 1300, "page_client": 1280}
+    assert len(layout_problems(bad, min_column=950)) == 4
+
+
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_chapter_outputs_fit_at_1280(browser, server, page_path):
+    visit = PageVisit(browser, server, width=1280)
+    try:
+        visit.page.goto(f"{server}/{page_path}.html", wait_until="load")
+        _wait_for_images(visit.page)
+        m = visit.page.evaluate(LAYOUT_JS)
+        # the page's contents, out of the column's way, are one click away (the theme's "Contents" dialog)
+        toggle = visit.page.locator(".bd-header-article button.secondary-toggle")
+        toggle.click(timeout=TIMEOUT_MS)
+        toc = visit.page.locator("dialog#pst-secondary-sidebar-modal nav.page-toc a")
+        toc.first.wait_for(state="visible", timeout=TIMEOUT_MS)
+        n_toc = toc.count()
+    finally:
+        visit.close()
+    assert n_toc >= 1, f"{page_path}: the Contents dialog lists no section"
+    assert m["tables"] or m["images"], f"{page_path}: no table and no figure measured"
+    assert not layout_problems(m), f"{page_path} at 1280 px: {layout_problems(m)}"
+
+
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_chapter_readable_at_1024(browser, server, page_path):
+    """At 1024 px the column is narrower (about 820 px): figures are scaled to it, and a table wider than it scrolls
+    inside its own box; nothing is cut off and the page itself never scrolls sideways."""
+    visit = PageVisit(browser, server, width=1024)
+    try:
+        visit.page.goto(f"{server}/{page_path}.html", wait_until="load")
+        _wait_for_images(visit.page)
+        m = visit.page.evaluate(LAYOUT_JS)
+        scrollable = visit.page.evaluate("""() => Array.from(document.querySelectorAll('div.cell_output table'))
+            .map(t => t.closest('div.output') || t.closest('div.cell_output'))
+            .filter(b => b.scrollWidth > b.clientWidth)
+            .every(b => ['auto', 'scroll'].includes(getComputedStyle(b).overflowX))""")
+    finally:
+        visit.close()
+    problems = [p for p in layout_problems(m, min_column=800) if not p.startswith("table wider")]
+    assert not problems, f"{page_path} at 1024 px: {problems}"
+    assert scrollable, f"{page_path} at 1024 px: a table wider than its box cannot be scrolled"
+
+
 # ------------------------------------------------------------------------ launch links, footer, citation (no browser)
 
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-CHAPTERS = [p for p in PAGES if p.startswith("book/chapters/")]
 
 
 def _soup(html: str):
@@ -390,6 +490,27 @@ def test_chapter_launch_links(site, page_path):
 def test_page_footer(site, page_path):
     html = (site / f"{page_path}.html").read_text()
     assert not footer_problems(html, CONFIG, VERSION, "book/models" in PAGES), page_path
+
+
+def machine_paths() -> list[str]:
+    """Absolute paths of this build machine that must not appear in the book: the repository, the cache, home."""
+    paths = {str(REPO), str(REPO.resolve()), str(cache_dir().resolve()), str(Path.home())}
+    return sorted(p.rstrip("/") + "/" for p in paths if p not in ("", "/"))
+
+
+def test_no_build_machine_paths(site):
+    """The built HTML and the executed chapters name no path of the machine that built them."""
+    paths = machine_paths()
+    files = sorted(site.rglob("*.html")) + [REPO / f"{p}.ipynb" for p in CHAPTERS if (REPO / f"{p}.ipynb").is_file()]
+    assert files, "nothing to search"
+    found = {}
+    for f in files:
+        text = f.read_text(errors="replace")
+        hits = [p for p in paths if p in text]
+        if hits:
+            i = text.index(hits[0])
+            found[str(f.relative_to(REPO))] = f"{hits}: ...{text[max(0, i - 60):i + 80]!r}..."
+    assert not found, f"{len(found)} files name a build-machine path: {dict(list(found.items())[:5])}"
 
 
 def test_landing_page_how_to_cite(site):

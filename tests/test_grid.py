@@ -142,6 +142,10 @@ def test_reader_tables():
                                                                           for m in ("r2_aip", "q_star")}} for l in (2, 1)])
     lt = layer_reader_table(rows)
     assert list(lt.index) == [1, 2] and ("R² (AIP)", "atoms") in lt and ("L0 (latents/token)", "atoms") in lt
+    assert ("R² (AIP)", "neurons") in lt  # 0.5: shown
+    exact = rows.assign(neurons_r2_aip=1.0, neurons_q_star=1.0)
+    lt = layer_reader_table(exact)
+    assert ("R² (AIP)", "neurons") not in lt and ("q*", "neurons") in lt and ("R² (AIP)", "features") in lt
 
 
 def test_critical_capacity_and_paper_reader_tables():

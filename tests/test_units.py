@@ -194,9 +194,8 @@ def test_compare_unit_sets_mixes_trained_and_ready_unit_sets(world, aip):
         compare_unit_sets(train, held, aip, [], cfg)
 
     r = reader_table(t)
-    assert list(r.columns) == ["family", "L0 coefficient", "L1 coefficient", "R² (AIP)", "explained variance (Euclidean)",
-                               "q*", "L0 (latents/token)", "dead latents (%)"]
-    assert r.loc["atoms", "L0 coefficient"] == "0.01" and r.loc["atoms", "L1 coefficient"] == ""
+    assert list(r.columns) == ["R² (AIP)", "explained variance (Euclidean)", "q*", "L0 (latents/token)",
+                               "dead latents (%)"]
     assert r.loc["atoms", "dead latents (%)"] == round(100 * idx.loc[("atoms", "held-out"), "frac_dead"], 1)
     assert r.loc["neurons", "R² (AIP)"] == 1.0
     tv = train_vs_heldout_table(t)
@@ -316,31 +315,18 @@ def test_trained_saes_are_cached_by_data_settings_and_code(world, aip):
     assert train_sae_cached(world.acts, aip, cfg, cache=False, progress=False)[2] is False
 
 
-def test_model_data_collects_every_layer_of_three_sets_and_keeps_the_ordinary_tokens(tiny_path):
-    from atomsnb.pipeline import model_data
+def test_spliced_reader_table_gives_the_shared_losses_once():
+    from atomsnb.evaluation import spliced_reader_table
 
-    full = model_data(tiny_path, "docstrings", 600, 200, other_corpus="pydoc-topics", seed=0)
-    assert full.layers == [1, 2] and set(full.sets) == {"fit", "held-out", "other"}
-    assert full.sets["held-out"].config.split == "eval" and full.sets["other"].config.corpus == "pydoc-topics"
-    assert all(bool(full.keep(s, l).all()) for s in full.sets for l in full.layers)  # massive_k None keeps all
-    k = 1.2
-    d = model_data(tiny_path, "docstrings", 600, 200, other_corpus="pydoc-topics", seed=0, massive_k=k, lm=full.lm)
-    for split in d.sets:
-        for layer in d.layers:
-            x = full.sets[split].acts[layer]
-            norms = [float(sum(v * v for v in row) ** 0.5) for row in x.double().tolist()]  # brute force
-            med = sorted(norms)[(len(norms) - 1) // 2]
-            keep = [i for i, n in enumerate(norms) if not n > k * med]
-            assert 0 < len(keep) < len(norms) and torch.equal(d.kept(split, [layer])[layer], x[keep])
-    with pytest.raises(ValueError, match="split 'eval' is not one of"):
-        d.kept("eval")
-
-
-def test_model_data_refuses_bad_inputs_before_loading_the_model():
-    from atomsnb.pipeline import model_data
-
-    for kwargs, words in ((dict(massive_k=0.5), "massive_k=0.5"), (dict(n_fit_tokens=0), "n_fit_tokens")):
-        args = dict(model="no-such-model-dir/x", corpus="docstrings", n_fit_tokens=10, n_eval_tokens=10,
-                    other_corpus="pydoc-topics") | kwargs
-        with pytest.raises(ValueError, match=words):
-            model_data(**args)
+    t = pd.DataFrame({"unit set": ["neurons", "atoms"], "r2_aip": [1.0, 0.91234], "explained_variance": [1.0, 0.8],
+                      "q_star": [0.5, 0.7], "ce_loss_score": [1.0, 0.61234], "kl_div_score": [1.0, 0.5],
+                      "ce_loss_with_sae": [3.0, 3.41234], "ce_loss_without_sae": [3.0, 3.0],
+                      "ce_loss_with_ablation": [7.12345, 7.12345]})
+    r = spliced_reader_table(t)
+    spliced = "CE spliced (nats; clean 3.000, zero-ablated 7.123)"
+    assert list(r.columns) == ["R² (AIP)", "explained variance (Euclidean)", "q*", "ce_loss_score", "kl_div_score", spliced]
+    assert r.loc["atoms", "R² (AIP)"] == 0.912 and r.loc["atoms", spliced] == 3.412
+    with pytest.raises(ValueError, match="ce_loss_with_ablation differs"):
+        spliced_reader_table(t.assign(ce_loss_with_ablation=[7.0, 8.0]))
+    with pytest.raises(ValueError, match="lacks columns"):
+        spliced_reader_table(t.drop(columns="kl_div_score"))
