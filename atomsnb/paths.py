@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir"]
+__all__ = ["cache_dir", "shown_path"]
 
 
 def cache_dir(*parts: str) -> Path:
@@ -25,3 +25,15 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a printed message shows it, without the machine's absolute paths: below ``$ATOMSNB_BUILD`` as
+    ``build/...`` (the build directory's own name), else relative to the working directory, else ``~/...`` below the
+    home directory; any other path as given."""
+    p = Path(path).absolute()
+    build = Path(os.environ.get("ATOMSNB_BUILD", "build")).absolute()
+    for base, prefix in ((build, Path(build.name)), (Path.cwd(), Path()), (Path.home(), Path("~"))):
+        if p.is_relative_to(base):
+            return (prefix / p.relative_to(base)).as_posix()
+    return str(path)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from .io import CacheCorruptError, load_json, save_json
+from .paths import shown_path
 
 __all__ = ["GridPoint", "ResultsStore", "ResultsStoreWarning", "run_grid", "execute_point"]
 
@@ -344,16 +345,6 @@ def _missing_row(point: GridPoint, why: str) -> dict:
     return {"key": point.key, "status": "missing", "error": why, **point.as_dict()}
 
 
-def shown_path(path: str | os.PathLike) -> str:
-    """``path`` as a printed message shows it, without the machine's absolute paths: below ``$ATOMSNB_BUILD`` as
-    ``build/...`` (the build directory's own name), else relative to the working directory, else ``~/...`` below the
-    home directory; any other path as given."""
-    p = Path(path).absolute()
-    build = Path(os.environ.get("ATOMSNB_BUILD", "build")).absolute()
-    for base, prefix in ((build, Path(build.name)), (Path.cwd(), Path()), (Path.home(), Path("~"))):
-        if p.is_relative_to(base):
-            return (prefix / p.relative_to(base)).as_posix()
-    return str(path)
 
 
 def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store: ResultsStore | str | os.PathLike, *,

@@ -85,6 +85,7 @@ from atomsnb import claims, evaluation, pipeline, plots, units, verdicts
 from atomsnb import judges as J
 from atomsnb import monosemanticity as mono
 from atomsnb.activations import ActivationConfig, collect_activations
+from atomsnb.paths import shown_path
 from atomsnb.ratings import export_for_rating, read_ratings
 from atomsnb.sae import SAEConfig
 
@@ -218,7 +219,7 @@ mono.stability_table(metrics, summary)
 # %% tags=["nbval-ignore-output"]
 sheet, key = export_for_rating(Path(os.environ.get("ATOMSNB_BUILD", "build")) / "ratings" / f"{CHAPTER}.csv",
                                contexts.units, seed=seed)
-print(f"rating sheet: {sheet}\nkey (do not show raters): {key}")
+print(f"rating sheet: {shown_path(sheet)}\nkey (do not show raters): {shown_path(key)}")
 
 # %% [markdown]
 # ## Claim checks
