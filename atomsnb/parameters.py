@@ -218,6 +218,13 @@ def _per_model_results(p: Mapping) -> None:
             dtype=p["dtype"]))
 
 
+def _scaling(p: Mapping) -> None:
+    from .scaling import ScalingStudyConfig
+
+    _threads(p["threads"])
+    ScalingStudyConfig.from_mapping(dict(p)).validate()
+
+
 #: Chapter (the notebook's stem) -> the check of its parameters.
 CHAPTERS: dict[str, Callable[[Mapping], None]] = {
     "00_toy_world": _toy_world,
@@ -226,6 +233,7 @@ CHAPTERS: dict[str, Callable[[Mapping], None]] = {
     "03_capacity_grid": _capacity_grid,
     "04_per_model_results": _per_model_results,
     "05_monosemanticity": _monosemanticity,
+    "07_scaling": _scaling,
 }
 
 

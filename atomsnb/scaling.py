@@ -110,6 +110,15 @@ class ScalingStudyConfig:
     device: str = "cpu"
     dtype: str = "float32"
 
+    @classmethod
+    def from_mapping(cls, values: dict) -> "ScalingStudyConfig":
+        """The config of a chapter's (or a parameter file's) values: lists become tuples, keys that are not fields
+        (``threads``, ``backend``, ...) are ignored."""
+        names = {f.name for f in fields(cls)}
+        conv = {k: (tuple(tuple(x) for x in v) if k == "m_values" else tuple(v) if isinstance(v, list) else v)
+                for k, v in values.items() if k in names}
+        return cls(**conv)
+
     # ------------------------------------------------------------------------------------------------- validation
     def _layer_list(self, n_layers: int) -> list[int]:
         return [n_layers // 2 if l == "middle" else int(l) for l in self.layers]
@@ -537,8 +546,7 @@ def describe_scaling(config: ScalingStudyConfig, df: pd.DataFrame, fits: dict,
 
 # ---------------------------------------------------------------------------------------------------- the command
 def config_from_yaml(path: str) -> ScalingStudyConfig:
-    """A :class:`ScalingStudyConfig` from a parameter file (the chapter's parameters; keys that are not fields of the
-    config, such as ``backend`` or ``threads``, are ignored here).
+    """A :class:`ScalingStudyConfig` from a parameter file (:meth:`ScalingStudyConfig.from_mapping`).
 
     Raises:
         ValueError: the file is not a mapping.
@@ -549,10 +557,7 @@ def config_from_yaml(path: str) -> ScalingStudyConfig:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a parameter file must be a mapping of parameter names to values")
-    names = {f.name for f in fields(ScalingStudyConfig)}
-    conv = {k: (tuple(tuple(x) for x in v) if k == "m_values" else tuple(v) if isinstance(v, list) else v)
-            for k, v in values.items() if k in names}
-    return ScalingStudyConfig(**conv)
+    return ScalingStudyConfig.from_mapping(values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

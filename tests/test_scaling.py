@@ -100,3 +100,20 @@ def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp
     assert not read["stale"].any() and len(read) == 4
     table, fits = fit_table(cfg.part(read, "data"), n_boot=50)
     assert list(table["metric"]) == ["held-out R² (AIP)", "held-out q*"] and len(table) == 2
+
+
+def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
+    from atomsnb.verdicts import check_scaling_near_one
+
+    capped = fit_power_law(*_synthetic(3.0, 0.4, 0.05, 2e-4), n_boot=100)  # levels off at 0.95
+    free = fit_power_law(*_synthetic(2.0, 0.5, 0.0, 1e-5), n_boot=100)  # reaches 0.99
+    ev = "ledger: commit abc1234, 3.2 h on 2 CPU cores"
+    v = check_scaling_near_one({("m", 1, "r2_aip"): free, ("m", 1, "q_star"): free}, model="m", evidence=ev)
+    assert v.verdict == "reproduced" and v.evidence == ev and f"evidence: {ev}" in str(v)
+    v = check_scaling_near_one({("m", 1, "r2_aip"): capped, ("m", 1, "q_star"): free, ("m", 9, "r2_aip"): free},
+                               model="m", evidence=ev)
+    assert v.verdict == "partly reproduced" and "m layer 1: r2_aip" in v.interpretation
+    v = check_scaling_near_one({("m", 1, "r2_aip"): capped}, model="m", evidence=ev)
+    assert v.verdict == "not reproduced" and "ceiling 0.95" in v.ours
+    v = check_scaling_near_one({}, model="m", evidence=None)
+    assert v.verdict == "not run here" and v.command == "make scaling"
