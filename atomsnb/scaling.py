@@ -85,15 +85,15 @@ class ScalingStudyConfig:
     """TSAE L0 coefficient of the data-scaling points."""
     l0_sweep: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     """L0 coefficients at the smallest and the largest ``|M|`` (the frontier)."""
-    n_eval_tokens: int = 65536
+    n_eval_tokens: int = 32768
     """Held-out activations: the first half for the learning curves and the stopping rule, the second for the
     reported numbers."""
     n_train_eval: int = 8192
     """Training activations (at most ``|M|``) on which training-set metrics are computed."""
     batch_size: int = 4096
     """Tokens per step (at most ``|M|``)."""
-    max_steps: int = 8192
-    """Step cap per point."""
+    max_steps: int = 4096
+    """Step cap per point (4096 steps of 4096 tokens: two epochs of ``2^23``)."""
     eval_every: int = 100
     """Steps between evaluations of the learning curve."""
     patience: int = 5
