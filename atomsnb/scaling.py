@@ -32,18 +32,22 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass, fields, replace
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from ._validate import check_data
+from .activations import ActivationConfig, token_windows
 from .aip import MIN_TOKENS_PER_DIM
+from .corpus import Corpus
 from .evaluation import evaluate_unit_set
-from .grid import _stores
+from .grid import _model
 from .ledger import Ledger, provenance
 from .metrics import METRIC_LABELS, r2_aip
-from .store import fit_aip_from_store
-from .models import check_model
+from .models import check_model, resolve_model_path
+from .store import collect_store, fit_aip_from_store
 from .paper import PAPER_ATOMS
 from .runner import GridPoint, run_grid
 from .sae import SAEConfig, train_sae
@@ -72,8 +76,13 @@ class ScalingStudyConfig:
     """Data sizes ``|M|`` (training tokens), one list per entry of ``layers``; the largest is the fitting pool (``S``
     is fitted on all of it, every point trains on its first ``|M|`` rows)."""
     corpus: str = "docstrings"
-    """Text for activations (``fit`` split: training and ``S``; ``eval`` split: held-out). The full study should use
-    the largest offline corpus available (a few docstrings hold fewer tokens than ``2^23``)."""
+    """Text for activations (``fit_split``: training and ``S``; ``eval``: held-out). The full study uses the largest
+    offline corpus (``params/scaling.yaml``: ``python-source``, its ``train`` split); ``docstrings`` holds about
+    256k ``fit`` tokens."""
+    fit_split: str = "fit"
+    """Corpus split of the training pool (and ``S``): ``"fit"``, or ``"train"`` (80 % of a corpus: the only split of the
+    site corpora holding ``2^23`` tokens; it is the *default model's* training text, never seen by the real LLMs, so
+    for them it is held out like the others). Held-out activations always come from ``"eval"``."""
     base_multiple: float = 4
     """``|D|`` of the data-scaling points, in multiples of ``d_model`` (paper: 4H)."""
     d_multiples: tuple[float, ...] = (1, 4, 16)
@@ -123,12 +132,17 @@ class ScalingStudyConfig:
     def _layer_list(self, n_layers: int) -> list[int]:
         return [n_layers // 2 if l == "middle" else int(l) for l in self.layers]
 
-    def validate(self) -> dict[str, tuple[int, int]]:
+    def validate(self, *, check_corpus: bool = True) -> dict[str, tuple[int, int]]:
         """Raise for an impossible study, before any work; return ``{model: (n_layers, d_model)}``.
+
+        Checks every field's type and range, the models and layers, ``|M|`` against ``S``'s need of
+        ``20 x d_model`` tokens, and (``check_corpus``) that the corpus holds the largest ``|M|`` (``fit_split``) and
+        ``n_eval_tokens`` (``eval`` split) for every model's tokenizer (tokenised only as far as needed: minutes for
+        ``2^23`` tokens; a reader of the ledger lists the points with ``check_corpus=False``).
 
         Raises:
             TypeError: a field of the wrong type.
-            ValueError: a value out of range, naming the field, the value and what is allowed.
+            ValueError: a value out of range, naming the field, the value and what is allowed; a corpus too small.
             ModelNotFoundError: an unknown model.
         """
         def ints(name, values, minimum=1):
@@ -170,6 +184,9 @@ class ScalingStudyConfig:
             raise ValueError(f"max_steps={self.max_steps} < eval_every={self.eval_every}: no evaluation would run")
         if not isinstance(self.corpus, str) or not self.corpus:
             raise TypeError(f"corpus={self.corpus!r} is not allowed: a corpus source name")
+        if self.fit_split not in ("fit", "train"):
+            raise ValueError(f"fit_split={self.fit_split!r} is not allowed: 'fit' or 'train' ('eval' is the held-out "
+                             "split)")
         shapes = {}
         for model in self.models:
             n_layers, d_model = check_model(model)
@@ -187,17 +204,32 @@ class ScalingStudyConfig:
             if min(sizes) < 1:
                 raise ValueError(f"a |D| multiple gives fewer than 1 latent for d_model={d_model}")
             shapes[model] = (n_layers, d_model)
+            if check_corpus:
+                self._check_corpus(model)
         return shapes
+
+    def _check_corpus(self, model: str) -> None:
+        """The corpus holds the largest pool (``fit_split``) and the held-out tokens for ``model``'s tokenizer."""
+        from transformers import AutoTokenizer  # heavy; only when the corpus is checked
+
+        check_data(SimpleNamespace(model=model, corpus=self.corpus, seq_len=self.seq_len, seeds=(0,),
+                                   n_eval_tokens=self.n_eval_tokens))  # seq_len and the held-out split
+        n = max(max(ms) for ms in self.m_values)
+        try:
+            token_windows(AutoTokenizer.from_pretrained(resolve_model_path(model)), Corpus(self.corpus),
+                          self.fit_split, n_tokens=n, seq_len=self.seq_len, seed=0)
+        except ValueError as exc:
+            raise ValueError(f"the largest |M| {n} of m_values: {exc}") from None
 
     # ------------------------------------------------------------------------------------------------- the points
     def _shared(self) -> dict:
-        keep = ("corpus", "n_eval_tokens", "n_train_eval", "batch_size", "max_steps", "eval_every", "patience", "tol",
+        keep = ("corpus", "fit_split", "n_eval_tokens", "n_train_eval", "batch_size", "max_steps", "eval_every", "patience", "tol",
                 "warmup_steps", "lr", "seq_len", "store_dtype", "device", "dtype")
         return {k: getattr(self, k) for k in keep} | {"experiment": "scaling"}
 
-    def points(self) -> list[GridPoint]:
+    def points(self, *, check_corpus: bool = True) -> list[GridPoint]:
         """Every point of the study (data scaling, capacity, seeds, sweep; each once), after :meth:`validate`."""
-        shapes = self.validate()
+        shapes = self.validate(check_corpus=check_corpus)
         out, seen = [], set()
         for model, (n_layers, d_model) in shapes.items():
             for layer, ms in zip(self._layer_list(n_layers), self.m_values):
@@ -247,6 +279,19 @@ def stopped_improving(r2s: Sequence[float], patience: int, tol: float) -> bool:
     return max(r2s[-patience:]) <= max(r2s[:-patience]) + tol
 
 
+def _stores(point: GridPoint):
+    """The point's training pool (``fit_split``, its first ``n_fit_tokens``) and held-out (``eval``) activation stores
+    (:func:`atomsnb.store.collect_store`, seed 0: every seed and every point of a model and layer share them)."""
+    p = dict(point.params)
+    lm = _model(point.model, p["device"], p["dtype"])
+    out = []
+    for split, n in ((p["fit_split"], p["n_fit_tokens"]), ("eval", p["n_eval_tokens"])):
+        cfg = ActivationConfig(model=point.model, layers=(point.layer,), corpus=p["corpus"], split=split, n_tokens=n,
+                               seq_len=int(p["seq_len"]), seed=0, device=p["device"], dtype=p["dtype"])
+        out.append(collect_store(cfg, model=lm, store_dtype=p["store_dtype"], progress=False)[point.layer])
+    return lm, out[0], out[1]
+
+
 def scaling_point(point: GridPoint) -> dict:
     """Train one TSAE of the study until its held-out ``R^2`` stops improving; evaluate it (see the module docstring).
 
@@ -258,7 +303,7 @@ def scaling_point(point: GridPoint) -> dict:
     """
     p = dict(point.params)
     prov = provenance(scaling_point, point)
-    lm, fit, held = _stores(replace(point, seed=0))  # every seed reads the same activations
+    lm, fit, held = _stores(point)
     aip = fit_aip_from_store(fit, p["n_fit_tokens"], cache=True)
     x = held.read(0, p["n_eval_tokens"]).float()
     val, test = x[: len(x) // 2], x[len(x) // 2:]
@@ -569,10 +614,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--backend", default="sequential", choices=("sequential", "processes", "dask"))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per point (default: torch's)")
-    ap.add_argument("--dry-run", action="store_true", help="list the points and what is done; run nothing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="list the points and what is done; run nothing (the corpus is not checked)")
     args = ap.parse_args(argv)
     config = config_from_yaml(args.params)
-    points = config.points()
+    points = config.points(check_corpus=not args.dry_run)
     ledger = Ledger("scaling", root=args.ledger)
     rows = ledger.read(errors="warn")
     stale = set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()

@@ -42,6 +42,7 @@ models = ["smollm2-135m"]
 layers = [1, "middle"]  # "middle": block n_layers // 2 of each model
 m_values = [[2048, 4096, 8192, 16384], [2048, 4096, 8192, 16384]]  # |M| per layer; the largest is the fitting pool
 corpus = "docstrings"
+fit_split = "fit"  # the training pool's split ("fit" or "train"; held-out activations come from "eval")
 base_multiple = 4  # |D| of the data-scaling points, in multiples of d_model
 d_multiples = [1, 4]  # |D| at the largest |M|
 seeds = [0, 1]  # at the largest |M|
@@ -82,7 +83,7 @@ if threads:
     torch.set_num_threads(threads)
 CHAPTER = "07_scaling"
 config = scaling.ScalingStudyConfig.from_mapping(dict(
-    models=models, layers=layers, m_values=m_values, corpus=corpus, base_multiple=base_multiple,
+    models=models, layers=layers, m_values=m_values, corpus=corpus, fit_split=fit_split, base_multiple=base_multiple,
     d_multiples=d_multiples, seeds=seeds, l0_coefficient=l0_coefficient, l0_sweep=l0_sweep,
     n_eval_tokens=n_eval_tokens, n_train_eval=n_train_eval, batch_size=batch_size, max_steps=max_steps,
     eval_every=eval_every, patience=patience, tol=tol, warmup_steps=warmup_steps, lr=lr, seq_len=seq_len,
@@ -131,14 +132,14 @@ full_path = LEDGER_ROOT.parent / full_study
 full = scaling.config_from_yaml(str(full_path))
 ledger = Ledger("scaling")
 rows = ledger.read(errors="warn")
-wanted = {p.key for p in full.points()} if len(rows) else set()
+wanted = {p.key for p in full.points(check_corpus=False)}  # the corpus is checked by make scaling, not here
 rows = rows[rows["key"].isin(wanted)] if len(rows) else rows
 ok = rows[(rows["status"] == "ok")] if len(rows) else rows
 current = ok[~ok["stale"].astype(bool)] if len(ok) else ok
 evidence = ledger.evidence(ok) if len(ok) else None
 if ok.empty:
     display(Markdown(f"**The full study has not been run**: the ledger `results/scaling/` holds none of its "
-                     f"{len(wanted) or len(full.points())} points. Command: `make scaling` (parameters "
+                     f"{len(wanted)} points. Command: `make scaling` (parameters "
                      f"`{full_study}`). No number of the full study is shown."))
 else:
     stale = ok[ok["stale"].astype(bool)]

@@ -78,6 +78,12 @@ def test_points_cover_every_part_once_and_bad_studies_fail_before_work(tiny_dir,
         ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640,), (640,))).points()
     with pytest.raises(ValueError, match=r"layers=\(1, 'top'\) is not allowed"):
         ScalingStudyConfig(models=("tiny",), layers=(1, "top")).points()
+    with pytest.raises(ValueError, match="fit_split='eval' is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), fit_split="eval").points()
+    with pytest.raises(ValueError, match=r"the largest \|M\| 10000000 of m_values: corpus 'docstrings' split 'fit'"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 10_000_000),)).points()
+    assert len(ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 10_000_000),)).points(
+        check_corpus=False)) == 11
     with pytest.raises(ValueError, match=r"below 20 x d_model"):
         ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((100, 200),)).points()
 
