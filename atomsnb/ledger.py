@@ -249,7 +249,8 @@ class Ledger:
 
     def evidence(self, df: pd.DataFrame | None = None) -> str:
         """Where the ledger's numbers come from, in one line: ``"ledger: commit abc1234, 3.2 h on 2 CPU cores"``
-        (commits, total wall time of the ``ok`` rows, the machines), with ``"N of M rows stale"`` when some are;
+        (commits, ``+changes`` where the package had uncommitted changes, total wall time of the ``ok`` rows in hours,
+        or minutes below 6 minutes, the machines), with ``"N of M rows stale"`` when some are;
         ``"ledger: no rows (command: make scaling)"`` when there are none.
 
         Args:
@@ -262,10 +263,11 @@ class Ledger:
         provs = [p for p in ok["provenance"] if isinstance(p, dict)]
         commits = sorted({(p.get("git_commit") or "unknown")[:7] + ("+changes" if p.get("git_dirty") else "")
                           for p in provs})
-        hours = float(pd.to_numeric(ok.get("wall_time_s"), errors="coerce").fillna(0).sum()) / 3600
+        seconds = float(pd.to_numeric(ok.get("wall_time_s"), errors="coerce").fillna(0).sum())
+        spent = f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{max(1, round(seconds / 60))} min"
         where = sorted({f"{p['cpu_cores']} CPU cores" if str(p.get("device", "cpu")).startswith("cpu") else
                         str(p.get("device")) for p in provs})
-        line = (f"ledger: commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, {hours:.1f} h on "
+        line = (f"ledger: commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, {spent} on "
                 f"{' and '.join(where) or 'unknown machines'}")
         n_stale = int(ok["stale"].sum())
         if n_stale:

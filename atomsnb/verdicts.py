@@ -761,7 +761,7 @@ def check_scaling_near_one(fits: Mapping, *, model: str, evidence: str | None, c
     below = {}
     for (m, layer, metric), f in fits.items():
         hi = f.ci.get("ceiling", (f.ceiling, f.ceiling))[1]
-        below.setdefault((m, layer), []).append(metric if hi < reach else None)
+        below.setdefault((m, layer), []).append(("R^2" if metric == "r2_aip" else "q*") if hi < reach else None)
     capped = {k: [x for x in v if x] for k, v in below.items()}
     n_capped = sum(bool(v) for v in capped.values())
     verdict = "reproduced" if n_capped == 0 else "not reproduced" if n_capped == len(capped) else "partly reproduced"

@@ -87,6 +87,11 @@ def test_no_absolute_path_in_a_row(ledger, tmp_path):
         check_no_absolute_paths({"a": ["ok", "/home/me/x"]})
 
 
+def test_evidence_counts_minutes_below_six_minutes(ledger):
+    _write(ledger, _point(), hours=0.05)
+    assert ", 3 min on " in ledger.evidence()
+
+
 def test_evidence_of_an_empty_ledger_names_the_command(ledger):
     assert ledger.evidence() == "ledger: no rows (command: make scaling)"
     with pytest.raises(ValueError, match="one folder name"):

@@ -118,7 +118,7 @@ def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
     assert v.verdict == "reproduced" and v.evidence == ev and f"evidence: {ev}" in str(v)
     v = check_scaling_near_one({("m", 1, "r2_aip"): capped, ("m", 1, "q_star"): free, ("m", 9, "r2_aip"): free},
                                model="m", evidence=ev)
-    assert v.verdict == "partly reproduced" and "m layer 1: r2_aip" in v.interpretation
+    assert v.verdict == "partly reproduced" and "m layer 1: R^2" in v.interpretation
     v = check_scaling_near_one({("m", 1, "r2_aip"): capped}, model="m", evidence=ev)
     assert v.verdict == "not reproduced" and "ceiling 0.95" in v.ours
     v = check_scaling_near_one({}, model="m", evidence=None)
