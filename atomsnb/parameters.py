@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from ._validate import check_massive_k
+from .scaling import ScalingStudyConfig
 
 __all__ = ["CHAPTERS", "ModelShape", "model_shape", "validate_parameters"]
 
@@ -219,8 +220,6 @@ def _per_model_results(p: Mapping) -> None:
 
 
 def _scaling(p: Mapping) -> None:
-    from .scaling import ScalingStudyConfig
-
     _threads(p["threads"])
     ScalingStudyConfig.from_mapping(dict(p)).validate()
 

@@ -173,11 +173,15 @@ class ScalingStudyConfig:
             ints(f"m_values[{i}]", ms)
         ints("seeds", self.seeds, 0)
         pos("d_multiples", self.d_multiples), pos("l0_sweep", self.l0_sweep)
-        pos("base_multiple", [self.base_multiple]), pos("l0_coefficient", [self.l0_coefficient])
-        pos("tol", [self.tol]), pos("lr", [self.lr])
-        for name in ("n_eval_tokens", "n_train_eval", "batch_size", "max_steps", "eval_every", "patience", "seq_len"):
-            ints(name, [getattr(self, name)])
-        ints("warmup_steps", [self.warmup_steps], 0)
+        for name in ("base_multiple", "l0_coefficient", "tol", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}={v!r} is not allowed: a finite number > 0")
+        for name, minimum in (("n_eval_tokens", 1), ("n_train_eval", 1), ("batch_size", 1), ("max_steps", 1),
+                              ("eval_every", 1), ("patience", 1), ("seq_len", 2), ("warmup_steps", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name}={v!r} is not allowed: an integer >= {minimum}")
         if self.n_eval_tokens < 4:
             raise ValueError(f"n_eval_tokens={self.n_eval_tokens} is not allowed: >= 4 (two halves of >= 2)")
         if self.max_steps < self.eval_every:
