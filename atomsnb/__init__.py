@@ -22,8 +22,9 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
 5. **Evaluation and experiments**: scoring and comparing unit sets (:mod:`~atomsnb.evaluation`, paper §4-6),
    spliced-in faithfulness (:mod:`~atomsnb.splice`), the toy world with known atoms (:mod:`~atomsnb.synthetic`,
    SPEC §7), the prologue every experiment shares
-   (:mod:`~atomsnb.pipeline`), resumable grids (:mod:`~atomsnb.runner`) and the paper's two large experiments
-   (:mod:`~atomsnb.grid`), a chapter's parameters checked before it runs (:mod:`~atomsnb.parameters`), what a run
+   (:mod:`~atomsnb.pipeline`), resumable grids (:mod:`~atomsnb.runner`), committed results with their provenance
+   (:mod:`~atomsnb.ledger`), the paper's two large experiments (:mod:`~atomsnb.grid`), the scaling study
+   (:mod:`~atomsnb.scaling`), a chapter's parameters checked before it runs (:mod:`~atomsnb.parameters`), what a run
    will cost (:mod:`~atomsnb.budget`).
 6. **Monosemanticity** (paper §7): top contexts (:mod:`~atomsnb.contexts`), offline and LLM judges
    (:mod:`~atomsnb.judges`), blinded human ratings (:mod:`~atomsnb.ratings`), the comparisons
@@ -46,8 +47,8 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Text and models", ("corpus", "packaged", "default_model", "models")),
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
     ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external", "export")),
-    ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "grid",
-                                    "parameters", "budget")),
+    ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "ledger",
+                                    "grid", "scaling", "parameters", "budget")),
     ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity", "browser")),
     ("Verdicts and figures", ("verdicts", "plots")),
 )

@@ -26,8 +26,9 @@ __all__ = ["Verdict", "record", "VERDICTS", "RECORD_FIELDS", "OPTIONAL_FIELDS"]
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run here")
 #: Fields every JSON claim record carries (``tools/status_page.py`` refuses a record without one).
 RECORD_FIELDS = ("chapter", "claim_id", "statement", "paper", "ours", "model", "verdict", "criterion")
-#: Fields a record may carry in addition: the paper's section, the reading of our numbers, the command that runs it.
-OPTIONAL_FIELDS = ("section", "interpretation", "command")
+#: Fields a record may carry in addition: the paper's section, the reading of our numbers, the command that runs it,
+#: and where our numbers come from (absent: computed in this build; else e.g. a ledger's line, :mod:`atomsnb.ledger`).
+OPTIONAL_FIELDS = ("section", "interpretation", "command", "evidence")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Verdict:
             conditional on the number.
         model: what ours was computed on (model, layer(s), budget).
         command: for ``"not run here"``: the command that would run it.
+        evidence: where ``ours`` comes from when it was not computed in this build (the line of
+            :meth:`atomsnb.ledger.Ledger.evidence`, e.g. ``"ledger: commit abc1234, 3.2 h on 2 CPU cores"``); None: in
+            this build.
         values: the numbers the verdict was decided on (for tests and for anyone re-deciding it).
     """
 
@@ -61,6 +65,7 @@ class Verdict:
     interpretation: str
     model: str
     command: str | None = None
+    evidence: str | None = None
     values: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -85,6 +90,8 @@ class Verdict:
                  f"  criterion: {self.criterion}"]
         if self.interpretation:
             lines.append(f"  reading: {self.interpretation}")
+        if self.evidence:
+            lines.append(f"  evidence: {self.evidence}")
         if self.command:
             lines.append(f"  to run it: {self.command}")
         return "\n".join(lines)

@@ -214,6 +214,11 @@ _CLAIM_LIST = [
     PaperClaim("grid.critical_capacity", "03_capacity_grid", "§5",
                "R^2 jumps to about 1 once |D| passes a critical value matched to |M|; below it R^2 stays at 0.6-0.8.",
                "Gemma2-2B layer 1, |M| up to 1.9B, |D| in steps of 9216: jump to ~1 at a critical |D| growing with |M|"),
+    PaperClaim("scaling.atoms_near_one_with_data", "07_scaling", "§5-6",
+               "With enough training data (the paper's up to 1.9B activations) TSAE atoms reach R^2 and q* near 1: "
+               "the gap of a small run is one of scale.",
+               f"R^2 = {percent(PAPER_ATOMS[0]['r2_aip'], 2)}, q* = {percent(PAPER_ATOMS[0]['q_star'], 2)} "
+               f"({PAPER_ATOMS[0]['label']}, up to 1.9B activations)"),
     PaperClaim("layers.atoms_near_one", "04_per_model_results", "§6",
                "TSAE atoms averaged over layers reach R^2 and q* near 1.", ATOMS_PAPER_SUMMARY),
     *[PaperClaim(f"layers.{r['model'].split('/')[-1]}", "04_per_model_results", "§6",

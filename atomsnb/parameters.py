@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from ._validate import check_massive_k
+from .scaling import ScalingStudyConfig
 
 __all__ = ["CHAPTERS", "ModelShape", "model_shape", "validate_parameters"]
 
@@ -228,6 +229,11 @@ def _per_model_results(p: Mapping) -> None:
             dtype=p["dtype"]))
 
 
+def _scaling(p: Mapping) -> None:
+    _threads(p["threads"])
+    ScalingStudyConfig.from_mapping(dict(p)).validate()
+
+
 #: Chapter (the notebook's stem) -> the check of its parameters.
 CHAPTERS: dict[str, Callable[[Mapping], None]] = {
     "00_toy_world": _toy_world,
@@ -237,6 +243,7 @@ CHAPTERS: dict[str, Callable[[Mapping], None]] = {
     "04_per_model_results": _per_model_results,
     "05_monosemanticity": _monosemanticity,
     "06_atom_browser": _atom_browser,
+    "07_scaling": _scaling,
 }
 
 

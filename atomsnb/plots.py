@@ -19,7 +19,7 @@ from PIL import Image
 
 __all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer",
            "unit_set_frontier", "grid_heatmaps", "layer_curves", "BOOK_CONTENT_PX", "FIGURE_WIDTH_IN", "MIN_PANEL_PX",
-           "MIN_TEXT_PX", "displayed_layout"]
+           "MIN_TEXT_PX", "displayed_layout", "scaling_figure"]
 
 #: The least width (CSS px) of a chapter's output column at a 1280 px wide window (``book/_static/atomsnb.css`` gives
 #: about 960; ``tests/test_book_browser.py`` checks that it is at least this). A PNG wider than the column is scaled
@@ -601,3 +601,59 @@ def faithfulness_stability(held: pd.DataFrame, curves: Mapping[str, object], *,
 
 
 __all__.append("faithfulness_stability")
+
+
+def scaling_figure(data: pd.DataFrame, curves: pd.DataFrame, sweep: pd.DataFrame, fits: Mapping, *,
+                   target: tuple[float, float], title: str = "") -> plt.Figure:
+    """The scaling study (:mod:`atomsnb.scaling`) in three panels (two a row, :data:`FIGURE_WIDTH_IN` wide): held-out ``R^2`` and ``q*`` against ``|M|`` with
+    the fitted power laws (points that did not converge hollow), the learning curves of the data-scaling points
+    (validation-half held-out ``R^2`` against tokens seen), and the L0 frontier (held-out ``q*`` against ``R^2``) with
+    the paper's point.
+
+    Args:
+        data: the data-scaling rows; curves: :func:`atomsnb.scaling.learning_curves` of them; sweep: the sweep rows;
+        fits: ``{(model, layer, metric): PowerLawFit}``; target: the paper's ``(R^2, q*)``.
+    """
+    fig, grid = plt.subplots(2, 2, figsize=(FIGURE_WIDTH_IN, 8.6))  # two panels a row (book layout)
+    axes = list(grid.flat[:3])
+    grid.flat[3].axis("off")
+    groups = list(data.groupby(["model", "layer"], sort=True))
+    colours = dict(zip([k for k, _ in groups], sns.color_palette("tab10", max(len(groups), 1))))
+    ax = axes[0]
+    for (model, layer), g in groups:
+        g = g.sort_values("n_train")
+        for metric, marker, ls in (("r2_aip", "o", "-"), ("q_star", "s", "--")):
+            conv = g["converged"].astype(bool)
+            label = f"{model} L{layer} {'R²' if metric == 'r2_aip' else 'q*'}"
+            ax.scatter(g.loc[conv, "n_train"], g.loc[conv, f"heldout_{metric}"], marker=marker,
+                       color=colours[(model, layer)], label=label)
+            ax.scatter(g.loc[~conv, "n_train"], g.loc[~conv, f"heldout_{metric}"], marker=marker, facecolors="none",
+                       edgecolors=colours[(model, layer)])
+            f = fits.get((model, int(layer), metric))
+            if f is not None:
+                mm = np.geomspace(f.m_min, f.m_max * 100, 100)
+                ax.plot(mm, f.predict(mm), ls=ls, color=colours[(model, layer)], lw=1)
+    ax.axhline(0.99, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="|M| (training tokens)", ylabel="held-out value",
+           title="R² (circles) and q* (squares); lines: fits; hollow: not converged")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for (model, layer, m), g in curves.groupby(["model", "layer", "n_train"], sort=True):
+        ax.plot(g["tokens"], g["r2"], color=colours.get((model, layer), "k"),
+                alpha=0.3 + 0.7 * (m / curves["n_train"].max()), lw=1)
+    ax.set(xscale="log", xlabel="tokens seen", ylabel="held-out R² (validation half)",
+           title="learning curves (darker: larger |M|)")
+    ax = axes[2]
+    for (model, layer, m), g in sweep.groupby(["model", "layer", "n_train"], sort=True):
+        g = g.sort_values("p_l0_coefficient")
+        ax.plot(g["heldout_r2_aip"], g["heldout_q_star"], marker="o", color=colours.get((model, layer), "k"),
+                ls="-" if m == sweep["n_train"].max() else "--", label=f"{model} L{layer} |M|={m}")
+    ax.scatter([target[0]], [target[1]], marker="*", s=150, color="black", label=f"paper's {target}")
+    ax.set(xlabel="held-out R² (AIP)", ylabel="held-out q*", title="L0-coefficient frontier")
+    ax.legend(fontsize=8)
+    for a in axes:
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1320,7 +1320,7 @@ def _resume(ckpt: Path, run: dict, sae: SparseAutoencoder, opt: torch.optim.Opti
 
 def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, progress: bool = True,
               checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-              callback=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
+              callback=None, monitor=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
     """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations in memory or on disk (paper §6, SPEC §6).
 
     One loop for every source: a tensor (wrapped in :class:`atomsnb.store.MemorySource`) and an
@@ -1343,6 +1343,12 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
         checkpoint_every: steps between checkpoints (None: only the final one).
         callback: called as ``callback(step, stats)`` after every step (:class:`StepStats`); an exception it raises
             stops the run (the last checkpoint stays).
+        monitor: ``(every, fn)``: ``fn(steps_done, sae)`` is called after every ``every`` steps (``steps_done`` a
+            multiple of ``every``), with the SAE in its current state (e.g. to evaluate a learning curve on held-out
+            activations; :mod:`atomsnb.scaling`). ``fn`` must not change the SAE; it runs under ``torch.no_grad``.
+            If it returns ``True`` the run stops there (early stopping; the weights are those after
+            ``steps_done`` steps). None (default): the run is bit-identical to one without the argument. Not
+            combined with ``checkpoint_dir`` (a run stopped early has no final checkpoint to resume from).
 
     Returns:
         ``(sae, history)``: the trained :class:`SparseAutoencoder` and the DataFrame of :class:`TrainingHistory` (one
@@ -1362,6 +1368,7 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
     source, P = _training_source(data, config, aip, n_tokens)  # validation, before any work
     device = resolve_device(config.device)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir, checkpoint_every)
+    every, watch = _check_monitor(monitor, ckpt_dir)
     prec = _Precision.of(config, device)
     d_in, scale = _input_scale(config, aip, source, P)
     sae, opt = _init_model(config, d_in, scale, prec.params, device)
@@ -1385,10 +1392,33 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
         checkpoints.after_step(step + 1, sae, opt, dead, history)
         if callback is not None:
             callback(step, st)
-    if start < config.n_steps:
-        checkpoints.save(config.n_steps, sae, opt, dead, history)
+        if watch is not None and (step + 1) % every == 0:
+            with torch.no_grad():
+                stop = watch(step + 1, sae)
+            if stop is True:
+                if not history.due(step):  # the history's last row is the last step run
+                    history.log(step, st, config.batch_size, lam, lr, dead.fraction())
+                break
+    else:
+        if start < config.n_steps:
+            checkpoints.save(config.n_steps, sae, opt, dead, history)
     sae.config = config  # type: ignore[attr-defined]
     return sae, history.frame()
+
+
+def _check_monitor(monitor, ckpt_dir) -> tuple[int, object]:
+    """``(every, fn)`` of :func:`train_sae`'s ``monitor`` argument, checked before any work (``(0, None)`` for None)."""
+    if monitor is None:
+        return 0, None
+    if not isinstance(monitor, tuple) or len(monitor) != 2 or not callable(monitor[1]):
+        raise ValueError(f"monitor must be None or a pair (every_n_steps, fn(steps_done, sae)); got {monitor!r}")
+    every = monitor[0]
+    if not _is_int(every) or every < 1:
+        raise ValueError(f"monitor's every_n_steps must be an integer >= 1; got {every!r}")
+    if ckpt_dir is not None:
+        raise ValueError("monitor is not combined with checkpoint_dir: a run it stops early has no final checkpoint "
+                         "to resume from; pass one or the other")
+    return int(every), monitor[1]
 
 
 def _json_roundtrip(obj):

@@ -37,7 +37,7 @@ __all__ = [
     "check_units_neurons", "check_units_features", "check_units_atoms_beat_features", "check_units_atoms_near_one",
     "check_grid_critical_capacity",
     "check_layers_atoms_near_one", "check_layers_paper_models",
-    "check_mono_atoms_more_monosemantic", "check_mono_llm_human_judgement",
+    "check_mono_atoms_more_monosemantic", "check_mono_llm_human_judgement", "check_scaling_near_one",
 ]
 
 
@@ -45,11 +45,11 @@ __all__ = [
 # Helpers
 # =====================================================================================================================
 def _verdict(claim_id: str, verdict: str, *, ours: str, criterion: str, interpretation: str, model: str,
-             values: Mapping | None = None, command: str | None = None) -> Verdict:
+             values: Mapping | None = None, command: str | None = None, evidence: str | None = None) -> Verdict:
     c = CLAIMS[claim_id]
     return Verdict(chapter=c.chapter, claim_id=c.claim_id, statement=c.statement, section=c.section, paper=c.paper,
                    verdict=verdict, ours=ours, criterion=criterion, interpretation=interpretation, model=model,
-                   command=command, values=dict(values or {}))
+                   command=command, evidence=evidence, values=dict(values or {}))
 
 
 def _need(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -732,6 +732,52 @@ def check_mono_llm_human_judgement(diffs: pd.DataFrame, *, judges: Sequence[str]
     return _mono("mono.llm_human_judgement", diffs, judges, model, criterion, command=None)
 
 
+# =====================================================================================================================
+# Chapter 7: the scaling study
+# =====================================================================================================================
+def check_scaling_near_one(fits: Mapping, *, model: str, evidence: str | None, command: str = "make scaling",
+                           reach: float = NEAR_ONE) -> Verdict:
+    """``scaling.atoms_near_one_with_data`` (paper §5-6): with enough data, atoms reach ``R^2`` and ``q*`` near 1.
+
+    Decided on the power-law fits of held-out ``1 - R^2`` and ``1 - q*`` against ``|M|`` (:func:`atomsnb.scaling.fit_table`)
+    of the full study's ledger rows, per model and layer: a metric's fitted ceiling ``1 - c`` is *below* ``reach``
+    when the upper end of its 95 % interval is below it.
+
+    Args:
+        fits: ``{(model, layer, metric): PowerLawFit}`` with metric ``"r2_aip"`` or ``"q_star"``; empty when the full
+            study has not been run (then the verdict is "not run here" with ``command``).
+        model: what the fits were computed on.
+        evidence: where the rows come from (:meth:`atomsnb.ledger.Ledger.evidence`).
+
+    Returns:
+        reproduced: no ceiling below ``reach`` (the fits are consistent with reaching it); not reproduced: at every
+        (model, layer) the ``R^2`` or the ``q*`` ceiling is below it; partly: in between.
+    """
+    if not fits:
+        return _verdict("scaling.atoms_near_one_with_data", "not run here",
+                        ours="the ledger holds no current row of the full study",
+                        criterion=f"the fitted ceilings of held-out R^2 and q* against |M| (95 % CI) reach {reach:g}",
+                        interpretation="", model=model, command=command, evidence=evidence)
+    below = {}
+    for (m, layer, metric), f in fits.items():
+        hi = f.ci.get("ceiling", (f.ceiling, f.ceiling))[1]
+        below.setdefault((m, layer), []).append(("R^2" if metric == "r2_aip" else "q*") if hi < reach else None)
+    capped = {k: [x for x in v if x] for k, v in below.items()}
+    n_capped = sum(bool(v) for v in capped.values())
+    verdict = "reproduced" if n_capped == 0 else "not reproduced" if n_capped == len(capped) else "partly reproduced"
+    words = ("No fitted ceiling lies below " + f"{reach:g}: more data may close the gap." if n_capped == 0 else
+             f"At {share(n_capped, len(capped), 'model-layer pair')} a fitted ceiling lies below {reach:g} "
+             f"({'; '.join(f'{m} layer {l}: ' + ', '.join(v) for (m, l), v in capped.items() if v)}): there, more "
+             "activations alone do not reach it within the fit.")
+    ours = "; ".join(f"{m} layer {layer} {'R^2' if metric == 'r2_aip' else 'q*'}: ceiling {f.ceiling:.3f} "
+                     f"(95 % CI {f.ci['ceiling'][0]:.3f}-{f.ci['ceiling'][1]:.3f})"
+                     for (m, layer, metric), f in fits.items())
+    return _verdict("scaling.atoms_near_one_with_data", verdict, ours=ours,
+                    criterion=f"reproduced: no fitted ceiling (95 % CI upper end) of held-out R^2 or q* below {reach:g};"
+                              " not: at every model and layer one is below",
+                    interpretation=words, model=model, evidence=evidence, values={"n_capped": n_capped})
+
+
 #: claim id -> its check (``layers.<model>`` ids are all decided by :func:`check_layers_paper_models`).
 CHECKS = {
     "toy.aip_invariance": check_toy_aip_invariance,
@@ -750,5 +796,6 @@ CHECKS = {
     **{f"layers.{r['model'].split('/')[-1]}": check_layers_paper_models for r in PAPER_ATOMS},
     "mono.atoms_more_monosemantic": check_mono_atoms_more_monosemantic,
     "mono.llm_human_judgement": check_mono_llm_human_judgement,
+    "scaling.atoms_near_one_with_data": check_scaling_near_one,
 }
 assert set(CHECKS) == set(CLAIMS), "every claim has a check"

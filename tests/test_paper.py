@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_every_claim_has_a_check_and_its_numbers_are_the_papers():
     assert len({c.claim_id for c in P.CLAIMS.values()}) == len(P.CLAIMS)
     chapters = {c.chapter for c in P.CLAIMS.values()}
     assert chapters == {"00_toy_world", "01_representation_shift", "02_neurons_features_atoms", "03_capacity_grid",
-                        "04_per_model_results", "05_monosemanticity"}
+                        "04_per_model_results", "05_monosemanticity", "07_scaling"}
     # the paper's numbers, as PAPER.md quotes them
     assert P.PAPER_NEURONS["r2_aip"] == 1.0 and P.PAPER_NEURONS["q_star"] == 0.005
     assert P.PAPER_FEATURES["r2_aip"] == 0.488 and P.PAPER_FEATURES["q_star"] == 0.682
@@ -424,6 +425,9 @@ def test_status_page_renders_the_records_and_refuses_bad_ones(tmp_path, monkeypa
     assert "1 *not reproduced*" in page and "3 *not run here*" in page
     assert "<small>reading: Averaged over layers 1-4, neither R^2 nor q\\* reaches 0.99" in page
     assert "(paper §6)" in page and "-f params/gemma-2-9b.yaml" in page
+    # every claim says where its numbers come from
+    assert page.count("<small>evidence: computed in this build</small>") == 1
+    assert page.count("<small>evidence: not run in this build</small>") == 3
     # a duplicated record (the chapter ran twice into one file) is refused
     path = claims_dir / "04_per_model_results.jsonl"
     path.write_text(path.read_text() + path.read_text().splitlines()[0] + "\n")
@@ -467,3 +471,23 @@ def test_layers_atoms_near_one_over_several_models():
     assert V.check_layers_atoms_near_one(t.assign(r2_aip=0.1, q_star=0.1), model="m").verdict == "not reproduced"
     with pytest.raises(ValueError, match="several atoms rows"):
         V.check_layers_atoms_near_one(t.assign(model="A"), model="m")
+
+
+def test_status_page_shows_a_ledger_claims_evidence(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import status_page
+
+    nb, claims_dir = tmp_path / "notebooks", tmp_path / "claims"
+    nb.mkdir()
+    _chapter(nb, "07_scaling")
+    monkeypatch.setenv("ATOMSNB_CLAIMS_DIR", str(claims_dir))
+    from atomsnb.scaling import fit_power_law
+
+    m = 2.0 ** np.arange(10, 24)
+    fit = fit_power_law(m, 3.0 * m ** -0.4 + 0.05, n_boot=50)
+    record(V.check_scaling_near_one({("smollm2-135m", 1, "r2_aip"): fit}, model="smollm2-135m",
+                                    evidence="ledger: commit abc1234, 3.2 h on 2 CPU cores"))
+    capsys.readouterr()
+    out = tmp_path / "status.md"
+    assert status_page.main(["--claims-dir", str(claims_dir), "--notebooks", str(nb), "--out", str(out)]) == 0
+    assert "<small>evidence: ledger: commit abc1234, 3.2 h on 2 CPU cores</small>" in out.read_text()

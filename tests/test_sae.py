@@ -250,6 +250,32 @@ def test_training_is_deterministic_and_fast_equals_autograd_path(small_world):
         assert torch.allclose(p.double(), q.double(), atol=1e-5), n
 
 
+def test_monitor_sees_the_sae_every_n_steps_changes_nothing_and_can_stop_the_run(small_world):
+    _, train, held, aip = small_world
+    cfg = SAEConfig(**{**_TRAIN, "n_steps": 30})
+    plain, h_plain = train_sae(train, aip, cfg, progress=False)
+    seen = []
+
+    def watch(done, sae):
+        seen.append((done, r2_aip(held, sae.reconstruct_raw(held, aip), aip), sae.W_dec.detach().clone()))
+
+    watched, h_watched = train_sae(train, aip, cfg, progress=False, monitor=(10, watch))
+    for (n, p), (_, q) in zip(plain.state_dict().items(), watched.state_dict().items()):
+        assert torch.equal(p, q), n  # bit-identical with a monitor that returns None
+    assert h_plain.equals(h_watched)
+    assert [d for d, _, _ in seen] == [10, 20, 30]
+    assert torch.equal(seen[-1][2], plain.W_dec)  # the monitor saw the SAE as it was after that step
+    assert seen[-1][1] == pytest.approx(r2_aip(held, plain.reconstruct_raw(held, aip), aip))
+    # a monitor that returns True stops the run there: the weights are those of a 20-step run (same schedule)
+    stopped, h_stopped = train_sae(train, aip, cfg, progress=False, monitor=(10, lambda done, sae: done == 20))
+    assert torch.equal(stopped.W_dec, seen[1][2])
+    assert int(h_stopped["step"].iloc[-1]) == 19
+    with pytest.raises(ValueError, match="every_n_steps"):
+        train_sae(train, aip, cfg, progress=False, monitor=(0, watch))
+    with pytest.raises(ValueError, match="monitor must be"):
+        train_sae(train, aip, cfg, progress=False, monitor=watch)
+
+
 def test_raw_coordinate_maps_are_consistent(small_world):
     _, train, test, aip = small_world
     sae = SparseAutoencoder.init_random(16, 64, seed=1, input_scale=4.0, dtype=torch.float64)

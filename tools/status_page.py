@@ -38,7 +38,7 @@ CLAIM_CHAPTERS = frozenset(c.chapter for c in CLAIMS.values())
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run here")
 FIELDS = ("chapter", "claim_id", "statement", "paper", "ours", "model", "verdict", "criterion")
-OPTIONAL = ("section", "interpretation", "command")  # atomsnb.claims.OPTIONAL_FIELDS
+OPTIONAL = ("section", "interpretation", "command", "evidence")  # atomsnb.claims.OPTIONAL_FIELDS
 _MD_SPECIAL = set("\\`*_{}[]<>|$#!")
 
 
@@ -134,9 +134,12 @@ def render(chapters: list[tuple[Path, list[dict]]], params_dir: Path) -> str:
         "",
         "This page is generated in the build from the chapters' outputs: each chapter records its claim checks "
         "while it executes (`atomsnb.claims.record`), and `tools/status_page.py` turns those records into the "
-        "tables below. Nothing here is typed by hand; the numbers are those of the build that produced this page. "
+        "tables below. Nothing here is typed by hand; the numbers are those of the build that produced this page unless a "
+        "row's evidence names a ledger. "
         "Numbers in the column *paper's number* are **the paper's**, quoted from the section named in the claim; "
-        "numbers in the column *ours* were computed here, on the model named in the row.",
+        "numbers in the column *ours* are ours, on the model named in the row; its *evidence* says where they come "
+        "from: computed in this build, or committed rows of a long study (`results/`, `atomsnb.ledger`) with their "
+        "commit and compute.",
         "",
         f"**{total} claim checks in {len(chapters)} chapters:** "
         + ", ".join(f"{counts.get(v, 0)} *{v}*" for v in VERDICTS) + ".",
@@ -155,6 +158,9 @@ def render(chapters: list[tuple[Path, list[dict]]], params_dir: Path) -> str:
         for r in recs:
             section = f" (paper {md(r['section'])})" if r.get("section") else ""
             reading = f"<br><small>reading: {md(r['interpretation'])}</small>" if r.get("interpretation") else ""
+            source = r.get("evidence") or ("not run in this build" if r["verdict"] == "not run here" else
+                                           "computed in this build")
+            reading += f"<br><small>evidence: {md(source)}</small>"
             lines.append(
                 f"| **{r['verdict']}** "
                 f"| {md(r['statement'])}{section}<br><small>criterion: {md(r['criterion'])}; tested in "

@@ -1,0 +1,302 @@
+"""The results ledger: rows of long studies committed to the repository, each with its provenance.
+
+A study that takes hours (e.g. :mod:`atomsnb.scaling`) cannot run in every build of the book. Its rows are committed
+under ``results/<study>/`` instead, one JSON file per grid point, written atomically and checksummed by
+:class:`atomsnb.runner.ResultsStore` (a killed run resumes point by point; a damaged or renamed file is detected on
+read). Each row carries its **provenance** (:func:`provenance`), recorded by the point function when it runs:
+
+- ``entry`` and ``code``: the point function (``module:name``) and :func:`atomsnb.codeprint.code_fingerprint` of it
+  (its modules' import closure and the torch/transformers/safetensors versions);
+- ``model_sha256``: the SHA-256 of the model's weights, config and tokenizer as its card records them
+  (:func:`model_hash`), which pins the converted model;
+- ``corpus`` and ``corpus_fingerprint``: the corpus source and :meth:`atomsnb.corpus.Corpus.fingerprint` of all of it;
+- ``atomsnb`` (version), ``git_commit`` (and ``git_dirty``: the package had uncommitted changes), ``device``,
+  ``cpu_cores``, ``threads`` (torch's), ``date`` (UTC); the runner adds ``wall_time_s``. The parameters are the
+  row's grid point. No absolute path is written (:func:`check_no_absolute_paths`).
+
+Reading (:meth:`Ledger.read`) marks a row ``stale`` when the code, the model or the corpus it was computed from is no
+longer the current one (with the reason and the command that refreshes it): a stale row is never used silently.
+:meth:`Ledger.evidence` gives the line a reader (and the reproduction-status page) sees about where numbers come
+from: "computed in this build" or "ledger: commit abc1234, 3.2 h on 2 CPU cores".
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import importlib
+import os
+import platform
+import re
+import subprocess
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from . import __version__
+from .codeprint import code_fingerprint
+from .corpus import Corpus
+from .io import CacheCorruptError
+from .models import model_card
+from .runner import GridPoint, ResultsStore, ResultsStoreWarning
+
+__all__ = ["Ledger", "provenance", "model_hash", "corpus_fingerprint", "git_commit", "check_no_absolute_paths",
+           "LEDGER_ROOT", "PROVENANCE_KEYS", "THIS_BUILD"]
+
+#: Where ledgers live: ``results/`` at the repository root (committed, unlike ``build/``).
+LEDGER_ROOT = Path(__file__).resolve().parent.parent / "results"
+#: The provenance every ledger row carries (:func:`provenance`).
+PROVENANCE_KEYS = ("entry", "code", "model", "model_sha256", "corpus", "corpus_fingerprint", "atomsnb", "git_commit",
+                   "git_dirty", "device", "cpu_cores", "threads", "date", "platform")
+#: The evidence line of numbers computed while the book was built.
+THIS_BUILD = "computed in this build"
+#: The provenance that decides whether a row is current (the rest is the record of where and when).
+_DECIDING = (("code", "the code of its point function changed"), ("model_sha256", "the model (its card) changed"),
+             ("corpus_fingerprint", "the corpus changed"))
+_ABSOLUTE = re.compile(r"(^|[\s'\"=(:])(/(home|work|tmp|root|Users|var|mnt|opt|srv|data|scratch)/|~/|[A-Za-z]:\\)")
+
+
+def check_no_absolute_paths(obj: Any, where: str = "row") -> None:
+    """Raise if ``obj`` (a row: dicts, lists, strings, numbers) holds a string that looks like an absolute path of this
+    machine (``/home/...``, ``/work/...``, ``/tmp/...``, ``~/...``, ``C:\\...``): a committed row must not.
+
+    Raises:
+        ValueError: naming where the path is and the path.
+    """
+    if isinstance(obj, str):
+        if _ABSOLUTE.search(obj):
+            raise ValueError(f"{where} holds an absolute path ({obj[:120]!r}); a ledger row is committed to the "
+                             "repository and must not name this machine's directories (pass a corpus or model name)")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            check_no_absolute_paths(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_no_absolute_paths(v, f"{where}[{i}]")
+
+
+#: The files of a converted model whose bytes determine its activations: weights, architecture, tokenizer.
+#: (``tokenizer_config.json`` is left out: transformers writes the loading flags of the converting session into it.)
+MODEL_CONTENT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+def model_hash(model: str) -> str:
+    """SHA-256 (64 hex digits) of what determines a registered model's activations, from its verified model card
+    (:func:`atomsnb.models.model_card`): the SHA-256 of :data:`MODEL_CONTENT_FILES` as the card records them (a
+    packaged model), or the card's ``weights_sha256`` (the docstring GPT-2). Not the card file's own bytes: a card
+    also records the conversion's wall time, so two conversions of the same GGUF on two machines must agree here.
+
+    Raises:
+        ModelNotFoundError: no card for ``model`` (only registered models have one).
+    """
+    card = model_card(model)  # verifies a packaged card before its contents are trusted
+    files = card.get("files") or {}
+    content = {f: files[f] for f in MODEL_CONTENT_FILES if f in files} or {"weights": card.get("weights_sha256")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def corpus_fingerprint(source: str) -> str:
+    """:meth:`atomsnb.corpus.Corpus.fingerprint` of every split of ``source`` (16 hex digits; memoised per process)."""
+    return Corpus(source).fingerprint()
+
+
+def git_commit() -> tuple[str | None, bool]:
+    """``(commit, dirty)`` of the repository the package is in: the 12-digit commit and whether ``atomsnb/`` has
+    uncommitted changes; ``(None, False)`` outside a git checkout (an installed wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "atomsnb"], capture_output=True,
+                               text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+    return head or None, bool(dirty)
+
+
+def _entry_name(entry: Callable) -> str:
+    name = f"{getattr(entry, '__module__', '')}:{getattr(entry, '__qualname__', '')}"
+    if not name.startswith("atomsnb.") or "<" in name:
+        raise ValueError(f"a ledger's point function must be a module-level function of atomsnb; got {name!r}")
+    return name
+
+
+def _resolve_entry(name: str) -> Callable:
+    module, _, qual = name.partition(":")
+    obj = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _device(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def provenance(entry: Callable, point: GridPoint) -> dict:
+    """The provenance of a ledger row computed now by ``entry`` for ``point`` (see the module docstring).
+
+    Args:
+        entry: the module-level point function of atomsnb that computes the row.
+        point: its grid point (``model``, and the settings ``corpus`` and ``device`` among its params).
+
+    Returns:
+        A dict with the keys :data:`PROVENANCE_KEYS`.
+
+    Raises:
+        ValueError: ``entry`` is not a module-level function of atomsnb, or the point holds an absolute path (a
+            corpus given as a file path: a committed row must not name this machine's directories).
+        ModelNotFoundError: the model has no card.
+    """
+    check_no_absolute_paths({"model": point.model, **dict(point.params)}, "the grid point")
+    commit, dirty = git_commit()
+    corpus = str(point.param("corpus", "docstrings"))
+    return {"entry": _entry_name(entry), "code": code_fingerprint(entry).digest[:16], "model": point.model,
+            "model_sha256": model_hash(point.model), "corpus": corpus, "corpus_fingerprint": corpus_fingerprint(corpus),
+            "atomsnb": __version__, "git_commit": commit, "git_dirty": dirty,
+            "device": _device(str(point.param("device", "cpu"))), "cpu_cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "platform": f"{platform.system()} {platform.machine()}"}
+
+
+class Ledger:
+    """The committed rows of one study, ``<root>/<study>/<point key>.json`` (:class:`atomsnb.runner.ResultsStore`).
+
+    Args:
+        study: the study's folder name, e.g. ``"scaling"``.
+        root: the ledgers' directory (default :data:`LEDGER_ROOT`, ``results/`` of the repository).
+        refresh: the command that recomputes stale or missing rows (shown beside every stale row).
+
+    Raises:
+        ValueError: ``study`` is not one folder name.
+    """
+
+    def __init__(self, study: str, *, root: str | os.PathLike | None = None, refresh: str = "make scaling"):
+        if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", study) or study in (".", ".."):
+            raise ValueError(f"ledger study {study!r} is not allowed: one folder name of letters, digits, '_', '-', '.'")
+        self.study, self.refresh = study, refresh
+        self.dir = Path(root if root is not None else LEDGER_ROOT) / study
+        self._store: ResultsStore | None = None
+
+    @property
+    def store(self) -> ResultsStore:
+        """The :class:`ResultsStore` of the rows (the directory is created on first use)."""
+        if self._store is None:
+            self._store = ResultsStore(self.dir)
+        return self._store
+
+    def exists(self) -> bool:
+        """Whether the ledger holds any row file."""
+        return self.dir.is_dir() and any(self.dir.glob("*.json"))
+
+    @staticmethod
+    def current(entry: str, model: str, corpus: str) -> dict:
+        """The deciding provenance (``code``, ``model_sha256``, ``corpus_fingerprint``) as it is now; a value that
+        cannot be computed here (an entry that no longer exists, a model without a card) is ``None``."""
+        out: dict = {}
+        try:
+            out["code"] = code_fingerprint(_resolve_entry(entry)).digest[:16]
+        except (ImportError, AttributeError, ValueError):
+            out["code"] = None
+        try:
+            out["model_sha256"] = model_hash(model)
+        except Exception:  # noqa: BLE001 - any failure to verify the model means the row cannot be trusted here
+            out["model_sha256"] = None
+        try:
+            out["corpus_fingerprint"] = corpus_fingerprint(corpus)
+        except Exception:  # noqa: BLE001 - likewise for a corpus that cannot be read here
+            out["corpus_fingerprint"] = None
+        return out
+
+    def read(self, *, errors: str = "raise") -> pd.DataFrame:
+        """Every row, its provenance checked against the current code, model and corpus.
+
+        Args:
+            errors: a damaged row (unreadable, failing its checksum, renamed): ``"raise"`` (default,
+                :class:`~atomsnb.io.CacheCorruptError` naming the file) or ``"warn"`` (skipped with a
+                :class:`~atomsnb.runner.ResultsStoreWarning` naming it).
+
+        Returns:
+            The rows (point fields as columns, ``provenance`` as a dict column) with ``stale`` (bool), ``stale_because``
+            (the reasons, "" when current) and ``refresh`` (the command, "" when current); an empty frame (with those
+            columns) when the ledger has no row. Rows without provenance are stale.
+
+        Raises:
+            ValueError: ``errors`` is neither "raise" nor "warn".
+            CacheCorruptError: a damaged row, with ``errors="raise"``.
+        """
+        if errors not in ("raise", "warn"):
+            raise ValueError(f"errors must be 'raise' or 'warn'; got {errors!r}")
+        cols = ["stale", "stale_because", "refresh"]
+        if not self.exists():
+            return pd.DataFrame(columns=["key", "status", "provenance", *cols])
+        df = self.store.read(errors=errors)
+        if df.empty:
+            return pd.DataFrame(columns=["key", "status", "provenance", *cols])
+        now: dict = {}
+        stale, why = [], []
+        for _, r in df.iterrows():
+            prov = r.get("provenance")
+            if not isinstance(prov, dict) or any(k not in prov for k in PROVENANCE_KEYS):
+                stale.append(True), why.append("the row has no (or incomplete) provenance")
+                continue
+            key = (prov["entry"], prov["model"], prov["corpus"])
+            if key not in now:
+                now[key] = self.current(*key)
+            reasons = [what for k, what in _DECIDING if prov.get(k) != now[key][k]]
+            stale.append(bool(reasons)), why.append("; ".join(reasons))
+        df["stale"], df["stale_because"] = stale, why
+        df["refresh"] = [self.refresh if s else "" for s in stale]
+        return df
+
+    def evidence(self, df: pd.DataFrame | None = None) -> str:
+        """Where the ledger's numbers come from, in one line: ``"ledger: commit abc1234, 3.2 h on 2 CPU cores"``
+        (commits, ``+changes`` where the package had uncommitted changes, total wall time of the ``ok`` rows in hours,
+        or minutes below 6 minutes, the machines), with ``"N of M rows stale"`` when some are;
+        ``"ledger: no rows (command: make scaling)"`` when there are none.
+
+        Args:
+            df: the frame of :meth:`read` (read now if None).
+        """
+        df = self.read() if df is None else df
+        ok = df[df["status"] == "ok"] if len(df) else df
+        if ok.empty:
+            return f"ledger: no rows (command: {self.refresh})"
+        provs = [p for p in ok["provenance"] if isinstance(p, dict)]
+        commits = sorted({(p.get("git_commit") or "unknown")[:7] + ("+changes" if p.get("git_dirty") else "")
+                          for p in provs})
+        seconds = float(pd.to_numeric(ok.get("wall_time_s"), errors="coerce").fillna(0).sum())
+        spent = f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{max(1, round(seconds / 60))} min"
+        where = sorted({f"{p['cpu_cores']} CPU cores" if str(p.get("device", "cpu")).startswith("cpu") else
+                        str(p.get("device")) for p in provs})
+        line = (f"ledger: commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, {spent} on "
+                f"{' and '.join(where) or 'unknown machines'}")
+        n_stale = int(ok["stale"].sum())
+        if n_stale:
+            line += f"; {n_stale} of {len(ok)} rows stale (refresh: {self.refresh})"
+        return line
+
+    def drop_errors(self) -> list[str]:
+        """Delete the rows of points that raised (their tracebacks name this machine's paths, and an error is not a
+        result): they are recomputed by the next run. Returns the errors, one line per deleted row."""
+        out = []
+        if not self.exists():
+            return out
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                row = self.store._read(path)
+            except CacheCorruptError as exc:
+                warnings.warn(f"{exc}; left for the next run to recompute", ResultsStoreWarning, stacklevel=2)
+                continue
+            if row.get("status") != "ok":
+                out.append(f"{path.name}: {row.get('error')}")
+                path.unlink()
+        return out

@@ -1,0 +1,649 @@
+"""The scaling study: is the gap between our TSAEs and the paper's ``R^2`` and ``q*`` near 1 a matter of scale?
+
+The book's dictionaries train on tens of thousands of activations; the paper's on up to 1.9B (paper §5). This study
+measures, per model and layer, how the held-out ``R^2`` in the AIP and ``q*`` of a TSAE grow with the training data
+``|M|`` and extrapolates them with a fitted power law (:func:`fit_power_law`):
+
+- **data scaling**: ``|D| = 4H``, ``|M|`` over >= 2.5 decades (default ``2^14..2^23`` tokens at layer 1, ``2^11..2^19``
+  at the middle layer), every point trained **until its held-out R^2 stops improving** (:func:`stopped_improving`);
+- **capacity and seeds** at the largest ``|M|``: ``|D|`` in ``{H, 4H, 16H}`` and a second seed;
+- **the L0-coefficient sweep** over >= 1.5 decades at the smallest and the largest ``|M|``: the held-out
+  ``(R^2, q*)`` frontier and its distance from the paper's ``(0.999, 0.997)``.
+
+:class:`ScalingStudyConfig` (its fields are chapter 7's papermill parameters) turns the study into
+:class:`~atomsnb.runner.GridPoint` s; :func:`scaling_point` (module-level, for every backend of
+:func:`atomsnb.runner.run_grid`) computes one and returns a row with its provenance (:mod:`atomsnb.ledger`);
+``python -m atomsnb.scaling -f params/scaling.yaml`` (``make scaling``) runs the full study into the ledger
+``results/scaling/``, resumable point by point. The readings (:func:`describe_fit`, :func:`describe_scaling`) choose
+every number-dependent word from the numbers.
+
+**Training and the stopping rule.** Constant learning rate (no decay: a point may stop at any step), the L0
+coefficient warmed up over ``warmup_steps``. Every ``eval_every`` steps the held-out ``R^2`` is measured on the
+*validation* half of the held-out activations (the learning curve); training stops once the best of the last
+``patience`` evaluations is no more than ``tol`` above the best before them (after the warm-up), or at ``max_steps``.
+A point that hits ``max_steps`` with its curve still rising is recorded ``converged = False`` (its numbers are lower
+bounds on what more training would give). The reported held-out numbers come from the other half (the *test*
+half), which the stopping rule never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, fields, replace
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ._validate import check_data
+from .activations import ActivationConfig, token_windows
+from .aip import MIN_TOKENS_PER_DIM
+from .corpus import Corpus
+from .evaluation import evaluate_unit_set
+from .grid import _model
+from .ledger import Ledger, provenance
+from .metrics import METRIC_LABELS, r2_aip
+from .models import check_model, resolve_model_path
+from .store import collect_store, fit_aip_from_store
+from .paper import PAPER_ATOMS
+from .runner import GridPoint, run_grid
+from .sae import SAEConfig, train_sae
+from .units import SAEUnits
+
+__all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLawFit", "fit_power_law",
+           "describe_fit", "fit_table", "describe_scaling", "data_table", "capacity_table", "frontier_table",
+           "learning_curves", "PAPER_TARGET", "REACH", "main"]
+
+#: The paper's held-out (R^2, q*) of TSAE atoms that the frontier is measured against (Gemma2-2B, paper §6).
+PAPER_TARGET = (round(PAPER_ATOMS[0]["r2_aip"], 3), round(PAPER_ATOMS[0]["q_star"], 3))
+#: The value whose |M| a fit is asked for ("the fit reaches 0.99 at ...").
+REACH = 0.99
+
+
+@dataclass
+class ScalingStudyConfig:
+    """The scaling study (chapter 7's parameters; ``params/scaling.yaml`` is the full study)."""
+
+    models: tuple[str, ...] = ("smollm2-135m", "gemma3-270m")
+    """Models (registered names)."""
+    layers: tuple = (1, "middle")
+    """Residual-stream layers; ``"middle"`` is block ``n_layers // 2`` of each model."""
+    m_values: tuple[tuple[int, ...], ...] = ((2**14, 2**15, 2**17, 2**19, 2**21, 2**23),
+                                             (2**11, 2**13, 2**15, 2**17, 2**19))
+    """Data sizes ``|M|`` (training tokens), one list per entry of ``layers``; the largest is the fitting pool (``S``
+    is fitted on all of it, every point trains on its first ``|M|`` rows)."""
+    corpus: str = "docstrings"
+    """Text for activations (``fit_split``: training and ``S``; ``eval``: held-out). The full study uses the largest
+    offline corpus (``params/scaling.yaml``: ``python-source``, its ``train`` split); ``docstrings`` holds about
+    256k ``fit`` tokens."""
+    fit_split: str = "fit"
+    """Corpus split of the training pool (and ``S``): ``"fit"``, or ``"train"`` (80 % of a corpus: the only split of the
+    site corpora holding ``2^23`` tokens; it is the *default model's* training text, never seen by the real LLMs, so
+    for them it is held out like the others). Held-out activations always come from ``"eval"``."""
+    base_multiple: float = 4
+    """``|D|`` of the data-scaling points, in multiples of ``d_model`` (paper: 4H)."""
+    d_multiples: tuple[float, ...] = (1, 4, 16)
+    """``|D|`` multiples at the largest ``|M|`` (capacity)."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Seeds at the largest ``|M|`` and base ``|D|`` (initialisation and data order; the activations are the same);
+    every other point runs the first."""
+    l0_coefficient: float = 3e-3
+    """TSAE L0 coefficient of the data-scaling points."""
+    l0_sweep: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    """L0 coefficients at the smallest and the largest ``|M|`` (the frontier)."""
+    n_eval_tokens: int = 32768
+    """Held-out activations: the first half for the learning curves and the stopping rule, the second for the
+    reported numbers."""
+    n_train_eval: int = 8192
+    """Training activations (at most ``|M|``) on which training-set metrics are computed."""
+    batch_size: int = 4096
+    """Tokens per step (at most ``|M|``)."""
+    max_steps: int = 4096
+    """Step cap per point (4096 steps of 4096 tokens: two epochs of ``2^23``)."""
+    eval_every: int = 100
+    """Steps between evaluations of the learning curve."""
+    patience: int = 5
+    """Evaluations of the stopping rule's window."""
+    tol: float = 1e-3
+    """Smallest improvement of held-out ``R^2`` that counts."""
+    warmup_steps: int = 200
+    """Steps over which the L0 coefficient rises from 0 (no stop before them)."""
+    lr: float = 3e-3
+    """Adam's learning rate (constant)."""
+    seq_len: int = 128
+    store_dtype: str = "bfloat16"
+    """Storage dtype of the activation stores (bfloat16: 2^23 tokens of SmolLM2 take 9.7 GB)."""
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "ScalingStudyConfig":
+        """The config of a chapter's (or a parameter file's) values: lists become tuples, keys that are not fields
+        (``threads``, ``backend``, ...) are ignored."""
+        names = {f.name for f in fields(cls)}
+        conv = {k: (tuple(tuple(x) for x in v) if k == "m_values" else tuple(v) if isinstance(v, list) else v)
+                for k, v in values.items() if k in names}
+        return cls(**conv)
+
+    # ------------------------------------------------------------------------------------------------- validation
+    def _layer_list(self, n_layers: int) -> list[int]:
+        return [n_layers // 2 if l == "middle" else int(l) for l in self.layers]
+
+    def validate(self, *, check_corpus: bool = True) -> dict[str, tuple[int, int]]:
+        """Raise for an impossible study, before any work; return ``{model: (n_layers, d_model)}``.
+
+        Checks every field's type and range, the models and layers, ``|M|`` against ``S``'s need of
+        ``20 x d_model`` tokens, and (``check_corpus``) that the corpus holds the largest ``|M|`` (``fit_split``) and
+        ``n_eval_tokens`` (``eval`` split) for every model's tokenizer (tokenised only as far as needed: minutes for
+        ``2^23`` tokens; a reader of the ledger lists the points with ``check_corpus=False``).
+
+        Raises:
+            TypeError: a field of the wrong type.
+            ValueError: a value out of range, naming the field, the value and what is allowed; a corpus too small.
+            ModelNotFoundError: an unknown model.
+        """
+        def ints(name, values, minimum=1):
+            vals = list(values)
+            if not vals or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum
+                               for v in vals):
+                raise ValueError(f"{name}={values!r} is not allowed: a non-empty list of integers >= {minimum}")
+            if len(set(vals)) != len(vals):
+                raise ValueError(f"{name}={values!r} names a value twice")
+            return vals
+
+        def pos(name, values):
+            vals = list(values)
+            if not vals or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                               for v in vals) or len(set(vals)) != len(vals):
+                raise ValueError(f"{name}={values!r} is not allowed: a non-empty list of distinct finite numbers > 0")
+            return vals
+
+        if isinstance(self.models, str) or not self.models:
+            raise TypeError(f"models={self.models!r} is not allowed: a non-empty list of model names")
+        if not self.layers or any(not (l == "middle" or (isinstance(l, int) and not isinstance(l, bool) and l >= 0))
+                                  for l in self.layers):
+            raise ValueError(f"layers={self.layers!r} is not allowed: a non-empty list of integers >= 0 or 'middle'")
+        if len(self.m_values) != len(self.layers):
+            raise ValueError(f"m_values has {len(self.m_values)} lists for {len(self.layers)} layers "
+                             f"{list(self.layers)}: give one list of |M| per layer")
+        for i, ms in enumerate(self.m_values):
+            ints(f"m_values[{i}]", ms)
+        ints("seeds", self.seeds, 0)
+        pos("d_multiples", self.d_multiples), pos("l0_sweep", self.l0_sweep)
+        for name in ("base_multiple", "l0_coefficient", "tol", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name}={v!r} is not allowed: a finite number > 0")
+        for name, minimum in (("n_eval_tokens", 1), ("n_train_eval", 1), ("batch_size", 1), ("max_steps", 1),
+                              ("eval_every", 1), ("patience", 1), ("seq_len", 2), ("warmup_steps", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name}={v!r} is not allowed: an integer >= {minimum}")
+        if self.n_eval_tokens < 4:
+            raise ValueError(f"n_eval_tokens={self.n_eval_tokens} is not allowed: >= 4 (two halves of >= 2)")
+        if self.max_steps < self.eval_every:
+            raise ValueError(f"max_steps={self.max_steps} < eval_every={self.eval_every}: no evaluation would run")
+        if not isinstance(self.corpus, str) or not self.corpus:
+            raise TypeError(f"corpus={self.corpus!r} is not allowed: a corpus source name")
+        if self.fit_split not in ("fit", "train"):
+            raise ValueError(f"fit_split={self.fit_split!r} is not allowed: 'fit' or 'train' ('eval' is the held-out "
+                             "split)")
+        shapes = {}
+        for model in self.models:
+            n_layers, d_model = check_model(model)
+            layers = self._layer_list(n_layers)
+            bad = [l for l in layers if not 0 <= l <= n_layers]
+            if bad:
+                raise ValueError(f"layer(s) {bad} out of range for {model!r}: allowed 0..{n_layers} or 'middle'")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"layers {list(self.layers)} resolve to {layers} for {model!r}: a layer twice")
+            for ms in self.m_values:
+                if max(ms) < MIN_TOKENS_PER_DIM * d_model:
+                    raise ValueError(f"the largest |M| {max(ms)} is below {MIN_TOKENS_PER_DIM} x d_model = "
+                                     f"{MIN_TOKENS_PER_DIM * d_model} needed to fit S for {model!r} (SPEC §1.1)")
+            sizes = [int(round(k * d_model)) for k in (*self.d_multiples, self.base_multiple)]
+            if min(sizes) < 1:
+                raise ValueError(f"a |D| multiple gives fewer than 1 latent for d_model={d_model}")
+            shapes[model] = (n_layers, d_model)
+            if check_corpus:
+                self._check_corpus(model)
+        return shapes
+
+    def _check_corpus(self, model: str) -> None:
+        """The corpus holds the largest pool (``fit_split``) and the held-out tokens for ``model``'s tokenizer."""
+        from transformers import AutoTokenizer  # heavy; only when the corpus is checked
+
+        check_data(SimpleNamespace(model=model, corpus=self.corpus, seq_len=self.seq_len, seeds=(0,),
+                                   n_eval_tokens=self.n_eval_tokens))  # seq_len and the held-out split
+        n = max(max(ms) for ms in self.m_values)
+        try:
+            token_windows(AutoTokenizer.from_pretrained(resolve_model_path(model)), Corpus(self.corpus),
+                          self.fit_split, n_tokens=n, seq_len=self.seq_len, seed=0)
+        except ValueError as exc:
+            raise ValueError(f"the largest |M| {n} of m_values: {exc}") from None
+
+    # ------------------------------------------------------------------------------------------------- the points
+    def _shared(self) -> dict:
+        keep = ("corpus", "fit_split", "n_eval_tokens", "n_train_eval", "batch_size", "max_steps", "eval_every", "patience", "tol",
+                "warmup_steps", "lr", "seq_len", "store_dtype", "device", "dtype")
+        return {k: getattr(self, k) for k in keep} | {"experiment": "scaling"}
+
+    def points(self, *, check_corpus: bool = True) -> list[GridPoint]:
+        """Every point of the study (data scaling, capacity, seeds, sweep; each once), after :meth:`validate`."""
+        shapes = self.validate(check_corpus=check_corpus)
+        out, seen = [], set()
+        for model, (n_layers, d_model) in shapes.items():
+            for layer, ms in zip(self._layer_list(n_layers), self.m_values):
+                ms = sorted(int(m) for m in ms)
+                base = int(round(self.base_multiple * d_model))
+                shared = self._shared() | {"n_fit_tokens": ms[-1]}
+                todo = [(m, base, self.seeds[0], self.l0_coefficient) for m in ms]
+                todo += [(ms[-1], int(round(k * d_model)), self.seeds[0], self.l0_coefficient) for k in self.d_multiples]
+                todo += [(ms[-1], base, s, self.l0_coefficient) for s in self.seeds]
+                todo += [(m, base, self.seeds[0], float(c)) for m in (ms[0], ms[-1]) for c in self.l0_sweep]
+                for m, d, s, c in todo:
+                    p = GridPoint(model, layer, m, d, int(s), tuple(sorted((shared | {"l0_coefficient": float(c)}).items())))
+                    if p.key not in seen:
+                        seen.add(p.key)
+                        out.append(p)
+        return out
+
+    def part(self, df: pd.DataFrame, which: str) -> pd.DataFrame:
+        """The rows of one part of the study: ``"data"`` (base ``|D|``, first seed, the L0 coefficient, every ``|M|``),
+        ``"capacity"`` (largest ``|M|`` per model and layer, first seed), ``"seeds"`` (largest ``|M|``, base ``|D|``)
+        or ``"sweep"`` (base ``|D|``, first seed, smallest and largest ``|M|``).
+
+        Raises:
+            ValueError: an unknown part, or rows without the study's columns.
+        """
+        need = ["model", "layer", "n_train", "n_latents", "seed", "p_l0_coefficient", "d_model"]
+        missing = [c for c in need if c not in df]
+        if missing:
+            raise ValueError(f"the rows lack {missing}; they must be scaling_point rows")
+        if which not in ("data", "capacity", "seeds", "sweep"):
+            raise ValueError(f"part {which!r} is unknown: 'data', 'capacity', 'seeds' or 'sweep'")
+        base = (df["n_latents"] == (self.base_multiple * df["d_model"]).round().astype(int))
+        first, coef = df["seed"] == self.seeds[0], np.isclose(df["p_l0_coefficient"], self.l0_coefficient)
+        g = df.groupby(["model", "layer"])["n_train"]
+        largest, smallest = df["n_train"] == g.transform("max"), df["n_train"] == g.transform("min")
+        mask = {"data": base & first & coef, "capacity": largest & first & coef, "seeds": largest & base & coef,
+                "sweep": base & first & (largest | smallest)}[which]
+        return df[mask].sort_values(["model", "layer", "n_train", "n_latents", "seed", "p_l0_coefficient"])
+
+
+# ---------------------------------------------------------------------------------------------------- the point
+def stopped_improving(r2s: Sequence[float], patience: int, tol: float) -> bool:
+    """The stopping rule: True once the best of the last ``patience`` values is no more than ``tol`` above the best of
+    all the values before them (needs more than ``patience`` values)."""
+    if len(r2s) <= patience:
+        return False
+    return max(r2s[-patience:]) <= max(r2s[:-patience]) + tol
+
+
+def _stores(point: GridPoint):
+    """The point's training pool (``fit_split``, its first ``n_fit_tokens``) and held-out (``eval``) activation stores
+    (:func:`atomsnb.store.collect_store`, seed 0: every seed and every point of a model and layer share them)."""
+    p = dict(point.params)
+    lm = _model(point.model, p["device"], p["dtype"])
+    out = []
+    for split, n in ((p["fit_split"], p["n_fit_tokens"]), ("eval", p["n_eval_tokens"])):
+        cfg = ActivationConfig(model=point.model, layers=(point.layer,), corpus=p["corpus"], split=split, n_tokens=n,
+                               seq_len=int(p["seq_len"]), seed=0, device=p["device"], dtype=p["dtype"])
+        out.append(collect_store(cfg, model=lm, store_dtype=p["store_dtype"], progress=False)[point.layer])
+    return lm, out[0], out[1]
+
+
+def scaling_point(point: GridPoint) -> dict:
+    """Train one TSAE of the study until its held-out ``R^2`` stops improving; evaluate it (see the module docstring).
+
+    Returns:
+        ``train_`` and ``heldout_`` ``r2_aip``, ``q_star``, ``l0``, ``explained_variance``; ``frac_dead``;
+        ``steps``, ``tokens_seen``, ``epochs`` (tokens seen / ``|M|``), ``converged``; the learning curve
+        ``curve_steps``, ``curve_tokens``, ``curve_r2`` (validation-half held-out ``R^2``); ``d_model``; and
+        ``provenance`` (:func:`atomsnb.ledger.provenance`).
+    """
+    p = dict(point.params)
+    prov = provenance(scaling_point, point)
+    lm, fit, held = _stores(point)
+    aip = fit_aip_from_store(fit, p["n_fit_tokens"], cache=True)
+    x = held.read(0, p["n_eval_tokens"]).float()
+    val, test = x[: len(x) // 2], x[len(x) // 2:]
+    batch = min(p["batch_size"], point.n_train)
+    cfg = SAEConfig.for_model(lm.d_model, n_steps=p["max_steps"], batch_size=batch, seed=point.seed,
+                              device=p["device"], coefficient=p["l0_coefficient"], lr=p["lr"],
+                              sparsity_warmup_steps=p["warmup_steps"], lr_decay_steps=0, log_every=p["eval_every"])
+    cfg = replace(cfg, n_latents=point.n_latents)
+    steps, r2s = [], []
+
+    def watch(done: int, sae) -> bool:
+        steps.append(done)
+        r2s.append(r2_aip(val, sae.reconstruct_raw(val, aip), aip))
+        return done >= p["warmup_steps"] and stopped_improving(r2s, p["patience"], p["tol"])
+
+    sae, _ = train_sae(fit, aip, cfg, n_tokens=point.n_train, progress=False, monitor=(p["eval_every"], watch))
+    units = SAEUnits(sae, aip, name="atoms", family="atoms", l0_coefficient=p["l0_coefficient"])
+    row: dict = {"d_model": lm.d_model, "provenance": prov}
+    for split, data in (("heldout", test), ("train", fit.read(0, min(p["n_train_eval"], point.n_train)).float())):
+        m = evaluate_unit_set(units, data, aip)
+        row.update({f"{split}_{k}": float(m[k]) for k in ("r2_aip", "q_star", "l0", "explained_variance")})
+        if split == "heldout":
+            row["frac_dead"] = float(m["frac_dead"])
+    done = steps[-1] if steps else p["max_steps"]
+    row.update(steps=int(done), tokens_seen=int(done * batch), epochs=done * batch / point.n_train,
+               converged=bool(stopped_improving(r2s, p["patience"], p["tol"])),
+               curve_steps=steps, curve_tokens=[s * batch for s in steps], curve_r2=[float(v) for v in r2s])
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- the fits
+@dataclass(frozen=True)
+class PowerLawFit:
+    """``y = a |M|^(-alpha) + c`` fitted by least squares (:func:`fit_power_law`); ``y = 1 - R^2`` (or ``1 - q*``).
+
+    Attributes:
+        a, alpha, c: the fitted parameters (``a, c >= 0``; ``alpha`` in ``[0.01, 3]``).
+        ci: 95 % bootstrap intervals ``{"a", "alpha", "c", "ceiling", "m_reach"}`` (``m_reach`` may be ``inf``).
+        m_reach: the ``|M|`` where the fitted value ``1 - y`` reaches :data:`REACH` (``inf``: not within the fit).
+        m_min, m_max: the range of ``|M|`` fitted.
+        n_points: points fitted.
+        rmse: root-mean-square residual.
+    """
+
+    a: float
+    alpha: float
+    c: float
+    ci: dict
+    m_reach: float
+    m_min: float
+    m_max: float
+    n_points: int
+    rmse: float
+
+    @property
+    def ceiling(self) -> float:
+        """``1 - c``: the value the fit levels off at as ``|M| -> inf``."""
+        return 1.0 - self.c
+
+    def predict(self, m) -> np.ndarray:
+        """The fitted ``1 - y`` (e.g. ``R^2``) at ``m``."""
+        return 1.0 - (self.a * np.asarray(m, float) ** (-self.alpha) + self.c)
+
+
+_ALPHAS = np.geomspace(0.01, 3.0, 300)
+
+
+def _fit_once(m: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """``(a, alpha, c, sse)``: the profile least squares over ``alpha`` with ``a, c >= 0`` solved exactly per alpha
+    (two unknowns: the unconstrained solution, or the best one on a boundary), refined by a bounded scalar search."""
+    from scipy.optimize import minimize_scalar  # heavy optional import, used only when a fit is asked for
+
+    z0 = m / m.min()
+
+    def solve(alpha: float) -> tuple[float, float, float]:
+        z = z0 ** (-alpha)
+        A = np.stack([z, np.ones_like(z)], 1)
+        (ar, c), *_ = np.linalg.lstsq(A, y, rcond=None)
+        cands = []
+        if ar >= 0 and c >= 0:
+            cands.append((ar, c))
+        cands.append((0.0, max(float(y.mean()), 0.0)))
+        cands.append((max(float(z @ y / (z @ z)), 0.0), 0.0))
+        best = min(cands, key=lambda t: float(((t[0] * z + t[1] - y) ** 2).sum()))
+        return float(best[0]), float(best[1]), float(((best[0] * z + best[1] - y) ** 2).sum())
+
+    sse = [solve(a)[2] for a in _ALPHAS]
+    i = int(np.argmin(sse))
+    lo, hi = _ALPHAS[max(i - 1, 0)], _ALPHAS[min(i + 1, len(_ALPHAS) - 1)]
+    res = minimize_scalar(lambda a: solve(a)[2], bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    alpha = float(res.x) if res.fun <= sse[i] else float(_ALPHAS[i])
+    ar, c, s = solve(alpha)
+    return ar * m.min() ** alpha, alpha, c, s  # a in |M| units: a_ref z^-alpha = a m^-alpha
+
+
+def _m_reach(a: float, alpha: float, c: float, reach: float) -> float:
+    gap = (1 - reach) - c
+    if gap <= 0 or a <= 0:
+        return math.inf
+    return float((a / gap) ** (1 / alpha))
+
+
+def fit_power_law(m: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                  reach: float = REACH) -> PowerLawFit:
+    """Fit ``y = a m^(-alpha) + c`` (``y = 1 - R^2`` against ``|M|``) by least squares, with residual-bootstrap
+    intervals (``n_boot`` refits of the fitted curve plus resampled residuals, inflated by ``sqrt(n / (n - 3))`` for
+    the three fitted parameters; percentile intervals at ``level``).
+
+    Args:
+        m: data sizes (> 0), at least 4 distinct.
+        y: ``1 - R^2`` (or ``1 - q*``) at each, finite.
+        n_boot, seed: bootstrap refits and their seed (deterministic).
+        level: the intervals' level.
+        reach: the value of ``1 - y`` whose ``|M|`` is reported (:data:`REACH`).
+
+    Raises:
+        ValueError: fewer than 4 distinct ``m``, lengths that differ, non-positive ``m`` or non-finite values.
+    """
+    m, y = np.asarray(m, float), np.asarray(y, float)
+    if m.shape != y.shape or m.ndim != 1:
+        raise ValueError(f"m and y must be 1-D of the same length; got shapes {m.shape} and {y.shape}")
+    if not (np.isfinite(m).all() and np.isfinite(y).all()) or (m <= 0).any():
+        raise ValueError(f"m must be finite and > 0 and y finite; got m={m.tolist()}, y={y.tolist()}")
+    if len(np.unique(m)) < 4:
+        raise ValueError(f"a power law with a floor has 3 parameters: need at least 4 distinct |M|; got {np.unique(m)}")
+    if not 0 < level < 1 or n_boot < 0:
+        raise ValueError(f"level must be in (0, 1) and n_boot >= 0; got {level}, {n_boot}")
+    a, alpha, c, sse = _fit_once(m, y)
+    fitted = a * m ** (-alpha) + c
+    resid = (y - fitted) * math.sqrt(len(m) / (len(m) - 3))  # residuals of a 3-parameter fit are too small by this
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        yb = fitted + rng.choice(resid, size=len(resid), replace=True)
+        ab, alb, cb, _ = _fit_once(m, yb)
+        boot.append((ab, alb, cb, 1 - cb, _m_reach(ab, alb, cb, reach)))
+    q = ((1 - level) / 2, (1 + level) / 2)
+    ci = {}
+    if boot:
+        arr = np.array(boot)
+        for j, name in enumerate(("a", "alpha", "c", "ceiling", "m_reach")):
+            lo, hi = np.quantile(arr[:, j], q, method="nearest")
+            ci[name] = (float(lo), float(hi))
+    return PowerLawFit(float(a), float(alpha), float(c), ci, _m_reach(a, alpha, c, reach), float(m.min()),
+                       float(m.max()), len(m), float(math.sqrt(sse / len(m))))
+
+
+def _tokens(n: float) -> str:
+    if not math.isfinite(n):
+        return "never"
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2g}{unit}"
+    return f"{n:.0f}"
+
+
+def describe_fit(fit: PowerLawFit, what: str = "held-out R²", *, reach: float = REACH) -> str:
+    """One sentence reading a fit, every number-dependent word chosen from the numbers: whether the fitted ceiling
+    ``1 - c`` (with its interval) lies below ``reach``, and if not, the ``|M|`` at which the fit reaches it."""
+    lo, hi = fit.ci.get("ceiling", (fit.ceiling, fit.ceiling))
+    span = f"{_tokens(fit.m_min)}-{_tokens(fit.m_max)} tokens"
+    rate = f"{what} rises as |M|^-{fit.alpha:.2g} over {span}"
+    if hi < reach:
+        return (f"{what} levels off at {fit.ceiling:.3f} (95 % CI {lo:.3f}-{hi:.3f}), below {reach:g} "
+                f"(the fit's floor c = {fit.c:.3f} > {1 - reach:.2g}): {reach:g} is not within the fit, so on these "
+                "data more activations alone do not close the gap.")
+    mlo, mhi = fit.ci.get("m_reach", (fit.m_reach, fit.m_reach))
+    if lo >= reach or fit.c <= 1 - reach:
+        where = (f"the fit reaches {reach:g} at about {_tokens(fit.m_reach)} tokens (95 % CI {_tokens(mlo)} to "
+                 f"{_tokens(mhi)})" if math.isfinite(fit.m_reach) else f"the fit's ceiling is {fit.ceiling:.3f}")
+        beyond = fit.m_reach > fit.m_max
+        return (f"{rate}; {where}" + (", beyond the data fitted: an extrapolation." if beyond else ".")
+                + (f" The ceiling's interval reaches down to {lo:.3f}, so the data do not rule out a floor below "
+                   f"{reach:g}." if lo < reach else ""))
+    return (f"{rate}; the fitted ceiling is {fit.ceiling:.3f} with a 95 % CI of {lo:.3f}-{hi:.3f}, on both sides of "
+            f"{reach:g}: these data cannot tell whether more activations reach {reach:g}.")
+
+
+def fit_table(data: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Fits of ``1 - R^2`` and ``1 - q*`` (held-out) against ``|M|`` per model and layer (the data-scaling rows).
+
+    Returns:
+        ``(table, fits)``: one row per (model, layer, metric) with ``alpha``, ``ceiling`` and its interval,
+        ``|M| at 0.99`` and its interval, ``points`` and the ``reading`` (:func:`describe_fit`); ``fits`` maps
+        ``(model, layer, metric)`` to the :class:`PowerLawFit`. Groups with fewer than 4 ``|M|`` get a row saying so.
+    """
+    rows, fits = [], {}
+    for (model, layer), g in data.groupby(["model", "layer"], sort=True):
+        for metric in ("r2_aip", "q_star"):
+            label = f"held-out {METRIC_LABELS[metric]}"
+            base = {"model": model, "layer": int(layer), "metric": label, "points": len(g)}
+            if g["n_train"].nunique() < 4:
+                rows.append(base | {"reading": f"{g['n_train'].nunique()} data sizes: too few to fit 3 parameters"})
+                continue
+            f = fit_power_law(g["n_train"], 1 - g[f"heldout_{metric}"], n_boot=n_boot, seed=seed)
+            fits[(model, int(layer), metric)] = f
+            rows.append(base | {"alpha": round(f.alpha, 3), "ceiling 1 - c": round(f.ceiling, 4),
+                                "ceiling 95 % CI": f"{f.ci['ceiling'][0]:.4f}-{f.ci['ceiling'][1]:.4f}",
+                                f"|M| at {REACH:g}": _tokens(f.m_reach),
+                                f"|M| at {REACH:g}, 95 % CI": f"{_tokens(f.ci['m_reach'][0])}-{_tokens(f.ci['m_reach'][1])}",
+                                "reading": describe_fit(f, label)})
+    return pd.DataFrame(rows), fits
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def data_table(data: pd.DataFrame) -> pd.DataFrame:
+    """The data-scaling rows for a reader: index (model, layer, ``|M|``); held-out and training ``R^2``, ``q*``, L0,
+    explained variance, steps, epochs, converged."""
+    cols = {"R² (AIP), held-out": data["heldout_r2_aip"].round(4), "R² (AIP), train": data["train_r2_aip"].round(4),
+            "q*, held-out": data["heldout_q_star"].round(4), "L0, held-out": data["heldout_l0"].round(1),
+            "explained variance, held-out": data["heldout_explained_variance"].round(4), "steps": data["steps"],
+            "epochs": data["epochs"].round(2), "converged": data["converged"].map({True: "yes", False: "NO"})}
+    out = pd.DataFrame(cols)
+    out.index = pd.MultiIndex.from_frame(data[["model", "layer", "n_train"]].rename(columns={"n_train": "|M|"}))
+    return out
+
+
+def capacity_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Capacity and seed rows at the largest ``|M|``: index (model, layer, ``|D|``, seed); held-out ``R^2``, ``q*``,
+    L0, converged."""
+    out = pd.DataFrame({"R² (AIP), held-out": rows["heldout_r2_aip"].round(4),
+                        "q*, held-out": rows["heldout_q_star"].round(4), "L0, held-out": rows["heldout_l0"].round(1),
+                        "converged": rows["converged"].map({True: "yes", False: "NO"})})
+    out.index = pd.MultiIndex.from_frame(rows[["model", "layer", "n_train", "n_latents", "seed"]].rename(
+        columns={"n_train": "|M|", "n_latents": "|D|"}))
+    return out.sort_index()
+
+
+def frontier_table(sweep: pd.DataFrame, target: tuple[float, float] = PAPER_TARGET) -> pd.DataFrame:
+    """The L0 sweep: index (model, layer, ``|M|``, L0 coefficient); held-out ``R^2``, ``q*``, L0 and the distance
+    ``sqrt((R^2_paper - R^2)^2 + (q*_paper - q*)^2)`` from the paper's point ``target``."""
+    dist = np.hypot(target[0] - sweep["heldout_r2_aip"], target[1] - sweep["heldout_q_star"])
+    out = pd.DataFrame({"R² (AIP), held-out": sweep["heldout_r2_aip"].round(4),
+                        "q*, held-out": sweep["heldout_q_star"].round(4), "L0, held-out": sweep["heldout_l0"].round(1),
+                        f"distance from the paper's {target}": dist.round(4)})
+    out.index = pd.MultiIndex.from_frame(sweep[["model", "layer", "n_train", "p_l0_coefficient"]].rename(
+        columns={"n_train": "|M|", "p_l0_coefficient": "L0 coefficient"}))
+    return out.sort_index()
+
+
+def learning_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Long table of the learning curves: ``model, layer, n_train, n_latents, seed, l0_coefficient, step, tokens,
+    r2`` (validation-half held-out ``R^2``)."""
+    out = []
+    for _, r in rows.iterrows():
+        for s, t, v in zip(r["curve_steps"], r["curve_tokens"], r["curve_r2"]):
+            out.append({"model": r["model"], "layer": r["layer"], "n_train": r["n_train"], "n_latents": r["n_latents"],
+                        "seed": r["seed"], "l0_coefficient": r["p_l0_coefficient"], "step": s, "tokens": t, "r2": v})
+    return pd.DataFrame(out)
+
+
+def describe_scaling(config: ScalingStudyConfig, df: pd.DataFrame, fits: dict,
+                     target: tuple[float, float] = PAPER_TARGET) -> list[str]:
+    """The readings of a study's rows, one line per finding, every number-dependent word chosen from the numbers:
+    the fits (:func:`describe_fit`), how many points converged, the seed spread, the best capacity and the frontier's
+    closest point to the paper's."""
+    lines = []
+    for (model, layer, metric), f in fits.items():
+        lines.append(f"{model}, layer {layer}: " + describe_fit(f, f"held-out {METRIC_LABELS[metric]}"))
+    n_conv, n = int(df["converged"].sum()), len(df)
+    lines.append(f"{n_conv} of {n} points converged (held-out R² improved by at most the tolerance over the last "
+                 f"evaluations)" + ("." if n_conv == n else f"; the other {n - n_conv} hit their step cap still "
+                                    "rising, so their numbers are lower bounds."))
+    seeds = config.part(df, "seeds")
+    for (model, layer), g in seeds.groupby(["model", "layer"]):
+        if len(g) > 1:
+            lines.append(f"{model}, layer {layer}: across {len(g)} seeds at |M| = {int(g['n_train'].iloc[0])}, held-out "
+                         f"R² spans {g['heldout_r2_aip'].max() - g['heldout_r2_aip'].min():.4f} and q* "
+                         f"{g['heldout_q_star'].max() - g['heldout_q_star'].min():.4f}.")
+    cap = config.part(df, "capacity")
+    for (model, layer), g in cap.groupby(["model", "layer"]):
+        best = g.loc[g["heldout_r2_aip"].idxmax()]
+        lines.append(f"{model}, layer {layer}: at |M| = {int(best['n_train'])}, the best held-out R² of |D| in "
+                     f"{sorted(g['n_latents'].astype(int).tolist())} is {best['heldout_r2_aip']:.4f} at |D| = "
+                     f"{int(best['n_latents'])} (q* {best['heldout_q_star']:.4f}).")
+    sweep = config.part(df, "sweep")
+    if len(sweep):
+        d = np.hypot(target[0] - sweep["heldout_r2_aip"], target[1] - sweep["heldout_q_star"])
+        b = sweep.loc[d.idxmin()]
+        lines.append(f"Closest point of the L0 frontier to the paper's {target}: {b['model']}, layer {int(b['layer'])}, "
+                     f"|M| = {int(b['n_train'])}, L0 coefficient {b['p_l0_coefficient']:g}: held-out R² "
+                     f"{b['heldout_r2_aip']:.4f}, q* {b['heldout_q_star']:.4f} (distance {d.min():.4f}).")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+def config_from_yaml(path: str) -> ScalingStudyConfig:
+    """A :class:`ScalingStudyConfig` from a parameter file (:meth:`ScalingStudyConfig.from_mapping`).
+
+    Raises:
+        ValueError: the file is not a mapping.
+    """
+    import yaml  # only the command line reads a parameter file
+
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a parameter file must be a mapping of parameter names to values")
+    return ScalingStudyConfig.from_mapping(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m atomsnb.scaling -f params/scaling.yaml``: run the study into its ledger, point by point (resumable;
+    stale rows are recomputed, rows of points that raised are reported and removed)."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("-f", "--params", required=True, help="the study's parameter file (params/scaling.yaml)")
+    ap.add_argument("--ledger", default=None, help="ledger root (default: results/ of the repository)")
+    ap.add_argument("--backend", default="sequential", choices=("sequential", "processes", "dask"))
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per point (default: torch's)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="list the points and what is done; run nothing (the corpus is not checked)")
+    args = ap.parse_args(argv)
+    config = config_from_yaml(args.params)
+    points = config.points(check_corpus=not args.dry_run)
+    ledger = Ledger("scaling", root=args.ledger)
+    rows = ledger.read(errors="warn")
+    stale = set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()
+    keys = {p.key for p in points}
+    for k in sorted(stale & keys):
+        (ledger.dir / f"{k}.json").unlink()  # recomputed below
+    print(f"scaling: {len(points)} points; {len(stale & keys)} stale rows removed for recomputation; ledger "
+          f"{ledger.dir.name}/", flush=True)
+    if args.dry_run:
+        for p in points:
+            print(f"  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} "
+                  f"l0={p.param('l0_coefficient'):g} key={p.key}")
+        return 0
+    run_grid(points, scaling_point, ledger.store, backend=args.backend, max_workers=args.workers,
+             threads=args.threads)
+    errors = ledger.drop_errors()
+    for e in errors:
+        print(f"  error (row removed; the next run retries it): {e}", file=sys.stderr)
+    print(ledger.evidence(), flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

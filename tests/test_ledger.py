@@ -1,0 +1,113 @@
+"""The results ledger: rows with provenance, read back, marked stale when the code / model / corpus moves, damage
+detected, no absolute path written."""
+
+import json
+
+import pytest
+
+import atomsnb.ledger as ledger_mod
+from atomsnb.io import CacheCorruptError
+from atomsnb.ledger import Ledger, check_no_absolute_paths, provenance
+from atomsnb.metrics import r2_aip
+from atomsnb.runner import GridPoint, ResultsStoreWarning
+
+MODEL_HASH = "ab" * 32
+
+
+@pytest.fixture
+def ledger(tmp_path, monkeypatch):
+    # the model card needs a converted model; its hash is a stand-in here (the code and corpus are real)
+    monkeypatch.setattr(ledger_mod, "model_hash", lambda model: MODEL_HASH)
+    return Ledger("study", root=tmp_path / "results")
+
+
+def _point(**params):
+    return GridPoint("smollm2-135m", 1, 1024, 2304, 0, {"corpus": "docstrings", "device": "cpu", **params})
+
+
+def _write(ledger, point, hours=1.5):
+    row = {"status": "ok", "error": None, "heldout_r2_aip": 0.87, "wall_time_s": hours * 3600,
+           "provenance": provenance(r2_aip, point)}
+    return ledger.store.write(point, row)
+
+
+def test_a_row_reads_back_current_then_stale_when_the_code_changes(ledger, monkeypatch):
+    p = _point()
+    _write(ledger, p)
+    df = ledger.read()
+    assert len(df) == 1 and not df["stale"].iloc[0] and df["refresh"].iloc[0] == ""
+    assert df["heldout_r2_aip"].iloc[0] == 0.87 and df["n_train"].iloc[0] == 1024
+    prov = df["provenance"].iloc[0]
+    assert set(prov) == set(ledger_mod.PROVENANCE_KEYS) and prov["entry"] == "atomsnb.metrics:r2_aip"
+    assert prov["model_sha256"] == MODEL_HASH and len(prov["code"]) == 16
+    ev = ledger.evidence(df)
+    assert ev.startswith("ledger: commit") and "1.5 h on" in ev and "stale" not in ev
+
+    real = ledger_mod.code_fingerprint
+
+    class Moved:  # the fingerprint of the same function after an edit of its module
+        def __init__(self, fp):
+            self.digest = "f" * 64 if fp.digest[0] != "f" else "0" * 64
+
+    monkeypatch.setattr(ledger_mod, "code_fingerprint", lambda *e: Moved(real(*e)))
+    df = ledger.read()
+    assert df["stale"].iloc[0] and "code" in df["stale_because"].iloc[0] and df["refresh"].iloc[0] == "make scaling"
+    assert "1 of 1 rows stale (refresh: make scaling)" in ledger.evidence(df)
+
+
+def test_a_row_is_stale_when_the_model_or_the_corpus_changes(ledger, monkeypatch):
+    _write(ledger, _point())
+    monkeypatch.setattr(ledger_mod, "model_hash", lambda model: "cd" * 32)
+    assert "model" in ledger.read()["stale_because"].iloc[0]
+    monkeypatch.setattr(ledger_mod, "model_hash", lambda model: MODEL_HASH)
+    monkeypatch.setattr(ledger_mod, "corpus_fingerprint", lambda source: "0" * 16)
+    df = ledger.read()
+    assert df["stale"].iloc[0] and df["stale_because"].iloc[0] == "the corpus changed"
+
+
+def test_a_damaged_row_is_detected(ledger):
+    path = _write(ledger, _point())
+    body = json.loads(path.read_text())
+    body["content"]["heldout_r2_aip"] = 0.999  # a hand-edited number
+    path.write_text(json.dumps(body))
+    with pytest.raises(CacheCorruptError, match="fails its checksum"):
+        ledger.read()
+    with pytest.warns(ResultsStoreWarning, match=path.name):
+        assert ledger.read(errors="warn").empty
+
+
+def test_no_absolute_path_in_a_row(ledger, tmp_path):
+    path = _write(ledger, _point())
+    text = path.read_text()
+    for forbidden in (str(tmp_path), "/home/", "/work/", "/tmp/"):
+        assert forbidden not in text
+    with pytest.raises(ValueError, match="absolute path"):
+        provenance(r2_aip, _point(corpus=f"file:{tmp_path}/text.txt"))
+    with pytest.raises(ValueError, match=r"\['a'\]\[1\]"):
+        check_no_absolute_paths({"a": ["ok", "/home/me/x"]})
+
+
+def test_evidence_counts_minutes_below_six_minutes(ledger):
+    _write(ledger, _point(), hours=0.05)
+    assert ", 3 min on " in ledger.evidence()
+
+
+def test_evidence_of_an_empty_ledger_names_the_command(ledger):
+    assert ledger.evidence() == "ledger: no rows (command: make scaling)"
+    with pytest.raises(ValueError, match="one folder name"):
+        Ledger("../x")
+
+
+def test_model_hash_is_the_models_content_not_the_cards_bytes(monkeypatch):
+    """Two conversions of one GGUF differ in their cards' wall times but not in weights, config or tokenizer: the same
+    hash. A changed weights file gives another; the docstring GPT-2's card gives its weights' hash."""
+    files = {"model.safetensors": "a" * 64, "config.json": "b" * 64, "tokenizer.json": "c" * 64,
+             "tokenizer_config.json": "d" * 64}
+    cards = {"one": {"files": files, "conversion_time_s": 20.1}, "two": {"files": dict(files), "conversion_time_s": 61.0},
+             "other": {"files": {**files, "model.safetensors": "e" * 64}},
+             "flags": {"files": {**files, "tokenizer_config.json": "f" * 64}},
+             "gpt2": {"weights_sha256": "9" * 64}, "gpt2b": {"weights_sha256": "8" * 64}}
+    monkeypatch.setattr(ledger_mod, "model_card", lambda model: cards[model])
+    h = {m: ledger_mod.model_hash(m) for m in cards}
+    assert h["one"] == h["two"] == h["flags"] and h["one"] != h["other"] and h["gpt2"] != h["gpt2b"]
+    assert len(h["one"]) == 64 and h["gpt2"] != h["one"]

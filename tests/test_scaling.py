@@ -1,0 +1,125 @@
+"""The scaling study: the power-law fit recovers known parameters, the stopping rule, the points, one real point."""
+
+import math
+
+import numpy as np
+import pytest
+
+import atomsnb.ledger as ledger_mod
+from atomsnb.ledger import Ledger
+from atomsnb.runner import run_grid
+from atomsnb.scaling import (ScalingStudyConfig, describe_fit, fit_power_law, fit_table, scaling_point,
+                             stopped_improving)
+from tiny_models import save_tiny
+
+
+def _synthetic(a, alpha, c, noise, seed=0):
+    m = 2.0 ** np.arange(10, 24)
+    rng = np.random.default_rng(seed)
+    return m, a * m ** (-alpha) + c + noise * rng.standard_normal(len(m))
+
+
+def test_fit_recovers_a_known_power_law_with_a_floor_and_says_it_levels_off():
+    m, y = _synthetic(3.0, 0.4, 0.02, 2e-4)
+    f = fit_power_law(m, y, n_boot=300)
+    assert f.alpha == pytest.approx(0.4, abs=0.03) and f.c == pytest.approx(0.02, abs=0.002)
+    assert f.a == pytest.approx(3.0, rel=0.3)
+    assert f.ci["c"][0] < f.c < f.ci["c"][1] and f.ci["ceiling"] == pytest.approx((0.98, 0.98), abs=0.002)
+    # the 95 % intervals cover the true values in most noisy repetitions (not only in one)
+    covered = {"alpha": 0, "c": 0}
+    for seed in range(1, 11):
+        g = fit_power_law(*_synthetic(3.0, 0.4, 0.02, 2e-4, seed=seed), n_boot=100, seed=seed)
+        covered["alpha"] += g.ci["alpha"][0] <= 0.4 <= g.ci["alpha"][1]
+        covered["c"] += g.ci["c"][0] <= 0.02 <= g.ci["c"][1]
+    assert min(covered.values()) >= 7, covered
+    assert math.isinf(f.m_reach)  # a floor of 0.02 never lets R^2 reach 0.99
+    words = describe_fit(f, "held-out R²")
+    assert "levels off at 0.98" in words and "not within the fit" in words
+
+
+def test_fit_without_a_floor_reaches_099_where_the_law_says():
+    a, alpha = 2.0, 0.5
+    m, y = _synthetic(a, alpha, 0.0, 1e-5)
+    f = fit_power_law(m, y, n_boot=300)
+    true_m = (a / 0.01) ** (1 / alpha)  # a m^-alpha = 0.01
+    assert f.m_reach == pytest.approx(true_m, rel=0.1)
+    lo, hi = f.ci["m_reach"]
+    assert lo <= true_m <= hi
+    words = describe_fit(f, "held-out R²")
+    assert "reaches 0.99 at about 40K tokens" in words and "extrapolation" not in words
+    with pytest.raises(ValueError, match="at least 4 distinct"):
+        fit_power_law([1, 2, 3], [0.1, 0.05, 0.03])
+
+
+def test_stopping_rule():
+    assert not stopped_improving([0.5, 0.6, 0.7], patience=2, tol=1e-3)
+    assert not stopped_improving([0.5, 0.6, 0.7, 0.8], patience=2, tol=1e-3)
+    assert stopped_improving([0.5, 0.8, 0.8005, 0.7], patience=2, tol=1e-3)  # +0.0005 <= tol
+    assert stopped_improving([0.5, 0.8, 0.7, 0.6], patience=2, tol=1e-3)  # falling (over-fitting) counts as stopped
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    save_tiny("llama", root / "tiny")
+    return root
+
+
+def test_points_cover_every_part_once_and_bad_studies_fail_before_work(tiny_dir, monkeypatch):
+    monkeypatch.chdir(tiny_dir)
+    cfg = ScalingStudyConfig(models=("tiny",), layers=(1, 2), m_values=((640, 800, 1000, 1200), (640, 900)),
+                             d_multiples=(1, 4), seeds=(0, 1), l0_sweep=(1e-3, 3e-3, 1e-2))
+    pts = cfg.points()
+    per_layer = {l: [p for p in pts if p.layer == l] for l in {p.layer for p in pts}}
+    # layer 1: 4 data + 1 capacity (H; 4H is the data point) + 1 seed + 2 x 2 sweep (3e-3 is the data point) = 10
+    assert sorted(len(v) for v in per_layer.values()) == [8, 10]
+    assert len({p.key for p in pts}) == len(pts)
+    with pytest.raises(ValueError, match="one list of |M| per layer"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640,), (640,))).points()
+    with pytest.raises(ValueError, match=r"layers=\(1, 'top'\) is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1, "top")).points()
+    with pytest.raises(ValueError, match="fit_split='eval' is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), fit_split="eval").points()
+    with pytest.raises(ValueError, match=r"the largest \|M\| 10000000 of m_values: corpus 'docstrings' split 'fit'"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 10_000_000),)).points()
+    assert len(ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 10_000_000),)).points(
+        check_corpus=False)) == 11
+    with pytest.raises(ValueError, match=r"below 20 x d_model"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((100, 200),)).points()
+
+
+def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tiny_dir)
+    monkeypatch.setattr(ledger_mod, "model_hash", lambda model: "ab" * 32)  # a tiny model has no card
+    cfg = ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800, 960, 1200),), d_multiples=(4,),
+                             seeds=(0,), l0_sweep=(3e-3,), n_eval_tokens=400, n_train_eval=200, batch_size=128,
+                             max_steps=40, eval_every=10, patience=2, warmup_steps=10, store_dtype="float32")
+    ledger = Ledger("scaling", root=tmp_path)
+    df = run_grid(cfg.points(), scaling_point, ledger.store, progress=False)
+    assert (df["status"] == "ok").all(), df.get("error")
+    r = df.iloc[0]
+    assert r["curve_steps"][0] == 10 and r["steps"] == r["curve_steps"][-1] <= 40
+    assert r["epochs"] == pytest.approx(r["steps"] * 128 / r["n_train"])
+    assert r["converged"] == stopped_improving(r["curve_r2"], 2, 1e-3)
+    assert -1 < r["heldout_r2_aip"] <= 1 and 0 <= r["heldout_q_star"] <= 1
+    read = ledger.read()
+    assert not read["stale"].any() and len(read) == 4
+    table, fits = fit_table(cfg.part(read, "data"), n_boot=50)
+    assert list(table["metric"]) == ["held-out R² (AIP)", "held-out q*"] and len(table) == 2
+
+
+def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
+    from atomsnb.verdicts import check_scaling_near_one
+
+    capped = fit_power_law(*_synthetic(3.0, 0.4, 0.05, 2e-4), n_boot=100)  # levels off at 0.95
+    free = fit_power_law(*_synthetic(2.0, 0.5, 0.0, 1e-5), n_boot=100)  # reaches 0.99
+    ev = "ledger: commit abc1234, 3.2 h on 2 CPU cores"
+    v = check_scaling_near_one({("m", 1, "r2_aip"): free, ("m", 1, "q_star"): free}, model="m", evidence=ev)
+    assert v.verdict == "reproduced" and v.evidence == ev and f"evidence: {ev}" in str(v)
+    v = check_scaling_near_one({("m", 1, "r2_aip"): capped, ("m", 1, "q_star"): free, ("m", 9, "r2_aip"): free},
+                               model="m", evidence=ev)
+    assert v.verdict == "partly reproduced" and "m layer 1: R^2" in v.interpretation
+    v = check_scaling_near_one({("m", 1, "r2_aip"): capped}, model="m", evidence=ev)
+    assert v.verdict == "not reproduced" and "ceiling 0.95" in v.ours
+    v = check_scaling_near_one({}, model="m", evidence=None)
+    assert v.verdict == "not run here" and v.command == "make scaling"
