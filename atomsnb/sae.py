@@ -944,7 +944,8 @@ def _topk_grads(sae: SparseAutoencoder, x: torch.Tensor) -> StepStats:
     """Loss (sparsify's FVU) and gradients of a TopK / BatchTopK SAE, written into ``p.grad`` (see :func:`compute_grads`).
 
     ``pi = W_e (x - b_d) + b_e`` by one dense matmul (the bias folded in: ``b_e - W_e b_d``), the support from
-    ``torch.topk`` of ``relu(pi)`` (per row, or over the flattened batch for BatchTopK) restricted to positive codes,
+    ``torch.topk`` of ``pi`` (per row, or over the flattened batch for BatchTopK) restricted to positive codes (the
+    same support as the top k of ``relu(pi)``),
     then :func:`_sparse_route` with ``dL/dx_hat = 2 resid / T``, ``T = sum_b ||x_b - mean(x)||^2``. The decoder bias
     also reaches the encoder input: ``dL/db_d = sum_b dL/dx_hat_b - W_e^T dL/db_e``.
     """
@@ -953,7 +954,8 @@ def _topk_grads(sae: SparseAutoencoder, x: torch.Tensor) -> StepStats:
     with torch.no_grad():
         We, bd = sae.encoder_weight.detach(), sae.b_dec.detach()
         bias = sae.b_enc.detach() - torch.mv(We, bd)
-        pi = torch.addmm(bias, x, We.T, out=ws.get("pi", (B, N), x.dtype, x.device)).relu_()
+        # no ReLU pass over [B, N]: the positive entries among the top k of pi are those among the top k of relu(pi)
+        pi = torch.addmm(bias, x, We.T, out=ws.get("pi", (B, N), x.dtype, x.device))
         mask = ws.get("mask", (B, N), torch.bool, x.device)
         mask.zero_()
         if sae.kind == "batchtopk":
