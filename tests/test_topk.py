@@ -125,3 +125,55 @@ def test_topk_config_takes_k_and_refuses_coefficients():
         SAEConfig(kind="relu", k=3)
     with pytest.raises(ValueError, match=r"k=None is not allowed for kind='topk'"):
         SparseAutoencoder(4, 8, kind="topk")
+
+
+def test_topk_ks_span_the_l0_range_geometrically():
+    from atomsnb.units import topk_ks_spanning
+
+    assert topk_ks_spanning([30.0, 4.0, 250.0, float("nan")]) == [4, 32, 250]  # sqrt(4 * 250) = 31.6
+    assert topk_ks_spanning([4.0, 250.0], n=1) == [4]
+    assert topk_ks_spanning([1.2, 1.4], n=3) == [1]
+    with pytest.raises(ValueError, match=r"need at least one finite L0 > 0 to span; got \[nan, 0.0\]"):
+        topk_ks_spanning([float("nan"), 0.0])
+    with pytest.raises(ValueError, match="n must be an integer >= 1; got 0"):
+        topk_ks_spanning([3.0], n=0)
+
+
+def _held(rows):
+    import pandas as pd
+
+    cols = ["unit set", "family", "k", "r2_aip", "q_star", "explained_variance", "l0", "l0_coefficient"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows])
+
+
+@pytest.mark.parametrize("atoms_q, topk_aip_r2, expected", [
+    # atoms (q 0.9, R² 0.8) beat the TopK point (q 0.5, R² 0.7); nothing beats an atom
+    (0.9, 0.7, ["lifts R² at every shared k", "the JumpReLU threshold's frontier lies above TopK's here"]),
+    # the atoms are less stable than every TopK point with R² at least as high: TopK above
+    (0.1, 0.85, ["lifts R² at every shared k", "TopK's frontier lies above the TSAE's here"]),
+])
+def test_describe_reads_the_topk_rows_from_the_numbers(atoms_q, topk_aip_r2, expected):
+    from atomsnb.evaluation import describe
+
+    held = _held([("a", "atoms", float("nan"), 0.8, atoms_q, 0.9, 10.0, 0.003),
+                  ("e8", "topk", 8.0, 0.4, 0.5, 0.95, 8.0, float("nan")),
+                  ("a8", "topk-aip", 8.0, topk_aip_r2, 0.5, 0.9, 8.0, float("nan"))])
+    text = " ".join(describe(held))
+    assert "TopK, Euclidean loss on raw activations: k 8, R² 0.400, q* 0.500" in text
+    for phrase in expected:
+        assert phrase in text, text
+    held.loc[2, "r2_aip"] = 0.3  # now the AIP does not lift R² at k = 8
+    assert "Training TopK in the AIP does not lift R² at any shared k" in " ".join(describe(held))
+
+
+def test_unit_set_results_extend_keeps_both_and_refuses_a_repeated_name():
+    import pandas as pd
+
+    from atomsnb.evaluation import UnitSetResults
+
+    a = UnitSetResults(pd.DataFrame({"unit set": ["x"]}), {"x": 1}, {"x": "ux"}, {"x": "hx"}, ["x"])
+    b = UnitSetResults(pd.DataFrame({"unit set": ["y"]}), {"y": 2}, {"y": "uy"}, {}, [])
+    c = a.extend(b)
+    assert c.table["unit set"].tolist() == ["x", "y"] and list(c.units) == ["x", "y"] and c.cached == ["x"]
+    with pytest.raises(ValueError, match=r"unit sets \['x'\] are in both results"):
+        a.extend(a)
