@@ -14,8 +14,12 @@ this module trains them as SPEC §6 describes (Rajamanoharan et al. 2024, *Jumpi
 
 The same trainer fits the standard ReLU + L1 SAE ("features", paper §4) with ``kind="relu"``. The sparsity
 coefficients carry SAELens' names: ``l0_coefficient`` (JumpReLU) and ``l1_coefficient`` (ReLU); the defaults for
-a model of width ``d`` live in :meth:`SAEConfig.for_model`. Neurons are the identity dictionary with dense codes
-(:func:`neuron_baseline`).
+a model of width ``d`` live in :meth:`SAEConfig.for_model`. TopK and BatchTopK SAEs (``kind="topk"`` /
+``"batchtopk"``, ``k`` active latents per token; Gao et al. 2024, Bussmann et al. 2024) train through the same loop
+with EleutherAI/sparsify's conventions: the encoder reads ``x - b_d``, the loss is the FVU
+``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` (sparsify's default ``auxk_alpha = 0``; AuxK and multi-TopK are not
+implemented), and codes, loss and gradients equal sparsify 1.3.3's ``SparseCoder`` (``tests/test_sparsify.py``).
+Neurons are the identity dictionary with dense codes (:func:`neuron_baseline`).
 
 :func:`train_sae` reads a stream of shuffled batches (:mod:`atomsnb.store`) from an in-memory tensor or an
 on-disk activation store through the same loop, whitens each batch on its own, tracks dead latents (tokens
@@ -1473,7 +1477,8 @@ def _resume(ckpt: Path, run: dict, sae: SparseAutoencoder, opt: torch.optim.Opti
 def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, progress: bool = True,
               checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
               callback=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
-    """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations in memory or on disk (paper §6, SPEC §6).
+    """Train a JumpReLU TSAE (or the ReLU + L1 baseline, or a TopK / BatchTopK SAE) on activations in memory or on disk
+    (paper §6, SPEC §6).
 
     One loop for every source: a tensor (wrapped in :class:`atomsnb.store.MemorySource`) and an
     :class:`atomsnb.store.ActivationStore` give the same seeded stream of shuffled batches, so the same weights; each
