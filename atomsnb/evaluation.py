@@ -215,7 +215,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
             rows.append({"unit set": u.name, "family": u.family,
                          "l0_coefficient": float(getattr(u, "l0_coefficient", math.nan)),
                          "l1_coefficient": float(getattr(u, "l1_coefficient", math.nan)),
-                         "k": float(getattr(u, "k", math.nan)),
+                         "k": float(math.nan if getattr(u, "k", None) is None else u.k),  # ExternalSAE: None
                          "split": split, **metrics, "train_seconds": seconds})
     return UnitSetResults(pd.DataFrame(rows), curves, units, histories, cached)
 

@@ -73,3 +73,20 @@ def test_load_sparsify_refuses_extra_tensors_and_missing_files(copy):
         load_sparsify(d)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         load_sparsify(d / "nope")
+
+
+def test_compare_unit_sets_reports_k_of_a_sparsify_sae_and_nan_for_an_external_sae_without_one():
+    import math
+
+    from atomsnb.aip import AIP
+    from atomsnb.evaluation import compare_unit_sets
+    from atomsnb.external import load_saelens
+
+    g = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(700, 16, generator=g, dtype=torch.float64) + 1
+    aip = AIP.fit(x[:500])
+    sl = load_saelens(FIXTURE.parent.parent / "saelens" / "jumprelu-expavg-d16-n48")
+    res = compare_unit_sets(x[:500], x[500:], aip, [load_sparsify(FIXTURE), sl], n_train_eval=0, progress=False)
+    k = res.table.set_index("unit set")["k"]
+    assert k["external: topk-d16-n64-k4"] == 4.0 and math.isnan(k[sl.name])
+    assert res.table.set_index("unit set").loc["external: topk-d16-n64-k4", "l0"] <= 4
