@@ -903,18 +903,20 @@ def _encode_support(sae: SparseAutoencoder, x: torch.Tensor, ws: _Workspace):
 
 
 def _sparse_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mask: torch.Tensor, tau, lam: float,
-                  ws: _Workspace, *, x_enc: torch.Tensor | None = None, g_scale: float | None = None) -> _RouteGrads:
+                  ws: _Workspace, *, x_enc: torch.Tensor | None = None, g_scale: float | None = None,
+                  support: tuple[torch.Tensor, torch.Tensor] | None = None) -> _RouteGrads:
     """Gradients when the codes are sparse: ``O(B L0 H)`` work on the support (SPEC §6).
 
     Decodes with ``embedding_bag`` and ``per_sample_weights``, takes ``dL/df`` on the support by a sampled matmul
     (:func:`_sampled_mm`) and the weight gradients by ``embedding_bag`` over the support grouped by latent. Overwrites
     ``pi`` and ``mask`` (the jumprelu kernel window reuses them). ``x_enc``: the encoder's input when it is not ``x``
-    (TopK: ``x - b_dec``); ``g_scale``: ``dL/dx_hat = g_scale * resid`` (default ``2 / B``, the batch-mean MSE).
+    (TopK: ``x - b_dec``); ``g_scale``: ``dL/dx_hat = g_scale * resid`` (default ``2 / B``, the batch-mean MSE);
+    ``support``: the ``(rows, cols)`` of the codes, row-major, when the caller has them (TopK; ``mask`` then unused).
     """
-    B, N = mask.shape
+    B, N = pi.shape
     jump = tau is not None
     D = sae.W_dec.detach()
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major
+    rows, cols = mask.nonzero(as_tuple=True) if support is None else support  # row-major
     counts = torch.bincount(rows, minlength=B)
     vals = pi.view(-1)[rows * N + cols]
     l1 = 0.0 if jump else float(vals.sum())
@@ -960,21 +962,24 @@ def _topk_grads(sae: SparseAutoencoder, x: torch.Tensor) -> StepStats:
         bias = sae.b_enc.detach() - torch.mv(We, bd)
         # no ReLU pass over [B, N]: the positive entries among the top k of pi are those among the top k of relu(pi)
         pi = torch.addmm(bias, x, We.T, out=ws.get("pi", (B, N), x.dtype, x.device))
-        mask = ws.get("mask", (B, N), torch.bool, x.device)
-        mask.zero_()
+        # the support, row-major, straight from torch.topk (no [B, N] mask to fill and scan)
         if sae.kind == "batchtopk":
             vals, idx = pi.view(-1).topk(min(B * sae.k, B * N), sorted=False)
-            mask.view(-1).index_fill_(0, idx[vals > 0], True)
+            flat = idx[vals > 0].sort().values
+            rows, cols = flat.div(N, rounding_mode="floor"), flat.remainder(N)
         else:
             vals, idx = pi.topk(sae.k, dim=1, sorted=False)
-            mask.scatter_(1, idx, vals > 0)
+            idx, order = idx.sort(dim=1)
+            keep = (vals.gather(1, order) > 0).view(-1)
+            rows = torch.arange(B, device=x.device).repeat_interleave(sae.k)[keep]
+            cols = idx.reshape(-1)[keep]
         pos = vals[vals > 0]
         min_active = float(pos.min()) if sae.kind == "batchtopk" and pos.numel() else None
         nnz = int(pos.numel())
         centred = torch.sub(x, x.mean(0), out=ws.get("centred", tuple(x.shape), x.dtype, x.device))
         total = float(torch.dot(centred.view(-1), centred.view(-1)))
         x_enc = torch.sub(x, bd, out=centred)
-        g = _sparse_route(sae, x, pi, mask, None, 0.0, ws, x_enc=x_enc, g_scale=2.0 / total)
+        g = _sparse_route(sae, x, pi, None, None, 0.0, ws, x_enc=x_enc, g_scale=2.0 / total, support=(rows, cols))
         sq = float(g.resid.pow(2).sum())
         grad_bd = torch.mv(g.g_xhat.T, torch.ones(B, dtype=x.dtype, device=x.device)) - torch.mv(We.T, g.grad_be)
         if sae.tied:
