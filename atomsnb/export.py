@@ -33,8 +33,13 @@ setting SAELens uses for Gemma Scope) keeps ``b_enc`` free of a ``b_dec @ W_enc`
 ``hook_name`` and ``model_name`` in the config's ``metadata``.
 
 **Architectures** (:data:`ARCHITECTURES`): our ``"jumprelu"`` is SAELens' ``"jumprelu"``, our ``"relu"`` SAELens'
-``"standard"``. A new kind (a TopK SAE) is exported by adding one :class:`SAELensArchitecture` entry; anything else is
-refused before anything is written.
+``"standard"``, our ``"topk"`` SAELens' ``"topk"`` (``k``, ``rescale_acts_by_decoder_norm = False``) and our
+``"batchtopk"`` at inference SAELens' ``"jumprelu"`` with every threshold ``c theta`` (SAELens also saves its own
+BatchTopK SAEs as JumpReLU). A TopK kind's encoder reads ``x - b_d``; with ``apply_b_dec_to_input = False`` that term
+is folded into the encoder bias, ``b_enc = c (b_e - E b_d)``. SAELens' TopK takes the top ``k`` of ``pre`` and then
+the ReLU, ours the top ``k`` of ``relu(pre)``: the same codes (they differ only in which zero codes are "selected"),
+and top-k selection commutes with the scaling by ``c > 0``. A new kind is exported by adding one
+:class:`SAELensArchitecture` entry; anything else is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ class SAELensArchitecture:
     """SAELens' ``architecture`` (the ``cfg.json`` field that picks the SAE class)."""
     extra_tensors: Callable[[SparseAutoencoder, float], dict[str, torch.Tensor]]
     """``(sae, input_scale) -> {name: float64 tensor}``: tensors beyond ``W_enc, b_enc, W_dec, b_dec``, already in raw
-    coordinates (the JumpReLU threshold ``c tau``)."""
+    coordinates (the JumpReLU threshold ``c tau``), or one that replaces the default fold (TopK's ``b_enc``)."""
     extra_cfg: Callable[[SparseAutoencoder], dict[str, Any]]
     """``sae -> {field: value}``: ``cfg.json`` fields of that SAELens config class beyond the base ``SAEConfig``."""
 
@@ -105,12 +110,29 @@ def _no_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
     return {}
 
 
-#: Our SAE kinds (``SparseAutoencoder.kind``) -> their SAELens architecture. The extension point for a TopK SAE:
-#: ``"topk": SAELensArchitecture("topk", _no_tensors, lambda sae: {"k": sae.k, "rescale_acts_by_decoder_norm":
-#: False})`` (top-k selection commutes with the scaling by ``c > 0``, so the folding above holds unchanged).
+def _centred_bias(sae: SparseAutoencoder, scale: float) -> torch.Tensor:
+    """TopK kinds encode ``x - b_d``: ``c (b_e - E b_d)`` ``[N]`` float64, the encoder bias of raw ``m`` with
+    ``apply_b_dec_to_input = False``."""
+    E = sae.encoder_weight.detach().to(torch.float64)
+    return scale * (sae.b_enc.detach().to(torch.float64) - E @ sae.b_dec.detach().to(torch.float64))
+
+
+def _topk_tensors(sae: SparseAutoencoder, scale: float) -> dict[str, torch.Tensor]:
+    return {"b_enc": _centred_bias(sae, scale)}
+
+
+def _batchtopk_tensors(sae: SparseAutoencoder, scale: float) -> dict[str, torch.Tensor]:
+    # inference: relu(pi) > theta with theta > 0 is pi > theta, a JumpReLU with every threshold theta
+    theta = sae.threshold.detach().to(torch.float64)
+    return {"b_enc": _centred_bias(sae, scale), "threshold": scale * theta}
+
+
+#: Our SAE kinds (``SparseAutoencoder.kind``) -> their SAELens architecture (module docstring).
 ARCHITECTURES: dict[str, SAELensArchitecture] = {
     "jumprelu": SAELensArchitecture("jumprelu", _jumprelu_tensors, _no_cfg),
     "relu": SAELensArchitecture("standard", _no_tensors, _no_cfg),
+    "topk": SAELensArchitecture("topk", _topk_tensors, lambda sae: {"k": sae.k, "rescale_acts_by_decoder_norm": False}),
+    "batchtopk": SAELensArchitecture("jumprelu", _batchtopk_tensors, _no_cfg),
 }
 
 

@@ -29,6 +29,13 @@ Formats read:
   ``"layer_norm"`` (``(x - mean)/(std + 1e-5)`` with the unbiased std, undone with ``std`` and
   ``mean``). ``"covariance_whitening"`` is folded into the weights by SAELens at the end of
   training, so a file that still declares it is a mid-training checkpoint and is refused.
+- **EleutherAI/sparsify** (``eai-sparsify`` 1.3.3 ``SparseCoder.save_to_disk``): a directory per hook point with
+  ``cfg.json`` and ``sae.safetensors`` (``encoder.weight [d_sae, d_in]``, ``encoder.bias``, ``W_dec [d_sae, d_in]``,
+  ``b_dec``). sparsify computes ``f = topk(relu((x - b_dec) @ encoder.weight^T + encoder.bias), k)`` and
+  ``x_hat = f @ W_dec + b_dec``: SAELens' "topk" with ``apply_b_dec_to_input`` and no normalisation (taking the
+  ReLU before or after the top-k gives the same codes), which is how :func:`load_sparsify` loads it. The directory
+  name is sparsify's hook point: ``layers.{i}`` (the output of decoder block ``i``) is read as
+  ``blocks.{i}.hook_resid_post``.
 - **Gemma Scope** native ``params.npz`` (``google/gemma-scope-*``): ``W_enc [d_in, d_sae]``,
   ``W_dec [d_sae, d_in]``, ``b_enc``, ``b_dec``, ``threshold``; a JumpReLU SAE with
   ``apply_b_dec_to_input = False`` and no normalisation, exactly as SAELens' ``gemma_2``
@@ -69,7 +76,7 @@ from safetensors.torch import load_file
 from .io import DTYPES
 
 __all__ = ["ExternalSAE", "TransposedLayoutError", "SUPPORTED_ARCHITECTURES", "SUPPORTED_NORMALIZATIONS",
-           "load_saelens", "load_gemma_scope", "load_external_sae", "residual_layer_of_hook", "HookMismatchError",
+           "load_saelens", "load_gemma_scope", "load_sparsify", "load_external_sae", "residual_layer_of_hook", "HookMismatchError",
            "check_target", "same_model"]
 
 #: SAELens architectures this module reproduces.
@@ -704,6 +711,99 @@ def load_saelens(path: str | os.PathLike, *, dtype: str | torch.dtype | None = N
     return _declare_target(sae, layer, model, allow_mismatch)
 
 
+_SPARSIFY_WEIGHTS = "sae.safetensors"
+#: sparsify ``cfg.json`` keys and the values :func:`load_sparsify` can express (None: any value).
+_SPARSIFY_CFG = {"activation": ("topk",), "expansion_factor": None, "normalize_decoder": None, "num_latents": None,
+                 "k": None, "multi_topk": None, "skip_connection": (False,), "transcode": (False,), "d_in": None}
+_SPARSIFY_RESIDUAL_HOOK = re.compile(r"^(?:model\.|gpt_neox\.|transformer\.)?(?:layers|h)\.(\d+)$")
+
+
+def load_sparsify(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+                  layer: int | None = None, model: str | None = None, allow_mismatch: bool = False,
+                  name: str | None = None) -> ExternalSAE:
+    """Load a TopK SAE saved by EleutherAI/sparsify (``SparseCoder.save_to_disk``: ``cfg.json`` + ``sae.safetensors``).
+
+    Reproduces sparsify 1.3.3's ``SparseCoder.load_from_disk`` followed by ``encode``/``decode``
+    (``sparse_coder.py``, ``fused_encoder.py``): the codes are the ``k`` largest of
+    ``relu((x - b_dec) W_enc^T + b_enc)`` and ``x_hat = f W_dec + b_dec``, an :class:`ExternalSAE` of architecture
+    ``"topk"`` (``tests/test_sparsify.py`` checks it against sparsify's own outputs). ``multi_topk`` changes only
+    sparsify's training loss and is accepted. The directory's name is sparsify's hook point; ``layers.{i}``
+    (also ``model.layers.{i}``, ``gpt_neox.layers.{i}``, ``transformer.h.{i}``) is the residual stream after decoder
+    block ``i``, i.e. atomsnb layer ``i + 1``; any other hook point (``layers.3.mlp``, ...) is kept as the SAE's
+    ``hook_name`` so that :func:`check_target` refuses it at a residual-stream layer. sparsify's config names no
+    model: pass ``model`` only to record it.
+
+    Args:
+        path: the hook point's directory.
+        dtype: compute dtype; default: that of the stored weights (sparsify's behaviour).
+        device: where to keep the weights and compute.
+        layer, allow_mismatch, name: as :func:`load_saelens`.
+        model: the model the SAE was trained on (recorded as its ``model_name``; sparsify does not store it).
+
+    Returns:
+        An :class:`ExternalSAE`.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory, or ``cfg.json`` / ``sae.safetensors`` is missing.
+        HookMismatchError: ``layer`` disagrees with the hook point (and ``allow_mismatch`` is ``False``).
+        ValueError: what the loader cannot express: ``activation = "groupmax"``, ``skip_connection`` (a ``W_skip``
+            term), ``transcode`` (a transcoder predicts another site's activations), an unknown config key or tensor;
+            a missing ``d_in`` or ``k``; shapes that disagree with ``d_in``/``num_latents``; NaN/inf weights; an
+            unreadable file. Each message names the bad value and what is allowed.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a directory (a sparsify SAE is a directory per hook point)")
+    for f in (_SAELENS_CFG, _SPARSIFY_WEIGHTS):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"{str(folder / f)!r} is missing: a sparsify SAE directory holds {_SAELENS_CFG} "
+                                    f"and {_SPARSIFY_WEIGHTS}")
+    try:
+        cfg = json.loads((folder / _SAELENS_CFG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{str(folder / _SAELENS_CFG)!r} is not valid JSON ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{str(folder / _SAELENS_CFG)!r} must hold a JSON object; got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - set(_SPARSIFY_CFG))
+    if unknown:
+        raise ValueError(f"sparsify cfg.json in {str(folder)!r} has keys {unknown} this loader does not know (known: "
+                         f"{sorted(_SPARSIFY_CFG)}; sparsify 1.3.3 writes those)")
+    for key, allowed in _SPARSIFY_CFG.items():
+        if allowed is not None and key in cfg and cfg[key] not in allowed:
+            raise ValueError(f"sparsify cfg.json in {str(folder)!r}: {key}={cfg[key]!r} cannot be expressed here; "
+                             f"allowed: {list(allowed)}")
+    for key in ("d_in", "k"):
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"sparsify cfg.json in {str(folder)!r}: {key}={v!r}; need an integer >= 1")
+    try:
+        state = load_file(str(folder / _SPARSIFY_WEIGHTS), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{str(folder / _SPARSIFY_WEIGHTS)!r} could not be read as safetensors ({exc})") from exc
+    want = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
+    if set(state) != want:
+        raise ValueError(f"{str(folder / _SPARSIFY_WEIGHTS)!r} holds tensors {sorted(state)}; a sparsify TopK SAE "
+                         f"this loader can express holds exactly {sorted(want)}")
+    d_in = cfg["d_in"]
+    d_sae = int(state["encoder.weight"].shape[0]) if state["encoder.weight"].ndim == 2 else -1
+    n_cfg = cfg.get("num_latents") or d_in * cfg.get("expansion_factor", 32)
+    if d_sae != n_cfg:
+        raise ValueError(f"encoder.weight in {str(folder)!r} has shape {tuple(state['encoder.weight'].shape)}; cfg.json "
+                         f"gives [num_latents={n_cfg}, d_in={d_in}]")
+    weights = {"W_enc": state["encoder.weight"].T, "b_enc": state["encoder.bias"], "W_dec": state["W_dec"],
+               "b_dec": state["b_dec"]}
+    _check_shapes(weights, d_in, d_sae, str(folder))
+    compute_dtype = _resolve_dtype(dtype, str(state["W_dec"].dtype).removeprefix("torch."))
+    m = _SPARSIFY_RESIDUAL_HOOK.match(folder.name)
+    hook_name = f"blocks.{m.group(1)}.hook_resid_post" if m else (folder.name if "." in folder.name else None)
+    t = {k: v.to(device=device, dtype=compute_dtype).contiguous() for k, v in weights.items()}
+    sae = ExternalSAE(name=name or f"external: {folder.name}", architecture="topk", W_enc=t["W_enc"], b_enc=t["b_enc"],
+                      W_dec=t["W_dec"], b_dec=t["b_dec"], k=cfg["k"], apply_b_dec_to_input=True,
+                      hook_name=hook_name, layer=residual_layer_of_hook(hook_name) if hook_name else layer,
+                      model_name=model, source=str(folder))
+    return _declare_target(sae, layer, model, allow_mismatch)
+
+
 def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
                      device: str | torch.device = "cpu", layer: int | None = None, model: str | None = None,
                      allow_mismatch: bool = False, name: str | None = None) -> ExternalSAE:
@@ -793,7 +893,8 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
                       model: str | None = None, allow_mismatch: bool = False) -> ExternalSAE:
     """Load an external SAE from a local directory / file or from the Hugging Face hub.
 
-    Local: a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``, :func:`load_saelens`) or a
+    Local: a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``, :func:`load_saelens`), a sparsify
+    directory (``cfg.json`` + ``sae.safetensors``, :func:`load_sparsify`) or a
     Gemma Scope ``params.npz`` / its directory (:func:`load_gemma_scope`). Hub: ``"<owner>/<repo>/<folder>"``,
     e.g. ``"google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"``; the folder's files are
     downloaded with ``huggingface_hub.snapshot_download`` (needs the hub; a gated repository also needs its
@@ -817,6 +918,13 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
     """
     p = Path(source).expanduser()
     if p.exists():
+        if p.is_dir() and (p / _SAELENS_CFG).is_file() and (p / _SPARSIFY_WEIGHTS).is_file() \
+                and not (p / _SAELENS_WEIGHTS).is_file():
+            if norm_scaling_factor is not None:
+                raise ValueError(f"norm_scaling_factor={norm_scaling_factor!r} does not apply to a sparsify SAE "
+                                 f"(no normalisation)")
+            return load_sparsify(p, dtype=dtype, device=device, layer=layer, model=model,
+                                 allow_mismatch=allow_mismatch, name=name)
         if p.is_dir() and (p / _SAELENS_CFG).is_file():
             return load_saelens(p, dtype=dtype, device=device, norm_scaling_factor=norm_scaling_factor, layer=layer,
                                 model=model, allow_mismatch=allow_mismatch, name=name)

@@ -40,11 +40,18 @@ from .units import UnitSetSpec
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version", "EXACT_FOR_NEURONS",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
            "critical_capacity_table", "paper_reader_table",
-           "describe_capacity", "describe_layers", "PAPER_FAMILIES"]
+           "describe_capacity", "describe_layers", "PAPER_FAMILIES", "TOPK_FAMILIES"]
 
 #: The paper's three unit-set families, the ones a layer point records, in the paper's order
 #: (:data:`atomsnb.units.FAMILIES` holds every family, ablation, constructed and external included).
 PAPER_FAMILIES = ("neurons", "features", "atoms")
+#: The TopK families a layer study adds with ``topk=True`` (Euclidean loss on raw activations; AIP coordinates).
+TOPK_FAMILIES = ("topk", "topk-aip")
+
+
+def _families(df: pd.DataFrame, metric: str = "r2_aip") -> tuple[str, ...]:
+    """The paper's families and the TopK families whose ``<family>_<metric>`` columns ``df`` has."""
+    return PAPER_FAMILIES + tuple(f for f in TOPK_FAMILIES if f"{f}_{metric}" in df and df[f"{f}_{metric}"].notna().any())
 
 
 def code_version() -> str:
@@ -278,6 +285,9 @@ class LayerStudyConfig(_Common):
     """Leave out tokens whose norm exceeds ``massive_k`` times the median (chapter 1); None keeps every token."""
     n_splice_tokens: int = 0
     """Held-out tokens for the spliced-in scores of every unit set (:mod:`atomsnb.splice`); 0 skips them."""
+    topk: bool = False
+    """Also train the TopK family at each layer, Euclidean and in AIP coordinates, with ``k`` = the atoms' held-out L0
+    there, rounded (the same sparsity as the atoms)."""
 
     def resolved_layers(self) -> list[int]:
         """The layers of the study (all blocks when ``layers`` is ``None``)."""
@@ -308,22 +318,27 @@ class LayerStudyConfig(_Common):
             raise ValueError(f"n_splice_tokens={self.n_splice_tokens!r} is not allowed: an integer >= 0 (0 skips the "
                              "spliced-in scores)")
         check_massive_k(self.massive_k)
+        if not isinstance(self.topk, bool):
+            raise TypeError(f"topk={self.topk!r} is not allowed: True or False")
         check_data(self)
         return d_model
 
     def points(self) -> list[GridPoint]:
         """One point per (layer, seed), after :meth:`validate`."""
         d_model = self.validate()
+        extra = {"topk": True} if self.topk else {}  # absent when False: earlier results keep their keys
         params = tuple(sorted(self._params(l0_coefficient=self.l0_coefficient,
                                            l1_coefficient=self.l1_coefficient, massive_k=self.massive_k,
                                            n_splice_tokens=self.n_splice_tokens,
-                                           experiment="layers").items()))
+                                           experiment="layers", **extra).items()))
         return [GridPoint(self.model, l, int(self.n_train_tokens), int(self.capacity * d_model), int(s), params)
                 for l in self.resolved_layers() for s in self.seeds]
 
 
 def layer_point(point: GridPoint) -> dict:
-    """Neurons, features (ReLU + L1, Euclidean) and atoms (TSAE) at one layer, evaluated on held-out activations.
+    """Neurons, features (ReLU + L1, Euclidean) and atoms (TSAE) at one layer, evaluated on held-out activations;
+    with ``topk`` in the point's params also TopK SAEs (families ``topk``, Euclidean, and ``topk-aip``) at
+    ``k = round(atoms' held-out L0)``, reported as ``topk_k``.
 
     With ``n_splice_tokens > 0`` every unit set is also spliced into the model (:func:`atomsnb.splice.spliced_scores`
     on that many held-out tokens; massive tokens, left out of the data, stay clean there too).
@@ -342,7 +357,15 @@ def layer_point(point: GridPoint) -> dict:
              UnitSetSpec.atoms(p["l0_coefficient"], "atoms")]
     res = compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip, specs, cfg,
                             n_train_eval=min(4096, point.n_train), progress=False)
-    row: dict = {"d_model": data.d_model, "condition_number": data.aip.condition_number,
+    extra: dict = {}
+    if p.get("topk", False):
+        held = res.table[res.table["split"] == "held-out"].set_index("family")
+        k = min(point.n_latents, max(1, int(round(float(held.loc["atoms", "l0"])))))
+        res = res.extend(compare_unit_sets(data.fit[: point.n_train], data.eval, data.aip,
+                                           [UnitSetSpec.topk(k, name="topk"), UnitSetSpec.topk(k, whiten=True, name="topk-aip")],
+                                           cfg, n_train_eval=min(4096, point.n_train), progress=False))
+        extra["topk_k"] = k
+    row: dict = {**extra, "d_model": data.d_model, "condition_number": data.aip.condition_number,
                  "n_parameters": int(sum(t.numel() for t in data.lm.model.parameters())),
                  "n_massive": int(sum(data.n_excluded))}
     for _, r in res.table.iterrows():
@@ -396,7 +419,7 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for model, g in ok.groupby("model", sort=False):
         model = DEFAULT_MODEL_NAME if model == "default" else model
-        for fam in PAPER_FAMILIES:
+        for fam in _families(g):
             rows.append({"model": model, "unit set": fam, "layers": _layers_label(g["layer"]),
                          "n_layers": int(g["layer"].nunique()), "r2_aip": g[f"{fam}_r2_aip"].mean(),
                          "q_star": g[f"{fam}_q_star"].mean()})
@@ -512,9 +535,11 @@ def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
     index = ["model", "layer"] if "model" in ok and ok["model"].nunique() > 1 else ["layer"]
     ok = ok.sort_values(index, kind="stable").set_index(index)
     metrics = ["r2_aip", "q_star"] + [m for m in ("ce_loss_score",) if f"atoms_{m}" in ok]
-    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in PAPER_FAMILIES
+    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in _families(ok, m)
             if not (fam == "neurons" and m in EXACT_FOR_NEURONS and (ok[f"{fam}_{m}"].round(3) == 1).all())}
     cols[(METRIC_LABELS["l0"], "atoms")] = ok["atoms_l0"].round(1)
+    if "topk_k" in ok and ok["topk_k"].notna().any():
+        cols[(METRIC_LABELS["k"], "topk")] = ok["topk_k"]
     return pd.DataFrame(cols)
 
 
@@ -553,8 +578,8 @@ def describe_capacity(df: pd.DataFrame, *, threshold: float = CAPACITY_R2_THRESH
 
 def describe_layers(df: pd.DataFrame) -> list[str]:
     """Chapter 4's ordering sentences, one per model: at how many layers atoms are more stable than features, the mean
-    ``R²`` of the three families and, when the rows have them, their mean ``ce_loss_score`` (from :func:`layer_point`
-    rows)."""
+    ``R²`` of the three families and, when the rows have them, their mean ``ce_loss_score`` and the TopK families'
+    mean ``R²``, ``q*`` and at how many layers the atoms are more stable (from :func:`layer_point` rows)."""
     ok = df[df["status"] == "ok"] if "status" in df else df
     if ok.empty:
         raise ValueError("no layer finished (no row with status 'ok')")
@@ -572,5 +597,11 @@ def describe_layers(df: pd.DataFrame) -> list[str]:
             line += (f"; spliced into the model, mean ce_loss_score: atoms {g['atoms_ce_loss_score'].mean():.3f}, "
                      f"features {g['features_ce_loss_score'].mean():.3f} ({better} leave the model's next-token loss "
                      "closer to clean)")
+        for fam, label in (("topk", "TopK (Euclidean)"), ("topk-aip", "TopK (AIP)")):
+            if f"{fam}_q_star" in g and g[f"{fam}_q_star"].notna().any():
+                above = int((g["atoms_q_star"] > g[f"{fam}_q_star"]).sum())
+                line += (f"; at the atoms' L0, {label} has mean R² {g[f'{fam}_r2_aip'].mean():.3f} and q* "
+                         f"{g[f'{fam}_q_star'].mean():.3f}, and the atoms are more stable than it "
+                         + ("at every layer" if above == n else "at no layer" if above == 0 else f"at {above} of {n} layers"))
         lines.append(line + ".")
     return lines

@@ -96,6 +96,7 @@ METRIC_LABELS = {
     "n_alive": "alive latents (count)",
     "l0_coefficient": "L0 coefficient",
     "l1_coefficient": "L1 coefficient",
+    "k": "TopK k",
 }
 
 

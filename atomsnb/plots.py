@@ -291,7 +291,7 @@ def massive_choice_by_layer(tables: Mapping[str, pd.DataFrame], *, title: str = 
 
 # --- neurons, features, atoms (chapter 2) ---
 _FAMILY_STYLE = {"neurons": ("#7570b3", "s"), "features": ("#d95f02", "o"), "atoms": ("#1b9e77", "D"),
-                 "ablation": ("#666666", "^")}
+                 "ablation": ("#666666", "^"), "topk": ("#e7298a", "v"), "topk-aip": ("#66a61e", "P")}
 
 
 def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, float]] | None = None, ax=None,
@@ -302,7 +302,7 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
 
     Args:
         table: held-out rows of :func:`atomsnb.evaluation.compare_unit_sets` (columns ``family``, ``r2_aip``, ``q_star`` and,
-            optionally, ``l0_coefficient`` / ``l1_coefficient``, NaN where not applicable).
+            optionally, ``l0_coefficient`` / ``l1_coefficient`` / ``k``, NaN where not applicable).
         paper: label -> ``(q*, R^2)`` points of the paper, drawn hollow and labelled as the paper's.
     """
     ax = _axes(ax)
@@ -312,8 +312,10 @@ def unit_set_frontier(table: pd.DataFrame, *, paper: Mapping[str, tuple[float, f
         ax.scatter(df["q_star"], r2, color=color, marker=marker, s=45, label=family, zorder=3)
         l0c = df["l0_coefficient"] if "l0_coefficient" in df else pd.Series(np.nan, index=df.index)
         l1c = df["l1_coefficient"] if "l1_coefficient" in df else pd.Series(np.nan, index=df.index)
-        for i, (q, r, raw, c0, c1) in enumerate(zip(df["q_star"], r2, df["r2_aip"], l0c, l1c)):
-            note = f"λ₀={c0:g}" if np.isfinite(c0) else f"λ₁={c1:g}" if np.isfinite(c1) else ""
+        ks = df["k"] if "k" in df else pd.Series(np.nan, index=df.index)
+        for i, (q, r, raw, c0, c1, k) in enumerate(zip(df["q_star"], r2, df["r2_aip"], l0c, l1c, ks)):
+            note = (f"λ₀={c0:g}" if np.isfinite(c0) else f"λ₁={c1:g}" if np.isfinite(c1) else f"k={k:g}"
+                    if np.isfinite(k) else "")
             if raw < r2_floor:
                 ax.annotate("", xy=(q, r2_floor - 0.05), xytext=(q, r2_floor), arrowprops=dict(arrowstyle="->", color=color))
                 note += f" (R²={raw:.3g})"
@@ -370,8 +372,8 @@ def grid_heatmaps(df: pd.DataFrame, values: Mapping[str, str], *, critical: Mapp
 
 
 def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_star"), title: str | None = None) -> plt.Figure:
-    """Per-layer held-out metrics (``R^2`` in the AIP, ``q*``, ...) of neurons, features and atoms from a layer study,
-    one row of panels per model.
+    """Per-layer held-out metrics (``R^2`` in the AIP, ``q*``, ...) of neurons, features, atoms and (where the study
+    has them) the TopK families from a layer study, one row of panels per model.
 
     Args:
         df: rows of :func:`atomsnb.grid.layer_point` (columns ``layer``, ``<family>_<metric>``, optionally ``model``).
@@ -390,7 +392,9 @@ def layer_curves(df: pd.DataFrame, *, metrics: Sequence[str] = ("r2_aip", "q_sta
     for model, g in groups:
         g = g.sort_values("layer")
         for ax, metric in zip(panels, metrics):
-            for fam in ("neurons", "features", "atoms"):
+            for fam in ("neurons", "features", "atoms", "topk", "topk-aip"):
+                if f"{fam}_{metric}" not in g:  # TopK columns only in studies that train it
+                    continue
                 color, marker = _FAMILY_STYLE[fam]
                 ax.plot(g["layer"], g[f"{fam}_{metric}"], marker=marker, color=color, label=fam)
             ax.set_xlabel("layer")
@@ -569,7 +573,7 @@ def training_histories(histories: Mapping[str, pd.DataFrame], *, title: str | No
 def faithfulness_stability(held: pd.DataFrame, curves: Mapping[str, object], *,
                            paper: Mapping[str, tuple[float, float]] | None = None, title: str | None = None) -> plt.Figure:
     """Chapter 2's figure: :func:`unit_set_frontier` (left) beside :func:`q_star_curves` of the most stable unit set
-    of each family (right).
+    of each family, TopK families included when the table has them (right).
 
     Args:
         held: held-out rows of :func:`atomsnb.evaluation.compare_unit_sets` (columns ``unit set``, ``family``,
@@ -585,11 +589,12 @@ def faithfulness_stability(held: pd.DataFrame, curves: Mapping[str, object], *,
         ValueError: a family of neurons, features and atoms without rows, or a best unit set without curves.
     """
     best = []
-    for family in ("neurons", "features", "atoms"):
+    for family in ("neurons", "features", "atoms", "topk", "topk-aip"):  # TopK only where the table has it
         rows = held[held["family"] == family]
-        if rows.empty:
+        if rows.empty and family in ("neurons", "features", "atoms"):
             raise ValueError(f"no {family!r} rows in the held-out table")
-        best.append(rows.sort_values("q_star").iloc[-1]["unit set"])
+        if not rows.empty:
+            best.append(rows.sort_values("q_star").iloc[-1]["unit set"])
     missing = [n for n in best if n not in curves]
     if missing:
         raise ValueError(f"no q* curves for {missing}")

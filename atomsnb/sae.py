@@ -14,8 +14,12 @@ this module trains them as SPEC §6 describes (Rajamanoharan et al. 2024, *Jumpi
 
 The same trainer fits the standard ReLU + L1 SAE ("features", paper §4) with ``kind="relu"``. The sparsity
 coefficients carry SAELens' names: ``l0_coefficient`` (JumpReLU) and ``l1_coefficient`` (ReLU); the defaults for
-a model of width ``d`` live in :meth:`SAEConfig.for_model`. Neurons are the identity dictionary with dense codes
-(:func:`neuron_baseline`).
+a model of width ``d`` live in :meth:`SAEConfig.for_model`. TopK and BatchTopK SAEs (``kind="topk"`` /
+``"batchtopk"``, ``k`` active latents per token; Gao et al. 2024, Bussmann et al. 2024) train through the same loop
+with EleutherAI/sparsify's conventions: the encoder reads ``x - b_d``, the loss is the FVU
+``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` (sparsify's default ``auxk_alpha = 0``; AuxK and multi-TopK are not
+implemented), and codes, loss and gradients equal sparsify 1.3.3's ``SparseCoder`` (``tests/test_sparsify.py``).
+Neurons are the identity dictionary with dense codes (:func:`neuron_baseline`).
 
 :func:`train_sae` reads a stream of shuffled batches (:mod:`atomsnb.store`) from an in-memory tensor or an
 on-disk activation store through the same loop, whitens each batch on its own, tracks dead latents (tokens
@@ -50,6 +54,9 @@ __all__ = [
     "StepFunction",
     "JumpReLUFunction",
     "rectangle",
+    "topk_codes",
+    "TOPK_KINDS",
+    "BATCHTOPK_THRESHOLD_RATE",
     "SAEOutput",
     "SparseAutoencoder",
     "StepStats",
@@ -75,7 +82,11 @@ __all__ = [
 
 _PARAM_DTYPES = ("float32", "float64")  # master weights and the whitening solve (names of atomsnb.io.DTYPES)
 _AUTOCAST_DTYPES = ("bfloat16", "float16")
-_KINDS = ("jumprelu", "relu")
+_KINDS = ("jumprelu", "relu", "topk", "batchtopk")
+#: The kinds whose sparsity is a number of active latents ``k`` rather than a penalty (:attr:`SAEConfig.k`).
+TOPK_KINDS = ("topk", "batchtopk")
+#: Rate of the exponential moving average that sets a BatchTopK SAE's inference threshold (SAELens' ``topk_threshold_lr``).
+BATCHTOPK_THRESHOLD_RATE = 0.01
 
 #: Default L0 coefficient of the TSAE (jumprelu) when none is given (the chapters' atoms coefficient).
 DEFAULT_L0_COEFFICIENT = 3e-3
@@ -118,14 +129,18 @@ class SAEConfig:
         ValueError: any field out of range, naming the field, the value and what is allowed.
     """
 
-    kind: Literal["jumprelu", "relu"] = "jumprelu"
-    """"jumprelu": the TSAE (L0 penalty, per-latent threshold); "relu": the standard ReLU + L1 SAE baseline."""
+    kind: Literal["jumprelu", "relu", "topk", "batchtopk"] = "jumprelu"
+    """"jumprelu": the TSAE (L0 penalty, per-latent threshold); "relu": the standard ReLU + L1 SAE baseline;
+    "topk": the ``k`` largest ReLU pre-activations of each token (Gao et al. 2024, as EleutherAI/sparsify); "batchtopk":
+    the ``B k`` largest of the whole batch in training, a threshold at inference (Bussmann et al. 2024)."""
     n_latents: int | None = None
     """Dictionary size ``N = |D| >= 1``; None -> ``4 x`` the input width (paper §6)."""
     l0_coefficient: float | None = None
     """L0 coefficient ``lambda`` per token (jumprelu only; None: :data:`DEFAULT_L0_COEFFICIENT`)."""
     l1_coefficient: float | None = None
     """L1 coefficient ``lambda`` per token (relu only; None: :data:`DEFAULT_L1_COEFFICIENT`)."""
+    k: int | None = None
+    """Active latents per token of a "topk" / "batchtopk" SAE (required there, None for the other kinds)."""
     sparsity_warmup_steps: int = 0
     """Steps over which ``lambda`` rises linearly from 0 (SAELens ``l0_warm_up_steps`` / ``l1_warm_up_steps``)."""
     bandwidth: float = 1e-3
@@ -185,13 +200,23 @@ class SAEConfig:
             raise _bad("kind", self.kind, f"one of {_KINDS}")
         if self.n_latents is not None and (not _is_int(self.n_latents) or self.n_latents < 1):
             raise _bad("n_latents", self.n_latents, "an integer >= 1, or None for 4 x d_model")
-        own, other = ("l0_coefficient", "l1_coefficient") if self.kind == "jumprelu" else ("l1_coefficient", "l0_coefficient")
-        if getattr(self, other) is not None:
-            raise _bad(other, getattr(self, other), f"None for kind={self.kind!r}, which takes {own} "
-                       f"(use SAEConfig.with_kind to switch kinds)")
-        c = getattr(self, own)
-        if c is not None and not (_finite(c) and c >= 0):
-            raise _bad(own, c, "a finite number >= 0")
+        if self.kind in TOPK_KINDS:
+            for other in ("l0_coefficient", "l1_coefficient"):
+                if getattr(self, other) is not None:
+                    raise _bad(other, getattr(self, other), f"None for kind={self.kind!r}, which takes k "
+                               f"(use SAEConfig.with_kind to switch kinds)")
+            if not _is_int(self.k) or self.k < 1 or (self.n_latents is not None and self.k > self.n_latents):
+                raise _bad("k", self.k, f"an integer in [1, n_latents={self.n_latents}] for kind={self.kind!r}")
+        else:
+            if self.k is not None:
+                raise _bad("k", self.k, f"None for kind={self.kind!r} (k belongs to {TOPK_KINDS})")
+            own, other = ("l0_coefficient", "l1_coefficient") if self.kind == "jumprelu" else ("l1_coefficient", "l0_coefficient")
+            if getattr(self, other) is not None:
+                raise _bad(other, getattr(self, other), f"None for kind={self.kind!r}, which takes {own} "
+                           f"(use SAEConfig.with_kind to switch kinds)")
+            c = getattr(self, own)
+            if c is not None and not (_finite(c) and c >= 0):
+                raise _bad(own, c, "a finite number >= 0")
         for name in ("bandwidth", "init_threshold", "lr"):
             v = getattr(self, name)
             if not (_finite(v) and v > 0):
@@ -229,14 +254,19 @@ class SAEConfig:
 
     @property
     def coefficient(self) -> float:
-        """The sparsity coefficient in force: ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu), or its default."""
+        """The sparsity coefficient in force: ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu), or its default;
+        ``k`` for the TopK kinds (whose step ignores the coefficient argument and reads ``k`` from the SAE)."""
+        if self.kind in TOPK_KINDS:
+            return float(self.k)
         if self.kind == "jumprelu":
             return float(DEFAULT_L0_COEFFICIENT if self.l0_coefficient is None else self.l0_coefficient)
         return float(DEFAULT_L1_COEFFICIENT if self.l1_coefficient is None else self.l1_coefficient)
 
     @property
     def coefficient_name(self) -> str:
-        """``"l0_coefficient"`` (jumprelu) or ``"l1_coefficient"`` (relu)."""
+        """``"l0_coefficient"`` (jumprelu), ``"l1_coefficient"`` (relu) or ``"k"`` (topk, batchtopk)."""
+        if self.kind in TOPK_KINDS:
+            return "k"
         return "l0_coefficient" if self.kind == "jumprelu" else "l1_coefficient"
 
     def coefficient_at(self, step: int) -> float:
@@ -249,6 +279,8 @@ class SAEConfig:
             ValueError: ``step`` not an integer >= 0.
         """
         _check_step(step)
+        if self.kind in TOPK_KINDS:
+            return float(self.k)  # no warm-up: k is fixed (sparsify's k_decay_steps is not implemented)
         warmup = self.sparsity_warmup_steps
         return self.coefficient * (min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
 
@@ -267,12 +299,15 @@ class SAEConfig:
         return self.lr
 
     def with_kind(self, kind: str, coefficient: float | None = None, *, whiten: bool | None = None) -> "SAEConfig":
-        """A copy for another kind, its coefficient set (and the other kind's cleared), e.g.
-        ``config.with_kind("relu", 0.03, whiten=False)`` for the features of a TSAE's config."""
+        """A copy for another kind, its coefficient set (and the other kinds' cleared), e.g.
+        ``config.with_kind("relu", 0.03, whiten=False)`` for the features of a TSAE's config, or
+        ``config.with_kind("topk", 32)`` (the coefficient of a TopK kind is ``k``)."""
         if kind not in _KINDS:
             raise _bad("kind", kind, f"one of {_KINDS}")
         coeffs = {"l0_coefficient": coefficient if kind == "jumprelu" else None,
-                  "l1_coefficient": coefficient if kind == "relu" else None}
+                  "l1_coefficient": coefficient if kind == "relu" else None,
+                  "k": (int(coefficient) if coefficient is not None and float(coefficient).is_integer() else coefficient)
+                  if kind in TOPK_KINDS else None}
         return replace(self, kind=kind, whiten=self.whiten if whiten is None else whiten, **coeffs)
 
     @classmethod
@@ -314,7 +349,10 @@ class SAEConfig:
                     sparsity_warmup_steps=n_steps // 5, lr_decay_steps=n_steps // 5, seed=seed, device=device,
                     whiten=(kind == "jumprelu") if whiten is None else whiten,
                     dead_after_tokens=max(1, min(DEFAULT_DEAD_AFTER_TOKENS, n_steps * batch_size // 10)))
-        base["l0_coefficient" if kind == "jumprelu" else "l1_coefficient"] = coefficient
+        if kind in TOPK_KINDS:
+            base["k"] = coefficient
+        else:
+            base["l0_coefficient" if kind == "jumprelu" else "l1_coefficient"] = coefficient
         base.update(overrides)
         return cls(**base)
 
@@ -419,6 +457,27 @@ class JumpReLUFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------------------
 # The module
 # ---------------------------------------------------------------------------------------------------------------------
+def topk_codes(pi: torch.Tensor, k: int, *, batch: bool = False) -> torch.Tensor:
+    """TopK codes ``[B, N]`` from pre-activations ``pi`` ``[B, N]``: ``relu(pi)`` kept at the ``k`` largest entries of each
+    row (``batch=False``; Gao et al. 2024, EleutherAI/sparsify ``fused_encoder``), or at the ``B k`` largest entries of
+    the whole batch (``batch=True``, BatchTopK: Bussmann et al. 2024; SAELens ``BatchTopK``, dictionary_learning
+    ``BatchTopKSAE``), zero elsewhere. Differentiable: the gradient reaches the selected positive entries only.
+    Ties are broken by ``torch.topk``; a selected entry with ``relu(pi) = 0`` is a zero code.
+
+    Raises:
+        ValueError: ``k`` not an integer in ``[1, N]``.
+    """
+    B, N = pi.shape
+    if not _is_int(k) or not 1 <= k <= N:
+        raise ValueError(f"k={k!r} is not allowed: an integer in [1, N={N}]")
+    a = F.relu(pi)
+    if batch:
+        vals, idx = a.reshape(-1).topk(min(B * k, B * N), sorted=False)
+        return torch.zeros_like(a).reshape(-1).scatter(0, idx, vals).view(B, N)
+    vals, idx = a.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(a).scatter(1, idx, vals)
+
+
 class SAEOutput(NamedTuple):
     """Result of :meth:`SparseAutoencoder.forward` (shapes for a batch of ``B`` inputs)."""
 
@@ -446,7 +505,16 @@ class SparseAutoencoder(nn.Module):
     - ``W_enc`` ``[N, H]`` and ``b_enc`` ``[N]`` (encoder; ``W_enc`` unused when ``tied``);
     - ``W_dec`` ``[H, N]``: the dictionary ``D~`` in the SAE's input coordinates, columns of unit norm
       after every training step; ``b_dec`` ``[H]``;
-    - ``log_threshold`` ``[N]`` float32: ``log tau`` (jumprelu only).
+    - ``log_threshold`` ``[N]`` float32: ``log tau`` (jumprelu; batchtopk: the inference threshold, one value
+      repeated, not a trained parameter).
+
+    TopK kinds (``k`` active latents; the convention of EleutherAI/sparsify and SAELens' "topk"): the encoder reads the
+    input minus the decoder bias, ``pi = W_e (x - b_d) + b_e``, and ``f`` keeps the ``k`` largest of ``relu(pi)`` per
+    token ("topk") or the ``B k`` largest of the whole batch in training ("batchtopk", Bussmann et al. 2024;
+    :func:`topk_codes`), zero elsewhere. At inference a BatchTopK SAE is a JumpReLU with the scalar threshold
+    ``theta`` kept in ``log_threshold``: ``f = relu(pi) 1[relu(pi) > theta]``, where ``theta`` is the moving average
+    (rate :data:`BATCHTOPK_THRESHOLD_RATE`) of the smallest positive code selected in each training batch
+    (SAELens ``BatchTopKTrainingSAE``; dictionary_learning uses the same minimum with rate 0.001).
 
     Input coordinates: with ``whitened=True`` the SAE works on ``x = W m / input_scale`` (SPEC §6);
     with ``whitened=False`` on ``x = m / input_scale`` (raw coordinates, e.g. an external SAE or the
@@ -457,12 +525,17 @@ class SparseAutoencoder(nn.Module):
 
     def __init__(self, d_in: int, n_latents: int, *, kind: str = "jumprelu", tied: bool = False, whitened: bool = True,
                  input_scale: float = 1.0, bandwidth: float = 1e-3, init_threshold: float = 1e-3,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", k: int | None = None):
         super().__init__()
-        if kind not in ("jumprelu", "relu"):
-            raise ValueError(f"kind must be 'jumprelu' or 'relu'; got {kind!r}")
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}; got {kind!r}")
         if d_in < 1 or n_latents < 1:
             raise ValueError(f"d_in and n_latents must be >= 1; got {d_in}, {n_latents}")
+        if kind in TOPK_KINDS and not (_is_int(k) and 1 <= k <= n_latents):
+            raise ValueError(f"k={k!r} is not allowed for kind={kind!r}: an integer in [1, n_latents={n_latents}]")
+        if kind not in TOPK_KINDS and k is not None:
+            raise ValueError(f"k={k!r} is not allowed for kind={kind!r}: None (k belongs to {TOPK_KINDS})")
+        self.k = None if k is None else int(k)
         if not bandwidth > 0 or not init_threshold > 0:
             raise ValueError(f"bandwidth and init_threshold must be > 0; got {bandwidth}, {init_threshold}")
         self.d_in, self.n_latents, self.kind, self.tied = int(d_in), int(n_latents), kind, bool(tied)
@@ -491,7 +564,7 @@ class SparseAutoencoder(nn.Module):
     @classmethod
     def from_weights(cls, W_enc: torch.Tensor, b_enc: torch.Tensor | None, W_dec: torch.Tensor, b_dec: torch.Tensor | None,
                      threshold: torch.Tensor | float | None = None, *, kind: str | None = None, dtype: torch.dtype = torch.float64,
-                     whitened: bool = False, input_scale: float = 1.0) -> "SparseAutoencoder":
+                     whitened: bool = False, input_scale: float = 1.0, k: int | None = None) -> "SparseAutoencoder":
         """Wrap an external SAE (or a constructed one) given by its weights, for evaluation.
 
         The SAE computes ``f = sigma(W_enc m + b_enc)`` with ``sigma`` a JumpReLU at ``threshold``
@@ -503,7 +576,9 @@ class SparseAutoencoder(nn.Module):
             b_enc: ``[N]`` or None (zeros).
             W_dec: ``[H, N]`` (columns are the atoms; not renormalised).
             b_dec: ``[H]`` or None (zeros).
-            threshold: scalar or ``[N]`` positive thresholds (JumpReLU), or None (ReLU).
+            threshold: scalar or ``[N]`` positive thresholds (JumpReLU; BatchTopK's inference threshold), or None.
+            kind: one of ``"jumprelu"``, ``"relu"``, ``"topk"``, ``"batchtopk"`` (default from ``threshold``).
+            k: active latents per token of a TopK kind (whose encoder reads ``x - b_dec``).
 
         Raises:
             ValueError: inconsistent shapes or a non-positive threshold.
@@ -513,7 +588,7 @@ class SparseAutoencoder(nn.Module):
         if W_dec.shape != (H, N):
             raise ValueError(f"W_dec must be [H={H}, N={N}] to match W_enc [N, H]; got {tuple(W_dec.shape)}")
         kind = kind or ("jumprelu" if threshold is not None else "relu")
-        sae = cls(H, N, kind=kind, whitened=whitened, input_scale=input_scale, dtype=dtype)
+        sae = cls(H, N, kind=kind, whitened=whitened, input_scale=input_scale, dtype=dtype, k=k)
         with torch.no_grad():
             sae.W_enc.copy_(W_enc)
             sae.W_dec.copy_(W_dec)
@@ -540,14 +615,23 @@ class SparseAutoencoder(nn.Module):
         return self.log_threshold.exp().to(self.W_dec.dtype)
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """``pi = W_e x + b_e`` ``[B, N]`` for inputs ``x`` ``[B, H]`` in SAE coordinates."""
+        """``pi = W_e x + b_e`` ``[B, N]`` for inputs ``x`` ``[B, H]`` in SAE coordinates (TopK kinds:
+        ``W_e (x - b_d) + b_e``)."""
+        if self.kind in TOPK_KINDS:
+            x = x - self.b_dec
         return F.linear(x, self.encoder_weight, self.b_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes ``f`` ``[B, N]`` of inputs ``x`` ``[B, H]`` in SAE coordinates (JumpReLU or ReLU)."""
+        """Codes ``f`` ``[B, N]`` of inputs ``x`` ``[B, H]`` in SAE coordinates (JumpReLU, ReLU, TopK per token;
+        BatchTopK at inference: its threshold, see the class docstring)."""
         pi = self.pre_acts(x)
         if self.kind == "jumprelu":
             return JumpReLUFunction.apply(pi, self.threshold, self.bandwidth)
+        if self.kind == "topk":
+            return topk_codes(pi, self.k, batch=False)
+        if self.kind == "batchtopk":
+            a = F.relu(pi)
+            return a * (a > self.threshold[0]).to(a.dtype)
         return F.relu(pi)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
@@ -557,14 +641,25 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, coefficient: float = 0.0) -> SAEOutput:
         """Full forward pass and loss (SPEC §6); differentiable with the JumpReLU pseudo-gradients.
 
+        TopK kinds: the training codes (:func:`topk_codes`, BatchTopK selecting over the batch) and the loss is
+        sparsify's FVU, ``sum_b ||x_b - x_hat_b||^2 / sum_b ||x_b - mean(x)||^2`` (``sparsity_loss = 0``; sparsify's
+        AuxK term, off by default there with ``auxk_alpha = 0``, is not implemented).
+
         Args:
             x: ``[B, H]`` inputs in SAE coordinates.
-            coefficient: ``lambda``, the ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu).
+            coefficient: ``lambda``, the ``l0_coefficient`` (jumprelu) or ``l1_coefficient`` (relu); ignored by TopK.
 
         Returns:
             An :class:`SAEOutput`.
         """
         pi = self.pre_acts(x)
+        if self.kind in TOPK_KINDS:
+            f = topk_codes(pi, self.k, batch=self.kind == "batchtopk")
+            x_hat = self.decode(f)
+            sq = (x_hat - x).pow(2).sum()
+            fvu = sq / (x - x.mean(0)).pow(2).sum()
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            return SAEOutput(x_hat, f, pi, (f != 0).sum(-1).to(torch.float64).mean(), sq / x.shape[0], zero, fvu)
         if self.kind == "jumprelu":
             tau = self.threshold
             f = JumpReLUFunction.apply(pi, tau, self.bandwidth)
@@ -658,6 +753,8 @@ class StepStats(NamedTuple):
     """Whether the sparse route was used."""
     fired: torch.Tensor | None = None
     """``[N]`` bool: latents active on at least one input of the batch."""
+    min_active: float | None = None
+    """BatchTopK: the smallest positive code selected in the batch (sets the inference threshold); else None."""
 
 
 def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
@@ -724,6 +821,9 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float, *
     matmul (``torch.sparse.sampled_addmm``), and the weight gradients with ``embedding_bag`` over the
     support grouped by latent.
 
+    TopK kinds always take the sparse route (:func:`_topk_grads`; ``coefficient``, ``sparse`` and ``sparse_density``
+    are ignored): the loss is sparsify's FVU, whose gradients equal sparsify's ``SparseCoder`` (tested on its output).
+
     Args:
         sae: the model; its ``.grad`` fields are overwritten.
         x: ``[B, H]`` inputs in SAE coordinates (the parameters' dtype).
@@ -734,6 +834,8 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float, *
     Returns:
         :class:`StepStats`.
     """
+    if sae.kind in TOPK_KINDS:
+        return _topk_grads(sae, x)
     B = x.shape[0]
     lam = float(coefficient)
     jump = sae.kind == "jumprelu"
@@ -801,17 +903,20 @@ def _encode_support(sae: SparseAutoencoder, x: torch.Tensor, ws: _Workspace):
 
 
 def _sparse_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mask: torch.Tensor, tau, lam: float,
-                  ws: _Workspace) -> _RouteGrads:
+                  ws: _Workspace, *, x_enc: torch.Tensor | None = None, g_scale: float | None = None,
+                  support: tuple[torch.Tensor, torch.Tensor] | None = None) -> _RouteGrads:
     """Gradients when the codes are sparse: ``O(B L0 H)`` work on the support (SPEC §6).
 
     Decodes with ``embedding_bag`` and ``per_sample_weights``, takes ``dL/df`` on the support by a sampled matmul
     (:func:`_sampled_mm`) and the weight gradients by ``embedding_bag`` over the support grouped by latent. Overwrites
-    ``pi`` and ``mask`` (the jumprelu kernel window reuses them).
+    ``pi`` and ``mask`` (the jumprelu kernel window reuses them). ``x_enc``: the encoder's input when it is not ``x``
+    (TopK: ``x - b_dec``); ``g_scale``: ``dL/dx_hat = g_scale * resid`` (default ``2 / B``, the batch-mean MSE);
+    ``support``: the ``(rows, cols)`` of the codes, row-major, when the caller has them (TopK; ``mask`` then unused).
     """
-    B, N = mask.shape
+    B, N = pi.shape
     jump = tau is not None
     D = sae.W_dec.detach()
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major
+    rows, cols = mask.nonzero(as_tuple=True) if support is None else support  # row-major
     counts = torch.bincount(rows, minlength=B)
     vals = pi.view(-1)[rows * N + cols]
     l1 = 0.0 if jump else float(vals.sum())
@@ -819,7 +924,7 @@ def _sparse_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mas
     DT = torch.transpose(D, 0, 1).contiguous()  # [N, H]
     x_hat = F.embedding_bag(cols, DT, offsets, mode="sum", per_sample_weights=vals)
     resid = x_hat.add_(sae.b_dec.detach()).sub_(x)
-    g_xhat = resid.mul(2.0 / B)
+    g_xhat = resid.mul(2.0 / B if g_scale is None else g_scale)
     # dL/df on the support: the sampled product (g_xhat D)[rows, cols]
     g_f = _sampled_mm(g_xhat, D, rows, cols, counts)
     g_pi = g_f if jump else g_f + lam / B
@@ -829,7 +934,8 @@ def _sparse_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mas
     coffs = torch.cumsum(ccount, 0) - ccount
     rows_p = rows[perm]
     grad_D = F.embedding_bag(rows_p, g_xhat, coffs, mode="sum", per_sample_weights=vals[perm]).T  # [H, N]
-    grad_We = F.embedding_bag(rows_p, x, coffs, mode="sum", per_sample_weights=g_pi[perm])  # [N, H]
+    grad_We = F.embedding_bag(rows_p, x if x_enc is None else x_enc, coffs, mode="sum",
+                              per_sample_weights=g_pi[perm])  # [N, H]
     grad_be = torch.zeros(N, dtype=x.dtype, device=x.device).index_add_(0, cols, g_pi)
     wc = g_f_win = None
     if jump:  # pi and mask are no longer needed: reuse them for the kernel window |pi - tau| < eps/2
@@ -838,6 +944,53 @@ def _sparse_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mas
         wr, wc = win.nonzero(as_tuple=True)
         g_f_win = _sampled_mm(g_xhat, D, wr, wc, torch.bincount(wr, minlength=B))
     return _RouteGrads(resid, g_xhat, grad_D, grad_We, grad_be, ccount > 0, l1, wc, g_f_win)
+
+
+def _topk_grads(sae: SparseAutoencoder, x: torch.Tensor) -> StepStats:
+    """Loss (sparsify's FVU) and gradients of a TopK / BatchTopK SAE, written into ``p.grad`` (see :func:`compute_grads`).
+
+    ``pi = W_e (x - b_d) + b_e`` by one dense matmul (the bias folded in: ``b_e - W_e b_d``), the support from
+    ``torch.topk`` of ``pi`` (per row, or over the flattened batch for BatchTopK) restricted to positive codes (the
+    same support as the top k of ``relu(pi)``),
+    then :func:`_sparse_route` with ``dL/dx_hat = 2 resid / T``, ``T = sum_b ||x_b - mean(x)||^2``. The decoder bias
+    also reaches the encoder input: ``dL/db_d = sum_b dL/dx_hat_b - W_e^T dL/db_e``.
+    """
+    B, N = x.shape[0], sae.n_latents
+    ws = _workspace(sae)
+    with torch.no_grad():
+        We, bd = sae.encoder_weight.detach(), sae.b_dec.detach()
+        bias = sae.b_enc.detach() - torch.mv(We, bd)
+        # no ReLU pass over [B, N]: the positive entries among the top k of pi are those among the top k of relu(pi)
+        pi = torch.addmm(bias, x, We.T, out=ws.get("pi", (B, N), x.dtype, x.device))
+        # the support, row-major, straight from torch.topk (no [B, N] mask to fill and scan)
+        if sae.kind == "batchtopk":
+            vals, idx = pi.view(-1).topk(min(B * sae.k, B * N), sorted=False)
+            flat = idx[vals > 0].sort().values
+            rows, cols = flat.div(N, rounding_mode="floor"), flat.remainder(N)
+        else:
+            vals, idx = pi.topk(sae.k, dim=1, sorted=False)
+            idx, order = idx.sort(dim=1)
+            keep = (vals.gather(1, order) > 0).view(-1)
+            rows = torch.arange(B, device=x.device).repeat_interleave(sae.k)[keep]
+            cols = idx.reshape(-1)[keep]
+        pos = vals[vals > 0]
+        min_active = float(pos.min()) if sae.kind == "batchtopk" and pos.numel() else None
+        nnz = int(pos.numel())
+        centred = torch.sub(x, x.mean(0), out=ws.get("centred", tuple(x.shape), x.dtype, x.device))
+        total = float(torch.dot(centred.view(-1), centred.view(-1)))
+        x_enc = torch.sub(x, bd, out=centred)
+        g = _sparse_route(sae, x, pi, None, None, 0.0, ws, x_enc=x_enc, g_scale=2.0 / total, support=(rows, cols))
+        sq = float(g.resid.pow(2).sum())
+        grad_bd = torch.mv(g.g_xhat.T, torch.ones(B, dtype=x.dtype, device=x.device)) - torch.mv(We.T, g.grad_be)
+        if sae.tied:
+            _set_grad(sae.W_dec, g.grad_D + g.grad_We.T)
+        else:
+            _set_grad(sae.W_dec, g.grad_D)
+            _set_grad(sae.W_enc, g.grad_We)
+        _set_grad(sae.b_dec, grad_bd)
+        _set_grad(sae.b_enc, g.grad_be)
+        tot = float(x.pow(2).sum())
+    return StepStats(sq / total, sq / B, 0.0, nnz / B, tot, True, g.fired, min_active)
 
 
 def _dense_route(sae: SparseAutoencoder, x: torch.Tensor, pi: torch.Tensor, mask: torch.Tensor, tau, lam: float,
@@ -910,11 +1063,19 @@ def training_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: t
         with ctx:
             out = sae(x, coefficient)
         out.loss.backward()
+        lat = out.latents.detach()
+        pos = lat[lat > 0]
+        min_active = float(pos.min()) if sae.kind == "batchtopk" and pos.numel() else None
         st = StepStats(float(out.loss.detach()), float(out.mse.detach()), float(out.sparsity_loss.detach()), float(out.l0),
-                       float(x.detach().float().pow(2).sum()), False, (out.latents.detach() > 0).any(0))
+                       float(x.detach().float().pow(2).sum()), False, (lat > 0).any(0), min_active)
     sae.remove_parallel_decoder_grad()
     optimizer.step()
     sae.normalize_decoder()
+    if st.min_active is not None:  # BatchTopK's inference threshold: a moving average of the batch's smallest code
+        with torch.no_grad():
+            theta = float(sae.log_threshold[0].exp())
+            theta += BATCHTOPK_THRESHOLD_RATE * (st.min_active - theta)
+            sae.log_threshold.fill_(math.log(theta))
     return st
 
 
@@ -1231,7 +1392,7 @@ def _init_model(config: SAEConfig, d_in: int, scale: float, dtype: torch.dtype,
     """The SAE at its seeded initialisation (:meth:`SparseAutoencoder.init_random`: unit-norm decoder, ``W_e = D~^T``,
     JumpReLU threshold ``init_threshold`` and bandwidth from the config) and Adam over its trainable parameters
     (``log tau`` only for jumprelu, no ``W_enc`` when tied), ``betas = config.betas`` (SPEC §6)."""
-    sae = SparseAutoencoder.init_random(d_in, config.n_latents or 4 * d_in, seed=config.seed, kind=config.kind,
+    sae = SparseAutoencoder.init_random(d_in, config.n_latents or 4 * d_in, seed=config.seed, kind=config.kind, k=config.k,
                                         tied=config.tied, whitened=config.whiten, input_scale=scale,
                                         bandwidth=config.bandwidth, init_threshold=config.init_threshold, dtype=dtype,
                                         device=device)
@@ -1321,7 +1482,8 @@ def _resume(ckpt: Path, run: dict, sae: SparseAutoencoder, opt: torch.optim.Opti
 def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None = None, progress: bool = True,
               checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
               callback=None, monitor=None) -> tuple[SparseAutoencoder, pd.DataFrame]:
-    """Train a JumpReLU TSAE (or the ReLU + L1 baseline) on activations in memory or on disk (paper §6, SPEC §6).
+    """Train a JumpReLU TSAE (or the ReLU + L1 baseline, or a TopK / BatchTopK SAE) on activations in memory or on disk
+    (paper §6, SPEC §6).
 
     One loop for every source: a tensor (wrapped in :class:`atomsnb.store.MemorySource`) and an
     :class:`atomsnb.store.ActivationStore` give the same seeded stream of shuffled batches, so the same weights; each
@@ -1434,7 +1596,7 @@ def _json_roundtrip(obj):
 def save_sae(sae: SparseAutoencoder, path: str | os.PathLike) -> Path:
     """Save weights (safetensors, checksummed, atomic) with the architecture and config as JSON metadata. No pickle."""
     cfg = getattr(sae, "config", None)
-    meta = dict(d_in=sae.d_in, n_latents=sae.n_latents, kind=sae.kind, tied=sae.tied, whitened=sae.whitened,
+    meta = dict(d_in=sae.d_in, n_latents=sae.n_latents, kind=sae.kind, k=sae.k, tied=sae.tied, whitened=sae.whitened,
                 input_scale=sae.input_scale, bandwidth=sae.bandwidth, dtype=str(sae.W_dec.dtype).removeprefix("torch."),
                 config=cfg.to_dict() if isinstance(cfg, SAEConfig) else None)
     return save_tensors(path, {k: v.detach() for k, v in sae.state_dict().items()}, meta)
@@ -1449,7 +1611,8 @@ def load_sae(path: str | os.PathLike, device: str = "cpu") -> SparseAutoencoder:
     """
     tensors, meta = load_tensors(path)
     sae = SparseAutoencoder(meta["d_in"], meta["n_latents"], kind=meta["kind"], tied=meta["tied"], whitened=meta["whitened"],
-                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=DTYPES[meta["dtype"]], device=device)
+                            input_scale=meta["input_scale"], bandwidth=meta["bandwidth"], dtype=DTYPES[meta["dtype"]], device=device,
+                            k=meta.get("k"))
     sae.load_state_dict(tensors)
     if meta.get("config") is not None:
         sae.config = SAEConfig.from_dict(meta["config"])  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ presents the same three things in raw activation coordinates, the :class:`UnitSe
 
 plus ``name``, ``family``, ``d_model`` and ``n_latents``. Implementations here: :class:`Neurons` (identity
 dictionary, the activations as dense codes) and :class:`SAEUnits` (any :class:`~atomsnb.sae.SparseAutoencoder`:
-trained JumpReLU/ReLU SAEs, the constructed TSAE ``construct_tsae(...).sae``, ``SparseAutoencoder.from_weights(...)``).
+trained JumpReLU/ReLU/TopK SAEs, the constructed TSAE ``construct_tsae(...).sae``, ``SparseAutoencoder.from_weights(...)``).
 :class:`UnitSetSpec` names a unit set to train (:func:`default_unit_sets`: the book's recipe).
 
 The stages above this one: :mod:`atomsnb.sae_cache` trains SAEs once per content, :mod:`atomsnb.evaluation` scores
@@ -29,10 +29,13 @@ import torch
 from .aip import AIP
 from .sae import SAEConfig, SparseAutoencoder
 
-__all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_unit_sets", "is_unit_set", "check_activations"]
+__all__ = ["UnitSet", "FAMILIES", "Neurons", "SAEUnits", "UnitSetSpec", "default_unit_sets", "topk_ks_spanning",
+           "is_unit_set", "check_activations"]
 
 #: The families a unit set can belong to (the row groups of the book's tables).
-FAMILIES = ("neurons", "features", "atoms", "ablation", "constructed", "external")
+#: ``"topk"``: TopK / BatchTopK SAEs with the field's Euclidean loss on raw activations (as EleutherAI/sparsify trains
+#: them); ``"topk-aip"``: the same in whitened AIP coordinates (the TSAE's loss with a TopK activation).
+FAMILIES = ("neurons", "features", "atoms", "topk", "topk-aip", "ablation", "constructed", "external")
 
 
 @runtime_checkable
@@ -148,7 +151,7 @@ class SAEUnits:
         name: row label.
         family: one of :data:`FAMILIES`.
         l0_coefficient, l1_coefficient: the sparsity coefficient it was trained with, for tables (NaN: not
-            applicable or unknown).
+            applicable or unknown). A TopK SAE's ``k`` is its :attr:`k` (``sae.k``; NaN for other kinds).
 
     Raises:
         TypeError: ``sae`` is not a :class:`SparseAutoencoder`, or ``aip`` is not an :class:`AIP`.
@@ -169,6 +172,7 @@ class SAEUnits:
         self.sae, self.aip, self.name, self.family = sae, aip, name, family
         self.d_model, self.n_latents = int(sae.d_in), int(sae.n_latents)
         self.l0_coefficient, self.l1_coefficient = float(l0_coefficient), float(l1_coefficient)
+        self.k = float(sae.k) if sae.k is not None else math.nan
 
     def _aip(self) -> AIP | None:
         return self.aip if self.sae.whitened else None
@@ -191,6 +195,9 @@ class SAEUnits:
                 f"family={self.family!r})")
 
 
+_SPEC_KINDS = ("neurons", "relu", "jumprelu", "topk", "batchtopk")
+
+
 def _coef(name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
@@ -201,15 +208,16 @@ def _coef(name: str, v) -> float:
 class UnitSetSpec:
     """One unit set to train (or the neurons) in :func:`compare_unit_sets`.
 
-    Prefer the constructors :meth:`neurons`, :meth:`features`, :meth:`atoms` and :meth:`ablation`.
+    Prefer the constructors :meth:`neurons`, :meth:`features`, :meth:`atoms`, :meth:`topk` and :meth:`ablation`.
 
     Attributes:
         name: row label, e.g. ``"atoms (TSAE, L0 coefficient 0.003)"``.
         family: one of :data:`FAMILIES` (what the paper's tables call it).
-        kind: ``"neurons"``, ``"relu"`` (ReLU + L1) or ``"jumprelu"`` (TSAE).
+        kind: ``"neurons"``, ``"relu"`` (ReLU + L1), ``"jumprelu"`` (TSAE), ``"topk"`` or ``"batchtopk"``.
         whiten: train in whitened AIP coordinates (True for the TSAE, False for the standard SAE).
         l0_coefficient: the L0 coefficient of a ``"jumprelu"`` SAE (required there; stored as NaN otherwise).
         l1_coefficient: the L1 coefficient of a ``"relu"`` SAE (required there; stored as NaN otherwise).
+        k: active latents per token of a ``"topk"`` / ``"batchtopk"`` SAE (required there; None otherwise).
 
     Raises:
         ValueError: an unknown kind or family, a coefficient that does not belong to the kind, or one that is
@@ -222,12 +230,18 @@ class UnitSetSpec:
     whiten: bool = True
     l0_coefficient: float | None = None
     l1_coefficient: float | None = None
+    k: int | None = None
 
     def __post_init__(self):
         _check_name_family(self.name, self.family)
-        if self.kind not in ("neurons", "relu", "jumprelu"):
-            raise ValueError(f"unknown unit-set kind {self.kind!r}; use 'neurons', 'relu' or 'jumprelu'")
-        takes = {"jumprelu": "l0_coefficient", "relu": "l1_coefficient", "neurons": None}[self.kind]
+        if self.kind not in _SPEC_KINDS:
+            raise ValueError(f"unknown unit-set kind {self.kind!r}; use one of {_SPEC_KINDS}")
+        topk = self.kind in ("topk", "batchtopk")
+        if topk and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"{self.name!r}: a {self.kind!r} SAE takes k, an integer >= 1; got {self.k!r}")
+        if not topk and self.k is not None:
+            raise ValueError(f"{self.name!r}: a {self.kind!r} unit set takes no k; got {self.k!r}")
+        takes = {"jumprelu": "l0_coefficient", "relu": "l1_coefficient"}.get(self.kind)
         for name in ("l0_coefficient", "l1_coefficient"):
             v = getattr(self, name)
             if name == takes:
@@ -257,6 +271,15 @@ class UnitSetSpec:
                    l0_coefficient=l0_coefficient)
 
     @classmethod
+    def topk(cls, k: int, *, whiten: bool = False, batch: bool = False, name: str | None = None) -> "UnitSetSpec":
+        """A TopK SAE (``batch``: BatchTopK) with ``k`` active latents per token: the field's recipe, a Euclidean
+        (FVU) loss on raw activations (family ``"topk"``, as EleutherAI/sparsify trains it), or with ``whiten`` the
+        same loss in whitened AIP coordinates (family ``"topk-aip"``, the TSAE's loss)."""
+        label = f"{'BatchTopK' if batch else 'TopK'} ({'AIP' if whiten else 'Euclidean'}, k {k})"
+        return cls(name or label, "topk-aip" if whiten else "topk", "batchtopk" if batch else "topk", bool(whiten),
+                   k=k)
+
+    @classmethod
     def ablation(cls, l1_coefficient: float, name: str | None = None) -> "UnitSetSpec":
         """The ablation "ReLU + L1 in whitened AIP coordinates": the AIP without the threshold."""
         return cls(name or f"ablation: ReLU+L1 in AIP coordinates, L1 coefficient {l1_coefficient:g}", "ablation",
@@ -265,7 +288,7 @@ class UnitSetSpec:
 
 def _sae_config(spec: UnitSetSpec, config: SAEConfig) -> SAEConfig:
     """The base config with the spec's kind, coordinates and coefficient (the one place that maps them)."""
-    coefficient = spec.l0_coefficient if spec.kind == "jumprelu" else spec.l1_coefficient
+    coefficient = {"jumprelu": spec.l0_coefficient, "relu": spec.l1_coefficient}.get(spec.kind, spec.k)
     return config.with_kind(spec.kind, coefficient, whiten=spec.whiten)
 
 
@@ -273,10 +296,30 @@ def default_unit_sets(l0_coefficients: Sequence[float] = (1e-3, 3e-3, 1e-2),
                       l1_coefficients: Sequence[float] = (1e-2, 3e-2, 1e-1),
                       ablation_l1_coefficient: float | None = 0.1) -> list[UnitSetSpec]:
     """Neurons, the standard-SAE features at each L1 coefficient, the TSAE atoms at each L0 coefficient, and
-    (unless ``ablation_l1_coefficient`` is None) the ablation "ReLU + L1 in whitened coordinates"."""
+    (unless ``ablation_l1_coefficient`` is None) the ablation "ReLU + L1 in whitened coordinates". The TopK family
+    (:meth:`UnitSetSpec.topk`) is chosen from these sets' L0 (:func:`topk_ks_spanning`), so it comes after them."""
     specs = [UnitSetSpec.neurons()]
     specs += [UnitSetSpec.features(c) for c in l1_coefficients]
     specs += [UnitSetSpec.atoms(c) for c in l0_coefficients]
     if ablation_l1_coefficient is not None:
         specs.append(UnitSetSpec.ablation(ablation_l1_coefficient))
     return specs
+
+
+def topk_ks_spanning(l0s: Sequence[float], n: int = 3) -> list[int]:
+    """``n`` values of ``k`` spanning the L0 range of other unit sets: geometrically spaced from the smallest to the
+    largest L0 (latents per token), rounded to integers >= 1, duplicates dropped (fewer than ``n`` when the range
+    holds fewer integers). Chapter 2 passes the atoms' and features' held-out L0, so the TopK family is compared at
+    the same sparsities.
+
+    Raises:
+        ValueError: no finite positive L0, or ``n`` not an integer >= 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1; got {n!r}")
+    vals = [float(v) for v in l0s if math.isfinite(float(v)) and float(v) > 0]
+    if not vals:
+        raise ValueError(f"need at least one finite L0 > 0 to span; got {list(l0s)!r}")
+    lo, hi = min(vals), max(vals)
+    raw = [lo] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    return sorted({max(1, int(round(v))) for v in raw})

@@ -29,7 +29,9 @@ paper.paper_units_table()
 # $\lvert D\rvert = 4H$, and evaluates every unit set on **held-out** activations with the same code. One sparsity
 # coefficient would be an arbitrary choice, so each SAE is trained at three: the comparison is between frontiers of
 # faithfulness against stability, not single points. An ablation trains the ReLU + L1 SAE in AIP coordinates, to
-# separate the metric from the threshold.
+# separate the metric from the threshold. A fourth family is the field's other recipe, **TopK** SAEs (exactly $k$
+# active latents per token, as EleutherAI/sparsify trains them): once with a Euclidean loss on raw activations, once
+# in AIP coordinates like the TSAE, at values of $k$ that span the L0 the atoms and features reached here.
 #
 # Beyond the paper's metrics, every unit set is also **spliced into the model**: its reconstruction replaces the
 # residual stream, and the next-token loss tells how much of the model's behaviour survives (SAELens'
@@ -48,6 +50,8 @@ batch_size = 1024  # tokens per step
 l0_coefficients = [1e-3, 3e-3, 1e-2]  # TSAE (atoms)
 l1_coefficients = [1e-2, 3e-2, 1e-1]  # standard SAE (features)
 ablation_l1_coefficient = 0.1  # ReLU + L1 trained in AIP coordinates; None to skip
+topk_ks = None  # TopK k values; None: n_topk values spanning the atoms' and features' held-out L0; [] to skip
+n_topk = 2  # how many k values span that L0 range (each trains a Euclidean and an AIP TopK SAE): its two ends
 massive_k = 20.0  # leave out tokens whose norm exceeds massive_k x the median (see chapter 1); None keeps all
 n_splice_tokens = 1024  # held-out tokens whose next-token loss is measured with each unit set spliced in
 external_sae = None  # a SAELens directory or Gemma Scope params.npz at this layer, evaluated as one more unit set
@@ -94,6 +98,21 @@ if external_sae:
 
     specs.append(load_external_sae(external_sae, layer=layer))
 results = evaluation.compare_unit_sets(data.fit, data.eval, data.aip, specs, config, n_train_eval=n_eval_tokens)
+first = results.table[results.table["split"] == "held-out"]
+ks = topk_ks if topk_ks is not None else units.topk_ks_spanning(
+    first.loc[first["family"].isin(["atoms", "features"]), "l0"], n=n_topk)
+if ks:
+    print(f"TopK at k = {', '.join(map(str, ks))}: spanning the atoms' and features' held-out L0 "
+          f"({first.loc[first['family'].isin(['atoms', 'features']), 'l0'].min():.1f} to "
+          f"{first.loc[first['family'].isin(['atoms', 'features']), 'l0'].max():.1f} latents/token)"
+          if topk_ks is None else f"TopK at the given k = {', '.join(map(str, ks))}")
+    topk_specs = [units.UnitSetSpec.topk(k, whiten=w) for w in (False, True) for k in ks]
+    results = results.extend(evaluation.compare_unit_sets(data.fit, data.eval, data.aip, topk_specs, config,
+                                                          n_train_eval=n_eval_tokens))
+    once = results.table.drop_duplicates("unit set")
+    topk_s = once.loc[once["family"].isin(["topk", "topk-aip"]), "train_seconds"].sum()
+    print(f"the TopK family: {len(topk_specs)} SAEs, {topk_s:.0f} s of the {once['train_seconds'].sum():.0f} s spent "
+          "training (or loading from the cache) every SAE")
 print(results.summary())
 
 # %%

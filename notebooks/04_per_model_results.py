@@ -23,7 +23,8 @@ paper.paper_atoms_table()
 # **What this chapter does.** For each of the book's two real LLMs (SmolLM2-135M and Gemma 3 270M, {doc}`../models`;
 # far smaller than the paper's models, whose sizes the table below shows) it runs, at several layers, the comparison of chapter 2: neurons,
 # standard-SAE features and TSAE atoms, trained on the same activations and evaluated on held-out ones, and each
-# also spliced into the model (`ce_loss_score`). Every layer is one row in a resumable results store
+# also spliced into the model (`ce_loss_score`); with them TopK SAEs (Euclidean and in AIP coordinates) at $k$ equal to
+# the atoms' L0 at that layer, so that the two ways of getting sparse codes meet at the same sparsity. Every layer is one row in a resumable results store
 # (`atomsnb.runner`); the activations come from the activation stores of {mod}`atomsnb.store`. The rows are averaged
 # into the paper's table format, beside the paper's own rows. The book build cannot afford every layer of both models
 # on two CPU cores: it runs the layers listed in the parameters below (a quarter, half and three quarters of each
@@ -48,6 +49,7 @@ batch_size = 1024
 capacity = 4
 l0_coefficient = 3e-3
 l1_coefficient = 3e-2
+topk = True  # also TopK SAEs (Euclidean and in AIP coordinates) with k set to the atoms' L0 at each layer
 massive_k = 20.0  # leave out tokens whose norm exceeds massive_k x the median (chapter 1); None keeps all
 seeds = [0]
 backend = "sequential"  # "sequential", "processes" or "dask"
@@ -62,7 +64,6 @@ threads = 1  # torch CPU threads; None for torch's default
 
 # %%
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 
 from atomsnb import claims, grid, plots, verdicts
@@ -77,7 +78,7 @@ configs = [grid.LayerStudyConfig(model=m, layers=None if ls is None else tuple(l
                                  n_fit_tokens=n_fit_tokens, n_train_tokens=n_train_tokens, n_eval_tokens=n_eval_tokens,
                                  n_splice_tokens=n_splice_tokens, n_steps=n_steps, batch_size=batch_size,
                                  capacity=capacity, l0_coefficient=l0_coefficient, l1_coefficient=l1_coefficient,
-                                 massive_k=massive_k, seeds=tuple(seeds), seq_len=seq_len, store_dtype=store_dtype,
+                                 massive_k=massive_k, topk=topk, seeds=tuple(seeds), seq_len=seq_len, store_dtype=store_dtype,
                                  device=device, dtype=dtype)
            for m, ls in zip(models, layers if layers is not None else [None] * len(models))]
 points = [p for c in configs for p in c.points()]  # validates every model, layer and size before any work

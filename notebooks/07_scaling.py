@@ -68,7 +68,6 @@ results = None  # results directory of this build's subset; None for build/resul
 threads = 1
 
 # %%
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd

@@ -35,15 +35,21 @@ def make_acts(n: int = 2000) -> torch.Tensor:
                                                                                       dtype=torch.float64)
 
 
+K = 5  # active latents per token of the TopK test SAEs
+
+
 def random_sae(kind: str, whitened: bool, dtype: torch.dtype, *, tied: bool = False, seed: int = 1):
-    """Random unit-norm decoder, non-zero biases and thresholds, input scale 2.7: every folded term matters."""
+    """Random unit-norm decoder, non-zero biases and thresholds, input scale 2.7: every folded term matters (TopK:
+    ``k = K``; BatchTopK: one threshold for every latent, as its inference has)."""
     g = torch.Generator().manual_seed(seed)
     sae = SparseAutoencoder.init_random(H, N, seed=seed, kind=kind, whitened=whitened, input_scale=2.7, dtype=dtype,
-                                        tied=tied)
+                                        tied=tied, k=K if kind in ("topk", "batchtopk") else None)
     with torch.no_grad():
         sae.b_enc.copy_(0.3 * torch.randn(N, generator=g))
         sae.b_dec.copy_(torch.randn(H, generator=g))
         sae.log_threshold.copy_((0.2 + 0.6 * torch.rand(N, generator=g)).log())
+        if kind == "batchtopk":
+            sae.log_threshold.fill_(float(sae.log_threshold[0]))
     return sae
 
 
@@ -54,11 +60,17 @@ def near_threshold_rows(units: SAEUnits, x: torch.Tensor, dtype: str) -> torch.T
     E = sae.encoder_weight.detach().double()
     xin = (units.aip.whiten(x) if sae.whitened else x.double()) / sae.input_scale
     b = sae.b_enc.detach().double()
+    if sae.kind in ("topk", "batchtopk"):  # the encoder reads x - b_d
+        b = b - E @ sae.b_dec.detach().double()
     pre = xin @ E.T + b
     A = units.aip.whiten(torch.eye(d, dtype=torch.float64)) if sae.whitened else torch.eye(d, dtype=torch.float64)
-    thr = sae.threshold.detach().double() if sae.kind == "jumprelu" else torch.zeros_like(b)
+    thr = sae.threshold.detach().double() if sae.kind in ("jumprelu", "batchtopk") else torch.zeros_like(b)
     terms = xin.abs() @ E.abs().T + x.double().abs() @ (A @ E.T).abs() / sae.input_scale + b.abs() + thr
-    return ((pre - thr).abs() < BAND[dtype] * terms).any(dim=1)
+    near = ((pre - thr).abs() < BAND[dtype] * terms).any(dim=1)
+    if sae.kind == "topk":  # the k-th and (k+1)-th largest pre-activations within round-off swap places
+        top = pre.topk(sae.k + 1, dim=1).values
+        near |= (top[:, -2] - top[:, -1]).abs() < BAND[dtype] * terms.max(dim=1).values
+    return near
 
 
 def assert_same_as_ours(units: SAEUnits, x: torch.Tensor, codes: torch.Tensor, recon: torch.Tensor,

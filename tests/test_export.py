@@ -42,20 +42,25 @@ def _assert_round_trip(units: SAEUnits, folder: Path, x: torch.Tensor, dtype: st
 @pytest.mark.parametrize("dtype", EXPORT_DTYPES)
 @pytest.mark.parametrize("kind,whitened,tied", [("jumprelu", True, False), ("jumprelu", False, False),
                                                 ("relu", True, False), ("relu", False, False),
-                                                ("jumprelu", True, True)])
+                                                ("jumprelu", True, True), ("topk", True, False),
+                                                ("topk", False, False), ("batchtopk", True, False)])
 def test_export_round_trip_keeps_support_and_reconstruction(tmp_path, acts, aip, kind, whitened, tied, dtype):
     sae = random_sae(kind, whitened, getattr(torch, dtype), tied=tied)
     units = SAEUnits(sae, aip if whitened else None, name=f"{kind} whitened={whitened}", family="atoms")
     out = export_saelens(units, tmp_path / "sae", layer=3, model_name="HuggingFaceTB/SmolLM2-135M", dtype=dtype)
     _assert_round_trip(units, out, acts[:512], dtype)
     cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["architecture"] == {"jumprelu": "jumprelu", "relu": "standard"}[kind]
+    assert cfg["architecture"] == {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk",
+                                   "batchtopk": "jumprelu"}[kind]
+    if kind == "topk":
+        assert (cfg["k"], cfg["rescale_acts_by_decoder_norm"], cfg["apply_b_dec_to_input"]) == (5, False, False)
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (H, N, dtype)
     assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
     assert cfg["metadata"]["model_name"] == "HuggingFaceTB/SmolLM2-135M"
     assert cfg["metadata"]["sae_lens_version"] == SAELENS_VERSION
     state = load_file(out / "sae_weights.safetensors")
-    assert set(state) == {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if kind == "jumprelu" else set())
+    assert set(state) == {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if kind in ("jumprelu", "batchtopk")
+                                                                  else set())
     assert all(t.dtype == getattr(torch, dtype) for t in state.values())
 
 
@@ -94,8 +99,9 @@ def test_export_refuses_what_it_cannot_express_before_writing(tmp_path, aip):
     with pytest.raises(TypeError, match="Neurons.*identity dictionary"):
         export_saelens(Neurons(H), target, layer=1, model_name="m")
     future = random_sae("relu", False, torch.float32)
-    future.kind = "topk"  # a kind with no SAELens entry yet
-    with pytest.raises(ValueError, match=r"kind 'topk' has no SAELens export; exportable kinds: \['jumprelu', 'relu'\]"):
+    future.kind = "gated"  # a kind with no SAELens entry
+    with pytest.raises(ValueError, match=r"kind 'gated' has no SAELens export; exportable kinds: \['batchtopk', "
+                                         r"'jumprelu', 'relu', 'topk'\]"):
         export_saelens(SAEUnits(future, name="t", family="features"), target, layer=1, model_name="m")
     for layer in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match=f"layer must be .* integer >= 0.*got {layer!r}"):

@@ -106,6 +106,23 @@ def test_layer_point_and_paper_table(tiny_path):
     assert t.loc["atoms", "layers"] == "1-3" and t.loc["atoms", "n_layers"] == 3
 
 
+def test_layer_point_with_topk_trains_both_flavours_at_the_atoms_l0(tiny_path):
+    plain = LayerStudyConfig(model=tiny_path, layers=(1,), n_train_tokens=800, **SMALL).points()[0]
+    pt = LayerStudyConfig(model=tiny_path, layers=(1,), n_train_tokens=800, topk=True, **SMALL).points()[0]
+    assert dict(pt.params)["topk"] is True and "topk" not in dict(plain.params) and pt.key != plain.key
+    row = layer_point(pt)
+    assert row["topk_k"] == max(1, round(row["atoms_l0"]))
+    for fam in ("topk", "topk-aip"):
+        assert 0 < row[f"{fam}_l0"] <= row["topk_k"] and 0 <= row[f"{fam}_q_star"] <= 1
+    df = pd.DataFrame([{"status": "ok", "model": "m", "layer": 1, **row}])
+    assert set(paper_table(df)["unit set"]) == {"neurons", "features", "atoms", "topk", "topk-aip"}
+    from atomsnb.grid import describe_layers, layer_reader_table
+
+    assert ("TopK (AIP) has mean R²" in describe_layers(df)[0]) and ("TopK k", "topk") in layer_reader_table(df).columns
+    with pytest.raises(TypeError, match="topk='yes' is not allowed: True or False"):
+        LayerStudyConfig(model=tiny_path, layers=(1,), n_train_tokens=800, topk="yes", **SMALL).points()
+
+
 def test_critical_capacity():
     df = pd.DataFrame({"n_train": [10, 10, 10, 20, 20], "n_latents": [1, 2, 4, 1, 2],
                        "train_r2_aip": [0.5, 0.995, 1.0, 0.4, 0.6]})

@@ -149,8 +149,15 @@ def test_unit_set_specs_validate_their_coefficients():
         UnitSetSpec("f", "features", "relu", False, l0_coefficient=0.1, l1_coefficient=0.1)
     with pytest.raises(ValueError, match="a 'jumprelu' SAE takes an l0_coefficient; none given"):
         UnitSetSpec("a", "atoms", "jumprelu")
-    with pytest.raises(ValueError, match="unknown unit-set kind 'topk'"):
-        UnitSetSpec("a", "atoms", "topk")
+    with pytest.raises(ValueError, match="unknown unit-set kind 'gated'"):
+        UnitSetSpec("a", "atoms", "gated")
+    with pytest.raises(ValueError, match="'a': a 'topk' SAE takes k, an integer >= 1; got None"):
+        UnitSetSpec("a", "topk", "topk")
+    with pytest.raises(ValueError, match="'a': a 'relu' unit set takes no k; got 3"):
+        UnitSetSpec("a", "features", "relu", False, l1_coefficient=0.1, k=3)
+    t = UnitSetSpec.topk(8, whiten=True, batch=True)
+    assert (t.name, t.family, t.kind, t.whiten, t.k) == ("BatchTopK (AIP, k 8)", "topk-aip", "batchtopk", True, 8)
+    assert math.isnan(t.l0_coefficient) and math.isnan(t.l1_coefficient)
     with pytest.raises(ValueError, match="a 'neurons' unit set takes no l0_coefficient; got 1.0"):
         UnitSetSpec("n", "neurons", "neurons", l0_coefficient=1.0)
     specs = default_unit_sets((1e-3,), (1e-2, 3e-2), None)

@@ -46,6 +46,12 @@ def test_saelens_loads_our_exports_and_computes_our_codes_and_reconstructions(tm
                               "float32", "StandardSAE"),
         "tsae-whitened-f64": (SAEUnits(random_sae("jumprelu", True, torch.float64), aip, name="d", family="atoms"),
                               "float64", "JumpReLUSAE"),
+        "topk-raw-f32": (SAEUnits(random_sae("topk", False, torch.float32), name="k", family="topk"), "float32",
+                         "TopKSAE"),
+        "topk-whitened-f64": (SAEUnits(random_sae("topk", True, torch.float64), aip, name="kw", family="topk"),
+                              "float64", "TopKSAE"),
+        "batchtopk-whitened-f32": (SAEUnits(random_sae("batchtopk", True, torch.float32), aip, name="b",
+                                            family="topk"), "float32", "JumpReLUSAE"),
     }
     dirs = [export_saelens(u, tmp_path / name, layer=4, model_name="HuggingFaceTB/SmolLM2-135M", dtype=dtype)
             for name, (u, dtype, _) in cases.items()]
