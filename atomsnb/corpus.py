@@ -354,7 +354,7 @@ def _build_site_documents(kind: str, files: list[tuple[str, str, Path]]) -> tupl
 def _extraction_code() -> str:
     """The code fingerprint of the extraction (:func:`atomsnb.codeprint.code_fingerprint`: this module's import
     closure and the library versions), part of the index key."""
-    return code_fingerprint(_build_site_documents).digest
+    return code_fingerprint(__name__).digest
 
 
 def content_key(source: str) -> str:

@@ -287,7 +287,7 @@ def test_python_source_is_large_enough_for_the_scaling_study():
     from atomsnb.packaged import ensure_packaged_model
 
     docs, record = site_index("python-source")
-    ids = {s: {d.doc_id for d in Corpus("python-source").documents(s)} for s in SPLITS}
+    ids = {s: {d.doc_id for d in Corpus("python-source").documents(s)} for s in CORPUS_SPLITS}
     assert sum(map(len, ids.values())) == len(docs) == len({d.doc_id for d in docs})
     assert not (ids["train"] & ids["fit"] or ids["fit"] & ids["eval"] or ids["train"] & ids["eval"])
     machine = (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"])
