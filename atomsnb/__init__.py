@@ -37,8 +37,9 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
 
 from __future__ import annotations
 
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path as _Path
-
 
 #: The package's modules by stage, in the order of an experiment (stage name, modules). Each module imports only
 #: modules of its own or an earlier stage (tested); the API reference follows this order.
@@ -65,13 +66,9 @@ def _version() -> str:
     """
     pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
     if pyproject.is_file():
-        import tomllib
-
         project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
         if project.get("name") == "atomsnb" and "version" in project:
             return str(project["version"])
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("atomsnb")
     except PackageNotFoundError:

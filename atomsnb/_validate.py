@@ -10,9 +10,16 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from .activations import token_windows
+from .architecture import max_positions
+from .corpus import SOURCES, Corpus
+from .models import _DTYPES, resolve_model_path
+from .store import STORE_DTYPES
 
 #: Integer fields of the grid configs and their smallest allowed value.
 INT_FIELDS = {"n_fit_tokens": 1, "n_eval_tokens": 2, "n_train_tokens": 1, "n_steps": 1, "batch_size": 1,
@@ -103,8 +110,6 @@ def check_device(device: Any) -> str:
 
 def check_dtype(dtype: Any) -> str:
     """A model dtype name that :func:`atomsnb.models.resolve_dtype` knows."""
-    from .models import _DTYPES
-
     if not isinstance(dtype, str) or dtype.lower() not in _DTYPES:
         raise ValueError(f"dtype={dtype!r} is not allowed: use one of {sorted(_DTYPES)}")
     return dtype
@@ -112,10 +117,6 @@ def check_dtype(dtype: Any) -> str:
 
 def check_corpus(corpus: Any) -> str:
     """A corpus source :class:`atomsnb.corpus.Corpus` accepts (a ``file:`` path must be an existing file)."""
-    from pathlib import Path
-
-    from .corpus import SOURCES, Corpus
-
     allowed = f"{', '.join(map(repr, SOURCES))}, 'file:PATH' or 'hf:NAME[:CONFIG[:SPLIT[:COLUMN]]]'"
     if not isinstance(corpus, str):
         raise TypeError(f"corpus={corpus!r} is not allowed: it must be a string, {allowed}")
@@ -159,8 +160,6 @@ def check_fields(cfg: Any) -> None:
     if "layers" in names and cfg.layers is not None:
         check_list("layers", cfg.layers, lambda n, v: check_int(n, v, 0))
     if "store_dtype" in names:
-        from .store import STORE_DTYPES
-
         if cfg.store_dtype not in STORE_DTYPES:
             raise ValueError(f"store_dtype={cfg.store_dtype!r} is not allowed: one of {sorted(STORE_DTYPES)}")
     if "device" in names:
@@ -173,10 +172,8 @@ def check_fields(cfg: Any) -> None:
 
 def model_max_positions(model: str) -> int | None:
     """The longest window a model accepts, from its config (:func:`atomsnb.architecture.max_positions`; None if unknown)."""
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers import AutoConfig
-
-    from .architecture import max_positions
-    from .models import resolve_model_path
 
     return max_positions(AutoConfig.from_pretrained(resolve_model_path(model)))
 
@@ -186,11 +183,8 @@ def check_data(cfg: Any) -> None:
     enough tokens in the corpus for ``n_fit_tokens`` (``fit`` split) and ``n_eval_tokens`` (``eval`` split).
 
     Tokenises the corpus only as far as needed (:func:`atomsnb.activations.token_windows`)."""
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers import AutoTokenizer
-
-    from .activations import token_windows
-    from .corpus import Corpus
-    from .models import resolve_model_path
 
     seq_len = getattr(cfg, "seq_len", DEFAULT_SEQ_LEN)
     limit = model_max_positions(cfg.model)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 from .io import load_tensors, save_tensors
 
@@ -51,9 +53,6 @@ def symmetric_eigenvalues(m: torch.Tensor) -> torch.Tensor:
     LLMs (condition numbers up to 1e8) it is 10-40 times faster on the CPU than ``torch.linalg.eigvalsh``, with the same
     accuracy (absolute error about ``eps * ||m||``).
     """
-    import scipy.linalg
-    from threadpoolctl import threadpool_limits
-
     a = torch.as_tensor(m).detach().to(torch.float64).cpu().numpy()
     # one BLAS thread: scipy's BLAS threads would otherwise compete with torch's spinning OpenMP threads (seconds
     # instead of tens of milliseconds on a 2-core machine)

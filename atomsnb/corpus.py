@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -440,8 +441,6 @@ _HEADING_LEVEL = {"*": 0, "=": 1, "-": 2, "~": 3, "^": 4, '"': 5}
 
 @lru_cache(maxsize=None)
 def _pydoc_documents() -> tuple[Document, ...]:
-    from pydoc_data.topics import topics
-
     docs = []
     for topic in sorted(topics):
         lines = topics[topic].split("\n")

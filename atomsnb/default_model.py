@@ -141,12 +141,16 @@ def ensure_default_model(config: DefaultModelConfig | None = None, *, verbose: b
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int):
+    # tokenizers: only when a tokenizer is trained or built
     from tokenizers import ByteLevelBPETokenizer
+
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
                             show_progress=False)
+    # tokenizers: only when a tokenizer is trained or built
     from tokenizers.processors import TemplateProcessing
 
     eot = "<|endoftext|>"

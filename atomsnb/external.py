@@ -64,6 +64,8 @@ import json
 import math
 import os
 import re
+import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -74,6 +76,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .io import DTYPES
+from .packaged import PACKAGED_MODELS
 
 __all__ = ["ExternalSAE", "TransposedLayoutError", "SUPPORTED_ARCHITECTURES", "SUPPORTED_NORMALIZATIONS",
            "load_saelens", "load_gemma_scope", "load_sparsify", "load_external_sae", "residual_layer_of_hook", "HookMismatchError",
@@ -124,8 +127,6 @@ def same_model(sae_model: str, model_names) -> bool:
         sae_model: the SAE's ``model_name``.
         model_names: a name or an iterable of names the target model goes by.
     """
-    from .packaged import PACKAGED_MODELS
-
     names = [model_names] if isinstance(model_names, (str, os.PathLike)) else list(model_names)
     keys = set()
     for n in names:
@@ -484,8 +485,6 @@ def _majority_sizes(arrays: Mapping[str, Any]) -> tuple[int, int]:
     ``W_enc`` columns, ``W_dec`` rows, ``b_enc``, ``threshold``), so one array of a wrong length, or one transposed
     matrix, is outvoted and :func:`_check_shapes` then names that array rather than one that is right.
     """
-    from collections import Counter
-
     d_in = Counter([arrays["W_enc"].shape[0], arrays["W_dec"].shape[1], arrays["b_dec"].shape[0]])
     d_sae = Counter([arrays["W_enc"].shape[1], arrays["W_dec"].shape[0], arrays["b_enc"].shape[0],
                      arrays["threshold"].shape[0]])
@@ -847,8 +846,6 @@ def load_gemma_scope(path: str | os.PathLike, *, dtype: str | torch.dtype | None
     if re.search(r"(^|/)embedding(/|$)", parts):
         raise ValueError(f"{str(file)!r} is a Gemma Scope embedding SAE, which SAELens rescales by sqrt(d_in) on load; "
                          f"not supported here (supported: the residual-stream SAEs layer_<i>/...)")
-    import zipfile
-
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {("W_" + k[2:] if k.startswith("w_") else k): np.asarray(data[k]) for k in data.files}
@@ -944,6 +941,7 @@ def load_external_sae(source: str | os.PathLike, *, dtype: str | torch.dtype | N
                                 f"average_l0_82'")
     repo_id, folder = "/".join(parts[:2]), "/".join(parts[2:])
     try:
+        # huggingface_hub: only when the hub is asked
         from huggingface_hub import snapshot_download
 
         root = snapshot_download(repo_id=repo_id, allow_patterns=[f"{folder}/*"], cache_dir=cache_dir)

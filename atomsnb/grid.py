@@ -26,15 +26,20 @@ from typing import Sequence
 
 import pandas as pd
 
+from ._validate import check_data, check_fields, check_massive_k
+from .activations import ActivationConfig
 from .aip import MIN_TOKENS_PER_DIM
 from .codeprint import code_fingerprint
+from .evaluation import compare_unit_sets
+from .massive import massive_token_mask
 from .metrics import METRIC_LABELS
-from .models import check_model
-from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS
+from .models import DEFAULT_MODEL_NAME, check_model, load_model
+from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS, PAPER_MODEL_SIZES, rerun_command
+from .pipeline import layer_data
 from .runner import GridPoint
 from .sae import SAEConfig
-from .evaluation import compare_unit_sets
-from .pipeline import layer_data
+from .splice import eval_windows, spliced_scores
+from .store import collect_store, fit_aip_from_store
 from .units import UnitSetSpec
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version", "EXACT_FOR_NEURONS",
@@ -65,17 +70,12 @@ def code_version() -> str:
 @functools.lru_cache(maxsize=1)
 def _model(name: str, device: str, dtype: str):
     """One loaded model per process: the points of a grid share it (a worker runs them one after another)."""
-    from .models import load_model
-
     return load_model(name, device=device, dtype=dtype)
 
 
 def _stores(point: GridPoint):
     """The point's fitting and held-out activation stores (:func:`atomsnb.store.collect_store`), collected once and
     shared by every point of the grid: a point with ``|M|`` reads the store's first ``|M|`` rows."""
-    from .activations import ActivationConfig
-    from .store import collect_store
-
     p = dict(point.params)
     lm = _model(point.model, p["device"], p["dtype"])
     out = []
@@ -165,8 +165,6 @@ class CapacityGridConfig(_Common):
             ValueError: a value out of range, naming the field, the value and what is allowed.
             ModelNotFoundError: an unknown model.
         """
-        from ._validate import check_data, check_fields
-
         check_fields(self)
         d_model = self._check_common([self.layer])
         bad_m = [m for m in self.m_values if not 1 <= int(m) <= self.n_fit_tokens]
@@ -197,8 +195,6 @@ def massive_tokens(point: GridPoint, k: float) -> tuple[int, int]:
     """How many of a grid point's fitting activations are massive (norm above ``k`` times the median,
     :func:`atomsnb.massive.massive_token_mask`): ``(n_massive, n_fit_tokens)``. The capacity grid streams every
     token of its store, so chapter 3 reports this count instead of excluding them."""
-    from .massive import massive_token_mask
-
     p = dict(point.params)
     _, fit, _ = _stores(point)
     x = fit.read(0, p["n_fit_tokens"]).float()
@@ -221,8 +217,6 @@ def capacity_point(point: GridPoint) -> dict:
         "heldout_q_star", "heldout_l0", "heldout_explained_variance", "frac_dead", "n_dead", "d_model"}``
         (``frac_dead`` / ``n_dead`` on held-out activations).
     """
-    from .store import fit_aip_from_store
-
     p = dict(point.params)
     lm, fit, held = _stores(point)
     aip = fit_aip_from_store(fit, p["n_fit_tokens"], cache=True)
@@ -306,8 +300,6 @@ class LayerStudyConfig(_Common):
             ValueError: a value out of range, naming the field, the value and what is allowed.
             ModelNotFoundError: an unknown model.
         """
-        from ._validate import check_data, check_fields, check_massive_k
-
         check_fields(self)
         d_model = self._check_common(self.resolved_layers())
         if not 1 <= self.n_train_tokens <= self.n_fit_tokens:
@@ -375,8 +367,6 @@ def layer_point(point: GridPoint) -> dict:
         else:
             row.update({f"train_{r['family']}_{k}": float(r[k]) for k in ("r2_aip", "q_star")})
     if p.get("n_splice_tokens", 0):
-        from .splice import eval_windows, spliced_scores
-
         windows = eval_windows(data.lm, corpus=p["corpus"], n_tokens=p["n_splice_tokens"],
                                seq_len=int(p.get("seq_len", 128)), seed=point.seed)
         limit = None if data.massive_k is None else data.massive_k * float(data.fit.double().norm(dim=1).median())
@@ -408,8 +398,6 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     Raises:
         ValueError: no row with ``status == "ok"``, or a missing metric column.
     """
-    from .models import DEFAULT_MODEL_NAME
-
     ok = df[df["status"] == "ok"]
     if ok.empty:
         raise ValueError("no layer finished (no row with status 'ok'): nothing to aggregate")
@@ -441,13 +429,9 @@ def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS, 
         ``R² (AIP)`` and ``q*`` formatted as percentages, and for rows not run here the ``command`` that would run
         them. Models of ours that the paper did not report follow the paper's rows.
     """
-    from .paper import rerun_command
-
     atoms = ours[ours["unit set"] == "atoms"]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     r2, q = METRIC_LABELS["r2_aip"], METRIC_LABELS["q_star"]
-    from .paper import PAPER_MODEL_SIZES
-
     sizes = sizes or {}
     human = lambda n: f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"  # noqa: E731
     rows = []

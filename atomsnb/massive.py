@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from .aip import symmetric_eigenvalues
+
 __all__ = ["DEFAULT_K", "token_norms", "massive_token_mask", "massive_activation_stats"]
 
 #: Default criterion: a token is massive when its norm exceeds this multiple of the median token norm
@@ -92,8 +94,6 @@ def _second_moment(x: torch.Tensor, batch_size: int = 16384) -> torch.Tensor:
 
 
 def _cond(m: torch.Tensor) -> float:
-    from .aip import symmetric_eigenvalues
-
     ev = symmetric_eigenvalues(m)
     return float(ev[-1] / ev[0]) if float(ev[0]) > 0 else math.inf
 

@@ -20,18 +20,29 @@ by it, never by the folder's name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .architecture import UnsupportedModelError, decoder_layers, max_positions
 from .default_model import MODEL_NAME as DOCSTRING_GPT2_NAME
 from .default_model import ensure_default_model
-from .io import DTYPES
-from .packaged import CARD_FILE, PACKAGED_MODELS, PackageNotInstalledError, ensure_packaged_model, read_card, verified_card
+from .fingerprints import directory_fingerprint
+from .io import DTYPES, CacheCorruptError, tensor_digest
+from .packaged import (
+    CARD_FILE,
+    PACKAGED_MODELS,
+    PackageNotInstalledError,
+    ensure_packaged_model,
+    read_card,
+    verified_card,
+)
 
 __all__ = ["DEFAULT_MODEL_NAME", "DOCSTRING_GPT2_NAME", "REGISTERED_MODELS", "PACKAGED_MODELS", "LoadedModel",
            "ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device",
@@ -197,6 +208,7 @@ def _not_found(name: str, exc: Exception) -> ModelNotFoundError:
 
 
 def _causal_lm_types() -> set[str]:
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
@@ -204,6 +216,7 @@ def _causal_lm_types() -> set[str]:
 
 def _load_config(path: str, name: str):
     """AutoConfig of ``path``, with unknown architectures and non-causal models turned into clear errors."""
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers import AutoConfig
 
     local = os.path.isdir(path)
@@ -223,8 +236,6 @@ def _load_config(path: str, name: str):
 
 
 def _declared_model_type(path: str) -> str | None:
-    import json
-
     try:
         return json.loads((Path(path) / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
@@ -232,6 +243,7 @@ def _declared_model_type(path: str) -> str | None:
 
 
 def _unsupported(name: str, model_type: str) -> UnsupportedModelError:
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     import transformers
 
     known = sorted(_causal_lm_types())
@@ -256,19 +268,14 @@ def check_model(name: str) -> tuple[int, int]:
 
 def _fingerprint(path: str, model: torch.nn.Module, tokenizer) -> str:
     """Content fingerprint of what was loaded: the directory's files, or (hub id) the snapshot's / the tensors."""
-    from .fingerprints import directory_fingerprint
-
     if os.path.isdir(path):
         return directory_fingerprint(path)
     try:
+        # huggingface_hub: only when the hub is asked
         from huggingface_hub import snapshot_download
 
         return directory_fingerprint(snapshot_download(path, local_files_only=True))
     except Exception:  # no local snapshot to hash: hash the loaded tensors and the tokenizer instead
-        import hashlib
-
-        from .io import tensor_digest
-
         h = hashlib.sha256(tensor_digest(dict(model.state_dict())).encode())
         backend = getattr(tokenizer, "backend_tokenizer", None)
         h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
@@ -279,6 +286,7 @@ def _fingerprint(path: str, model: torch.nn.Module, tokenizer) -> str:
 def loading_bars_off():
     """transformers' "Loading weights" progress bar off while loading, when ``TQDM_DISABLE`` is set (the book build
     sets it): that bar does not read ``TQDM_DISABLE`` and would print into every chapter. Restored on exit."""
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers.utils import logging as hf_logging
 
     if not os.environ.get("TQDM_DISABLE") or not hf_logging.is_progress_bar_enabled():
@@ -315,6 +323,7 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
             damaged (the message names the file).
         CacheCorruptError: a registered model's converted weights are damaged (the message says how to rebuild).
     """
+    # transformers: heavy (seconds to import): only where a model or tokenizer is loaded
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
@@ -328,16 +337,12 @@ def load_model(name: str = "default", *, device: str = "cpu", dtype: str | torch
             raise _not_found(name, exc) from exc
         raise ModelNotFoundError(f"could not load a tokenizer from local directory {name!r} ({type(exc).__name__}: "
                                  f"{str(exc)[:300]}); save it next to the model with tokenizer.save_pretrained") from exc
-    from safetensors import SafetensorError
-
     try:
         with loading_bars_off():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except SafetensorError as exc:  # a truncated or overwritten weights file (the message never names it)
         weights = sorted(str(p) for p in Path(path).glob("*.safetensors")) if local else [path]
         if canonical_name(name):
-            from .io import CacheCorruptError
-
             raise CacheCorruptError(f"the converted weights of {name!r} ({', '.join(weights)}) are damaged ({exc}); "
                                     f"delete the directory {path!r} and load {name!r} again to rebuild it") from exc
         raise ValueError(f"the weights of model {name!r} ({', '.join(weights)}) are not a readable safetensors file "

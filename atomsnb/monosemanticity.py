@@ -36,10 +36,20 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ._validate import check_massive_k
 from . import judges as J
-from .contexts import Context, UnitContexts, random_contexts, render_html, sample_units, top_contexts
+from ._validate import check_massive_k
+from .contexts import (
+    Context,
+    UnitContexts,
+    random_contexts,
+    render_html,
+    sample_units,
+    top_contexts,
+)
+from .massive import massive_token_mask
 from .metrics import METRIC_LABELS
+from .paper import MONO_CI
+from .units import is_unit_set
 
 __all__ = ["SETS", "unit_set_differences", "format_differences", "describe", "reader_summary", "reader_differences",
            "reader_agreement", "stability_table", "ReadingContexts", "reading_contexts", "make_judges", "judge_units",
@@ -82,8 +92,6 @@ def unit_set_differences(scores: pd.DataFrame, *, reference: str = "atoms", othe
         ValueError: missing columns, ``n_boot < 1``, a level outside ``(0, 1)``, or a judge without scores for
             the reference or one of the other sets.
     """
-    from .paper import MONO_CI
-
     ci = MONO_CI if ci is None else ci
     _need(scores, ["unit set", "judge", "score"], "the scores table (atomsnb.judges.score_table)")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
@@ -114,8 +122,6 @@ def format_differences(diffs: pd.DataFrame) -> str:
 
 
 def _level(diffs: pd.DataFrame) -> str:
-    from .paper import MONO_CI
-
     levels = set(diffs["ci_level"]) if "ci_level" in diffs else {MONO_CI}
     return "/".join(f"{lv:.0%}" for lv in sorted(levels))
 
@@ -188,8 +194,6 @@ def reader_summary(summary: pd.DataFrame, *, ci: float | None = None) -> pd.Data
     Args:
         ci: the level the summary was computed at (default :data:`atomsnb.paper.MONO_CI`), for the header.
     """
-    from .paper import MONO_CI
-
     _need(summary, ["judge", "unit set", "mean", "ci_low", "ci_high", "n"], "the summary table")
     out = summary.set_index(["judge", "unit set"])
     res = pd.DataFrame({"mean score": out["mean"].round(3),
@@ -327,9 +331,6 @@ def reading_contexts(unit_sets: Mapping[str, object], reading, layer: int, token
             or ``massive_k`` (before any work).
         TypeError: a unit set that does not present the :class:`atomsnb.units.UnitSet` interface.
     """
-    from .massive import massive_token_mask
-    from .units import is_unit_set
-
     if not unit_sets:
         raise ValueError("no unit set to read: give at least one")
     if layer not in reading.acts:

@@ -39,6 +39,7 @@ into the converted directory; whoever redistributes the model or derivatives mus
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import importlib
@@ -48,8 +49,11 @@ import platform
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from .architecture import decoder_layers, tokenizer_prefix
 from .fingerprints import file_sha256
@@ -226,8 +230,7 @@ def gguf_summary(path: str | os.PathLike) -> dict:
         ``{"Q4_1": 210, ...}``), ``n_tensors`` (int), ``architecture``, ``gguf_name`` (str) and ``gguf_license``
         (str or None).
     """
-    from collections import Counter
-
+    # gguf: only when converting a packaged model
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -378,8 +381,10 @@ def _save_from_gguf(spec: PackagedModel, gguf_path: Path, out: Path):
     """Load the GGUF model and tokenizer with transformers and save them to ``out`` as float32 safetensors.
 
     Returns ``(model, tokenizer, tokenizer_seconds)``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when converting
+    from transformers import (  # heavy: only when converting
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     t0 = time.time()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -402,8 +407,10 @@ def _verify_copy(spec: PackagedModel, model, tokenizer, out: Path):
 
     Raises:
         ConversionError: the tokenizer or the logits differ."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when converting
+    from transformers import (  # heavy: only when converting
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     tok2 = AutoTokenizer.from_pretrained(str(out))
@@ -423,8 +430,8 @@ def _card(spec: PackagedModel, dist, gguf_path: Path, summary: dict, licence_src
           probe_loss: float, files: dict, seconds: tuple[float, float]) -> dict:
     """The model card of a conversion (unsealed): source, quantisation, licence, shape, tokenizer, probe, files,
     versions. ``seconds``: ``(conversion, tokenizer conversion)``."""
+    # accelerate: heavy: only when converting a packaged model
     import accelerate
-    import torch
     import transformers  # heavy: only when converting
 
     cfg = reloaded.config
@@ -518,8 +525,6 @@ def card_summary(card: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """``python -m atomsnb.packaged [NAME ...]``: convert the packaged models (all by default) if they are not
     converted yet, and print each card's key fields (:func:`card_summary`) and its directory."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m atomsnb.packaged", description=main.__doc__)
     ap.add_argument("names", nargs="*", metavar="NAME", help=f"registered names (default: all of {list(PACKAGED_MODELS)})")
     args = ap.parse_args(argv)

@@ -12,11 +12,20 @@ those rules are left to the chapter itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from ._validate import check_massive_k
+from ._validate import check_data, check_fields, check_int, check_massive_k
+from .activations import ActivationConfig
+from .aip import MIN_TOKENS_PER_DIM
+from .grid import CapacityGridConfig, LayerStudyConfig
+from .io import CacheCorruptError
+from .models import ModelNotFoundError, _looks_local, canonical_name, check_model
+from .packaged import PACKAGED_MODELS, packaged_model_path, verified_card
+from .sae import SAEConfig
 from .scaling import ScalingStudyConfig
 
 __all__ = ["CHAPTERS", "ModelShape", "model_shape", "validate_parameters"]
@@ -43,13 +52,6 @@ def model_shape(model: str) -> ModelShape | None:
             the same way).
         UnsupportedModelError: a config that is not a causal language model's.
     """
-    import os
-    from pathlib import Path
-
-    from .models import ModelNotFoundError, _looks_local, canonical_name, check_model
-    from .io import CacheCorruptError
-    from .packaged import PACKAGED_MODELS, packaged_model_path, verified_card
-
     canon = canonical_name(model)
     if canon in PACKAGED_MODELS:
         try:
@@ -69,8 +71,6 @@ def model_shape(model: str) -> ModelShape | None:
 
 def _sae(p: Mapping, shape: ModelShape | None):
     """The chapter's SAE config (:meth:`SAEConfig.for_model` where ``d_model`` is known)."""
-    from .sae import SAEConfig
-
     common = dict(n_steps=p["n_steps"], batch_size=p["batch_size"], seed=p["seed"], device=p["device"])
     if shape is None:
         return SAEConfig(**common)
@@ -86,8 +86,6 @@ def _coefficients(config, l0: list, l1: list) -> None:
 
 
 def _fit_tokens(n_fit_tokens, model: str, shape: ModelShape | None) -> None:
-    from .aip import MIN_TOKENS_PER_DIM
-
     if shape is not None and n_fit_tokens < MIN_TOKENS_PER_DIM * shape.d_model:
         raise ValueError(f"n_fit_tokens={n_fit_tokens} is below {MIN_TOKENS_PER_DIM} x d_model = "
                          f"{MIN_TOKENS_PER_DIM * shape.d_model} needed to fit S for {model!r} (d_model "
@@ -102,8 +100,6 @@ def _layer(layer, model: str, shape: ModelShape | None) -> None:
 
 
 def _threads(t) -> None:
-    from ._validate import check_int
-
     if t is not None:
         check_int("threads", t, 1)
 
@@ -111,9 +107,6 @@ def _threads(t) -> None:
 def _activations(p: Mapping, model: str, layers, shape: ModelShape | None, *, splits=()) -> None:
     """The activation configs of one model (fit and eval of ``corpus``, plus ``splits``), and, where the model's
     shape is known, the corpus holding ``n_fit_tokens`` and ``n_eval_tokens`` (:func:`atomsnb._validate.check_data`)."""
-    from ._validate import check_data
-    from .activations import ActivationConfig
-
     common = dict(model=model, layers=layers, seq_len=p.get("seq_len", 128), seed=p["seed"], device=p["device"],
                   dtype=p["dtype"])
     for corpus, split, n in ((p["corpus"], "fit", p["n_fit_tokens"]), (p["corpus"], "eval", p["n_eval_tokens"]),
@@ -126,10 +119,6 @@ def _activations(p: Mapping, model: str, layers, shape: ModelShape | None, *, sp
 
 
 def _toy_world(p: Mapping) -> None:
-    from ._validate import check_int
-    from .aip import MIN_TOKENS_PER_DIM
-    from .sae import SAEConfig
-
     _threads(p["threads"])
     d_model = check_int("d_model", p["d_model"], 2)
     for name in ("n_train_tokens", "n_eval_tokens", "n_pairs"):
@@ -145,8 +134,6 @@ def _toy_world(p: Mapping) -> None:
 
 
 def _representation_shift(p: Mapping) -> None:
-    from ._validate import check_int
-
     _threads(p["threads"])
     check_massive_k(p["massive_k"])
     check_int("n_pairs", p["n_pairs"], 1)
@@ -157,8 +144,6 @@ def _representation_shift(p: Mapping) -> None:
 
 def _units_chapter(p: Mapping, l0: list, l1: list, **extra_activations) -> None:
     """Chapters 2 and 5: one layer of one model, its SAEs trained with ``l0`` / ``l1`` coefficients."""
-    from ._validate import check_int
-
     _threads(p["threads"])
     check_massive_k(p["massive_k"])
     check_int("layer", p["layer"], 0)
@@ -169,8 +154,6 @@ def _units_chapter(p: Mapping, l0: list, l1: list, **extra_activations) -> None:
 
 
 def _neurons_features_atoms(p: Mapping) -> None:
-    from ._validate import check_int
-
     check_int("n_splice_tokens", p["n_splice_tokens"], 0)
     ablation = [] if p["ablation_l1_coefficient"] is None else [p["ablation_l1_coefficient"]]
     _units_chapter(p, list(p["l0_coefficients"]), list(p["l1_coefficients"]) + ablation)
@@ -182,8 +165,6 @@ def _monosemanticity(p: Mapping) -> None:
 
 
 def _atom_browser(p: Mapping) -> None:
-    from ._validate import check_int
-
     for name in ("n_units", "k", "n_bins", "n_logits"):
         check_int(name, p[name], 1)
     for name in ("width_left", "width_right"):
@@ -193,8 +174,6 @@ def _atom_browser(p: Mapping) -> None:
 
 def _grid_config(config) -> None:
     """A grid config's full :meth:`validate` where the model's shape is known, else the checks of its fields."""
-    from ._validate import check_fields
-
     if model_shape(config.model) is None:
         check_fields(config)
     else:
@@ -202,8 +181,6 @@ def _grid_config(config) -> None:
 
 
 def _capacity_grid(p: Mapping) -> None:
-    from .grid import CapacityGridConfig
-
     _threads(p["threads"])
     _grid_config(CapacityGridConfig(
         model=p["model"], layer=p["layer"], corpus=p["corpus"], m_values=tuple(p["m_values"]),
@@ -213,8 +190,6 @@ def _capacity_grid(p: Mapping) -> None:
 
 
 def _per_model_results(p: Mapping) -> None:
-    from .grid import LayerStudyConfig
-
     _threads(p["threads"])
     models, layers = p["models"], p["layers"]
     if layers is not None and len(layers) != len(models):

@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 from PIL import Image
+from scipy.stats import spearmanr
 
 __all__ = ["angle_histograms", "phase_diagram", "q_star_curves", "match_cosines", "angle_histogram_panels", "angles_by_layer",
            "unit_set_frontier", "grid_heatmaps", "layer_curves", "BOOK_CONTENT_PX", "FIGURE_WIDTH_IN", "MIN_PANEL_PX",
@@ -488,8 +489,6 @@ def ce_loss_score_scatter(table: pd.DataFrame, *, verdict=None, score: str = "ce
     Raises:
         ValueError: a missing column.
     """
-    from scipy.stats import spearmanr
-
     missing = [c for c in (score, *predictors) if c not in table.columns]
     if missing:
         raise ValueError(f"table lacks column(s) {missing}; it has {list(table.columns)}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing as mp
 import numbers
 import os
 import pickle
@@ -36,7 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
+import torch
 
+from . import __version__
 from .io import CacheCorruptError, load_json, save_json
 from .paths import shown_path
 
@@ -277,8 +280,6 @@ def execute_point(fn: Callable[[GridPoint], dict], point: GridPoint, store_root:
 
     This is the task every backend runs; it is a module-level function so that it pickles.
     """
-    import torch
-
     store = ResultsStore(Path(store_root))
     t0 = time.time()
     before = torch.get_num_threads()
@@ -299,10 +300,6 @@ def execute_point(fn: Callable[[GridPoint], dict], point: GridPoint, store_root:
 
 
 def _versions() -> dict:
-    import torch
-
-    from . import __version__
-
     return {"atomsnb": __version__, "torch": torch.__version__}
 
 
@@ -414,8 +411,6 @@ def run_grid(points: Iterable[GridPoint], fn: Callable[[GridPoint], dict], store
         for p in todo:
             report(p, execute_point(fn, p, root, threads))
     elif backend == "processes":
-        import multiprocessing as mp
-
         with ProcessPoolExecutor(max_workers=max_workers, mp_context=mp.get_context("spawn")) as pool:
             for p, status in zip(todo, pool.map(execute_point, [fn] * len(todo), todo, [root] * len(todo),
                                                       [threads] * len(todo))):
@@ -481,6 +476,7 @@ __all__.append("grid_points")
 def dask_client(scheduler: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1):
     """A ``dask.distributed.Client``: connected to ``scheduler`` (e.g. ``"tcp://host:8786"``, or a SLURM cluster's
     scheduler started with ``dask-jobqueue``), or to a new ``LocalCluster`` of ``n_workers`` processes on loopback."""
+    # dask: optional backend, heavy: only when run_grid uses Dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler:

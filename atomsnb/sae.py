@@ -33,6 +33,8 @@ autograd through :meth:`SparseAutoencoder.forward`; on CUDA the step is autograd
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import numbers
 import os
@@ -45,9 +47,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from .aip import AIP
-from .io import DTYPES, load_tensors, save_tensors
+from .io import DTYPES, CacheCorruptError, load_tensors, save_tensors, tensor_digest
+from .metrics import coherence
+from .models import resolve_device
+from .store import ActivationStore, MemorySource, ShuffledBatches
 
 __all__ = [
     "SAEConfig",
@@ -1168,8 +1174,6 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 def _run_fingerprint(config: SAEConfig, source, n_tokens: int, aip: AIP | None) -> dict:
-    from .io import tensor_digest
-
     d = {"config": config.to_dict(), "data": source.fingerprint(), "n_tokens": int(n_tokens), "data_dtype": str(source.dtype)}
     if config.whiten:
         d["aip"] = tensor_digest({"M": aip.second_moment}) + f"|{aip.n_tokens}|{aip.ridge}|{aip.pinv}"
@@ -1178,9 +1182,6 @@ def _run_fingerprint(config: SAEConfig, source, n_tokens: int, aip: AIP | None) 
 
 def _save_checkpoint(path: Path, sae: SparseAutoencoder, opt: torch.optim.Optimizer, step: int, since_fired: torch.Tensor,
                      rows: list[dict], run: dict, scale: float) -> None:
-    import hashlib
-    import json
-
     tensors = {f"sae.{k}": v.detach() for k, v in sae.state_dict().items()}
     st = opt.state_dict()
     for i, s in st["state"].items():
@@ -1194,11 +1195,6 @@ def _save_checkpoint(path: Path, sae: SparseAutoencoder, opt: torch.optim.Optimi
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, dict]:
-    import hashlib
-    import json
-
-    from .io import CacheCorruptError
-
     tensors, meta = load_tensors(path)
     blob = meta.get("state")
     if not isinstance(blob, str) or hashlib.sha256(blob.encode()).hexdigest() != meta.get("state_sha256"):
@@ -1308,8 +1304,6 @@ def _training_source(data, config: SAEConfig, aip: AIP | None, n_tokens: int | N
         ValueError: as :func:`train_sae` (NaN/inf rows of a tensor, ``n_tokens`` out of range, ``batch_size`` above
             ``P``, a missing or mismatched AIP).
     """
-    from .store import ActivationStore, MemorySource
-
     if not isinstance(config, SAEConfig):
         raise TypeError(f"config must be an SAEConfig; got {type(config).__name__}")
     config.validate()
@@ -1373,8 +1367,6 @@ def _training_batches(source, config: SAEConfig, n_tokens: int, start: int, prep
     Raises:
         ValueError: a batch holds NaN/inf, naming its step.
     """
-    from .store import ShuffledBatches
-
     stream = ShuffledBatches(source, config.batch_size, n_tokens=n_tokens, seed=config.seed,
                              buffer_tokens=config.buffer_tokens).iter_from(start)
     step = start
@@ -1523,10 +1515,6 @@ def train_sae(data, aip: AIP | None, config: SAEConfig, *, n_tokens: int | None 
             written by another run.
         atomsnb.io.CacheCorruptError: a damaged checkpoint or store shard.
     """
-    from tqdm import tqdm
-
-    from .models import resolve_device
-
     source, P = _training_source(data, config, aip, n_tokens)  # validation, before any work
     device = resolve_device(config.device)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir, checkpoint_every)
@@ -1585,8 +1573,6 @@ def _check_monitor(monitor, ckpt_dir) -> tuple[int, object]:
 
 def _json_roundtrip(obj):
     """``obj`` as it reads back from JSON (tuples become lists), to compare with a stored copy."""
-    import json
-
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
@@ -1716,8 +1702,6 @@ def construct_tsae(dictionary: torch.Tensor, aip: AIP, tau) -> ConstructedTSAE:
     Raises:
         ValueError: an atom with zero AIP norm, or a non-positive threshold.
     """
-    from .metrics import coherence
-
     D = torch.as_tensor(dictionary).to(torch.float64)
     norms = aip.norm(D.T)
     if bool((norms == 0).any()):

@@ -37,6 +37,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
+from scipy.optimize import minimize_scalar
 
 from ._validate import check_data
 from .activations import ActivationConfig, token_windows
@@ -47,10 +49,10 @@ from .grid import _model
 from .ledger import Ledger, provenance
 from .metrics import METRIC_LABELS, r2_aip
 from .models import check_model, resolve_model_path
-from .store import collect_store, fit_aip_from_store
 from .paper import PAPER_ATOMS
 from .runner import GridPoint, run_grid
 from .sae import SAEConfig, train_sae
+from .store import collect_store, fit_aip_from_store
 from .units import SAEUnits
 
 __all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLawFit", "fit_power_law",
@@ -378,8 +380,6 @@ _ALPHAS = np.geomspace(0.01, 3.0, 300)
 def _fit_once(m: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     """``(a, alpha, c, sse)``: the profile least squares over ``alpha`` with ``a, c >= 0`` solved exactly per alpha
     (two unknowns: the unconstrained solution, or the best one on a boundary), refined by a bounded scalar search."""
-    from scipy.optimize import minimize_scalar  # heavy optional import, used only when a fit is asked for
-
     z0 = m / m.min()
 
     def solve(alpha: float) -> tuple[float, float, float]:
@@ -600,8 +600,6 @@ def config_from_yaml(path: str) -> ScalingStudyConfig:
     Raises:
         ValueError: the file is not a mapping.
     """
-    import yaml  # only the command line reads a parameter file
-
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):

@@ -19,10 +19,17 @@ import pandas as pd
 import torch
 
 from .activations import Activations
-from .aip import AIP, euclidean_angles, symmetric_eigenvalues, sample_pairs, summarize_angles
+from .aip import (
+    AIP,
+    euclidean_angles,
+    sample_pairs,
+    summarize_angles,
+    symmetric_eigenvalues,
+)
 from .massive import massive_activation_stats, massive_token_mask
 from .models import PACKAGED_MODELS, model_card
 from .packaged import card_summary
+from .paper import AIP_CENTRE_TOL_DEG, RELATED_GAP_MIN_DEG
 
 __all__ = ["angle_study", "pair_angles", "related_pair_angles", "reader_table", "related_reader_table", "describe",
            "IN_SAMPLE", "HELD_OUT", "OTHER_DOMAIN", "massive_choice", "massive_reader_table", "describe_massive_choice", "WHITENING_GAIN",
@@ -198,8 +205,6 @@ def describe(table: pd.DataFrame, related: pd.DataFrame | None = None, *, fit_co
     Raises:
         ValueError: a set missing from ``table``.
     """
-    from .paper import AIP_CENTRE_TOL_DEG, RELATED_GAP_MIN_DEG
-
     lines = []
     for name in (held_out, other):
         if not (table["set"] == name).any():

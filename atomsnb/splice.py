@@ -56,9 +56,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import rankdata, spearmanr
 from tqdm import tqdm
 
+from .activations import token_windows
 from .architecture import decoder_layers
+from .corpus import Corpus
+from .external import check_target
 from .models import LoadedModel
 
 __all__ = ["SpliceScores", "spliced_scores", "special_token_ids", "eval_windows", "scores_table",
@@ -144,9 +148,6 @@ def eval_windows(lm: LoadedModel, *, corpus: str = "docstrings", n_tokens: int =
     Raises:
         ValueError: as :func:`atomsnb.activations.token_windows` (too few tokens, ``seq_len < 2``).
     """
-    from .activations import token_windows
-    from .corpus import Corpus
-
     return token_windows(lm.tokenizer, Corpus(corpus), "eval", n_tokens=n_tokens, seq_len=seq_len, seed=seed,
                          drop_bos=True)
 
@@ -176,8 +177,6 @@ def _as_unit_map(units) -> tuple[dict[str, Any], bool]:
 
 def _check_inputs(lm: LoadedModel, units: Mapping[str, Any], windows, layer, batch_size, ablation,
                   ablation_activations, allow_mismatch: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from .external import check_target
-
     n_layers = lm.n_layers
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= int(layer) <= n_layers:
         raise ValueError(f"layer {layer!r} cannot be spliced in {lm.name!r}: allowed 1..{n_layers} (layer l = the "
@@ -449,8 +448,6 @@ class FaithfulnessVerdict:
 
 def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each row pair of ``a``, ``b`` ``[m, n]`` (average ranks; NaN for a constant row)."""
-    from scipy.stats import rankdata
-
     ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
     ra -= ra.mean(1, keepdims=True)
     rb -= rb.mean(1, keepdims=True)
@@ -488,8 +485,6 @@ def faithfulness_correlations(table: pd.DataFrame, *, score: str = "ce_loss_scor
         ValueError: a missing column, two identical predictors, ``min_n < 3``, ``n_boot < 100`` or
             ``confidence`` outside (0, 1).
     """
-    from scipy.stats import spearmanr
-
     a, b = predictors
     missing = [c for c in (score, a, b) if c not in table.columns]
     if missing:

@@ -39,15 +39,30 @@ import numbers
 import os
 import re
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from . import activations, fingerprints
+from .activations import capture_residual_stream, checked_request, token_windows
 from .aip import AIP, check_finite
 from .codeprint import code_fingerprint
-from .io import DTYPES, CacheCorruptError, load_json, load_tensors, save_json, save_tensors, tensor_digest
+from .corpus import Corpus, iter_hf_documents
+from .io import (
+    DTYPES,
+    CacheCorruptError,
+    load_json,
+    load_tensors,
+    save_json,
+    save_tensors,
+    tensor_digest,
+)
+from .paths import cache_dir
 
 __all__ = [
     "STORE_DTYPES",
@@ -406,8 +421,6 @@ class ActivationStore:
         path = self.path / s["file"]
         if self.verify_reads:
             # the manifest's digest must be the one the file carries, and load_tensors checks the bytes against it
-            from safetensors import safe_open
-
             try:
                 with safe_open(str(path), framework="pt") as f:
                     carried = dict(f.metadata() or {})
@@ -418,8 +431,6 @@ class ActivationStore:
                                         "the store to recompute")
             tensors, _ = load_tensors(path)
         else:
-            from safetensors.torch import load_file
-
             try:
                 tensors = load_file(str(path))
             except Exception as exc:  # noqa: BLE001 - any unreadable file is a damaged store
@@ -617,8 +628,6 @@ class _Writer:
     def _save(path: Path, x: torch.Tensor) -> dict:
         """Write one shard (:func:`atomsnb.io.save_tensors`: atomic, SHA-256 in its header) and return its header
         metadata, i.e. the checksum it carries, for the manifest (read back from the header: no second hash)."""
-        from safetensors import safe_open
-
         save_tensors(path, {"acts": x})
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -637,8 +646,6 @@ class _Writer:
             self._manifest()
 
     def _write_shard(self, final: bool) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self._wait()
         i = len(self.shards)
         start = i * self.shard_tokens
@@ -798,8 +805,6 @@ def write_store(path: str | os.PathLike, data: torch.Tensor | Iterable[torch.Ten
 def _capture_code_version() -> str:
     """:func:`atomsnb.codeprint.code_fingerprint` (16 hex digits) of the capture code: the modules of the functions
     that turn text into stored rows and everything they import, plus the torch/transformers/safetensors versions."""
-    from . import activations
-
     return code_fingerprint(activations.capture_residual_stream, activations.token_windows, _collect,
                             _windows_in_memory, _windows_streaming).digest[:16]
 
@@ -819,8 +824,6 @@ def _model_fingerprint(lm) -> str:
         return _MODEL_FP_CACHE[lm.model]
     fp = None
     with contextlib.suppress(ImportError, AttributeError, OSError, ValueError, TypeError):
-        from . import fingerprints  # type: ignore[attr-defined]
-
         if os.path.isdir(str(lm.path)):
             fp = "dir:" + str(fingerprints.directory_fingerprint(lm.path))
     if fp is None:
@@ -852,8 +855,6 @@ def collection_key(lm, config, layer: int, store_dtype: str, corpus, corpus_fing
 def _windows_in_memory(lm, corpus, config, n_windows: int) -> torch.Tensor:
     """Windows ``[n, seq_len]`` of an in-memory corpus, exactly as :func:`atomsnb.activations.token_windows` cuts
     them (its output is prefix-stable in ``n_tokens``), rounded up to whole forward batches when the corpus allows."""
-    from .activations import token_windows
-
     per_window = config.seq_len - (1 if config.drop_bos else 0)
     full = math.ceil(n_windows / config.batch_size) * config.batch_size
     for n in (full, n_windows):
@@ -873,8 +874,6 @@ def _windows_streaming(lm, corpus, config, shuffle_docs: int = 10_000) -> Iterat
     documents (a global permutation would need every document first); tokenisation, EOS separators, BOS prefix and
     window cutting follow :func:`atomsnb.activations.token_windows`.
     """
-    from .corpus import iter_hf_documents
-
     tok = lm.tokenizer
     bos = getattr(tok, "bos_token_id", None)
     sep = getattr(tok, "eos_token_id", None)
@@ -926,10 +925,6 @@ def _collect(lm, config, corpus, writers: dict[int, _Writer], n_tokens: int, pro
     """Forward passes on a fixed global grid of ``config.batch_size`` windows (rounded up to whole batches, so that a
     batch's composition never depends on ``n_tokens``), from the batch holding the first row that some layer still
     needs; each layer's rows go to its writer."""
-    from tqdm import tqdm
-
-    from .activations import capture_residual_stream
-
     bs = int(config.batch_size)
     first = 1 if config.drop_bos else 0
     per_window = config.seq_len - first
@@ -1025,10 +1020,6 @@ def collect_store(config, *, model=None, store_dtype: str = "float32", root: str
         NotADirectoryError: ``root`` is a file.
         ImportError: an ``hf:`` corpus without the ``hub`` extra.
     """
-    from .activations import checked_request
-    from .corpus import Corpus
-    from .paths import cache_dir
-
     _resolve_store_dtype(store_dtype)
     _check_shard_tokens(shard_tokens)
     if root is not None and Path(root).exists() and not Path(root).is_dir():

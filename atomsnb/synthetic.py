@@ -19,10 +19,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+import pandas as pd
 import torch
 from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
 
-from .aip import AIP
+from .aip import AIP, euclidean_cosines, sample_pairs
+from .evaluation import reader_table as units_reader_table
+from .metrics import r2_aip, uniqueness_bound, whitened_atoms
+from .paper import ANGLE_NOISE_SE
+from .sae import construct_tsae, feasible_threshold_interval, refit_on_support
 
 __all__ = [
     "SyntheticConfig",
@@ -237,8 +243,6 @@ def atom_recovery(learned: torch.Tensor, true: torch.Tensor, aip: AIP, threshold
     Returns:
         An :class:`AtomRecovery`.
     """
-    from .metrics import whitened_atoms
-
     learned = torch.as_tensor(learned, dtype=torch.float64)
     keep = aip.whiten(learned.T).norm(dim=1) > 0
     idx = keep.nonzero().flatten()
@@ -311,9 +315,6 @@ def check_construction(world: SyntheticWorld, aip: AIP, *, n_tau: int = 64) -> C
     Returns:
         A :class:`ConstructionCheck`.
     """
-    from .metrics import r2_aip
-    from .sae import construct_tsae, feasible_threshold_interval, refit_on_support
-
     c = construct_tsae(world.mixed_atoms, aip, 1.0)
     ncodes = world.codes * c.atom_norms
     nz = ncodes[ncodes > 0]
@@ -351,9 +352,6 @@ def construction_phase_grid(configs: list[SyntheticConfig], *, n_tau: int = 64, 
         and every :class:`ConstructionCheck` field, plus ``coherence_bound = eps (2K - 1)`` and
         ``ratio = delta_min / delta_max`` (of the S-normalised codes).
     """
-    import pandas as pd
-    from tqdm import tqdm
-
     rows = []
     bar = {} if progress else {"disable": True}  # leave `disable` unset so that TQDM_DISABLE=1 applies
     for cfg in tqdm(configs, desc="construction grid", mininterval=1.0, **bar):
@@ -390,8 +388,6 @@ def mixing_invariance(world: SyntheticWorld, *, n_pairs: int = 20000, seed: int 
     Returns:
         A :class:`MixingInvariance`.
     """
-    from .aip import euclidean_cosines, sample_pairs
-
     clean, mixed = world.clean_acts, world.acts
     a0, a1 = AIP.fit(clean), AIP.fit(mixed)
     i, j = sample_pairs(clean.shape[0], n_pairs, seed=seed)
@@ -436,8 +432,6 @@ def reader_table(scores):
     Raises:
         ValueError: a table without the columns of :func:`score_unit_sets`.
     """
-    from .evaluation import reader_table as units_reader_table
-
     missing = [c for c in ("atom_recovery", "n_alive", "split") if c not in scores]
     if missing:
         raise ValueError(f"the scores table lacks {missing}; build it with score_unit_sets")
@@ -478,9 +472,6 @@ def describe(inv: MixingInvariance | None = None, *, d_model: int | None = None,
         ValueError: ``inv`` without ``d_model`` (or ``d_model < 2``), a ``neuron_gram`` that is not square, or
             non-finite angles.
     """
-    from .metrics import uniqueness_bound
-    from .paper import ANGLE_NOISE_SE
-
     lines = []
     if inv is not None:
         if d_model is None or isinstance(d_model, bool) or int(d_model) != d_model or d_model < 2:

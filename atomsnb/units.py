@@ -20,6 +20,7 @@ every experiment shares (activations of one layer and the fitted AIP).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
@@ -74,8 +75,6 @@ def is_unit_set(obj) -> bool:
     Looked up statically (``inspect.getattr_static``), so that a ``dictionary`` property is not computed (on
     Python 3.11 ``isinstance(obj, UnitSet)`` would evaluate it: seconds for a large whitened SAE).
     """
-    import inspect
-
     sentinel = object()
     return all(inspect.getattr_static(obj, m, sentinel) is not sentinel for m in _UNIT_SET_MEMBERS)
 
