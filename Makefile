@@ -12,6 +12,8 @@ export ATOMSNB_BUILD := $(CURDIR)/build
 export ATOMSNB_CLAIMS_DIR := $(CURDIR)/build/claims
 # Chapter 6 writes its atom-browser pages here; the book serves them as _static/browser/<unit set>.html.
 export ATOMSNB_BROWSER_DIR := $(CURDIR)/book/_static/browser
+# Chapters write their downloads (SAELens zips) here in a book build; unset for the CI-scale runs and nbval.
+export ATOMSNB_DOWNLOADS_DIR := $(CURDIR)/book/_static/downloads
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export IPYTHONDIR := $(CURDIR)/.cache/ipython
 export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
@@ -97,7 +99,7 @@ notebooks: model
 
 # CI scale: same sources, params/ci/<chapter>.yaml, claim records and browser pages not written (they are the book's).
 build/ci/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py $(wildcard params/ci/*.yaml) | $(STAMP)
-	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR $(BIN)/python tools/run_notebook.py $< $@ $(if $(wildcard params/ci/$*.yaml),-f params/ci/$*.yaml)
+	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR -u ATOMSNB_DOWNLOADS_DIR $(BIN)/python tools/run_notebook.py $< $@ $(if $(wildcard params/ci/$*.yaml),-f params/ci/$*.yaml)
 
 build/ci/05_monosemanticity.ipynb: | build/ci/02_neurons_features_atoms.ipynb
 build/ci/06_atom_browser.ipynb: | build/ci/02_neurons_features_atoms.ipynb
@@ -161,7 +163,7 @@ validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
 # ATOMSNB_CLAIMS_DIR unset, so that no claim record of the book is touched) and compares the outputs; then the
 # teaching guide's exercise tests against the solutions (students run `pytest exercises` on their own answers).
 test: validate model notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
-	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
+	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR -u ATOMSNB_DOWNLOADS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
 # Optional, not part of `make test`: SAELens itself loads our SAELens exports (atomsnb.export) and must compute our
@@ -189,4 +191,4 @@ test-compat: $(STAMP) $(SAELENS_VENV)/.installed $(SPARSIFY_VENV)/.installed
 		$(BIN)/python -m pytest tests/compat -p no:cacheprovider -s
 
 clean:
-	rm -rf book/_build book/chapters book/status.md book/models.md book/_static/browser build
+	rm -rf book/_build book/chapters book/status.md book/models.md book/_static/browser book/_static/downloads build

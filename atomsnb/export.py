@@ -58,6 +58,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 
@@ -67,7 +68,7 @@ from .io import atomic_write
 from .sae import SparseAutoencoder
 from .units import SAEUnits
 
-__all__ = ["SAELENS_VERSION", "EXPORT_DTYPES", "ARCHITECTURES", "SAELensArchitecture", "saelens_hook_name",
+__all__ = ["export_results", "SAELENS_VERSION", "EXPORT_DTYPES", "ARCHITECTURES", "SAELensArchitecture", "saelens_hook_name",
            "saelens_weights", "export_saelens", "zip_export", "MODEL_CARD_JSON", "MODEL_CARD_README"]
 
 #: The SAELens release whose format :func:`export_saelens` writes (its ``metadata.sae_lens_version``) and against
@@ -447,3 +448,53 @@ def zip_export(export_dir: str | os.PathLike, zip_path: str | os.PathLike, *, co
     with atomic_write(out) as tmp:
         tmp.write_bytes(buf.getvalue())
     return out
+
+
+def _slug(name: str) -> str:
+    """A file name for a unit set's name: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def export_results(units: Mapping[str, object], table: pd.DataFrame, out_dir: str | os.PathLike, *, layer: int,
+                   model_name: str, corpus: str, n_tokens: int, n_steps: int,
+                   work_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Every exportable unit set of a comparison as a SAELens zip with its model card: a chapter's downloads.
+
+    For each unit set in ``units`` that :func:`export_saelens` can express (trained SAEs of the kinds in
+    :data:`ARCHITECTURES`; the neurons and external SAEs are skipped), writes the SAELens directory
+    ``<work_dir>/<slug>/`` and the zip ``<out_dir>/<slug>.zip`` (:func:`zip_export`) with the coefficients and
+    held-out metrics of its row in ``table``.
+
+    Args:
+        units: unit-set name -> unit set (:attr:`atomsnb.evaluation.UnitSetResults.units`).
+        table: :attr:`atomsnb.evaluation.UnitSetResults.table` (the ``"held-out"`` rows give the metrics).
+        out_dir: the downloads directory (created): the zips only.
+        work_dir: where the SAELens directories are written (default ``out_dir``).
+        layer, model_name: as :func:`export_saelens`.
+        corpus, n_tokens, n_steps: as :func:`zip_export` (the training corpus by name, tokens and steps).
+
+    Returns:
+        unit-set name -> its zip, in the order of ``units``.
+
+    Raises:
+        ValueError: ``table`` has no held-out row for an exported unit set; as :func:`export_saelens` and
+            :func:`zip_export` (checked before anything is written for that unit set).
+    """
+    held = table[table["split"] == "held-out"].drop_duplicates("unit set").set_index("unit set")
+    out_dir = Path(out_dir)
+    work_dir = out_dir if work_dir is None else Path(work_dir)
+    zips = {}
+    for name, unit_set in units.items():
+        if not isinstance(unit_set, SAEUnits) or unit_set.sae.kind not in ARCHITECTURES:
+            continue
+        if name not in held.index:
+            raise ValueError(f"no held-out row for unit set {name!r} in the table; its metrics go into the model card")
+        row = held.loc[name]
+        coefficients = {c: float(row[c]) for c in ("l0_coefficient", "l1_coefficient", "k")
+                        if c in row and pd.notna(row[c])}
+        metrics = {m: float(row[m]) for m in ("r2_aip", "explained_variance", "q_star", "l0", "frac_dead")
+                   if m in row and pd.notna(row[m])}
+        folder = export_saelens(unit_set, work_dir / _slug(name), layer=layer, model_name=model_name, overwrite=True)
+        zips[name] = zip_export(folder, out_dir / f"{_slug(name)}.zip", corpus=corpus, n_tokens=n_tokens,
+                                n_steps=n_steps, coefficients=coefficients, metrics=metrics, overwrite=True)
+    return zips

@@ -61,10 +61,15 @@ dtype = "float32"
 threads = 1  # torch CPU threads (make runs two chapters at once; 1 is also bit-reproducible); None: torch's default
 
 # %%
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import Markdown
 
 from atomsnb import claims, evaluation, pipeline, plots, splice, units, verdicts
+from atomsnb.export import export_results
 from atomsnb.sae import SAEConfig
 
 if threads:
@@ -187,6 +192,23 @@ Markdown(f"**Which published SAEs would be the right comparison?** The paper's \
 # .venv/bin/python tools/run_notebook.py notebooks/02_neurons_features_atoms.py out/02_gemma-scope.ipynb \
 #     -f params/gemma-scope-2b.yaml
 # ```
+
+# %% [markdown]
+# ## Downloads
+#
+# Every SAE trained here, in SAELens' format (`cfg.json`, `sae_weights.safetensors`; the AIP whitening and the input
+# scale folded into the weights, so it reads raw residual-stream activations as SAELens' SAEs do), with a model card
+# (model, layer, corpus, tokens, steps, coefficients, held-out metrics, the atomsnb version and commit). They open in
+# SAELens with `SAE.load_from_disk`, and in `atomsnb.external.load_saelens`.
+
+# %% tags=["hide-input", "nbval-ignore-output"]
+BUILD = Path(os.environ.get("ATOMSNB_BUILD", "build"))
+DOWNLOADS = Path(os.environ.get("ATOMSNB_DOWNLOADS_DIR") or BUILD / "downloads")  # the book's _static in make book
+zips = export_results(results.units, results.table, DOWNLOADS / CHAPTER, layer=layer, model_name=lm.name,
+                      corpus=f"{corpus} (fit split)", n_tokens=len(data.fit), n_steps=n_steps,
+                      work_dir=BUILD / "exports" / CHAPTER)
+Markdown("\n".join(f"- [{name}](../../_static/downloads/{CHAPTER}/{z.name}) ({z.stat().st_size / 1e6:.1f} MB)"
+                   for name, z in zips.items()))
 
 # %% [markdown]
 # ## Claim checks

@@ -213,3 +213,34 @@ def test_zip_export_refuses_bad_cards_before_writing(tmp_path, aip):
     with pytest.raises(ValueError, match="is not valid UTF-8 JSON"):
         zip_export(foreign, out, **CARD)
     assert not out.exists()
+
+
+def test_export_results_zips_every_exportable_unit_set_with_its_held_out_metrics(tmp_path):
+    """A chapter's downloads: every trained SAE of a comparison as a SAELens zip whose card carries its row's
+    coefficients and held-out metrics; the neurons are skipped; the zip's SAE loads back as the same unit set."""
+    from atomsnb.evaluation import compare_unit_sets
+    from atomsnb.export import export_results
+    from atomsnb.external import load_saelens
+    from atomsnb.sae import SAEConfig
+    from atomsnb.units import UnitSetSpec
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 8, generator=g, dtype=torch.float64)
+    aip = AIP.fit(x[:2000])
+    cfg = SAEConfig(n_latents=16, n_steps=20, batch_size=128, init_threshold=0.05, bandwidth=0.01, lr=3e-3)
+    res = compare_unit_sets(x[:2000], x[2000:], aip, [UnitSetSpec.neurons(), UnitSetSpec.atoms(0.003, "atoms"),
+                                                       UnitSetSpec.features(0.01, "features")], cfg, n_train_eval=0,
+                            progress=False)
+    zips = export_results(res.units, res.table, tmp_path / "dl", layer=3, model_name="tiny", corpus="docstrings",
+                          n_tokens=2000, n_steps=20)
+    assert list(zips) == ["atoms", "features"] and all(z.name in ("atoms.zip", "features.zip") for z in zips.values())
+    held = res.table[res.table["split"] == "held-out"].set_index("unit set")
+    for name, z in zips.items():
+        with zipfile.ZipFile(z) as f:
+            card = json.loads(f.read(f"{name}/model_card.json"))
+        assert card["metrics"]["r2_aip"] == held.loc[name, "r2_aip"] and card["metrics"]["l0"] == held.loc[name, "l0"]
+        assert str(tmp_path) not in json.dumps(card)
+        back = load_saelens(tmp_path / "dl" / name)
+        xe = x[2000:2100].float()
+        assert torch.allclose(back.reconstruct(xe).double(), res.units[name].reconstruct(xe.double()), atol=1e-4,
+                              rtol=1e-4)
