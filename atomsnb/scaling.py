@@ -61,7 +61,7 @@ __all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLaw
 
 #: The paper's held-out (R^2, q*) of TSAE atoms that the frontier is measured against (Gemma2-2B, paper §6).
 PAPER_TARGET = (round(PAPER_ATOMS[0]["r2_aip"], 3), round(PAPER_ATOMS[0]["q_star"], 3))
-#: The value whose |M| a fit is asked for ("the fit reaches 0.99 at ...").
+#: The value whose ``|M|`` a fit is asked for ("the fit reaches 0.99 at ...").
 REACH = 0.99
 
 

@@ -142,8 +142,8 @@ def test_models_page_marks_committed_corpus_counts_stale_when_what_they_depend_o
     assert ("**current**" in "\n".join(models_page.text_section())) == (stale == [])
     text = (REPO / "results" / "corpus" / "token_counts.json").read_text()
     assert str(REPO) not in text and str(Path.home()) not in text
-    real = corpus_counts.provenance()
-    moved = {**real, "corpora": {**real["corpora"], "python-source": "0" * 16}, "code": "f" * 64}
+    then = rec["provenance"]  # what the counts were made with, but another python-source and counting code
+    moved = {**then, "corpora": {**then["corpora"], "python-source": "0" * 16}, "code": "f" * 64}
     monkeypatch.setattr(corpus_counts, "provenance", lambda: moved)
     _, stale = corpus_counts.load()
     assert stale == ["corpus python-source", "the counting code"]

@@ -167,15 +167,15 @@ def test_editing_code_outside_the_closures_changes_no_store_sae_or_activation_ke
 
 
 def test_metrics_enters_the_sae_key_only_through_an_import(copy, monkeypatch):
-    """sae.py imports metrics inside construct_tsae (and store.resources imports sae): so an edit to metrics.py
-    changes the SAE key today. The closure is exactly the imports: without that one line, it does not."""
+    """sae.py imports metrics (for construct_tsae, the theorem's construction): so an edit to metrics.py changes the
+    SAE key. The closure is exactly the imports: without that one line, it does not."""
     before = keys(monkeypatch, copy)["sae"]
     (copy / "metrics.py").write_text((copy / "metrics.py").read_text() + "\n_edited = True\n")
     assert keys(monkeypatch, copy)["sae"] != before
     sae = copy / "sae.py"
     text = sae.read_text()
-    assert text.count("    from .metrics import coherence\n") == 1
-    sae.write_text(text.replace("    from .metrics import coherence\n", "    coherence = None\n"))
+    assert text.count("\nfrom .metrics import coherence\n") == 1
+    sae.write_text(text.replace("\nfrom .metrics import coherence\n", "\ncoherence = None\n"))
     assert "atomsnb.metrics" not in code_fingerprint(train_sae, root=copy).modules
     without = keys(monkeypatch, copy)["sae"]
     (copy / "metrics.py").write_text((copy / "metrics.py").read_text() + "\n_edited_again = True\n")
