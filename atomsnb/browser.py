@@ -52,7 +52,7 @@ from .metrics import q_star_from_samples, uniqueness_bound, whitened_atoms
 from .units import is_unit_set
 
 __all__ = ["FinalNorm", "final_norm_gain", "LogitLens", "logit_lens", "QStarContributions", "q_star_contributions",
-           "UnitRecord", "BrowserData", "browser_data", "render_page", "SHADES", "shade", "summary_table", "describe"]
+           "UnitRecord", "BrowserData", "browser_data", "render_page", "SHADES", "shade", "summary_table", "summary_reader_table", "describe"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -687,6 +687,23 @@ def summary_table(pages: Mapping[str, BrowserData]) -> pd.DataFrame:
                      "largest q* contribution": max(c) if c else math.nan,
                      "rank correlation (frequency, contribution)": round(_rank_correlation(f, c), 3)})
     return pd.DataFrame(rows).set_index("unit set")
+
+
+def summary_reader_table(pages: Mapping[str, BrowserData]) -> pd.DataFrame:
+    """:func:`summary_table` for a reader, narrow enough for the book's column: units shown of ``|D|``, ``q*``, the
+    median firing frequency, the contributions' signs in one column (``> 0 / = 0 / < 0``), the largest contribution
+    and the rank correlation of frequency with contribution."""
+    t = summary_table(pages)
+    return pd.DataFrame({
+        "units shown": [f"{int(a)} of {int(b):,}" for a, b in zip(t["units shown"], t["of"])],
+        "q*": t["q*"],
+        "median firing frequency (%)": t["median firing frequency (%)"],
+        "q* contributions > 0 / = 0 / < 0": [f"{int(a)} / {int(b)} / {int(c)}" for a, b, c in
+                                             zip(t["q* contribution > 0"], t["q* contribution = 0"],
+                                                 t["q* contribution < 0"])],
+        "largest q* contribution": t["largest q* contribution"],
+        "rank correlation (frequency, contribution)": t["rank correlation (frequency, contribution)"],
+    }, index=t.index)
 
 
 def describe(pages: Mapping[str, BrowserData]) -> list[str]:

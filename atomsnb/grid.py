@@ -44,6 +44,7 @@ from .units import UnitSetSpec
 
 __all__ = ["CapacityGridConfig", "LayerStudyConfig", "capacity_point", "layer_point", "code_version", "EXACT_FOR_NEURONS",
            "critical_capacity", "paper_table", "compare_with_paper", "capacity_reader_table", "layer_reader_table",
+           "layer_topk_reader_table",
            "critical_capacity_table", "paper_reader_table",
            "describe_capacity", "describe_layers", "PAPER_FAMILIES", "TOPK_FAMILIES"]
 
@@ -502,8 +503,17 @@ def paper_reader_table(table: pd.DataFrame) -> pd.DataFrame:
 EXACT_FOR_NEURONS = ("r2_aip", "ce_loss_score")
 
 
+def _layer_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows of :func:`layer_point`, sorted and indexed by ``layer`` (``(model, layer)`` for several models)."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    index = ["model", "layer"] if "model" in ok and ok["model"].nunique() > 1 else ["layer"]
+    return ok.sort_values(index, kind="stable").set_index(index)
+
+
 def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Chapter 4's per-layer results for a reader: held-out ``R²`` (AIP) and ``q*`` per family, and the atoms' L0.
+    """Chapter 4's per-layer results for a reader: held-out ``R²`` (AIP) and ``q*`` per family of the paper's table
+    (neurons, features, atoms), and the atoms' L0. The TopK families are in :func:`layer_topk_reader_table`, so that
+    each table fits the book's column.
 
     Args:
         df: :func:`layer_point` rows (``layer``, ``<family>_r2_aip``, ``<family>_q_star``, ``atoms_l0``,
@@ -515,15 +525,30 @@ def layer_reader_table(df: pd.DataFrame) -> pd.DataFrame:
         ``ce_loss_score`` are left out when every one of them is 1.000, as the identity makes them (so that the table
         fits the book's column); any other value is shown.
     """
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    index = ["model", "layer"] if "model" in ok and ok["model"].nunique() > 1 else ["layer"]
-    ok = ok.sort_values(index, kind="stable").set_index(index)
+    ok = _layer_rows(df)
     metrics = ["r2_aip", "q_star"] + [m for m in ("ce_loss_score",) if f"atoms_{m}" in ok]
-    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in _families(ok, m)
+    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in PAPER_FAMILIES
             if not (fam == "neurons" and m in EXACT_FOR_NEURONS and (ok[f"{fam}_{m}"].round(3) == 1).all())}
     cols[(METRIC_LABELS["l0"], "atoms")] = ok["atoms_l0"].round(1)
-    if "topk_k" in ok and ok["topk_k"].notna().any():
-        cols[(METRIC_LABELS["k"], "topk")] = ok["topk_k"]
+    return pd.DataFrame(cols)
+
+
+def layer_topk_reader_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """The TopK families of chapter 4 beside the atoms, per layer: held-out ``R²`` (AIP), ``q*`` (and
+    ``ce_loss_score``) of the atoms and of each TopK flavour, and the ``k`` they were trained at (the atoms' L0).
+
+    Returns:
+        Index as :func:`layer_reader_table`; columns (metric, family), 3 decimals; ``TopK k``. None when the rows
+        have no TopK family (``LayerStudyConfig.topk`` off).
+    """
+    ok = _layer_rows(df)
+    fams = [f for f in _families(ok) if f not in PAPER_FAMILIES]
+    if not fams:
+        return None
+    metrics = ["r2_aip", "q_star"] + [m for m in ("ce_loss_score",) if f"atoms_{m}" in ok]
+    cols = {(METRIC_LABELS.get(m, m), fam): ok[f"{fam}_{m}"].round(3) for m in metrics for fam in ("atoms", *fams)
+            if f"{fam}_{m}" in ok}
+    cols[(METRIC_LABELS["k"], "topk")] = ok["topk_k"]
     return pd.DataFrame(cols)
 
 

@@ -46,10 +46,22 @@ from .models import model_card
 from .runner import GridPoint, ResultsStore, ResultsStoreWarning
 
 __all__ = ["Ledger", "provenance", "model_hash", "corpus_fingerprint", "git_commit", "check_no_absolute_paths",
-           "LEDGER_ROOT", "PROVENANCE_KEYS", "THIS_BUILD"]
+           "LEDGER_DIR", "ledger_root", "repository_root", "PROVENANCE_KEYS",
+           "THIS_BUILD"]
 
-#: Where ledgers live: ``results/`` at the repository root (committed, unlike ``build/``).
-LEDGER_ROOT = Path(__file__).resolve().parent.parent / "results"
+#: Where ledgers live, relative to the repository root: ``results/`` (committed, unlike ``build/``); resolved by
+#: :func:`ledger_root` (a name, not a path, so that no machine path is recorded in the docs or a row).
+LEDGER_DIR = "results"
+
+
+def repository_root() -> Path:
+    """The repository the package is in (the parent of ``atomsnb/``)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def ledger_root() -> Path:
+    """The ledgers' directory, :data:`LEDGER_DIR` of :func:`repository_root`."""
+    return repository_root() / LEDGER_DIR
 #: The provenance every ledger row carries (:func:`provenance`).
 PROVENANCE_KEYS = ("entry", "code", "model", "model_sha256", "corpus", "corpus_fingerprint", "atomsnb", "git_commit",
                    "git_dirty", "device", "cpu_cores", "threads", "date", "platform")
@@ -109,7 +121,7 @@ def corpus_fingerprint(source: str) -> str:
 def git_commit() -> tuple[str | None, bool]:
     """``(commit, dirty)`` of the repository the package is in: the 12-digit commit and whether ``atomsnb/`` has
     uncommitted changes; ``(None, False)`` outside a git checkout (an installed wheel)."""
-    root = Path(__file__).resolve().parent.parent
+    root = repository_root()
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=30, check=True).stdout.strip()
@@ -172,7 +184,7 @@ class Ledger:
 
     Args:
         study: the study's folder name, e.g. ``"scaling"``.
-        root: the ledgers' directory (default :data:`LEDGER_ROOT`, ``results/`` of the repository).
+        root: the ledgers' directory (default :func:`ledger_root`, ``results/`` of the repository).
         refresh: the command that recomputes stale or missing rows (shown beside every stale row).
 
     Raises:
@@ -183,7 +195,7 @@ class Ledger:
         if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", study) or study in (".", ".."):
             raise ValueError(f"ledger study {study!r} is not allowed: one folder name of letters, digits, '_', '-', '.'")
         self.study, self.refresh = study, refresh
-        self.dir = Path(root if root is not None else LEDGER_ROOT) / study
+        self.dir = Path(root if root is not None else ledger_root()) / study
         self._store: ResultsStore | None = None
 
     @property

@@ -97,6 +97,13 @@ failed = df[df["status"] != "ok"]
 assert failed.empty, f"{len(failed)} layers failed: {failed.get('error', failed['status']).tolist()}"
 grid.layer_reader_table(df)
 
+# %% [markdown]
+# The TopK SAEs of each layer beside its atoms, trained at $k$ = the atoms' L0 (Euclidean loss on raw activations,
+# and the AIP loss on whitened ones):
+
+# %%
+grid.layer_topk_reader_table(df)
+
 # %%
 fig = plots.layer_curves(df, metrics=("r2_aip", "q_star", "ce_loss_score"),
                          title="Held-out R² and q*, and the loss kept when spliced in, per layer")

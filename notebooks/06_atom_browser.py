@@ -145,7 +145,7 @@ print("records: " + ", ".join(f"{n} {s:.1f} s" for n, s in seconds.items()))
 held = results.table[results.table["split"] == "held-out"].set_index("unit set")
 for name, page in pages.items():  # the pages' q* is the table's: same codes, same estimator
     assert abs(page.q_star - held.loc[name, "q_star"]) < 1e-12, (name, page.q_star, held.loc[name, "q_star"])
-browser.summary_table(pages)
+browser.summary_reader_table(pages)
 
 # %%
 print("\n".join(browser.describe(pages)))

@@ -50,9 +50,9 @@ l0_coefficient = 3e-3
 l0_sweep = [1e-3, 3e-2]  # besides l0_coefficient, at the smallest and the largest |M| (1.5 decades)
 n_eval_tokens = 4096  # held-out: half for the learning curves and stopping, half for the reported numbers
 n_train_eval = 2048
-batch_size = 512
-max_steps = 150
-eval_every = 15
+batch_size = 256  # the in-build subset is small: the study's own scale is in params/scaling.yaml (the ledger)
+max_steps = 60
+eval_every = 10
 patience = 4
 tol = 1e-3
 warmup_steps = 30
@@ -75,7 +75,7 @@ import torch
 from IPython.display import Markdown, display
 
 from atomsnb import claims, plots, scaling, verdicts
-from atomsnb.ledger import LEDGER_ROOT, THIS_BUILD, Ledger
+from atomsnb.ledger import THIS_BUILD, Ledger, repository_root
 from atomsnb.runner import results_dir, run_grid
 
 if threads:
@@ -127,7 +127,7 @@ subset_fits = show(df, config, f"this build's subset ({THIS_BUILD})", n_boot=200
 # ## The full study (the ledger)
 
 # %%
-full_path = LEDGER_ROOT.parent / full_study
+full_path = repository_root() / full_study
 full = scaling.config_from_yaml(str(full_path))
 ledger = Ledger("scaling")
 rows = ledger.read(errors="warn")

@@ -201,6 +201,9 @@ def test_summary_and_sentences_against_counts():
     assert t.loc["atoms", ["q* contribution > 0", "q* contribution = 0", "q* contribution < 0"]].tolist() == [2, 1, 1]
     assert t.loc["atoms", "largest q* contribution"] == 0.05 and t.loc["atoms", "median firing frequency (%)"] == 25.0
     assert t.loc["atoms", "rank correlation (frequency, contribution)"] == pytest.approx(0.2)  # 1 - 6 * 8 / 60
+    r = B.summary_reader_table(pages)
+    assert r.loc["atoms", "units shown"] == "4 of 40" and r.loc["atoms", "q* contributions > 0 / = 0 / < 0"] == "2 / 1 / 1"
+    assert len(r.columns) == 6  # narrow enough for the book's column (tests/test_book_browser.py measures it)
     text = B.describe(pages)
     assert text[0].startswith("atoms (q* = 0.7500): of the 4 units shown (of 40), the q* contribution is > 0 for 2, "
                               "0 for 1 and < 0 for 1; the largest is +0.05;")

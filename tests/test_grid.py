@@ -116,9 +116,11 @@ def test_layer_point_with_topk_trains_both_flavours_at_the_atoms_l0(tiny_path):
         assert 0 < row[f"{fam}_l0"] <= row["topk_k"] and 0 <= row[f"{fam}_q_star"] <= 1
     df = pd.DataFrame([{"status": "ok", "model": "m", "layer": 1, **row}])
     assert set(paper_table(df)["unit set"]) == {"neurons", "features", "atoms", "topk", "topk-aip"}
-    from atomsnb.grid import describe_layers, layer_reader_table
+    from atomsnb.grid import describe_layers, layer_reader_table, layer_topk_reader_table
 
-    assert ("TopK (AIP) has mean R²" in describe_layers(df)[0]) and ("TopK k", "topk") in layer_reader_table(df).columns
+    assert "TopK (AIP) has mean R²" in describe_layers(df)[0]
+    assert ("TopK k", "topk") in layer_topk_reader_table(df).columns and ("q*", "topk-aip") in layer_topk_reader_table(df)
+    assert not any(fam.startswith("topk") for _, fam in layer_reader_table(df).columns)
     with pytest.raises(TypeError, match="topk='yes' is not allowed: True or False"):
         LayerStudyConfig(model=tiny_path, layers=(1,), n_train_tokens=800, topk="yes", **SMALL).points()
 
@@ -147,7 +149,7 @@ def test_compare_with_paper_marks_what_was_not_run():
 
 
 def test_reader_tables():
-    from atomsnb.grid import capacity_reader_table, layer_reader_table
+    from atomsnb.grid import capacity_reader_table, layer_reader_table, layer_topk_reader_table
 
     df = pd.DataFrame({"n_train": [20, 10], "n_latents": [4, 4], "train_r2_aip": [0.12345, 0.5], "heldout_r2_aip": [0.1, 0.4],
                        "train_q_star": [0.9, 0.8], "heldout_q_star": [0.7, 0.6], "train_l0": [3.26, 2.0],
@@ -163,6 +165,7 @@ def test_reader_tables():
     exact = rows.assign(neurons_r2_aip=1.0, neurons_q_star=1.0)
     lt = layer_reader_table(exact)
     assert ("R² (AIP)", "neurons") not in lt and ("q*", "neurons") in lt and ("R² (AIP)", "features") in lt
+    assert layer_topk_reader_table(rows) is None  # no TopK family in these rows
 
 
 def test_critical_capacity_and_paper_reader_tables():
