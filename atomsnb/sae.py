@@ -770,6 +770,18 @@ def _set_grad(p: torch.Tensor, g: torch.Tensor) -> None:
         p.grad.copy_(g)
 
 
+def _set_param_grads(sae: SparseAutoencoder, g, grad_bd: torch.Tensor) -> None:
+    """Store a step's hand-written gradients on the SAE's parameters (``W_dec`` takes the encoder's too when tied);
+    ``g`` holds ``grad_D``, ``grad_We`` and ``grad_be`` (every step route), ``grad_bd`` the decoder bias's."""
+    if sae.tied:
+        _set_grad(sae.W_dec, g.grad_D + g.grad_We.T)
+    else:
+        _set_grad(sae.W_dec, g.grad_D)
+        _set_grad(sae.W_enc, g.grad_We)
+    _set_grad(sae.b_dec, grad_bd)
+    _set_grad(sae.b_enc, g.grad_be)
+
+
 class _Workspace:
     """Buffers reused across steps (fresh multi-GB tensors cost page faults every step; see BENCHMARKS.md)."""
 
@@ -859,13 +871,7 @@ def compute_grads(sae: SparseAutoencoder, x: torch.Tensor, coefficient: float, *
             sparsity = lam * nnz / B
         else:
             sparsity = lam * g.l1 / B
-        if sae.tied:
-            _set_grad(sae.W_dec, g.grad_D + g.grad_We.T)
-        else:
-            _set_grad(sae.W_dec, g.grad_D)
-            _set_grad(sae.W_enc, g.grad_We)
-        _set_grad(sae.b_dec, grad_bd)
-        _set_grad(sae.b_enc, g.grad_be)
+        _set_param_grads(sae, g, grad_bd)
         tot = float(x.pow(2).sum())
     return StepStats(mse + sparsity, mse, sparsity, nnz / B, tot, use_sparse, g.fired)
 
@@ -988,13 +994,7 @@ def _topk_grads(sae: SparseAutoencoder, x: torch.Tensor) -> StepStats:
         g = _sparse_route(sae, x, pi, None, None, 0.0, ws, x_enc=x_enc, g_scale=2.0 / total, support=(rows, cols))
         sq = float(g.resid.pow(2).sum())
         grad_bd = torch.mv(g.g_xhat.T, torch.ones(B, dtype=x.dtype, device=x.device)) - torch.mv(We.T, g.grad_be)
-        if sae.tied:
-            _set_grad(sae.W_dec, g.grad_D + g.grad_We.T)
-        else:
-            _set_grad(sae.W_dec, g.grad_D)
-            _set_grad(sae.W_enc, g.grad_We)
-        _set_grad(sae.b_dec, grad_bd)
-        _set_grad(sae.b_enc, g.grad_be)
+        _set_param_grads(sae, g, grad_bd)
         tot = float(x.pow(2).sum())
     return StepStats(sq / total, sq / B, 0.0, nnz / B, tot, True, g.fired, min_active)
 
