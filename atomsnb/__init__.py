@@ -1,7 +1,8 @@
 """atomsnb: the reproducible companion to *Towards Atoms of Large Language Models* (Hu et al., ICML 2026).
 
 One module per idea of the paper, in stages that follow the flow of an experiment, from text to verdicts
-(:data:`STAGES`). A module imports only modules of its own stage or of earlier ones, and imports them in its
+(:data:`atomsnb.stages.STAGES`, a module of its own that nothing imports, so that listing a new
+module there changes no code fingerprint). A module imports only modules of its own stage or of earlier ones, and imports them in its
 header (``tests/test_structure.py`` checks both, and that the import graph has no cycle):
 
 1. **Foundations**: where the cache lives (:mod:`~atomsnb.paths`), checksummed files (:mod:`~atomsnb.io`), content
@@ -23,8 +24,8 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
    spliced-in faithfulness (:mod:`~atomsnb.splice`), the toy world with known atoms (:mod:`~atomsnb.synthetic`,
    SPEC §7), the prologue every experiment shares
    (:mod:`~atomsnb.pipeline`), resumable grids (:mod:`~atomsnb.runner`), committed results with their provenance
-   (:mod:`~atomsnb.ledger`), the paper's two large experiments (:mod:`~atomsnb.grid`), the scaling study
-   (:mod:`~atomsnb.scaling`), a chapter's parameters checked before it runs (:mod:`~atomsnb.parameters`), what a run
+   (:mod:`~atomsnb.ledger`), the paper's two large experiments (:mod:`~atomsnb.grid`), one point of the scaling study
+   (:mod:`~atomsnb.scaling_train`) and the study (:mod:`~atomsnb.scaling`), a chapter's parameters checked before it runs (:mod:`~atomsnb.parameters`), what a run
    will cost (:mod:`~atomsnb.budget`).
 6. **Monosemanticity** (paper §7): top contexts (:mod:`~atomsnb.contexts`), offline and LLM judges
    (:mod:`~atomsnb.judges`), blinded human ratings (:mod:`~atomsnb.ratings`), the comparisons
@@ -40,19 +41,6 @@ from __future__ import annotations
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path as _Path
-
-#: The package's modules by stage, in the order of an experiment (stage name, modules). Each module imports only
-#: modules of its own or an earlier stage (tested); the API reference follows this order.
-STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Foundations", ("paths", "io", "fingerprints", "codeprint", "paper", "claims", "wording", "architecture")),
-    ("Text and models", ("corpus", "packaged", "default_model", "models")),
-    ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
-    ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external", "export")),
-    ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "ledger",
-                                    "grid", "scaling", "parameters", "budget")),
-    ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity", "browser")),
-    ("Verdicts and figures", ("verdicts", "plots")),
-)
 
 
 def _version() -> str:

@@ -5,12 +5,14 @@ while the code that computed it is unchanged. :func:`code_fingerprint` finds tha
 cache names (functions or modules): their modules and, transitively, every module of this package they import
 (found with :mod:`ast` in the source files: header imports, imports inside function bodies, relative and absolute,
 in subpackages too; ``if TYPE_CHECKING:`` blocks excluded since they never run). It hashes the module names and the
-source bytes of those files, plus the versions of ``torch``, ``transformers`` and ``safetensors``. Modules are
+code of those files (their syntax trees without docstrings and comments: editing documentation or layout makes no
+cache stale, editing a statement does), plus the versions of ``torch``, ``transformers`` and ``safetensors``. Modules are
 located through the package's ``__path__`` by :mod:`importlib`'s own file finder, never by file name, so a module
 moved into a subpackage stays covered and a function moved to another module is followed by its ``__module__``.
 
 The granularity is the module: an import anywhere in a module (even in a function the result never calls) puts
-the imported module into the closure. The digest holds no path, so two checkouts of the same code agree.
+the imported module into the closure. An entry point whose results must outlive unrelated edits (the scaling
+ledger's :func:`atomsnb.scaling_train.train_point`) lives in a module that imports only what it runs. The digest holds no path, so two checkouts of the same code agree.
 
 Computing it costs one ``stat`` per file after the first call in a process: the result is remembered per entry set
 and reused while every file and package directory has the same size, ``mtime_ns``, ``ctime_ns`` and inode (a file
@@ -54,7 +56,8 @@ class CodeFingerprint(NamedTuple):
     digest: str
     """SHA-256 (64 hex digits) over ``modules`` and ``libraries``."""
     modules: dict[str, str]
-    """The inputs: every module of the closure (dotted name) -> SHA-256 of its source file, sorted by name."""
+    """The inputs: every module of the closure (dotted name) -> SHA-256 of its code (:func:`_code_digest`: the syntax
+    tree without docstrings and comments), sorted by name."""
     libraries: dict[str, str]
     """``{distribution: version}`` for :data:`LIBRARIES` (``"not installed"`` when absent)."""
 
@@ -182,6 +185,21 @@ def _import_statements(tree: ast.AST, module: str, is_package: bool, origin: str
     return found
 
 
+def _code_digest(tree: ast.Module) -> str:
+    """SHA-256 of a module's code: its syntax tree without docstrings and comments (``ast.dump``, which holds no line
+    numbers), so that documentation, comments and layout change no fingerprint and every statement does. A string
+    expression standing alone as a statement (a docstring, an attribute's docstring) only sets ``__doc__`` or
+    nothing; it is removed. ``tree`` is modified."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            kept = [b for b in body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+                                            and isinstance(b.value.value, str))]
+            if len(kept) != len(body):
+                node.body = kept or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
 def _read(path: str, module: str, is_package: bool) -> tuple[tuple, str, list]:
     """``(stat, sha256, import statements)`` of a module's file, remembered while its stat holds (and it is not
     racy: see the module docstring)."""
@@ -192,8 +210,9 @@ def _read(path: str, module: str, is_package: bool) -> tuple[tuple, str, list]:
     source = Path(path).read_bytes()
     if _stat(path) != before:
         raise RuntimeError(f"code_fingerprint: {path} changed while it was read; call again")
-    out = (before, hashlib.sha256(source).hexdigest(),
-           _import_statements(ast.parse(source, filename=path), module, is_package, path))
+    tree = ast.parse(source, filename=path)
+    statements = _import_statements(tree, module, is_package, path)
+    out = (before, _code_digest(tree), statements)
     if time.time_ns() - max(before[1], before[2]) >= RACY_SECONDS * 1e9:
         _FILES[(path, module)] = out
     return out

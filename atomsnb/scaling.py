@@ -17,13 +17,14 @@ measures, per model and layer, how the held-out ``R^2`` in the AIP and ``q*`` of
 ``results/scaling/``, resumable point by point. The readings (:func:`describe_fit`, :func:`describe_scaling`) choose
 every number-dependent word from the numbers.
 
-**Training and the stopping rule.** Constant learning rate (no decay: a point may stop at any step), the L0
-coefficient warmed up over ``warmup_steps``. Every ``eval_every`` steps the held-out ``R^2`` is measured on the
-*validation* half of the held-out activations (the learning curve); training stops once the best of the last
-``patience`` evaluations is no more than ``tol`` above the best before them (after the warm-up), or at ``max_steps``.
-A point that hits ``max_steps`` with its curve still rising is recorded ``converged = False`` (its numbers are lower
-bounds on what more training would give). The reported held-out numbers come from the other half (the *test*
-half), which the stopping rule never saw.
+**Training, the stopping rule and the code fingerprint** are :mod:`atomsnb.scaling_train`'s: every row is computed by
+:func:`atomsnb.scaling_train.train_point`, whose module imports only the code the computation runs, so that editing
+this module (the configuration, the fits, the words) leaves the committed rows current.
+
+**What the full study runs** (``params/scaling.yaml``): data scaling on every model and layer; the capacity, seed and
+L0-coefficient sweeps only where ``sweep_models`` and ``sweep_layers`` say (the issue's fallback when the full study
+does not fit 6 hours on 2 cores: SmolLM2, layer 1). Points run in order of what a reader needs first: data scaling at
+the first layer of every model, then the sweeps, then data scaling at the other layers; ascending ``|M|`` within each.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Sequence
 
@@ -41,19 +42,15 @@ import yaml
 from scipy.optimize import minimize_scalar
 
 from ._validate import check_data
-from .activations import ActivationConfig, token_windows
+from .activations import token_windows
 from .aip import MIN_TOKENS_PER_DIM
 from .corpus import Corpus
-from .evaluation import evaluate_unit_set
-from .grid import _model
 from .ledger import Ledger, provenance
-from .metrics import METRIC_LABELS, r2_aip
+from .metrics import METRIC_LABELS
 from .models import check_model, resolve_model_path
 from .paper import PAPER_ATOMS
 from .runner import GridPoint, run_grid
-from .sae import SAEConfig, train_sae
-from .store import collect_store, fit_aip_from_store
-from .units import SAEUnits
+from .scaling_train import stopped_improving, train_point
 
 __all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLawFit", "fit_power_law",
            "describe_fit", "fit_table", "describe_scaling", "data_table", "capacity_table", "frontier_table",
@@ -115,6 +112,13 @@ class ScalingStudyConfig:
     """Steps over which the L0 coefficient rises from 0 (no stop before them)."""
     lr: float = 3e-3
     """Adam's learning rate (constant)."""
+    n_splice_tokens: int = 2048
+    """Held-out tokens (``eval`` split) on which every point's TSAE is spliced into the model for ``ce_loss_score``
+    and ``kl_div_score`` (0: not spliced)."""
+    sweep_models: tuple[str, ...] | None = None
+    """Models that get the capacity, seed and L0-coefficient sweeps (None: every model)."""
+    sweep_layers: tuple | None = None
+    """Entries of ``layers`` (``1``, ``"middle"``) at which the sweeps run (None: every layer)."""
     seq_len: int = 128
     store_dtype: str = "bfloat16"
     """Storage dtype of the activation stores (bfloat16: 2^23 tokens of SmolLM2 take 9.7 GB)."""
@@ -186,6 +190,14 @@ class ScalingStudyConfig:
                 raise ValueError(f"{name}={v!r} is not allowed: an integer >= {minimum}")
         if self.n_eval_tokens < 4:
             raise ValueError(f"n_eval_tokens={self.n_eval_tokens} is not allowed: >= 4 (two halves of >= 2)")
+        for name, allowed, what in (("sweep_models", self.models, "models"), ("sweep_layers", self.layers, "layers")):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, str) or not v or any(x not in allowed for x in v)):
+                raise ValueError(f"{name}={v!r} is not allowed: None or a non-empty list of entries of {what} "
+                                 f"{list(allowed)}")
+        if isinstance(self.n_splice_tokens, bool) or not isinstance(self.n_splice_tokens, (int, np.integer)) \
+                or self.n_splice_tokens < 0:
+            raise ValueError(f"n_splice_tokens={self.n_splice_tokens!r} is not allowed: an integer >= 0")
         if self.max_steps < self.eval_every:
             raise ValueError(f"max_steps={self.max_steps} < eval_every={self.eval_every}: no evaluation would run")
         if not isinstance(self.corpus, str) or not self.corpus:
@@ -229,29 +241,35 @@ class ScalingStudyConfig:
 
     # ------------------------------------------------------------------------------------------------- the points
     def _shared(self) -> dict:
-        keep = ("corpus", "fit_split", "n_eval_tokens", "n_train_eval", "batch_size", "max_steps", "eval_every", "patience", "tol",
-                "warmup_steps", "lr", "seq_len", "store_dtype", "device", "dtype")
+        keep = ("corpus", "fit_split", "n_eval_tokens", "n_train_eval", "batch_size", "max_steps", "eval_every",
+                "patience", "tol", "warmup_steps", "lr", "n_splice_tokens", "seq_len", "store_dtype", "device", "dtype")
         return {k: getattr(self, k) for k in keep} | {"experiment": "scaling"}
 
     def points(self, *, check_corpus: bool = True) -> list[GridPoint]:
-        """Every point of the study (data scaling, capacity, seeds, sweep; each once), after :meth:`validate`."""
+        """Every point of the study (data scaling, capacity, seeds, sweep; each once), after :meth:`validate`, in the
+        order they run (module docstring): data scaling at the first entry of ``layers`` for every model, then the
+        sweeps (``sweep_models`` x ``sweep_layers``), then data scaling at the other layers."""
         shapes = self.validate(check_corpus=check_corpus)
-        out, seen = [], set()
+        groups: dict[int, list[GridPoint]] = {0: [], 1: [], 2: []}
+        seen = set()
         for model, (n_layers, d_model) in shapes.items():
-            for layer, ms in zip(self._layer_list(n_layers), self.m_values):
+            for i, (entry, layer, ms) in enumerate(zip(self.layers, self._layer_list(n_layers), self.m_values)):
                 ms = sorted(int(m) for m in ms)
                 base = int(round(self.base_multiple * d_model))
                 shared = self._shared() | {"n_fit_tokens": ms[-1]}
-                todo = [(m, base, self.seeds[0], self.l0_coefficient) for m in ms]
-                todo += [(ms[-1], int(round(k * d_model)), self.seeds[0], self.l0_coefficient) for k in self.d_multiples]
-                todo += [(ms[-1], base, s, self.l0_coefficient) for s in self.seeds]
-                todo += [(m, base, self.seeds[0], float(c)) for m in (ms[0], ms[-1]) for c in self.l0_sweep]
-                for m, d, s, c in todo:
+                todo = [(0 if i == 0 else 2, m, base, self.seeds[0], self.l0_coefficient) for m in ms]
+                if (self.sweep_models is None or model in self.sweep_models) and \
+                        (self.sweep_layers is None or entry in self.sweep_layers):
+                    todo += [(1, ms[-1], int(round(k * d_model)), self.seeds[0], self.l0_coefficient)
+                             for k in self.d_multiples]
+                    todo += [(1, ms[-1], base, s, self.l0_coefficient) for s in self.seeds]
+                    todo += [(1, m, base, self.seeds[0], float(c)) for m in (ms[0], ms[-1]) for c in self.l0_sweep]
+                for g, m, d, s, c in todo:
                     p = GridPoint(model, layer, m, d, int(s), tuple(sorted((shared | {"l0_coefficient": float(c)}).items())))
                     if p.key not in seen:
                         seen.add(p.key)
-                        out.append(p)
-        return out
+                        groups[g].append(p)
+        return groups[0] + groups[1] + groups[2]
 
     def part(self, df: pd.DataFrame, which: str) -> pd.DataFrame:
         """The rows of one part of the study: ``"data"`` (base ``|D|``, first seed, the L0 coefficient, every ``|M|``),
@@ -277,67 +295,16 @@ class ScalingStudyConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- the point
-def stopped_improving(r2s: Sequence[float], patience: int, tol: float) -> bool:
-    """The stopping rule: True once the best of the last ``patience`` values is no more than ``tol`` above the best of
-    all the values before them (needs more than ``patience`` values)."""
-    if len(r2s) <= patience:
-        return False
-    return max(r2s[-patience:]) <= max(r2s[:-patience]) + tol
-
-
-def _stores(point: GridPoint):
-    """The point's training pool (``fit_split``, its first ``n_fit_tokens``) and held-out (``eval``) activation stores
-    (:func:`atomsnb.store.collect_store`, seed 0: every seed and every point of a model and layer share them)."""
-    p = dict(point.params)
-    lm = _model(point.model, p["device"], p["dtype"])
-    out = []
-    for split, n in ((p["fit_split"], p["n_fit_tokens"]), ("eval", p["n_eval_tokens"])):
-        cfg = ActivationConfig(model=point.model, layers=(point.layer,), corpus=p["corpus"], split=split, n_tokens=n,
-                               seq_len=int(p["seq_len"]), seed=0, device=p["device"], dtype=p["dtype"])
-        out.append(collect_store(cfg, model=lm, store_dtype=p["store_dtype"], progress=False)[point.layer])
-    return lm, out[0], out[1]
-
-
 def scaling_point(point: GridPoint) -> dict:
-    """Train one TSAE of the study until its held-out ``R^2`` stops improving; evaluate it (see the module docstring).
+    """One row of the study: :func:`atomsnb.scaling_train.train_point` (a TSAE trained until its held-out ``R^2``
+    stops improving, then evaluated) with its ``provenance`` (:func:`atomsnb.ledger.provenance` of ``train_point``,
+    taken before the work starts, so the row names the code that was loaded when it ran).
 
     Returns:
-        ``train_`` and ``heldout_`` ``r2_aip``, ``q_star``, ``l0``, ``explained_variance``; ``frac_dead``;
-        ``steps``, ``tokens_seen``, ``epochs`` (tokens seen / ``|M|``), ``converged``; the learning curve
-        ``curve_steps``, ``curve_tokens``, ``curve_r2`` (validation-half held-out ``R^2``); ``d_model``; and
-        ``provenance`` (:func:`atomsnb.ledger.provenance`).
+        The columns of :func:`~atomsnb.scaling_train.train_point` and ``provenance``.
     """
-    p = dict(point.params)
-    prov = provenance(scaling_point, point)
-    lm, fit, held = _stores(point)
-    aip = fit_aip_from_store(fit, p["n_fit_tokens"], cache=True)
-    x = held.read(0, p["n_eval_tokens"]).float()
-    val, test = x[: len(x) // 2], x[len(x) // 2:]
-    batch = min(p["batch_size"], point.n_train)
-    cfg = SAEConfig.for_model(lm.d_model, n_steps=p["max_steps"], batch_size=batch, seed=point.seed,
-                              device=p["device"], coefficient=p["l0_coefficient"], lr=p["lr"],
-                              sparsity_warmup_steps=p["warmup_steps"], lr_decay_steps=0, log_every=p["eval_every"])
-    cfg = replace(cfg, n_latents=point.n_latents)
-    steps, r2s = [], []
-
-    def watch(done: int, sae) -> bool:
-        steps.append(done)
-        r2s.append(r2_aip(val, sae.reconstruct_raw(val, aip), aip))
-        return done >= p["warmup_steps"] and stopped_improving(r2s, p["patience"], p["tol"])
-
-    sae, _ = train_sae(fit, aip, cfg, n_tokens=point.n_train, progress=False, monitor=(p["eval_every"], watch))
-    units = SAEUnits(sae, aip, name="atoms", family="atoms", l0_coefficient=p["l0_coefficient"])
-    row: dict = {"d_model": lm.d_model, "provenance": prov}
-    for split, data in (("heldout", test), ("train", fit.read(0, min(p["n_train_eval"], point.n_train)).float())):
-        m = evaluate_unit_set(units, data, aip)
-        row.update({f"{split}_{k}": float(m[k]) for k in ("r2_aip", "q_star", "l0", "explained_variance")})
-        if split == "heldout":
-            row["frac_dead"] = float(m["frac_dead"])
-    done = steps[-1] if steps else p["max_steps"]
-    row.update(steps=int(done), tokens_seen=int(done * batch), epochs=done * batch / point.n_train,
-               converged=bool(stopped_improving(r2s, p["patience"], p["tol"])),
-               curve_steps=steps, curve_tokens=[s * batch for s in steps], curve_r2=[float(v) for v in r2s])
-    return row
+    prov = provenance(train_point, point)
+    return {**train_point(point), "provenance": prov}
 
 
 # ---------------------------------------------------------------------------------------------------- the fits

@@ -93,7 +93,8 @@ def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp
     monkeypatch.setattr(ledger_mod, "model_hash", lambda model: "ab" * 32)  # a tiny model has no card
     cfg = ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800, 960, 1200),), d_multiples=(4,),
                              seeds=(0,), l0_sweep=(3e-3,), n_eval_tokens=400, n_train_eval=200, batch_size=128,
-                             max_steps=40, eval_every=10, patience=2, warmup_steps=10, store_dtype="float32")
+                             max_steps=40, eval_every=10, patience=2, warmup_steps=10, store_dtype="float32",
+                             n_splice_tokens=256)
     ledger = Ledger("scaling", root=tmp_path)
     df = run_grid(cfg.points(), scaling_point, ledger.store, progress=False)
     assert (df["status"] == "ok").all(), df.get("error")
@@ -102,6 +103,8 @@ def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp
     assert r["epochs"] == pytest.approx(r["steps"] * 128 / r["n_train"])
     assert r["converged"] == stopped_improving(r["curve_r2"], 2, 1e-3)
     assert -1 < r["heldout_r2_aip"] <= 1 and 0 <= r["heldout_q_star"] <= 1
+    assert np.isfinite(r["ce_loss_score"]) and r["ce_loss_score"] <= 1 and r["kl_div_score"] <= 1
+    assert r["provenance"]["entry"] == "atomsnb.scaling_train:train_point"
     read = ledger.read()
     assert not read["stale"].any() and len(read) == 4
     table, fits = fit_table(cfg.part(read, "data"), n_boot=50)
@@ -123,3 +126,31 @@ def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
     assert v.verdict == "not reproduced" and "ceiling 0.95" in v.ours
     v = check_scaling_near_one({}, model="m", evidence=None)
     assert v.verdict == "not run here" and v.command == "make scaling"
+
+
+def test_a_rows_code_fingerprint_is_the_training_code_only():
+    """Editing the study's configuration, fits and words, the grid experiments, the chapter's verdicts or figures
+    leaves the ledger current; the trainer, the metrics, the capture and the splice are in the fingerprint."""
+    from atomsnb.codeprint import code_fingerprint
+    from atomsnb.scaling_train import train_point
+
+    modules = set(code_fingerprint(train_point).modules)
+    assert {"atomsnb.sae", "atomsnb.metrics", "atomsnb.store", "atomsnb.activations", "atomsnb.aip",
+            "atomsnb.splice", "atomsnb.scaling_train"} <= modules
+    assert not modules & {"atomsnb.scaling", "atomsnb.grid", "atomsnb.paper", "atomsnb.wording", "atomsnb.ledger",
+                          "atomsnb.runner", "atomsnb.evaluation", "atomsnb.pipeline", "atomsnb.verdicts",
+                          "atomsnb.plots", "atomsnb.stages", "atomsnb.sae_cache"}
+
+
+def test_sweeps_run_only_where_asked_and_the_first_layer_comes_first(tiny_dir, monkeypatch):
+    monkeypatch.chdir(tiny_dir)
+    cfg = ScalingStudyConfig(models=("tiny",), layers=(1, 2), m_values=((640, 800, 1000), (640, 900)),
+                             d_multiples=(1, 4), seeds=(0, 1), l0_sweep=(1e-3, 3e-3), sweep_layers=(1,))
+    pts = cfg.points()
+    # layer 1: 3 data, then its sweeps (H, seed 1, 1e-3 at the smallest and largest |M|); layer 2: data only
+    assert [p.layer for p in pts] == [1] * 3 + [1] * 4 + [2] * 2
+    assert [p.n_train for p in pts[:3]] == [640, 800, 1000]
+    with pytest.raises(ValueError, match=r"sweep_layers=\(3,\) is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), sweep_layers=(3,)).points()
+    with pytest.raises(ValueError, match=r"sweep_models=\('other',\) is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), sweep_models=("other",)).points()

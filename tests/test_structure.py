@@ -1,5 +1,5 @@
 """The package's structure, measured on its source with ``ast``: the import graph has no cycle, every import goes to a
-module of the same or an earlier stage (:data:`atomsnb.STAGES`), and imports sit in module headers (an import inside a
+module of the same or an earlier stage (:data:`atomsnb.stages.STAGES`), and imports sit in module headers (an import inside a
 function is allowed only for an optional or heavy third-party package, with a comment saying so)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import atomsnb
+import atomsnb.stages
 
 PKG = Path(atomsnb.__file__).resolve().parent
 STDLIB = set(sys.stdlib_module_names)
@@ -84,7 +85,7 @@ def test_the_import_graph_has_no_cycle():
 
 def test_every_module_belongs_to_one_stage_and_imports_only_its_own_or_earlier_stages():
     stage = {}
-    for i, (_, modules) in enumerate(atomsnb.STAGES):
+    for i, (_, modules) in enumerate(atomsnb.stages.STAGES):
         for m in modules:
             assert f"atomsnb.{m}" not in stage, f"{m} is listed in two stages"
             stage[f"atomsnb.{m}"] = i

@@ -1,4 +1,4 @@
-"""Writes the book's API reference (book/api.md) from the package's stages (atomsnb.STAGES).
+"""Writes the book's API reference (book/api.md) from the package's stages (atomsnb.stages.STAGES).
 
     .venv/bin/python tools/api_page.py            # rewrite book/api.md
     .venv/bin/python tools/api_page.py --check    # exit 1 if book/api.md is not what this writes
@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import atomsnb  # noqa: E402
+import atomsnb.stages  # noqa: E402
 
 PAGE = REPO / "book" / "api.md"
 INTRO = """(api)=
@@ -35,9 +36,9 @@ stage (checked by `tests/test_structure.py`), so reading this page from the top 
 
 
 def render() -> str:
-    """The page's text (markdown with `{eval-rst}` automodule blocks), from :data:`atomsnb.STAGES`."""
+    """The page's text (markdown with `{eval-rst}` automodule blocks), from :data:`atomsnb.stages.STAGES`."""
     parts = [INTRO]
-    for i, (stage, modules) in enumerate(atomsnb.STAGES, start=1):
+    for i, (stage, modules) in enumerate(atomsnb.stages.STAGES, start=1):
         public = [m for m in modules if not m.startswith("_")]
         parts.append(f"## {i}. {stage}\n")
         for m in public:
