@@ -45,16 +45,17 @@ from ._validate import check_data
 from .activations import token_windows
 from .aip import MIN_TOKENS_PER_DIM
 from .corpus import Corpus
-from .ledger import Ledger, provenance
+from .ledger import Ledger, provenance, repository_root
 from .metrics import METRIC_LABELS
 from .models import check_model, resolve_model_path
 from .paper import PAPER_ATOMS
 from .runner import GridPoint, run_grid
 from .scaling_train import stopped_improving, train_point
+from .wording import share
 
 __all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLawFit", "fit_power_law",
            "describe_fit", "fit_table", "describe_scaling", "data_table", "capacity_table", "frontier_table",
-           "learning_curves", "PAPER_TARGET", "REACH", "main"]
+           "learning_curves", "PAPER_TARGET", "REACH", "FULL_STUDY", "StudyReading", "study_reading", "main"]
 
 #: The paper's held-out (R^2, q*) of TSAE atoms that the frontier is measured against (Gemma2-2B, paper §6).
 PAPER_TARGET = (round(PAPER_ATOMS[0]["r2_aip"], 3), round(PAPER_ATOMS[0]["q_star"], 3))
@@ -482,11 +483,13 @@ def fit_table(data: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> tuple
 # ---------------------------------------------------------------------------------------------------- tables
 def data_table(data: pd.DataFrame) -> pd.DataFrame:
     """The data-scaling rows for a reader: index (model, layer, ``|M|``); held-out and training ``R^2``, ``q*``, L0,
-    explained variance, steps, epochs, converged."""
+    explained variance, ``ce_loss_score`` (when the rows were spliced), steps, epochs, converged."""
     cols = {"R² (AIP), held-out": data["heldout_r2_aip"].round(4), "R² (AIP), train": data["train_r2_aip"].round(4),
             "q*, held-out": data["heldout_q_star"].round(4), "L0, held-out": data["heldout_l0"].round(1),
             "explained variance, held-out": data["heldout_explained_variance"].round(4), "steps": data["steps"],
             "epochs": data["epochs"].round(2), "converged": data["converged"].map({True: "yes", False: "NO"})}
+    if "ce_loss_score" in data and data["ce_loss_score"].notna().any():  # rows spliced (n_splice_tokens > 0)
+        cols = {**dict(list(cols.items())[:5]), "ce_loss_score": data["ce_loss_score"].round(3), **dict(list(cols.items())[5:])}
     out = pd.DataFrame(cols)
     out.index = pd.MultiIndex.from_frame(data[["model", "layer", "n_train"]].rename(columns={"n_train": "|M|"}))
     return out
@@ -558,6 +561,80 @@ def describe_scaling(config: ScalingStudyConfig, df: pd.DataFrame, fits: dict,
                      f"|M| = {int(b['n_train'])}, L0 coefficient {b['p_l0_coefficient']:g}: held-out R² "
                      f"{b['heldout_r2_aip']:.4f}, q* {b['heldout_q_star']:.4f} (distance {d.min():.4f}).")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------- for other chapters
+#: The full study's parameter file, relative to the repository root (``make scaling``).
+FULL_STUDY = "params/scaling.yaml"
+
+
+@dataclass(frozen=True)
+class StudyReading:
+    """What the committed full study says, for the verdicts of other chapters (:func:`study_reading`)."""
+
+    sentence: str
+    """One or more sentences computed from the ledger's current rows (or saying that there are none)."""
+    evidence: str | None
+    """:meth:`atomsnb.ledger.Ledger.evidence` of the rows read; None when the ledger holds no row of the study."""
+    n_points: int
+    """Points of the full study."""
+    n_current: int
+    """Of them, rows in the ledger that are current (not stale)."""
+
+
+def _range_words(g: pd.DataFrame, col: str, label: str) -> str:
+    lo, hi = g.iloc[0], g.iloc[-1]
+    return f"{label} {lo[col]:.3f} at {_tokens(lo['n_train'])} to {hi[col]:.3f} at {_tokens(hi['n_train'])} tokens"
+
+
+def study_reading(params: str = FULL_STUDY, *, ledger: Ledger | None = None, n_boot: int = 1000) -> StudyReading:
+    """The full scaling study's result in words, for the "atoms near 1" verdicts of chapters 2 and 4 and the status
+    page: per model and layer of the ledger's current data-scaling rows, held-out ``R^2`` and ``q*`` at the smallest
+    and the largest ``|M|``, how many points converged, and the fitted ceiling of each (:func:`fit_table`, the same
+    fits chapter 7 shows) where there are at least 4 data sizes. Every word is chosen from the rows.
+
+    Args:
+        params: the full study's parameter file, relative to the repository root (or absolute).
+        ledger: the ledger to read (default ``Ledger("scaling")``, the committed ``results/scaling/``).
+        n_boot: bootstrap refits of each fit (chapter 7 uses the same default, so the intervals agree).
+
+    Raises:
+        FileNotFoundError: no such parameter file. ValueError: as :func:`config_from_yaml`.
+    """
+    path = repository_root() / params  # an absolute params stays itself
+    if not path.is_file():
+        raise FileNotFoundError(f"the full study's parameter file {params!r} does not exist (expected under "
+                                f"{repository_root().name}/)")
+    config = config_from_yaml(str(path))
+    ledger = ledger or Ledger("scaling")
+    wanted = {p.key for p in config.points(check_corpus=False)}
+    rows = ledger.read(errors="warn")
+    rows = rows[rows["key"].isin(wanted) & (rows["status"] == "ok")] if len(rows) else rows
+    current = rows[~rows["stale"].astype(bool)] if len(rows) else rows
+    evidence = ledger.evidence(rows) if len(rows) else None
+    n = len(wanted)
+    if current.empty:
+        why = (f"all {len(rows)} of its ledger rows are stale (refresh: {ledger.refresh})" if len(rows) else
+               f"none of its {n} points is in the ledger (command: {ledger.refresh})")
+        return StudyReading(f"The scaling study (chapter 7) has no current result: {why}.", evidence, n, 0)
+    data = config.part(current, "data")
+    _, fits = fit_table(data, n_boot=n_boot)
+    parts = []
+    for (model, layer), g in data.sort_values("n_train").groupby(["model", "layer"], sort=True):
+        words = (f"{model} layer {int(layer)}: held-out {_range_words(g, 'heldout_r2_aip', 'R²')}, "
+                 f"{_range_words(g, 'heldout_q_star', 'q*')}"
+                 f" ({share(int(g['converged'].sum()), len(g), 'point')} converged)")
+        for metric, label in (("r2_aip", "R²"), ("q_star", "q*")):
+            f = fits.get((model, int(layer), metric))
+            if f is not None:
+                lo, hi = f.ci.get("ceiling", (f.ceiling, f.ceiling))
+                words += (f"; fitted {label} ceiling {f.ceiling:.3f} (95 % CI {lo:.3f}-{hi:.3f}), "
+                          + ("below" if hi < REACH else "above" if lo >= REACH else "on both sides of")
+                          + f" {REACH:g}")
+        parts.append(words)
+    done = f"{len(current)} of its {n} points" if len(current) < n else f"all {n} points"
+    return StudyReading(f"The scaling study (chapter 7; {done}, {evidence}): " + "; ".join(parts) + ".",
+                        evidence, n, len(current))
 
 
 # ---------------------------------------------------------------------------------------------------- the command

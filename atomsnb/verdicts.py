@@ -21,6 +21,7 @@ import pandas as pd
 from .claims import Verdict
 from .grid import critical_capacity
 from .monosemanticity import format_differences
+from .scaling import StudyReading
 from .paper import (
     AIP_CENTRE_TOL_DEG, AIP_INVARIANCE_TOL, ATOMS_PAPER_SUMMARY, ATOM_RECOVERY_MIN, CAPACITY_R2_THRESHOLD, CLAIMS,
     EUCLIDEAN_AIP_GAP, EUCLIDEAN_CHANGE_MIN, EXACT_R2_TOL, FEATURES_TOL, FEATURES_UNFAITHFUL_R2, L0_MATCH_TOL,
@@ -514,12 +515,28 @@ def check_units_atoms_beat_features(held: pd.DataFrame, *, model: str) -> Verdic
                     interpretation=words, model=model, values={"beaten": beaten, "n_features": len(feats)})
 
 
-def check_units_atoms_near_one(held: pd.DataFrame, *, model: str) -> Verdict:
+def _at_scale(words: str, at_scale: StudyReading | None) -> str:
+    """A verdict's reading followed by what the committed scaling study says (chapter 7), when given."""
+    if at_scale is None:
+        return words
+    if not isinstance(at_scale, StudyReading):
+        raise TypeError(f"at_scale must be an atomsnb.scaling.StudyReading (scaling.study_reading()); got "
+                        f"{type(at_scale).__name__}")
+    return f"{words} At scale: {at_scale.sentence}"
+
+
+def check_units_atoms_near_one(held: pd.DataFrame, *, model: str, at_scale: StudyReading | None = None) -> Verdict:
     """``units.atoms_near_one`` (paper §6): TSAE atoms reach ``R^2`` and ``q*`` near 1.
 
     Args:
         held: held-out rows of :func:`atomsnb.evaluation.compare_unit_sets`; the ``"atoms"`` rows with ``r2_aip``,
             ``q_star``, ``l0`` and ``l0_coefficient``.
+        model: what the rows were computed on, with their scale (tokens, steps).
+        at_scale: the committed scaling study's reading (:func:`atomsnb.scaling.study_reading`), cited after the
+            reading of this build's numbers; it does not change the verdict, which is on this build's numbers.
+
+    Raises:
+        TypeError: ``at_scale`` is not a :class:`~atomsnb.scaling.StudyReading`.
 
     Returns:
         reproduced: some coefficient with ``R^2`` and ``q*`` >= :data:`NEAR_ONE`; partly: one of the two at some
@@ -541,7 +558,8 @@ def check_units_atoms_near_one(held: pd.DataFrame, *, model: str) -> Verdict:
                                    f"L0 = {r['l0']:.1f}" for _, r in atoms.iterrows()),
                     criterion=f"reproduced: some coefficient with R^2 >= {NEAR_ONE:g} and q* >= {NEAR_ONE:g}; partly: "
                               "one of the two",
-                    interpretation=words, model=model, values={"n_both": int(both.sum()), "n_either": int(either.sum())})
+                    interpretation=_at_scale(words, at_scale), model=model,
+                    values={"n_both": int(both.sum()), "n_either": int(either.sum())})
 
 
 # =====================================================================================================================
@@ -602,12 +620,18 @@ def _near_one_verdict(r2: float, q: float) -> tuple[str, str]:
     return verdict, words
 
 
-def check_layers_atoms_near_one(table: pd.DataFrame, *, model: str) -> Verdict:
+def check_layers_atoms_near_one(table: pd.DataFrame, *, model: str, at_scale: StudyReading | None = None) -> Verdict:
     """``layers.atoms_near_one`` (paper §6): atoms averaged over layers reach ``R^2`` and ``q*`` near 1.
 
     Args:
         table: :func:`atomsnb.grid.paper_table` output (``unit set``, ``layers``, ``r2_aip``, ``q_star``): one
             ``"atoms"`` row, or one per model (column ``model``), each judged on its own.
+        model: what the table was computed on, with its scale (tokens, steps).
+        at_scale: the committed scaling study's reading (:func:`atomsnb.scaling.study_reading`), cited after the
+            reading of this build's numbers (the verdict stays on this build's numbers).
+
+    Raises:
+        TypeError: ``at_scale`` is not a :class:`~atomsnb.scaling.StudyReading`.
 
     Returns:
         reproduced: mean ``R^2`` and ``q*`` >= :data:`NEAR_ONE` (for every model); partly: one of them (or some
@@ -636,7 +660,8 @@ def check_layers_atoms_near_one(table: pd.DataFrame, *, model: str) -> Verdict:
     return _verdict("layers.atoms_near_one", verdict, ours="; ".join(o for o, _ in parts),
                     criterion=f"reproduced: mean over layers of held-out R^2 >= {NEAR_ONE:g} and q* >= {NEAR_ONE:g} "
                               "(on every model); partly: one of the two, or some models",
-                    interpretation=reading[0].upper() + reading[1:] + f" (paper: {ATOMS_PAPER_SUMMARY}).",
+                    interpretation=_at_scale(reading[0].upper() + reading[1:] + f" (paper: {ATOMS_PAPER_SUMMARY}).",
+                                             at_scale),
                     model=model, values=values if len(rows) > 1 else values["atoms"])
 
 

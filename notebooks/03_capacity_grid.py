@@ -45,9 +45,9 @@ Markdown(f"On Gemma2-2B layer {c['layer']}, with up to {c['max_tokens'] / 1e9:g}
 model = "smollm2-135m"
 layer = 1
 corpus = "docstrings"
-m_values = [512, 2048, 8192, 32768]  # the data sizes |M|
+m_values = [512, 2048, 8192]  # the data sizes |M| (chapter 7 goes to 2^23)
 d_multiples = [1, 4, 8]  # |D| in multiples of d_model (paper: steps of 4H); 8H exceeds an |M| of 2048
-n_fit_tokens = 32768  # the fitting store: S is fitted on all of it, the points train on its first |M| rows
+n_fit_tokens = 16384  # the fitting store: S is fitted on all of it, the points train on its first |M| rows
 n_eval_tokens = 4096  # held-out activations for every metric
 n_steps = 200  # TSAE training steps per point
 batch_size = 1024  # tokens per step (at most |M|)

@@ -50,6 +50,9 @@ l0_coefficient = 3e-3
 l0_sweep = [1e-3, 3e-2]  # besides l0_coefficient, at the smallest and the largest |M| (1.5 decades)
 n_eval_tokens = 4096  # held-out: half for the learning curves and stopping, half for the reported numbers
 n_train_eval = 2048
+n_splice_tokens = 256  # held-out tokens for ce_loss_score and kl_div_score; 0 skips the splice
+sweep_models = None  # models with the capacity, seed and L0 sweeps (None: every model)
+sweep_layers = None  # entries of layers with the sweeps (None: every layer)
 batch_size = 256  # the in-build subset is small: the study's own scale is in params/scaling.yaml (the ledger)
 max_steps = 60
 eval_every = 10
@@ -84,7 +87,8 @@ CHAPTER = "07_scaling"
 config = scaling.ScalingStudyConfig.from_mapping(dict(
     models=models, layers=layers, m_values=m_values, corpus=corpus, fit_split=fit_split, base_multiple=base_multiple,
     d_multiples=d_multiples, seeds=seeds, l0_coefficient=l0_coefficient, l0_sweep=l0_sweep,
-    n_eval_tokens=n_eval_tokens, n_train_eval=n_train_eval, batch_size=batch_size, max_steps=max_steps,
+    n_eval_tokens=n_eval_tokens, n_train_eval=n_train_eval, n_splice_tokens=n_splice_tokens, sweep_models=sweep_models,
+    sweep_layers=sweep_layers, batch_size=batch_size, max_steps=max_steps,
     eval_every=eval_every, patience=patience, tol=tol, warmup_steps=warmup_steps, lr=lr, seq_len=seq_len,
     store_dtype=store_dtype, device=device, dtype=dtype))
 points = config.points()  # validates the study before any work

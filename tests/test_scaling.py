@@ -1,15 +1,18 @@
 """The scaling study: the power-law fit recovers known parameters, the stopping rule, the points, one real point."""
 
+import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 import atomsnb.ledger as ledger_mod
 from atomsnb.ledger import Ledger
 from atomsnb.runner import run_grid
 from atomsnb.scaling import (ScalingStudyConfig, describe_fit, fit_power_law, fit_table, scaling_point,
-                             stopped_improving)
+                             stopped_improving, study_reading)
 from tiny_models import save_tiny
 
 
@@ -109,6 +112,31 @@ def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp
     assert not read["stale"].any() and len(read) == 4
     table, fits = fit_table(cfg.part(read, "data"), n_boot=50)
     assert list(table["metric"]) == ["held-out R² (AIP)", "held-out q*"] and len(table) == 2
+
+    # what chapters 2 and 4 cite: words computed from these rows, the same fits, and stale rows never used
+    params = tmp_path / "study.yaml"
+    params.write_text(yaml.safe_dump({f.name: (list(map(list, v)) if f.name == "m_values" else
+                                               list(v) if isinstance(v, tuple) else v)
+                                      for f in dataclasses.fields(cfg) for v in [getattr(cfg, f.name)]}))
+    reading = study_reading(str(params), ledger=ledger, n_boot=50)
+    data = cfg.part(read, "data").sort_values("n_train")
+    first, last = data.iloc[0], data.iloc[-1]
+    assert reading.n_points == reading.n_current == 4 and reading.evidence == ledger.evidence(read)
+    assert f"R² {first['heldout_r2_aip']:.3f} at 640 to {last['heldout_r2_aip']:.3f} at 1.2K tokens" in reading.sentence
+    c = fits[("tiny", 1, "r2_aip")]
+    assert f"fitted R² ceiling {c.ceiling:.3f}" in reading.sentence and "all 4 points" in reading.sentence
+    held = pd.DataFrame({"family": ["atoms"], "r2_aip": [0.8], "q_star": [0.5], "l0": [12.0], "l0_coefficient": [3e-3],
+                         "explained_variance": [0.9], "unit set": ["atoms"]})
+    from atomsnb.verdicts import check_units_atoms_near_one
+
+    v = check_units_atoms_near_one(held, model="tiny", at_scale=reading)
+    assert v.verdict == "not reproduced" and v.interpretation.endswith("At scale: " + reading.sentence)
+    with pytest.raises(TypeError, match="StudyReading"):
+        check_units_atoms_near_one(held, model="tiny", at_scale=reading.sentence)
+    monkeypatch.setattr(ledger_mod, "model_hash", lambda model: "cd" * 32)  # the model changed: every row stale
+    stale = study_reading(str(params), ledger=ledger, n_boot=50)
+    assert stale.n_current == 0 and "all 4 of its ledger rows are stale (refresh: make scaling)" in stale.sentence
+    assert "R²" not in stale.sentence
 
 
 def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
