@@ -30,9 +30,12 @@ the first layer of every model, then the sweeps, then data scaling at the other 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import sys
+import tempfile
 from dataclasses import dataclass, fields
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
 
@@ -45,7 +48,9 @@ from ._validate import check_data
 from .activations import token_windows
 from .aip import MIN_TOKENS_PER_DIM
 from .corpus import Corpus
-from .ledger import Ledger, provenance, repository_root
+from .export import export_saelens, zip_export
+from .io import CacheCorruptError
+from .ledger import Ledger, ledger_root, provenance, repository_root
 from .metrics import METRIC_LABELS
 from .models import check_model, resolve_model_path
 from .paper import PAPER_ATOMS
@@ -55,7 +60,7 @@ from .wording import share
 
 __all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLawFit", "fit_power_law",
            "describe_fit", "fit_table", "describe_scaling", "data_table", "capacity_table", "frontier_table",
-           "learning_curves", "PAPER_TARGET", "REACH", "FULL_STUDY", "StudyReading", "study_reading", "main"]
+           "learning_curves", "PAPER_TARGET", "REACH", "FULL_STUDY", "StudyReading", "study_reading", "DICTIONARIES", "dictionary_downloads", "main"]
 
 #: The paper's held-out (R^2, q*) of TSAE atoms that the frontier is measured against (Gemma2-2B, paper §6).
 PAPER_TARGET = (round(PAPER_ATOMS[0]["r2_aip"], 3), round(PAPER_ATOMS[0]["q_star"], 3))
@@ -120,6 +125,9 @@ class ScalingStudyConfig:
     """Models that get the capacity, seed and L0-coefficient sweeps (None: every model)."""
     sweep_layers: tuple | None = None
     """Entries of ``layers`` (``1``, ``"middle"``) at which the sweeps run (None: every layer)."""
+    export_largest: bool = False
+    """Write the dictionary of the data-scaling point at the largest ``|M|`` of every model and layer as a SAELens
+    zip with its model card into the ledger (``results/scaling/dictionaries/``), for the book's downloads."""
     seq_len: int = 128
     store_dtype: str = "bfloat16"
     """Storage dtype of the activation stores (bfloat16: 2^23 tokens of SmolLM2 take 9.7 GB)."""
@@ -196,6 +204,8 @@ class ScalingStudyConfig:
             if v is not None and (isinstance(v, str) or not v or any(x not in allowed for x in v)):
                 raise ValueError(f"{name}={v!r} is not allowed: None or a non-empty list of entries of {what} "
                                  f"{list(allowed)}")
+        if not isinstance(self.export_largest, bool):
+            raise ValueError(f"export_largest={self.export_largest!r} is not allowed: true or false")
         if isinstance(self.n_splice_tokens, bool) or not isinstance(self.n_splice_tokens, (int, np.integer)) \
                 or self.n_splice_tokens < 0:
             raise ValueError(f"n_splice_tokens={self.n_splice_tokens!r} is not allowed: an integer >= 0")
@@ -266,7 +276,10 @@ class ScalingStudyConfig:
                     todo += [(1, ms[-1], base, s, self.l0_coefficient) for s in self.seeds]
                     todo += [(1, m, base, self.seeds[0], float(c)) for m in (ms[0], ms[-1]) for c in self.l0_sweep]
                 for g, m, d, s, c in todo:
-                    p = GridPoint(model, layer, m, d, int(s), tuple(sorted((shared | {"l0_coefficient": float(c)}).items())))
+                    own = {"l0_coefficient": float(c)}
+                    if self.export_largest and (m, d, s, c) == (ms[-1], base, self.seeds[0], self.l0_coefficient):
+                        own["export_dictionary"] = True
+                    p = GridPoint(model, layer, m, d, int(s), tuple(sorted((shared | own).items())))
                     if p.key not in seen:
                         seen.add(p.key)
                         groups[g].append(p)
@@ -296,16 +309,68 @@ class ScalingStudyConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- the point
+#: The ledger's folder of dictionaries offered as downloads (relative to the ledger root, ``results/``).
+DICTIONARIES = "scaling/dictionaries"
+
+
 def scaling_point(point: GridPoint) -> dict:
     """One row of the study: :func:`atomsnb.scaling_train.train_point` (a TSAE trained until its held-out ``R^2``
     stops improving, then evaluated) with its ``provenance`` (:func:`atomsnb.ledger.provenance` of ``train_point``,
     taken before the work starts, so the row names the code that was loaded when it ran).
 
+    A point with ``export_dictionary`` in its params (``export_largest``) also writes its dictionary as a SAELens zip
+    with a model card (:func:`atomsnb.export.zip_export`) to ``<ledger root>/scaling/dictionaries/`` and records its
+    name and SHA-256 in the row (``download``, ``download_sha256``), so a reader of the ledger checks the file.
+
     Returns:
-        The columns of :func:`~atomsnb.scaling_train.train_point` and ``provenance``.
+        The columns of :func:`~atomsnb.scaling_train.train_point` and ``provenance`` (and the download's columns).
     """
     prov = provenance(train_point, point)
-    return {**train_point(point), "provenance": prov}
+    row, units = train_point(point, return_units=True)
+    if point.param("export_dictionary", False):
+        row.update(_export_dictionary(point, units, row))
+    return {**row, "provenance": prov}
+
+
+def _export_dictionary(point: GridPoint, units, row: dict) -> dict:
+    """Write one point's dictionary as a SAELens zip with its model card; returns the row's download columns."""
+    name = f"{point.model}-layer{point.layer}-M{point.n_train}-D{point.n_latents}"
+    out = ledger_root() / DICTIONARIES
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=ledger_root()) as work:
+        folder = export_saelens(units, Path(work) / name, layer=point.layer, model_name=point.model)
+        path = zip_export(folder, out / f"{name}.zip", corpus=f"{point.param('corpus')} ({point.param('fit_split')} "
+                          "split)", n_tokens=point.n_train, n_steps=max(1, int(row["steps"])),
+                          coefficients={"l0_coefficient": float(point.param("l0_coefficient"))},
+                          metrics={k: float(row[f"heldout_{k}"]) for k in ("r2_aip", "q_star", "l0",
+                                                                              "explained_variance")},
+                          overwrite=True)
+    return {"download": path.name, "download_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def dictionary_downloads(rows: pd.DataFrame, *, ledger: Ledger | None = None) -> dict[str, Path]:
+    """The ledger's dictionary zips of the current rows that carry one, each checked against the SHA-256 its row
+    recorded.
+
+    Returns:
+        ``{row key: zip path}``.
+
+    Raises:
+        CacheCorruptError: a zip is missing or its bytes differ from what its row recorded (it would offer a
+            dictionary other than the one measured).
+    """
+    base = (ledger.dir.parent if ledger is not None else ledger_root()) / DICTIONARIES
+    out = {}
+    if "download" not in rows:
+        return out
+    for _, r in rows.iterrows():
+        if not isinstance(r.get("download"), str) or bool(r.get("stale", False)):
+            continue
+        path = base / r["download"]
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != r["download_sha256"]:
+            raise CacheCorruptError(f"{path.name}: missing or not the file its ledger row {r['key']} recorded "
+                                    f"(sha256 {r['download_sha256'][:12]}...); rerun `make scaling` for that point")
+        out[r["key"]] = path
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- the fits

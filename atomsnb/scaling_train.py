@@ -77,7 +77,7 @@ def _metrics(units: SAEUnits, x: torch.Tensor, aip) -> dict:
     return evaluate_dictionary(x, units.codes(x), units.reconstruct(x), units.dictionary, aip)
 
 
-def train_point(point) -> dict:
+def train_point(point, *, return_units: bool = False) -> dict | tuple[dict, SAEUnits]:
     """Train one TSAE of the scaling study until its held-out ``R^2`` stops improving; evaluate it.
 
     Args:
@@ -86,8 +86,10 @@ def train_point(point) -> dict:
             ``max_steps``, ``eval_every``, ``patience``, ``tol``, ``warmup_steps``, ``lr``, ``l0_coefficient``,
             ``seq_len``, ``store_dtype``, ``device``, ``dtype`` and ``n_splice_tokens``; 0 skips the splice).
 
+        return_units: also return the trained unit set (for a download of the dictionary).
+
     Returns:
-        :data:`POINT_COLUMNS` (``ce_loss_score`` and ``kl_div_score`` only with ``n_splice_tokens > 0``); ``steps``,
+        The row, or ``(row, units)`` with ``return_units``. The row: :data:`POINT_COLUMNS` (``ce_loss_score`` and ``kl_div_score`` only with ``n_splice_tokens > 0``); ``steps``,
         ``tokens_seen``, ``epochs`` (tokens seen / ``|M|``), ``converged``; the learning curve ``curve_steps``,
         ``curve_tokens``, ``curve_r2`` (validation-half held-out ``R^2``); ``d_model``.
 
@@ -127,4 +129,4 @@ def train_point(point) -> dict:
     row.update(steps=int(done), tokens_seen=int(done * batch), epochs=done * batch / point.n_train,
                converged=bool(stopped_improving(r2s, p["patience"], p["tol"])),
                curve_steps=steps, curve_tokens=[s * batch for s in steps], curve_r2=[float(v) for v in r2s])
-    return row
+    return (row, units) if return_units else row

@@ -53,6 +53,7 @@ n_train_eval = 2048
 n_splice_tokens = 256  # held-out tokens for ce_loss_score and kl_div_score; 0 skips the splice
 sweep_models = None  # models with the capacity, seed and L0 sweeps (None: every model)
 sweep_layers = None  # entries of layers with the sweeps (None: every layer)
+export_largest = False  # make scaling's (the full study writes its largest dictionaries into the ledger); not here
 batch_size = 256  # the in-build subset is small: the study's own scale is in params/scaling.yaml (the ledger)
 max_steps = 60
 eval_every = 10
@@ -71,6 +72,10 @@ results = None  # results directory of this build's subset; None for build/resul
 threads = 1
 
 # %%
+
+import os
+import shutil
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -91,6 +96,9 @@ config = scaling.ScalingStudyConfig.from_mapping(dict(
     sweep_layers=sweep_layers, batch_size=batch_size, max_steps=max_steps,
     eval_every=eval_every, patience=patience, tol=tol, warmup_steps=warmup_steps, lr=lr, seq_len=seq_len,
     store_dtype=store_dtype, device=device, dtype=dtype))
+if export_largest is not False:
+    raise ValueError(f"export_largest={export_largest!r} is not allowed here: only `make scaling` writes the full "
+                     "study's dictionaries into the ledger; this chapter's subset stays in the build")
 points = config.points()  # validates the study before any work
 print(f"this build's subset: {len(points)} points on {', '.join(models)}, layers {layers}, |M| in {m_values}, "
       f"at most {max_steps} steps of {batch_size} tokens each")
@@ -153,6 +161,28 @@ else:
     display(pd.concat([ok.set_index("key")[["model", "layer", "n_train", "n_latents", "seed", "stale",
                                             "stale_because", "refresh", "wall_time_s"]],
                        prov[["git_commit", "code", "device", "cpu_cores", "threads", "date"]]], axis=1))
+
+# %% [markdown]
+# **Downloads.** The dictionary of the data-scaling point at the largest $\lvert M\rvert$ of every model and layer,
+# as a SAELens directory (zip) with its model card (model, layer, corpus, tokens, steps, coefficient, held-out
+# metrics, atomsnb version and commit): `SAE.load_from_disk` in SAELens reads it, and it takes raw residual-stream
+# activations (the AIP whitening is folded into the weights). Each zip is checked against the SHA-256 its ledger row
+# recorded before it is offered; stale rows offer none.
+
+# %%
+BUILD = Path(os.environ.get("ATOMSNB_BUILD", "build"))
+DOWNLOADS = Path(os.environ.get("ATOMSNB_DOWNLOADS_DIR") or BUILD / "downloads") / CHAPTER
+zips = scaling.dictionary_downloads(current, ledger=ledger) if len(current) else {}
+links = []
+for key, z in zips.items():
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(z, DOWNLOADS / z.name)
+    r = current.set_index("key").loc[key]
+    links.append(f"- [{z.name}](../../_static/downloads/{CHAPTER}/{z.name}) ({z.stat().st_size / 1e6:.1f} MB): "
+                 f"{r['model']} layer {int(r['layer'])}, |M| = {int(r['n_train']):,}, |D| = {int(r['n_latents'])}, "
+                 f"held-out R² {r['heldout_r2_aip']:.3f}, q* {r['heldout_q_star']:.3f}")
+display(Markdown("\n".join(links) if links else "No dictionary of the full study is in the ledger yet "
+                 f"(`{ledger.refresh}` writes them)."))
 
 # %%
 full_fits = {}

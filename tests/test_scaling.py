@@ -1,7 +1,9 @@
 """The scaling study: the power-law fit recovers known parameters, the stopping rule, the points, one real point."""
 
 import dataclasses
+import json
 import math
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -9,6 +11,8 @@ import pytest
 import yaml
 
 import atomsnb.ledger as ledger_mod
+import atomsnb.scaling as scaling_mod
+from atomsnb.io import CacheCorruptError
 from atomsnb.ledger import Ledger
 from atomsnb.runner import run_grid
 from atomsnb.scaling import (ScalingStudyConfig, describe_fit, fit_power_law, fit_table, scaling_point,
@@ -97,7 +101,8 @@ def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp
     cfg = ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800, 960, 1200),), d_multiples=(4,),
                              seeds=(0,), l0_sweep=(3e-3,), n_eval_tokens=400, n_train_eval=200, batch_size=128,
                              max_steps=40, eval_every=10, patience=2, warmup_steps=10, store_dtype="float32",
-                             n_splice_tokens=256)
+                             n_splice_tokens=256, export_largest=True)
+    monkeypatch.setattr(scaling_mod, "ledger_root", lambda: tmp_path)  # the dictionary zips go beside the rows
     ledger = Ledger("scaling", root=tmp_path)
     df = run_grid(cfg.points(), scaling_point, ledger.store, progress=False)
     assert (df["status"] == "ok").all(), df.get("error")
@@ -110,6 +115,19 @@ def test_a_real_point_runs_into_the_ledger_with_its_learning_curve(tiny_dir, tmp
     assert r["provenance"]["entry"] == "atomsnb.scaling_train:train_point"
     read = ledger.read()
     assert not read["stale"].any() and len(read) == 4
+
+    # the largest |M|'s dictionary is a download: a SAELens zip whose card carries the row's held-out numbers
+    downloads = scaling_mod.dictionary_downloads(read, ledger=ledger)
+    largest = read.loc[read["n_train"].idxmax()]
+    assert list(downloads) == [largest["key"]] and downloads[largest["key"]].parent == tmp_path / "scaling" / "dictionaries"
+    with zipfile.ZipFile(downloads[largest["key"]]) as zf:
+        card = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("model_card.json"))))
+        assert {n.rsplit("/", 1)[1] for n in zf.namelist()} >= {"cfg.json", "sae_weights.safetensors"}
+    assert card["metrics"]["r2_aip"] == pytest.approx(largest["heldout_r2_aip"]) and card["n_tokens"] == 1200
+    assert card["layer"] == 1 and card["coefficients"] == {"l0_coefficient": 3e-3}
+    downloads[largest["key"]].write_bytes(downloads[largest["key"]].read_bytes()[:-1] + b"x")  # damaged: refused
+    with pytest.raises(CacheCorruptError, match="not the file its ledger row"):
+        scaling_mod.dictionary_downloads(read, ledger=ledger)
     table, fits = fit_table(cfg.part(read, "data"), n_boot=50)
     assert list(table["metric"]) == ["held-out R² (AIP)", "held-out q*"] and len(table) == 2
 
