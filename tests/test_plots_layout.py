@@ -77,6 +77,24 @@ def _judges(judges=("token concentration", "embedding", "LLM judge")):
                          for j in judges for s in ("neurons", "features", "atoms")])
 
 
+def _scaling():
+    """Chapter 7's inputs: 2 models x 2 layers x 6 |M|, their learning curves, a 4-coefficient sweep, the fits."""
+    from atomsnb import scaling
+
+    ms = 2 ** np.arange(14, 24, 2)
+    data = pd.DataFrame([{"model": mo, "layer": l, "n_train": m, "n_latents": 2304, "seed": 0, "p_l0_coefficient": 3e-3,
+                          "heldout_r2_aip": 0.9 - 0.5 * m ** -0.3, "heldout_q_star": 0.5 - 0.2 * m ** -0.2,
+                          "converged": m < 2 ** 22, "curve_steps": [128, 256, 384], "curve_tokens": [1e5, 2e5, 3e5],
+                          "curve_r2": [0.5, 0.7, 0.8]}
+                         for mo in ("smollm2-135m", "gemma3-270m") for l in (1, 9) for m in ms])
+    fits = {(mo, l, k): scaling.fit_power_law(g["n_train"], 1 - g[f"heldout_{k}"] + RNG.normal(0, 1e-3, len(g)), n_boot=0)
+            for (mo, l), g in data.groupby(["model", "layer"]) for k in ("r2_aip", "q_star")}
+    sweep = pd.concat([data[data["n_train"] == ms[-1]].assign(p_l0_coefficient=c, heldout_r2_aip=0.9 - c,
+                                                              heldout_q_star=0.4 + 5 * c) for c in (1e-3, 3e-3, 1e-2, 3e-2)])
+    return plots.scaling_figure(data, scaling.learning_curves(data), sweep, fits, target=scaling.PAPER_TARGET,
+                                title="the full study (ledger: commit abc1234, 4.0 h on 2 CPU cores)")
+
+
 FIGURES = {
     "ch1 massive choice": lambda: plots.massive_choice_by_layer({m: _massive_table(l) for m, l in LAYERS.items()},
                                                                 title="Fitting S with or without massive tokens"),
@@ -97,6 +115,7 @@ FIGURES = {
         critical={512: 576.0}, title="smollm2-135m, layer 1: red = smallest |D| with training R² >= 0.99"),
     "ch4 layer curves": lambda: plots.layer_curves(_layers(), metrics=("r2_aip", "q_star", "ce_loss_score"),
                                                    title="Held-out R² and q*, and the loss kept when spliced in"),
+    "ch7 scaling": _scaling,
     "ch5 judges": lambda: plots.judge_scores(_judges(), order=("neurons", "features", "atoms"),
                                              title="smollm2-135m, layer 15: 64 units per set, top 20 contexts each"
                                              )[0].figure,
