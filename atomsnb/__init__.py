@@ -24,7 +24,8 @@ header (``tests/test_structure.py`` checks both, and that the import graph has n
    spliced-in faithfulness (:mod:`~atomsnb.splice`), the toy world with known atoms (:mod:`~atomsnb.synthetic`,
    SPEC §7), the prologue every experiment shares
    (:mod:`~atomsnb.pipeline`), resumable grids (:mod:`~atomsnb.runner`), committed results with their provenance
-   (:mod:`~atomsnb.ledger`), the paper's two large experiments (:mod:`~atomsnb.grid`), one point of the scaling study
+   (:mod:`~atomsnb.ledger`), the paper's two large experiments (:mod:`~atomsnb.grid`), chapter 4's experiment on the paper's models,
+   committed (:mod:`~atomsnb.layer_ledger`), one point of the scaling study
    (:mod:`~atomsnb.scaling_train`) and the study (:mod:`~atomsnb.scaling`), a chapter's parameters checked before it runs (:mod:`~atomsnb.parameters`), what a run
    will cost (:mod:`~atomsnb.budget`).
 6. **Monosemanticity** (paper §7): top contexts (:mod:`~atomsnb.contexts`), offline and LLM judges

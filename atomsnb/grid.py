@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -34,7 +34,7 @@ from .evaluation import compare_unit_sets
 from .massive import massive_token_mask
 from .metrics import METRIC_LABELS
 from .models import DEFAULT_MODEL_NAME, check_model, load_model
-from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS, PAPER_MODEL_SIZES, rerun_command
+from .paper import CAPACITY_R2_THRESHOLD, PAPER_ATOMS, PAPER_MODEL_SIZES
 from .pipeline import layer_data
 from .runner import GridPoint
 from .sae import SAEConfig
@@ -377,6 +377,26 @@ def layer_point(point: GridPoint) -> dict:
     return row
 
 
+def layer_study_configs(params: Mapping) -> list[LayerStudyConfig]:
+    """Chapter 4's parameters (or a parameter file's, e.g. ``params/gemma-2-2b.yaml``) as one
+    :class:`LayerStudyConfig` per model: ``models``, ``layers`` (None, or one list or None per model) and any field of
+    :class:`LayerStudyConfig`; a field the mapping leaves out keeps the config's default, other keys (``threads``,
+    ``backend``, ...) are ignored. Not validated here (:meth:`LayerStudyConfig.points` validates).
+
+    Raises:
+        ValueError: ``models`` is not a non-empty list, or ``layers`` does not hold one entry per model.
+    """
+    models, layers = params.get("models"), params.get("layers")
+    if isinstance(models, str) or not isinstance(models, (list, tuple)) or not models:
+        raise ValueError(f"models={models!r} is not allowed: a non-empty list of model names, directories or hub ids")
+    if layers is not None and len(layers) != len(models):
+        raise ValueError(f"layers must hold one list (or None) per model: {len(models)} models, {len(layers)} lists")
+    names = {f.name for f in fields(LayerStudyConfig)} - {"model", "layers"}
+    conv = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names}
+    return [LayerStudyConfig(model=m, layers=None if ls is None else tuple(ls), **conv)
+            for m, ls in zip(models, layers if layers is not None else [None] * len(models))]
+
+
 def _layers_label(layers) -> str:
     """'5', '1-26' for a contiguous run, else the list '8, 15, 23' (an average over a subset says which)."""
     ls = sorted({int(l) for l in layers})
@@ -416,7 +436,8 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS, *,
-                       sizes: dict[str, int] | None = None) -> pd.DataFrame:
+                       sizes: dict[str, int] | None = None, ledger: pd.DataFrame | None = None,
+                       evidence: str | None = None) -> pd.DataFrame:
     """The paper's per-model rows beside ours (atoms, averaged over layers): chapter 4's table, for a reader.
 
     Args:
@@ -424,13 +445,22 @@ def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS, 
         paper: the paper's rows (default :data:`atomsnb.paper.PAPER_ATOMS`).
         sizes: our models' parameter counts, shown in a ``parameters`` column beside the paper's models' nominal
             sizes (:data:`atomsnb.paper.PAPER_MODEL_SIZES`), so the size difference is in the table.
+        ledger: :func:`paper_table` of the committed rows of :mod:`atomsnb.layer_ledger` (the paper's models run
+            elsewhere), used for a paper model this build did not run; ``evidence`` says where they come from.
 
     Returns:
-        Rows with ``model``, ``layers``, ``source`` (``"paper"``, ``"ours (this build)"`` or ``"not run here"``),
-        ``R² (AIP)`` and ``q*`` formatted as percentages, and for rows not run here the ``command`` that would run
-        them. Models of ours that the paper did not report follow the paper's rows.
+        Rows with ``model``, ``layers``, ``source`` (``"paper"``, ``"ours (this build)"``, ``"ours (<evidence>)"`` or
+        ``"not run here"``), ``R² (AIP)`` and ``q*`` formatted as percentages, and for rows not run here the
+        ``command`` that computes them into the ledger. Models of ours that the paper did not report follow the
+        paper's rows.
+
+    Raises:
+        ValueError: ``ledger`` without ``evidence``.
     """
+    if ledger is not None and not evidence:
+        raise ValueError("ledger rows need their evidence (Ledger.evidence): the table must say where they come from")
     atoms = ours[ours["unit set"] == "atoms"]
+    committed = ledger[ledger["unit set"] == "atoms"] if ledger is not None else atoms.iloc[:0]
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     r2, q = METRIC_LABELS["r2_aip"], METRIC_LABELS["q_star"]
     sizes = sizes or {}
@@ -439,15 +469,17 @@ def compare_with_paper(ours: pd.DataFrame, paper: Sequence[dict] = PAPER_ATOMS, 
     for r in paper:
         rows.append({"model": r["model"], "parameters": PAPER_MODEL_SIZES.get(r["model"], ""), "layers": r["layers"],
                      "source": "paper", r2: pct(r["r2_aip"]), q: pct(r["q_star"])})
-        mine = atoms[atoms["model"] == r["model"]]
+        mine, source = atoms[atoms["model"] == r["model"]], "ours (this build)"
+        if mine.empty:
+            mine, source = committed[committed["model"] == r["model"]], f"ours ({evidence})"
         if len(mine):
             rows.append({"model": r["model"], "parameters": PAPER_MODEL_SIZES.get(r["model"], ""),
-                         "layers": mine["layers"].iloc[0], "source": "ours (this build)",
+                         "layers": mine["layers"].iloc[0], "source": source,
                          r2: pct(mine["r2_aip"].iloc[0]), q: pct(mine["q_star"].iloc[0])})
         else:
             rows.append({"model": r["model"], "parameters": PAPER_MODEL_SIZES.get(r["model"], ""),
                          "layers": r["layers"], "source": "not run here",
-                         "command": rerun_command("04_per_model_results", r["params"])})
+                         "command": f"make layers-ledger PARAMS={r['params']}"})
     reported = {r["model"] for r in paper}
     for _, r in atoms[~atoms["model"].isin(reported)].iterrows():
         rows.append({"model": r["model"], "parameters": human(sizes[r["model"]]) if r["model"] in sizes else "",

@@ -42,7 +42,8 @@ from . import __version__
 from .codeprint import code_fingerprint
 from .corpus import Corpus
 from .io import CacheCorruptError
-from .models import model_card
+from .fingerprints import directory_fingerprint
+from .models import REGISTERED_MODELS, ModelNotFoundError, canonical_name, model_card, resolve_model_path
 from .runner import GridPoint, ResultsStore, ResultsStoreWarning
 
 __all__ = ["Ledger", "provenance", "model_hash", "corpus_fingerprint", "git_commit", "check_no_absolute_paths",
@@ -98,14 +99,31 @@ MODEL_CONTENT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
 def model_hash(model: str) -> str:
-    """SHA-256 (64 hex digits) of what determines a registered model's activations, from its verified model card
-    (:func:`atomsnb.models.model_card`): the SHA-256 of :data:`MODEL_CONTENT_FILES` as the card records them (a
-    packaged model), or the card's ``weights_sha256`` (the docstring GPT-2). Not the card file's own bytes: a card
-    also records the conversion's wall time, so two conversions of the same GGUF on two machines must agree here.
+    """SHA-256 (64 hex digits) of what determines a model's activations.
+
+    A registered model: from its verified model card (:func:`atomsnb.models.model_card`), the SHA-256 of
+    :data:`MODEL_CONTENT_FILES` as the card records them (a packaged model), or the card's ``weights_sha256`` (the
+    docstring GPT-2); not the card file's own bytes, since a card also records the conversion's wall time, so two
+    conversions of the same GGUF on two machines agree here. Any other model (a local directory, or a hub id read
+    from the local Hugging Face cache, as the paper's models are on a GPU machine):
+    :func:`atomsnb.fingerprints.directory_fingerprint` of its directory (weights, config and tokenizer files).
 
     Raises:
-        ModelNotFoundError: no card for ``model`` (only registered models have one).
+        ModelNotFoundError: a registered model without its card, a local path that is no model directory, or a hub id
+            that is not in the local Hugging Face cache.
     """
+    if canonical_name(model) not in REGISTERED_MODELS:
+        path = resolve_model_path(model, verbose=False)
+        if not Path(path).is_dir():  # a hub id: the snapshot transformers loaded it from
+            from huggingface_hub import snapshot_download  # optional; only for hub ids
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            try:
+                path = snapshot_download(path, local_files_only=True)
+            except LocalEntryNotFoundError as exc:
+                raise ModelNotFoundError(f"hub model {model!r} is not in the local Hugging Face cache, so its "
+                                         f"weights cannot be hashed for the ledger: load it once first") from exc
+        return directory_fingerprint(path)
     card = model_card(model)  # verifies a packaged card before its contents are trusted
     files = card.get("files") or {}
     content = {f: files[f] for f in MODEL_CONTENT_FILES if f in files} or {"weights": card.get("weights_sha256")}
@@ -114,7 +132,11 @@ def model_hash(model: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def corpus_fingerprint(source: str) -> str:
-    """:meth:`atomsnb.corpus.Corpus.fingerprint` of every split of ``source`` (16 hex digits; memoised per process)."""
+    """:meth:`atomsnb.corpus.Corpus.fingerprint` of every split of ``source`` (16 hex digits; memoised per process);
+    ``"hub-stream"`` for a streamed Hugging Face dataset (``hf:`` sources, as the activation store keys them: its
+    text is not downloaded whole, so only its name, which the row records as ``corpus``, identifies it)."""
+    if str(source).startswith("hf:"):
+        return "hub-stream"
     return Corpus(source).fingerprint()
 
 
@@ -295,6 +317,15 @@ class Ledger:
         if n_stale:
             line += f"; {n_stale} of {len(ok)} rows stale (refresh: {self.refresh})"
         return line
+
+    def drop_stale(self, keys) -> int:
+        """Delete the stale rows among ``keys`` (the points a run is about to compute), so that the run recomputes
+        them; returns how many were deleted. Rows of other points are left alone."""
+        rows = self.read(errors="warn")
+        stale = set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()
+        for k in sorted(stale & set(keys)):
+            (self.dir / f"{k}.json").unlink()
+        return len(stale & set(keys))
 
     def drop_errors(self) -> list[str]:
         """Delete the rows of points that raised (their tracebacks name this machine's paths, and an error is not a

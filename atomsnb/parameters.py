@@ -21,7 +21,7 @@ from typing import NamedTuple
 from ._validate import check_data, check_fields, check_int, check_massive_k
 from .activations import ActivationConfig
 from .aip import MIN_TOKENS_PER_DIM
-from .grid import CapacityGridConfig, LayerStudyConfig
+from .grid import CapacityGridConfig, layer_study_configs
 from .io import CacheCorruptError
 from .models import ModelNotFoundError, _looks_local, canonical_name, check_model
 from .packaged import PACKAGED_MODELS, packaged_model_path, verified_card
@@ -191,17 +191,8 @@ def _capacity_grid(p: Mapping) -> None:
 
 def _per_model_results(p: Mapping) -> None:
     _threads(p["threads"])
-    models, layers = p["models"], p["layers"]
-    if layers is not None and len(layers) != len(models):
-        raise ValueError(f"layers must hold one list (or None) per model: {len(models)} models, {len(layers)} lists")
-    for m, ls in zip(models, layers if layers is not None else [None] * len(models)):
-        _grid_config(LayerStudyConfig(
-            model=m, layers=None if ls is None else tuple(ls), corpus=p["corpus"], n_fit_tokens=p["n_fit_tokens"],
-            n_train_tokens=p["n_train_tokens"], n_eval_tokens=p["n_eval_tokens"], n_splice_tokens=p["n_splice_tokens"],
-            n_steps=p["n_steps"], batch_size=p["batch_size"], capacity=p["capacity"],
-            l0_coefficient=p["l0_coefficient"], l1_coefficient=p["l1_coefficient"], massive_k=p["massive_k"],
-            seeds=tuple(p["seeds"]), seq_len=p["seq_len"], store_dtype=p["store_dtype"], device=p["device"],
-            dtype=p["dtype"]))
+    for config in layer_study_configs(p):
+        _grid_config(config)
 
 
 def _scaling(p: Mapping) -> None:

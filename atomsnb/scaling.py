@@ -731,12 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_yaml(args.params)
     points = config.points(check_corpus=not args.dry_run)
     ledger = Ledger("scaling", root=args.ledger)
-    rows = ledger.read(errors="warn")
-    stale = set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()
-    keys = {p.key for p in points}
-    for k in sorted(stale & keys):
-        (ledger.dir / f"{k}.json").unlink()  # recomputed below
-    print(f"scaling: {len(points)} points; {len(stale & keys)} stale rows removed for recomputation; ledger "
+    n_stale = ledger.drop_stale({p.key for p in points})  # recomputed below
+    print(f"scaling: {len(points)} points; {n_stale} stale rows removed for recomputation; ledger "
           f"{ledger.dir.name}/", flush=True)
     if args.dry_run:
         for p in points:

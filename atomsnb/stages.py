@@ -17,7 +17,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
     ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external", "export")),
     ("Evaluation and experiments", ("_validate", "evaluation", "splice", "synthetic", "pipeline", "runner", "ledger",
-                                    "grid", "scaling_train", "scaling", "parameters", "budget")),
+                                    "grid", "layer_ledger", "scaling_train", "scaling", "parameters", "budget")),
     ("Monosemanticity", ("contexts", "judges", "ratings", "monosemanticity", "browser")),
     ("Verdicts and figures", ("verdicts", "plots")),
 )

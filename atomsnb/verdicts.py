@@ -665,40 +665,57 @@ def check_layers_atoms_near_one(table: pd.DataFrame, *, model: str, at_scale: St
                     model=model, values=values if len(rows) > 1 else values["atoms"])
 
 
-def check_layers_paper_models(table: pd.DataFrame | None = None, *, model_label: str | None = None) -> list[Verdict]:
+def _has_atoms(table: pd.DataFrame | None, model: str) -> bool:
+    return table is not None and "model" in table and ((table["model"] == model) & (table["unit set"] == "atoms")).any()
+
+
+def check_layers_paper_models(table: pd.DataFrame | None = None, *, model_label: str | None = None,
+                              ledger_table: pd.DataFrame | None = None, evidence: str | None = None) -> list[Verdict]:
     """``layers.<model>`` (paper §6): one verdict per model of the paper's table (:data:`PAPER_ATOMS`).
 
-    A model present in ``table`` (column ``model``) is judged as :func:`check_layers_atoms_near_one`; the others
-    are *not run here*, with the command that runs them.
+    A model present in ``table`` (column ``model``, computed in this build) is judged as
+    :func:`check_layers_atoms_near_one`; else one present in ``ledger_table`` (the committed rows of
+    :mod:`atomsnb.layer_ledger`), judged the same way with ``evidence`` saying where its numbers come from; the others
+    are *not run here*, with the command that computes them into the ledger.
 
     Args:
         table: :func:`atomsnb.grid.paper_table` output (``model``, ``unit set``, ``layers``, ``r2_aip``,
             ``q_star``), or None if nothing ran.
         model_label: what ours ran on (defaults to the model name).
+        ledger_table: :func:`atomsnb.grid.paper_table` of the ledger's current rows, or None.
+        evidence: :meth:`atomsnb.ledger.Ledger.evidence` of those rows (required with ``ledger_table``).
 
     Returns:
         One :class:`Verdict` per row of :data:`PAPER_ATOMS`.
+
+    Raises:
+        ValueError: ``ledger_table`` without ``evidence``.
     """
+    if ledger_table is not None and not evidence:
+        raise ValueError("ledger_table needs its evidence (Ledger.evidence): a verdict on committed rows must say "
+                         "where they come from")
     out = []
     for r in PAPER_ATOMS:
         cid = f"layers.{r['model'].split('/')[-1]}"
-        ran = table is not None and "model" in table and ((table["model"] == r["model"]) &
-                                                           (table["unit set"] == "atoms")).any()
-        if not ran:
-            cmd = rerun_command("04_per_model_results", r["params"])
-            out.append(_verdict(cid, "not run here", ours="not run in this build (needs the model and a GPU)",
+        source, ev = (table, None) if _has_atoms(table, r["model"]) else \
+            (ledger_table, evidence) if _has_atoms(ledger_table, r["model"]) else (None, None)
+        if source is None:
+            out.append(_verdict(cid, "not run here", ours="not run in this build (needs the model and a GPU) and not "
+                                "in the ledger results/layers/",
                                 criterion=f"as layers.atoms_near_one, on {r['model']}",
-                                interpretation=f"{r['model']} was not run in this build.", model=r["model"],
-                                command=cmd))
+                                interpretation=f"{r['model']} was not run in this build, and the ledger holds no current "
+                                               "row of it.", model=r["model"],
+                                command=f"make layers-ledger PARAMS={r['params']}"))
             continue
-        a = _atoms_row(table, r["model"])
+        a = _atoms_row(source, r["model"])
         r2, q = _finite("r2_aip", a["r2_aip"]), _finite("q_star", a["q_star"])
         verdict, words = _near_one_verdict(r2, q)
         out.append(_verdict(cid, verdict, ours=f"R^2 = {r2:.4f}, q* = {q:.4f} (layers {a['layers']})",
                             criterion=f"reproduced: mean R^2 >= {NEAR_ONE:g} and q* >= {NEAR_ONE:g}; partly: one of them",
                             interpretation=f"On {r['model']}, {words} (paper: {percent(r['r2_aip'], 2)} / "
                                            f"{percent(r['q_star'], 2)}).",
-                            model=model_label or r["model"], values={"r2_aip": r2, "q_star": q}))
+                            model=(model_label if source is table else None) or r["model"],
+                            values={"r2_aip": r2, "q_star": q}, evidence=ev))
     return out
 
 

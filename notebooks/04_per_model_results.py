@@ -66,21 +66,17 @@ threads = 1  # torch CPU threads; None for torch's default
 import matplotlib.pyplot as plt
 import torch
 
-from atomsnb import claims, grid, plots, scaling, verdicts
+from atomsnb import claims, grid, layer_ledger, plots, scaling, verdicts
 from atomsnb.runner import results_dir, run_grid
 
 if threads:
     torch.set_num_threads(threads)
 CHAPTER = "04_per_model_results"
-if layers is not None and len(layers) != len(models):
-    raise ValueError(f"layers must hold one list (or None) per model: {len(models)} models, {len(layers)} lists")
-configs = [grid.LayerStudyConfig(model=m, layers=None if ls is None else tuple(ls), corpus=corpus,
-                                 n_fit_tokens=n_fit_tokens, n_train_tokens=n_train_tokens, n_eval_tokens=n_eval_tokens,
-                                 n_splice_tokens=n_splice_tokens, n_steps=n_steps, batch_size=batch_size,
-                                 capacity=capacity, l0_coefficient=l0_coefficient, l1_coefficient=l1_coefficient,
-                                 massive_k=massive_k, topk=topk, seeds=tuple(seeds), seq_len=seq_len, store_dtype=store_dtype,
-                                 device=device, dtype=dtype)
-           for m, ls in zip(models, layers if layers is not None else [None] * len(models))]
+configs = grid.layer_study_configs(dict(
+    models=models, layers=layers, corpus=corpus, n_fit_tokens=n_fit_tokens, n_train_tokens=n_train_tokens,
+    n_eval_tokens=n_eval_tokens, n_splice_tokens=n_splice_tokens, n_steps=n_steps, batch_size=batch_size,
+    capacity=capacity, l0_coefficient=l0_coefficient, l1_coefficient=l1_coefficient, massive_k=massive_k, topk=topk,
+    seeds=seeds, seq_len=seq_len, store_dtype=store_dtype, device=device, dtype=dtype))
 points = [p for c in configs for p in c.points()]  # validates every model, layer and size before any work
 for c in configs:
     ls = [p.layer for p in points if p.model == c.model]
@@ -112,13 +108,20 @@ plt.show()
 # %% [markdown]
 # ## The paper's table beside ours
 #
-# Ours is computed in this build and averaged over the layers that ran; the paper's rows are quoted. Rows we could
-# not run here (no GPU, no model hub in the book build) say so, with the command that would run them.
+# Ours is computed in this build and averaged over the layers that ran; the paper's rows are quoted. The paper's
+# models need a GPU and the model hub, which the book's build has not: whoever has them runs
+# `make layers-ledger PARAMS=params/gemma-2-2b.yaml` ({mod}`atomsnb.layer_ledger`, the same computation per layer)
+# and commits the rows (`results/layers/`); the table then shows them with where they come from (commit, hours,
+# device). A stale row (code, model or corpus changed since) is not shown. Rows neither run here nor in the ledger say
+# so, with the command.
 
 # %%
 table = grid.paper_table(df)
 sizes = df.groupby("model", sort=False)["n_parameters"].first().to_dict()
-grid.compare_with_paper(table, sizes=sizes)
+committed, evidence = layer_ledger.read_layers()
+ledger_table = grid.paper_table(committed) if len(committed) else None
+print(f"the ledger results/layers/: {evidence or 'no current row'}")
+grid.compare_with_paper(table, sizes=sizes, ledger=ledger_table, evidence=evidence)
 
 # %%
 grid.paper_reader_table(table)
@@ -131,7 +134,7 @@ label = "; ".join(f"{m} (layers {', '.join(str(p.layer) for p in points if p.mod
 # The verdict is on this build's numbers; it cites the committed scaling study (chapter 7's ledger).
 claims.record(verdicts.check_layers_atoms_near_one(table, model=f"{label}, {n_steps} steps of {batch_size} on "
                                                                 f"{n_train_tokens:,} tokens", at_scale=scaling.study_reading()))
-for verdict in verdicts.check_layers_paper_models(table):
+for verdict in verdicts.check_layers_paper_models(table, ledger_table=ledger_table, evidence=evidence):
     claims.record(verdict)
 
 # %% [markdown]

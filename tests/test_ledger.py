@@ -108,6 +108,8 @@ def test_model_hash_is_the_models_content_not_the_cards_bytes(monkeypatch):
              "flags": {"files": {**files, "tokenizer_config.json": "f" * 64}},
              "gpt2": {"weights_sha256": "9" * 64}, "gpt2b": {"weights_sha256": "8" * 64}}
     monkeypatch.setattr(ledger_mod, "model_card", lambda model: cards[model])
+    monkeypatch.setattr(ledger_mod, "REGISTERED_MODELS", tuple(cards))  # registered: hashed from their cards
+    monkeypatch.setattr(ledger_mod, "canonical_name", lambda model: model)
     h = {m: ledger_mod.model_hash(m) for m in cards}
     assert h["one"] == h["two"] == h["flags"] and h["one"] != h["other"] and h["gpt2"] != h["gpt2b"]
     assert len(h["one"]) == 64 and h["gpt2"] != h["one"]

@@ -349,7 +349,7 @@ def test_layers_paper_models(capsys):
     vs = V.check_layers_paper_models(_table(0.9995, 0.999, model="google/gemma-2-2b"))
     assert [v.claim_id for v in vs] == ["layers.gemma-2-2b", "layers.gemma-2-9b", "layers.Llama-3.1-8B"]
     assert [v.verdict for v in vs] == ["reproduced", "not run here", "not run here"]
-    assert "params/gemma-2-9b.yaml" in vs[1].command and "04_per_model_results.py" in vs[1].command
+    assert vs[1].command == "make layers-ledger PARAMS=params/gemma-2-9b.yaml" and vs[0].evidence is None
     assert printed(vs[1], capsys).count("to run it: ") == 1
     vs = V.check_layers_paper_models(_table(0.5, 0.999, model="google/gemma-2-2b"))
     assert vs[0].verdict == "partly reproduced" and "q* reaches 0.99 but R^2 does not" in vs[0].interpretation
@@ -424,7 +424,7 @@ def test_status_page_renders_the_records_and_refuses_bad_ones(tmp_path, monkeypa
     page = out.read_text()
     assert "1 *not reproduced*" in page and "3 *not run here*" in page
     assert "<small>reading: Averaged over layers 1-4, neither R^2 nor q\\* reaches 0.99" in page
-    assert "(paper §6)" in page and "-f params/gemma-2-9b.yaml" in page
+    assert "(paper §6)" in page and "make layers-ledger PARAMS=params/gemma-2-9b.yaml" in page
     # every claim says where its numbers come from
     assert page.count("<small>evidence: computed in this build</small>") == 1
     assert page.count("<small>evidence: not run in this build</small>") == 3
