@@ -301,8 +301,13 @@ class ScalingStudyConfig:
             raise ValueError(f"part {which!r} is unknown: 'data', 'capacity', 'seeds' or 'sweep'")
         base = (df["n_latents"] == (self.base_multiple * df["d_model"]).round().astype(int))
         first, coef = df["seed"] == self.seeds[0], np.isclose(df["p_l0_coefficient"], self.l0_coefficient)
-        g = df.groupby(["model", "layer"])["n_train"]
-        largest, smallest = df["n_train"] == g.transform("max"), df["n_train"] == g.transform("min")
+        if "p_n_fit_tokens" in df:  # the study's own largest and smallest |M| (a ledger may hold only some rows)
+            pool = df["p_n_fit_tokens"].astype(int)
+            low = {max(ms): min(ms) for ms in self.m_values}
+            largest, smallest = df["n_train"] == pool, df["n_train"] == pool.map(low).fillna(-1)
+        else:
+            g = df.groupby(["model", "layer"])["n_train"]
+            largest, smallest = df["n_train"] == g.transform("max"), df["n_train"] == g.transform("min")
         mask = {"data": base & first & coef, "capacity": largest & first & coef, "seeds": largest & base & coef,
                 "sweep": base & first & (largest | smallest)}[which]
         return df[mask].sort_values(["model", "layer", "n_train", "n_latents", "seed", "p_l0_coefficient"])

@@ -193,9 +193,10 @@ if len(current):
 # ## Claim check
 
 # %%
-verdict = claims.record(verdicts.check_scaling_near_one(
-    full_fits, model=f"{', '.join(full.models)}; layers {list(full.layers)}; |M| up to "
-                     f"{max(max(m) for m in full.m_values):,} tokens", evidence=evidence))
+scope = (f"{', '.join(sorted(current['model'].unique()))}; layers {sorted(current['layer'].astype(int).unique())}; "
+         f"|M| up to {int(current['n_train'].max()):,} tokens; {len(current)} of the {len(wanted)} points"
+         if len(current) else f"{', '.join(full.models)} (not run)")
+verdict = claims.record(verdicts.check_scaling_near_one(full_fits, model=scope, evidence=evidence))
 
 # %% [markdown]
 # **Reading the study.** Where a fitted ceiling's whole interval lies below 0.99, more activations of the same kind
