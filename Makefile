@@ -78,8 +78,12 @@ model: $(STAMP)
 book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
 	$(BIN)/python tools/run_notebook.py $< $@
 
-# Chapter 7 shows the scaling study's committed ledger rows (results/scaling/, `make scaling`) beside its own subset.
-book/chapters/07_scaling.ipynb build/ci/07_scaling.ipynb: params/scaling.yaml $(wildcard results/scaling/*.json)
+# Chapter 7 shows the scaling study's committed ledger rows (results/scaling/, `make scaling`) beside its own subset;
+# the atoms-near-1 verdicts of chapters 2 and 4 cite them.
+SCALING_ROWS := params/scaling.yaml $(wildcard results/scaling/*.json)
+book/chapters/07_scaling.ipynb build/ci/07_scaling.ipynb: $(SCALING_ROWS)
+book/chapters/02_neurons_features_atoms.ipynb build/ci/02_neurons_features_atoms.ipynb: $(SCALING_ROWS)
+book/chapters/04_per_model_results.ipynb build/ci/04_per_model_results.ipynb: $(SCALING_ROWS)
 
 # The full scaling study (atomsnb.scaling, chapter 7): every point through atomsnb.runner into the ledger
 # results/scaling/ (one checksummed row per point with its provenance, written as it finishes; a killed run resumes;
