@@ -106,9 +106,9 @@ book/chapters/04_per_model_results.ipynb build/ci/04_per_model_results.ipynb: $(
 book/chapters/05_monosemanticity.ipynb: | book/chapters/02_neurons_features_atoms.ipynb
 book/chapters/06_atom_browser.ipynb: | book/chapters/02_neurons_features_atoms.ipynb
 
-# The longest chapters start first (measured cold on 2 cores: chapter 4 about 9.5 min, chapter 1 about 7, the others
-# 6 or less), so that the two job slots finish together.
-LONGEST_FIRST := book/chapters/04_per_model_results.ipynb book/chapters/01_representation_shift.ipynb
+# The longest chapters start first (measured cold on 2 cores: chapters 4 and 2 are the longest, and chapters 5 and 6
+# wait for chapter 2), so that the two job slots finish together.
+LONGEST_FIRST := book/chapters/04_per_model_results.ipynb book/chapters/02_neurons_features_atoms.ipynb
 notebooks: model
 	$(MAKE) --no-print-directory -j$(JOBS) $(filter $(LONGEST_FIRST),$(EXECUTED)) $(filter-out $(LONGEST_FIRST),$(EXECUTED))
 
