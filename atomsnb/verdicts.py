@@ -778,7 +778,7 @@ def check_mono_llm_human_judgement(diffs: pd.DataFrame, *, judges: Sequence[str]
 # Chapter 7: the scaling study
 # =====================================================================================================================
 def check_scaling_near_one(fits: Mapping, *, model: str, evidence: str | None, command: str = "make scaling",
-                           reach: float = NEAR_ONE) -> Verdict:
+                           reach: float = NEAR_ONE, n_rows: int = 0) -> Verdict:
     """``scaling.atoms_near_one_with_data`` (paper §5-6): with enough data, atoms reach ``R^2`` and ``q*`` near 1.
 
     Decided on the power-law fits of held-out ``1 - R^2`` and ``1 - q*`` against ``|M|`` (:func:`atomsnb.scaling.fit_table`)
@@ -790,6 +790,7 @@ def check_scaling_near_one(fits: Mapping, *, model: str, evidence: str | None, c
             study has not been run (then the verdict is "not run here" with ``command``).
         model: what the fits were computed on.
         evidence: where the rows come from (:meth:`atomsnb.ledger.Ledger.evidence`).
+        n_rows: the current ledger rows the fits were attempted on (with no fit: none, or too few data sizes).
 
     Returns:
         reproduced: no ceiling below ``reach`` (the fits are consistent with reaching it); not reproduced: at every
@@ -797,7 +798,9 @@ def check_scaling_near_one(fits: Mapping, *, model: str, evidence: str | None, c
     """
     if not fits:
         return _verdict("scaling.atoms_near_one_with_data", "not run here",
-                        ours="the ledger holds no current row of the full study",
+                        ours="the ledger holds no current row of the full study" if not n_rows else
+                             f"the ledger holds {n_rows} current row{'s' if n_rows > 1 else ''} of the full study, "
+                             "but no model and layer with the 4 data sizes a fit needs yet",
                         criterion=f"the fitted ceilings of held-out R^2 and q* against |M| (95 % CI) reach {reach:g}",
                         interpretation="", model=model, command=command, evidence=evidence)
     below = {}

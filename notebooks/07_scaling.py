@@ -107,9 +107,10 @@ print(f"this build's subset: {len(points)} points on {', '.join(models)}, layers
 def show(df: pd.DataFrame, cfg: scaling.ScalingStudyConfig, title: str, n_boot: int = 1000):
     """Tables, figure, fits and readings of a study's rows; returns the fits."""
     data, sweep = cfg.part(df, "data"), cfg.part(df, "sweep")
-    display(scaling.data_table(data))
-    display(scaling.capacity_table(pd.concat([cfg.part(df, "capacity"), cfg.part(df, "seeds")]).drop_duplicates("key")))
-    display(scaling.frontier_table(sweep))
+    capacity = pd.concat([cfg.part(df, "capacity"), cfg.part(df, "seeds")]).drop_duplicates("key")
+    for what, rows, table in (("data scaling", data, scaling.data_table), ("capacity and seeds", capacity,
+                              scaling.capacity_table), ("L0 sweep", sweep, scaling.frontier_table)):
+        display(table(rows) if len(rows) else Markdown(f"*{what}: no row yet.*"))
     table, fits = scaling.fit_table(data, n_boot=n_boot)
     display(table.drop(columns=["reading"]))
     plots.scaling_figure(data, scaling.learning_curves(data), sweep, fits, target=scaling.PAPER_TARGET, title=title)
@@ -193,10 +194,11 @@ if len(current):
 # ## Claim check
 
 # %%
-scope = (f"{', '.join(sorted(current['model'].unique()))}; layers {sorted(current['layer'].astype(int).unique())}; "
+scope = (f"{', '.join(sorted(current['model'].unique()))}; layers {sorted(int(l) for l in current['layer'].unique())}; "
          f"|M| up to {int(current['n_train'].max()):,} tokens; {len(current)} of the {len(wanted)} points"
          if len(current) else f"{', '.join(full.models)} (not run)")
-verdict = claims.record(verdicts.check_scaling_near_one(full_fits, model=scope, evidence=evidence))
+verdict = claims.record(verdicts.check_scaling_near_one(full_fits, model=scope, evidence=evidence,
+                                                        n_rows=len(current)))
 
 # %% [markdown]
 # **Reading the study.** Where a fitted ceiling's whole interval lies below 0.99, more activations of the same kind

@@ -171,7 +171,9 @@ def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
     v = check_scaling_near_one({("m", 1, "r2_aip"): capped}, model="m", evidence=ev)
     assert v.verdict == "not reproduced" and "ceiling 0.95" in v.ours
     v = check_scaling_near_one({}, model="m", evidence=None)
-    assert v.verdict == "not run here" and v.command == "make scaling"
+    assert v.verdict == "not run here" and v.command == "make scaling" and "no current row" in v.ours
+    v = check_scaling_near_one({}, model="m", evidence=ev, n_rows=2)
+    assert v.verdict == "not run here" and "holds 2 current rows" in v.ours and "4 data sizes" in v.ours
 
 
 def test_a_rows_code_fingerprint_is_the_training_code_only():
