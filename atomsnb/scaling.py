@@ -24,7 +24,8 @@ this module (the configuration, the fits, the words) leaves the committed rows c
 **What the full study runs** (``params/scaling.yaml``): data scaling on every model and layer; the capacity, seed and
 L0-coefficient sweeps only where ``sweep_models`` and ``sweep_layers`` say (the issue's fallback when the full study
 does not fit 6 hours on 2 cores: SmolLM2, layer 1). Points run in order of what a reader needs first: data scaling at
-the first layer of every model, then the sweeps, then data scaling at the other layers; ascending ``|M|`` within each.
+the first layer of every model, then the sweeps (the L0 frontier, the seeds, then capacity, whose largest ``|D|`` costs
+most), then data scaling at the other layers; ascending ``|M|`` within each.
 """
 
 from __future__ import annotations
@@ -271,10 +272,11 @@ class ScalingStudyConfig:
                 todo = [(0 if i == 0 else 2, m, base, self.seeds[0], self.l0_coefficient) for m in ms]
                 if (self.sweep_models is None or model in self.sweep_models) and \
                         (self.sweep_layers is None or entry in self.sweep_layers):
-                    todo += [(1, ms[-1], int(round(k * d_model)), self.seeds[0], self.l0_coefficient)
-                             for k in self.d_multiples]
-                    todo += [(1, ms[-1], base, s, self.l0_coefficient) for s in self.seeds]
+                    # the frontier first, then the seeds, then capacity (the largest |D| costs most)
                     todo += [(1, m, base, self.seeds[0], float(c)) for m in (ms[0], ms[-1]) for c in self.l0_sweep]
+                    todo += [(1, ms[-1], base, s, self.l0_coefficient) for s in self.seeds]
+                    todo += [(1, ms[-1], int(round(k * d_model)), self.seeds[0], self.l0_coefficient)
+                             for k in sorted(self.d_multiples)]
                 for g, m, d, s, c in todo:
                     own = {"l0_coefficient": float(c)}
                     if self.export_largest and (m, d, s, c) == (ms[-1], base, self.seeds[0], self.l0_coefficient):
