@@ -498,6 +498,8 @@ def fit_power_law(m: Sequence[float], y: Sequence[float], *, n_boot: int = 1000,
 def _tokens(n: float) -> str:
     if not math.isfinite(n):
         return "never"
+    if n >= 1e15:  # a million times the paper's 1.9B activations: the unit would hide how absurd it is
+        return f"{n:.1e}"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
             return f"{n / scale:.2g}{unit}"
