@@ -61,7 +61,7 @@ from .wording import share
 
 __all__ = ["ScalingStudyConfig", "scaling_point", "stopped_improving", "PowerLawFit", "fit_power_law",
            "describe_fit", "fit_table", "describe_scaling", "data_table", "capacity_table", "frontier_table",
-           "learning_curves", "PAPER_TARGET", "REACH", "FULL_STUDY", "StudyReading", "study_reading", "DICTIONARIES", "dictionary_downloads", "main"]
+           "learning_curves", "PAPER_TARGET", "REACH", "describe_frontier_shift", "FULL_STUDY", "StudyReading", "study_reading", "DICTIONARIES", "dictionary_downloads", "main"]
 
 #: The paper's held-out (R^2, q*) of TSAE atoms that the frontier is measured against (Gemma2-2B, paper §6).
 PAPER_TARGET = (round(PAPER_ATOMS[0]["r2_aip"], 3), round(PAPER_ATOMS[0]["q_star"], 3))
@@ -603,6 +603,31 @@ def learning_curves(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def describe_frontier_shift(sweep: pd.DataFrame) -> list[str]:
+    """Does scale move the L0 frontier, or only a point along it? Per model and layer, the sweep's points at the
+    smallest and the largest ``|M|`` are paired by coefficient: where the largest-``|M|`` point has both a higher
+    held-out ``R^2`` and a higher ``q*`` it dominates its pair. Every pair dominated: the frontier moves outward;
+    none: scale moves points along it; some: in part. One line per model and layer with at least one pair, every
+    word chosen from the numbers.
+    """
+    lines = []
+    for (model, layer), g in sweep.groupby(["model", "layer"], sort=True):
+        lo, hi = g[g["n_train"] == g["n_train"].min()], g[g["n_train"] == g["n_train"].max()]
+        pairs = lo.merge(hi, on="p_l0_coefficient", suffixes=("_s", "_l"))
+        if pairs.empty or g["n_train"].nunique() < 2:
+            continue
+        dr = pairs["heldout_r2_aip_l"] - pairs["heldout_r2_aip_s"]
+        dq = pairs["heldout_q_star_l"] - pairs["heldout_q_star_s"]
+        n_dom, n = int(((dr > 0) & (dq > 0)).sum()), len(pairs)
+        how = ("the whole frontier moves outward" if n_dom == n else
+               "scale moves points along the frontier, not the frontier" if n_dom == 0 else
+               "the frontier moves outward in part")
+        lines.append(f"{model}, layer {int(layer)}: from |M| = {_tokens(lo['n_train'].iloc[0])} to "
+                     f"{_tokens(hi['n_train'].iloc[0])} tokens, at {share(n_dom, n, 'L0 coefficient')} both held-out "
+                     f"R² and q* rise (R² by {dr.min():+.3f} to {dr.max():+.3f}, q* by {dq.min():+.3f} to {dq.max():+.3f}): {how}.")
+    return lines
+
+
 def describe_scaling(config: ScalingStudyConfig, df: pd.DataFrame, fits: dict,
                      target: tuple[float, float] = PAPER_TARGET) -> list[str]:
     """The readings of a study's rows, one line per finding, every number-dependent word chosen from the numbers:
@@ -628,6 +653,7 @@ def describe_scaling(config: ScalingStudyConfig, df: pd.DataFrame, fits: dict,
                      f"{sorted(g['n_latents'].astype(int).tolist())} is {best['heldout_r2_aip']:.4f} at |D| = "
                      f"{int(best['n_latents'])} (q* {best['heldout_q_star']:.4f}).")
     sweep = config.part(df, "sweep")
+    lines += describe_frontier_shift(sweep)
     if len(sweep):
         d = np.hypot(target[0] - sweep["heldout_r2_aip"], target[1] - sweep["heldout_q_star"])
         b = sweep.loc[d.idxmin()]

@@ -202,3 +202,20 @@ def test_sweeps_run_only_where_asked_and_the_first_layer_comes_first(tiny_dir, m
         ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), sweep_layers=(3,)).points()
     with pytest.raises(ValueError, match=r"sweep_models=\('other',\) is not allowed"):
         ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), sweep_models=("other",)).points()
+
+
+def test_the_frontier_shift_is_read_from_the_pairs():
+    from atomsnb.scaling import describe_frontier_shift
+
+    def sweep(r2_large, q_large):
+        rows = [{"model": "m", "layer": 1, "n_train": m, "p_l0_coefficient": c, "heldout_r2_aip": r, "heldout_q_star": q}
+                for m, rs, qs in ((1024, (0.5, 0.4), (0.4, 0.5)), (2**20, r2_large, q_large))
+                for c, r, q in zip((1e-3, 1e-2), rs, qs)]
+        return pd.DataFrame(rows)
+
+    out = describe_frontier_shift(sweep((0.7, 0.6), (0.45, 0.55)))
+    assert out == ["m, layer 1: from |M| = 1K to 1M tokens, at every L0 coefficient both held-out R² and q* rise (R² by "
+                   "+0.200 to +0.200, q* by +0.050 to +0.050): the whole frontier moves outward."]
+    assert "along the frontier, not the frontier" in describe_frontier_shift(sweep((0.4, 0.3), (0.5, 0.6)))[0]
+    assert "1 of 2 L0 coefficients" in describe_frontier_shift(sweep((0.7, 0.3), (0.45, 0.6)))[0]
+    assert describe_frontier_shift(sweep((0.7, 0.6), (0.45, 0.55)).query("n_train == 1024")) == []
