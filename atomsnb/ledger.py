@@ -175,6 +175,10 @@ def _device(device: str) -> str:
     return device
 
 
+#: Per process, entry name -> (code fingerprint, git commit, dirty) when its first row was computed: the code loaded.
+_LOADED: dict[str, tuple[str, str | None, bool]] = {}
+
+
 def provenance(entry: Callable, point: GridPoint) -> dict:
     """The provenance of a ledger row computed now by ``entry`` for ``point`` (see the module docstring).
 
@@ -189,11 +193,20 @@ def provenance(entry: Callable, point: GridPoint) -> dict:
         ValueError: ``entry`` is not a module-level function of atomsnb, or the point holds an absolute path (a
             corpus given as a file path: a committed row must not name this machine's directories).
         ModelNotFoundError: the model has no card.
+        RuntimeError: the code of ``entry`` changed on disk since this process computed its first row (the process
+            runs the code it loaded; a row labelled with the new code would be wrong). The commit recorded is the
+            one of the first row, for the same reason.
     """
     check_no_absolute_paths({"model": point.model, **dict(point.params)}, "the grid point")
-    commit, dirty = git_commit()
+    name, code = _entry_name(entry), code_fingerprint(entry).digest[:16]
+    loaded = _LOADED.setdefault(name, (code, *git_commit()))  # what this process loaded, at its first row
+    if code != loaded[0]:
+        raise RuntimeError(f"the code of {name} changed on disk since this process loaded it (fingerprint {loaded[0]} "
+                           f"-> {code}): this process still computes with the old code, so its rows would be "
+                           "labelled with code that did not compute them; restart the run (it resumes)")
+    commit, dirty = loaded[1], loaded[2]
     corpus = str(point.param("corpus", "docstrings"))
-    return {"entry": _entry_name(entry), "code": code_fingerprint(entry).digest[:16], "model": point.model,
+    return {"entry": name, "code": code, "model": point.model,
             "model_sha256": model_hash(point.model), "corpus": corpus, "corpus_fingerprint": corpus_fingerprint(corpus),
             "atomsnb": __version__, "git_commit": commit, "git_dirty": dirty,
             "device": _device(str(point.param("device", "cpu"))), "cpu_cores": os.cpu_count(),

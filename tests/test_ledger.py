@@ -18,6 +18,7 @@ MODEL_HASH = "ab" * 32
 def ledger(tmp_path, monkeypatch):
     # the model card needs a converted model; its hash is a stand-in here (the code and corpus are real)
     monkeypatch.setattr(ledger_mod, "model_hash", lambda model: MODEL_HASH)
+    monkeypatch.setattr(ledger_mod, "_LOADED", {})  # a fresh process: no code loaded yet
     return Ledger("study", root=tmp_path / "results")
 
 
@@ -113,3 +114,19 @@ def test_model_hash_is_the_models_content_not_the_cards_bytes(monkeypatch):
     h = {m: ledger_mod.model_hash(m) for m in cards}
     assert h["one"] == h["two"] == h["flags"] and h["one"] != h["other"] and h["gpt2"] != h["gpt2b"]
     assert len(h["one"]) == 64 and h["gpt2"] != h["one"]
+
+
+def test_a_code_edit_under_a_running_process_is_refused(ledger, monkeypatch):
+    """A long run (make scaling) keeps computing with the code it loaded; if the files change under it, a row labelled
+    with the new fingerprint would claim code that did not compute it: provenance refuses, naming both."""
+    first = provenance(r2_aip, _point())
+    real = ledger_mod.code_fingerprint
+
+    class Edited:
+        def __init__(self, fp):
+            self.digest = "e" * 64 if fp.digest[0] != "e" else "1" * 64
+
+    assert provenance(r2_aip, _point(n_steps=2))["code"] == first["code"]  # unchanged: fine
+    monkeypatch.setattr(ledger_mod, "code_fingerprint", lambda *e: Edited(real(*e)))
+    with pytest.raises(RuntimeError, match=f"fingerprint {first['code']} -> "):
+        provenance(r2_aip, _point(n_steps=3))
