@@ -331,6 +331,31 @@ class Ledger:
             line += f"; {n_stale} of {len(ok)} rows stale (refresh: {self.refresh})"
         return line
 
+    @staticmethod
+    def reader_table(rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows of :meth:`read` for a reader, narrow enough for the book's column: index (model, layer, ``|M|``,
+        ``|D|``, seed); the L0 coefficient when the rows have one, minutes of compute, the commit (7 digits), the date
+        and ``state`` ("current", or "stale: " and why). The full provenance stays in the rows' files.
+
+        Raises:
+            ValueError: ``rows`` lack the point or provenance columns of :meth:`read`.
+        """
+        need = ["model", "layer", "n_train", "n_latents", "seed", "provenance", "stale", "wall_time_s"]
+        missing = [c for c in need if c not in rows]
+        if missing:
+            raise ValueError(f"the rows lack {missing}: pass the frame of Ledger.read()")
+        prov = [p if isinstance(p, dict) else {} for p in rows["provenance"]]
+        out = pd.DataFrame({"minutes": (pd.to_numeric(rows["wall_time_s"], errors="coerce") / 60).round(1).to_numpy(),
+                            "commit": [(p.get("git_commit") or "unknown")[:7] for p in prov],
+                            "date": [str(p.get("date", ""))[:10] for p in prov],
+                            "state": ["stale: " + str(w) if s else "current"
+                                      for s, w in zip(rows["stale"].astype(bool), rows.get("stale_because", ""))]})
+        if "p_l0_coefficient" in rows:
+            out.insert(0, "L0 coefficient", rows["p_l0_coefficient"].to_numpy())
+        out.index = pd.MultiIndex.from_frame(rows[["model", "layer", "n_train", "n_latents", "seed"]].rename(
+            columns={"n_train": "|M|", "n_latents": "|D|"}))
+        return out.sort_index()
+
     def drop_stale(self, keys) -> int:
         """Delete the stale rows among ``keys`` (the points a run is about to compute), so that the run recomputes
         them; returns how many were deleted. Rows of other points are left alone."""

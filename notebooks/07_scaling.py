@@ -158,10 +158,7 @@ else:
     display(Markdown(f"The ledger holds {len(ok)} of the full study's {len(wanted)} points ({evidence})."
                      + (f" **{len(stale)} of them are stale** (their code, model or corpus has changed since) and are "
                         f"shown below but not used; refresh them with `{ledger.refresh}`." if len(stale) else "")))
-    prov = pd.DataFrame([{**p, "key": k} for k, p in zip(ok["key"], ok["provenance"])]).set_index("key")
-    display(pd.concat([ok.set_index("key")[["model", "layer", "n_train", "n_latents", "seed", "stale",
-                                            "stale_because", "refresh", "wall_time_s"]],
-                       prov[["git_commit", "code", "device", "cpu_cores", "threads", "date"]]], axis=1))
+    display(Ledger.reader_table(ok))
 
 # %% [markdown]
 # **Downloads.** The dictionary of the data-scaling point at the largest $\lvert M\rvert$ of every model and layer,

@@ -130,3 +130,16 @@ def test_a_code_edit_under_a_running_process_is_refused(ledger, monkeypatch):
     monkeypatch.setattr(ledger_mod, "code_fingerprint", lambda *e: Edited(real(*e)))
     with pytest.raises(RuntimeError, match=f"fingerprint {first['code']} -> "):
         provenance(r2_aip, _point(n_steps=3))
+
+
+def test_the_reader_table_is_narrow_and_says_which_rows_are_stale(ledger, monkeypatch):
+    _write(ledger, _point(), hours=0.5)
+    _write(ledger, GridPoint("smollm2-135m", 1, 4096, 2304, 1, {"corpus": "docstrings", "device": "cpu"}), hours=0.1)
+    df = ledger.read()
+    t = Ledger.reader_table(df)
+    assert list(t.columns) == ["minutes", "commit", "date", "state"] and list(t.index.names)[2:4] == ["|M|", "|D|"]
+    assert sorted(t["minutes"]) == [6.0, 30.0] and set(t["state"]) == {"current"}
+    monkeypatch.setattr(ledger_mod, "model_hash", lambda model: "cd" * 32)
+    assert all(s.startswith("stale: ") and "model" in s for s in Ledger.reader_table(ledger.read())["state"])
+    with pytest.raises(ValueError, match="lack"):
+        Ledger.reader_table(df.drop(columns=["provenance"]))
