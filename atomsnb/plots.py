@@ -647,6 +647,7 @@ def scaling_figure(data: pd.DataFrame, curves: pd.DataFrame, sweep: pd.DataFrame
                 alpha=0.3 + 0.7 * (m / curves["n_train"].max()), lw=1)
     ax.set(xscale="log", xlabel="tokens seen", ylabel="held-out R² (validation half)",
            title="learning curves (darker: larger |M|)")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # within a decade the minor labels overlap
     ax = axes[2]
     for (model, layer, m), g in sweep.groupby(["model", "layer", "n_train"], sort=True):
         g = g.sort_values("p_l0_coefficient")
