@@ -344,6 +344,8 @@ class Ledger:
         missing = [c for c in need if c not in rows]
         if missing:
             raise ValueError(f"the rows lack {missing}: pass the frame of Ledger.read()")
+        order = [c for c in ("model", "layer", "n_train", "n_latents", "seed", "p_l0_coefficient") if c in rows]
+        rows = rows.sort_values(order, kind="stable")
         prov = [p if isinstance(p, dict) else {} for p in rows["provenance"]]
         out = pd.DataFrame({"minutes": (pd.to_numeric(rows["wall_time_s"], errors="coerce") / 60).round(1).to_numpy(),
                             "commit": [(p.get("git_commit") or "unknown")[:7] for p in prov],
@@ -354,7 +356,7 @@ class Ledger:
             out.insert(0, "L0 coefficient", rows["p_l0_coefficient"].to_numpy())
         out.index = pd.MultiIndex.from_frame(rows[["model", "layer", "n_train", "n_latents", "seed"]].rename(
             columns={"n_train": "|M|", "n_latents": "|D|"}))
-        return out.sort_index()
+        return out
 
     def drop_stale(self, keys) -> int:
         """Delete the stale rows among ``keys`` (the points a run is about to compute), so that the run recomputes
