@@ -502,7 +502,8 @@ def _tokens(n: float) -> str:
         return f"{n:.1e}"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
-            return f"{n / scale:.2g}{unit}"
+            v = n / scale
+            return f"{v:.2g}{unit}" if v < 100 else f"{v:.0f}{unit}"  # 524K, not 5.2e+02K
     return f"{n:.0f}"
 
 
@@ -614,7 +615,7 @@ def describe_frontier_shift(sweep: pd.DataFrame) -> list[str]:
     for (model, layer), g in sweep.groupby(["model", "layer"], sort=True):
         lo, hi = g[g["n_train"] == g["n_train"].min()], g[g["n_train"] == g["n_train"].max()]
         pairs = lo.merge(hi, on="p_l0_coefficient", suffixes=("_s", "_l"))
-        if pairs.empty or g["n_train"].nunique() < 2:
+        if len(pairs) < 2 or g["n_train"].nunique() < 2:  # one coefficient is a point, not a frontier
             continue
         dr = pairs["heldout_r2_aip_l"] - pairs["heldout_r2_aip_s"]
         dq = pairs["heldout_q_star_l"] - pairs["heldout_q_star_s"]
