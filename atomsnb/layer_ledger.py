@@ -23,7 +23,7 @@ import yaml
 
 from .grid import LayerStudyConfig, layer_point, layer_study_configs
 from .ledger import Ledger, provenance
-from .runner import GridPoint, run_grid
+from .runner import GridPoint
 
 __all__ = ["STUDY", "refresh_command", "ledger_points", "ledger_layer_point", "read_layers", "main"]
 
@@ -88,13 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in points:
             print(f"  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} key={p.key}")
         return 0
-    run_grid(points, ledger_layer_point, ledger.store, backend=args.backend, max_workers=args.workers,
-             threads=args.threads)
-    errors = ledger.drop_errors()
-    for e in errors:
-        print(f"  error (row removed; the next run retries it): {e}", file=sys.stderr)
-    print(ledger.evidence(), flush=True)
-    return 1 if errors else 0
+    return ledger.run(points, ledger_layer_point, backend=args.backend, max_workers=args.workers, threads=args.threads)
 
 
 if __name__ == "__main__":

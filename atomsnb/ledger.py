@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +45,7 @@ from .corpus import Corpus
 from .io import CacheCorruptError
 from .fingerprints import directory_fingerprint
 from .models import REGISTERED_MODELS, ModelNotFoundError, canonical_name, model_card, resolve_model_path
-from .runner import GridPoint, ResultsStore, ResultsStoreWarning
+from .runner import GridPoint, ResultsStore, ResultsStoreWarning, run_grid
 
 __all__ = ["Ledger", "provenance", "model_hash", "corpus_fingerprint", "git_commit", "check_no_absolute_paths",
            "LEDGER_DIR", "ledger_root", "repository_root", "PROVENANCE_KEYS",
@@ -366,6 +367,18 @@ class Ledger:
         for k in sorted(stale & set(keys)):
             (self.dir / f"{k}.json").unlink()
         return len(stale & set(keys))
+
+    def run(self, points, entry: Callable, *, backend: str = "sequential", max_workers: int = 1,
+            threads: int | None = None) -> int:
+        """Compute the missing rows of ``points`` with ``entry`` (:func:`atomsnb.runner.run_grid` into this ledger),
+        then remove and report the rows of points that raised (the next run retries them) and print the evidence.
+        Returns the command's exit status: 1 when a point raised, else 0."""
+        run_grid(points, entry, self.store, backend=backend, max_workers=max_workers, threads=threads)
+        errors = self.drop_errors()
+        for e in errors:
+            print(f"  error (row removed; the next run retries it): {e}", file=sys.stderr)
+        print(self.evidence(), flush=True)
+        return 1 if errors else 0
 
     def drop_errors(self) -> list[str]:
         """Delete the rows of points that raised (their tracebacks name this machine's paths, and an error is not a

@@ -55,7 +55,7 @@ from .ledger import Ledger, ledger_root, provenance, repository_root
 from .metrics import METRIC_LABELS
 from .models import check_model, resolve_model_path
 from .paper import PAPER_ATOMS
-from .runner import GridPoint, run_grid
+from .runner import GridPoint
 from .scaling_train import stopped_improving, train_point
 from .wording import share
 
@@ -775,13 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} "
                   f"l0={p.param('l0_coefficient'):g} key={p.key}")
         return 0
-    run_grid(points, scaling_point, ledger.store, backend=args.backend, max_workers=args.workers,
-             threads=args.threads)
-    errors = ledger.drop_errors()
-    for e in errors:
-        print(f"  error (row removed; the next run retries it): {e}", file=sys.stderr)
-    print(ledger.evidence(), flush=True)
-    return 1 if errors else 0
+    return ledger.run(points, scaling_point, backend=args.backend, max_workers=args.workers, threads=args.threads)
 
 
 if __name__ == "__main__":
