@@ -202,6 +202,10 @@ def test_sweeps_run_only_where_asked_and_the_first_layer_comes_first(tiny_dir, m
         ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), sweep_layers=(3,)).points()
     with pytest.raises(ValueError, match=r"sweep_models=\('other',\) is not allowed"):
         ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), sweep_models=("other",)).points()
+    with pytest.raises(ValueError, match=r"n_splice_tokens=-1 is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), n_splice_tokens=-1).points()
+    with pytest.raises(ValueError, match=r"export_largest='yes' is not allowed"):
+        ScalingStudyConfig(models=("tiny",), layers=(1,), m_values=((640, 800),), export_largest="yes").points()
 
 
 def test_the_frontier_shift_is_read_from_the_pairs():
