@@ -417,29 +417,46 @@ class PowerLawFit:
 _ALPHAS = np.geomspace(0.01, 3.0, 300)
 
 
-def _fit_once(m: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+def _solve_profile(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(a, c, sse)`` per row of ``z`` (``[n_alpha, n]``, ``z = (m / m_min)^-alpha``): the least squares
+    ``y ~ a z + c`` with ``a, c >= 0``, solved exactly per row. With two unknowns the constrained optimum is the
+    unconstrained one if feasible, else the best on a boundary (``a = 0``: ``c = mean(y)``; ``c = 0``:
+    ``a = z.y / z.z``), each clipped at 0; ties go to the first of those three, in that order."""
+    zm, ym = z.mean(1), y.mean()
+    zc = z - zm[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_u = (zc @ (y - ym)) / (zc * zc).sum(1)
+    c_u = ym - a_u * zm
+    a_0 = np.zeros_like(zm)
+    c_0 = np.full_like(zm, max(float(ym), 0.0))
+    a_1 = np.maximum((z @ y) / (z * z).sum(1), 0.0)
+    c_1 = np.zeros_like(zm)
+    a = np.stack([a_u, a_0, a_1])  # [3 candidates, n_alpha]
+    c = np.stack([c_u, c_0, c_1])
+    sse = ((a[..., None] * z[None] + c[..., None] - y) ** 2).sum(-1)
+    sse[0, ~((a_u >= 0) & (c_u >= 0) & np.isfinite(sse[0]))] = np.inf
+    best = np.argmin(sse, 0)
+    cols = np.arange(z.shape[0])
+    return a[best, cols], c[best, cols], sse[best, cols]
+
+
+def _fit_once(m: np.ndarray, y: np.ndarray, z_grid: np.ndarray | None = None) -> tuple[float, float, float, float]:
     """``(a, alpha, c, sse)``: the profile least squares over ``alpha`` with ``a, c >= 0`` solved exactly per alpha
-    (two unknowns: the unconstrained solution, or the best one on a boundary), refined by a bounded scalar search."""
+    (:func:`_solve_profile`, on the grid :data:`_ALPHAS` at once; ``z_grid`` is that grid's ``z``, reused across
+    bootstrap refits), refined by a bounded scalar search."""
     z0 = m / m.min()
+    if z_grid is None:
+        z_grid = z0[None, :] ** (-_ALPHAS[:, None])
 
-    def solve(alpha: float) -> tuple[float, float, float]:
-        z = z0 ** (-alpha)
-        A = np.stack([z, np.ones_like(z)], 1)
-        (ar, c), *_ = np.linalg.lstsq(A, y, rcond=None)
-        cands = []
-        if ar >= 0 and c >= 0:
-            cands.append((ar, c))
-        cands.append((0.0, max(float(y.mean()), 0.0)))
-        cands.append((max(float(z @ y / (z @ z)), 0.0), 0.0))
-        best = min(cands, key=lambda t: float(((t[0] * z + t[1] - y) ** 2).sum()))
-        return float(best[0]), float(best[1]), float(((best[0] * z + best[1] - y) ** 2).sum())
+    def sse_at(alpha: float) -> float:
+        return float(_solve_profile(z0[None, :] ** (-alpha), y)[2][0])
 
-    sse = [solve(a)[2] for a in _ALPHAS]
+    sse = _solve_profile(z_grid, y)[2]
     i = int(np.argmin(sse))
     lo, hi = _ALPHAS[max(i - 1, 0)], _ALPHAS[min(i + 1, len(_ALPHAS) - 1)]
-    res = minimize_scalar(lambda a: solve(a)[2], bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    res = minimize_scalar(sse_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
     alpha = float(res.x) if res.fun <= sse[i] else float(_ALPHAS[i])
-    ar, c, s = solve(alpha)
+    ar, c, s = (float(v[0]) for v in _solve_profile(z0[None, :] ** (-alpha), y))
     return ar * m.min() ** alpha, alpha, c, s  # a in |M| units: a_ref z^-alpha = a m^-alpha
 
 
@@ -475,14 +492,15 @@ def fit_power_law(m: Sequence[float], y: Sequence[float], *, n_boot: int = 1000,
         raise ValueError(f"a power law with a floor has 3 parameters: need at least 4 distinct |M|; got {np.unique(m)}")
     if not 0 < level < 1 or n_boot < 0:
         raise ValueError(f"level must be in (0, 1) and n_boot >= 0; got {level}, {n_boot}")
-    a, alpha, c, sse = _fit_once(m, y)
+    z_grid = (m / m.min())[None, :] ** (-_ALPHAS[:, None])
+    a, alpha, c, sse = _fit_once(m, y, z_grid)
     fitted = a * m ** (-alpha) + c
     resid = (y - fitted) * math.sqrt(len(m) / (len(m) - 3))  # residuals of a 3-parameter fit are too small by this
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(n_boot):
         yb = fitted + rng.choice(resid, size=len(resid), replace=True)
-        ab, alb, cb, _ = _fit_once(m, yb)
+        ab, alb, cb, _ = _fit_once(m, yb, z_grid)
         boot.append((ab, alb, cb, 1 - cb, _m_reach(ab, alb, cb, reach)))
     q = ((1 - level) / 2, (1 + level) / 2)
     ci = {}

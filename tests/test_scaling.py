@@ -44,6 +44,32 @@ def test_fit_recovers_a_known_power_law_with_a_floor_and_says_it_levels_off():
     assert "levels off at 0.98" in words and "not within the fit" in words
 
 
+def _brute_force_sse(m, y, alpha):
+    """The constrained least squares at one alpha by enumeration: the unconstrained numpy lstsq solution if
+    a, c >= 0, else the best of the two boundaries (a = 0 or c = 0), each solved by its own 1-D least squares."""
+    z = (m / m.min()) ** (-alpha)
+    (a, c), *_ = np.linalg.lstsq(np.stack([z, np.ones_like(z)], 1), y, rcond=None)
+    cands = [(a, c)] if a >= 0 and c >= 0 else []
+    cands += [(0.0, max(y.mean(), 0.0)), (max(z @ y / (z @ z), 0.0), 0.0)]
+    return min(float(((ca * z + cc - y) ** 2).sum()) for ca, cc in cands)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_vectorised_profile_fit_matches_a_brute_force_search(seed):
+    """_fit_once solves every alpha of its grid at once; a loop over a finer alpha grid with numpy's lstsq per alpha
+    finds no smaller sum of squares, and the returned (a, c) reproduce the returned sum of squares."""
+    rng = np.random.default_rng(seed)
+    m = 2.0 ** np.sort(rng.choice(np.arange(10, 24), size=6, replace=False))
+    y = rng.uniform(0.5, 4) * (m / m.min()) ** (-rng.uniform(0.05, 1.5)) + [0.0, 0.01, 0.2][seed % 3]
+    y = y + rng.normal(0, [1e-4, 1e-2, 5e-2][seed % 3], len(m))
+    a, alpha, c, sse = scaling_mod._fit_once(m, y)
+    assert a >= 0 and c >= 0
+    assert float(((a * m ** (-alpha) + c - y) ** 2).sum()) == pytest.approx(sse, rel=1e-9, abs=1e-15)
+    brute = min(_brute_force_sse(m, y, al) for al in np.geomspace(0.01, 3.0, 3000))
+    assert sse <= brute * (1 + 1e-9) + 1e-15
+    assert _brute_force_sse(m, y, alpha) == pytest.approx(sse, rel=1e-7, abs=1e-15)
+
+
 def test_fit_without_a_floor_reaches_099_where_the_law_says():
     a, alpha = 2.0, 0.5
     m, y = _synthetic(a, alpha, 0.0, 1e-5)
