@@ -122,8 +122,8 @@ def show(df: pd.DataFrame, cfg: scaling.ScalingStudyConfig, title: str, n_boot: 
 # %% [markdown]
 # ## This build's subset
 #
-# A few thousand activations of one layer, a few hundred steps: the numbers below test the code, not the question
-# (their fits extrapolate from one decade of $\lvert M\rvert$). The full study's rows follow.
+# A few thousand activations per layer and a few dozen steps (the parameters above): the numbers below test the code,
+# not the question (their fits extrapolate from about one decade of $\lvert M\rvert$). The full study's rows follow.
 
 # %% tags=["nbval-ignore-output"]
 df = run_grid(points, scaling.scaling_point, results_dir(CHAPTER, results), backend=backend, max_workers=n_workers,
