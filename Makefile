@@ -72,17 +72,14 @@ install-hub: $(STAMP)
 
 # Converts the packaged real LLMs (SmolLM2-135M, the default, and Gemma-3-270M) from their PyPI GGUFs once
 # (about 70 s on 2 cores) and prints their model cards' key fields; seconds when already converted. One target per
-# model, so that under -j the two convert at once and the chapters that need only SmolLM2 start while Gemma converts.
+# model, so that `make -j2 model` converts the two at once. (A chapter run on its own converts what it loads.)
 PACKAGED := smollm2-135m gemma3-270m
 model-%: $(STAMP)
 	$(BIN)/python -m atomsnb.packaged $*
 model: $(addprefix model-,$(PACKAGED))
 
-# Every chapter but the toy world reads SmolLM2; those whose parameters name gemma3-270m also wait for Gemma 3.
-GEMMA_CHAPTERS := $(shell grep -l '^models = .*"gemma3-270m"' notebooks/*.py)
-book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP) model-smollm2-135m
+book/chapters/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py | $(STAMP)
 	$(BIN)/python tools/run_notebook.py $< $@
-$(patsubst notebooks/%.py,book/chapters/%.ipynb,$(GEMMA_CHAPTERS)): | model-gemma3-270m
 
 # Chapter 7 shows the scaling study's committed ledger rows (results/scaling/, `make scaling`) beside its own subset;
 # the atoms-near-1 verdicts of chapters 2 and 4 cite them.
@@ -116,7 +113,10 @@ book/chapters/06_atom_browser.ipynb: | book/chapters/02_neurons_features_atoms.i
 # wait for chapter 2, and 0 is short), so that the two job slots finish together.
 LONGEST_FIRST := $(addprefix book/chapters/,04_per_model_results.ipynb 02_neurons_features_atoms.ipynb \
 	01_representation_shift.ipynb 03_capacity_grid.ipynb 07_scaling.ipynb)
+# The models first (both at once), then the chapters: a chapter waiting on a conversion would let make start the
+# chapters after it first, and the longest would run last.
 notebooks: $(STAMP)
+	$(MAKE) --no-print-directory -j$(JOBS) model
 	$(MAKE) --no-print-directory -j$(JOBS) $(filter $(EXECUTED),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXECUTED))
 
 # CI scale: same sources, params/ci/<chapter>.yaml, claim records and browser pages not written (they are the book's).
