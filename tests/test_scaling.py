@@ -249,3 +249,20 @@ def test_the_frontier_shift_is_read_from_the_pairs():
     assert "along the frontier, not the frontier" in describe_frontier_shift(sweep((0.4, 0.3), (0.5, 0.6)))[0]
     assert "1 of 2 L0 coefficients" in describe_frontier_shift(sweep((0.7, 0.3), (0.45, 0.6)))[0]
     assert describe_frontier_shift(sweep((0.7, 0.6), (0.45, 0.55)).query("n_train == 1024")) == []
+
+
+def test_the_full_studys_parameters_give_its_33_points_at_layer_1_and_each_models_middle_block():
+    """params/scaling.yaml (what `make scaling` runs and the ledger holds): "middle" is block 15 of SmolLM2-135M's 30
+    and block 9 of Gemma 3 270M's 18; data scaling at both layers of both models, the sweeps at SmolLM2 layer 1."""
+    cfg = scaling_mod.config_from_yaml(str(ledger_mod.repository_root() / scaling_mod.FULL_STUDY))
+    pts = cfg.points(check_corpus=False)
+    assert len(pts) == 33 and len({p.key for p in pts}) == 33
+    layers = {m: sorted({p.layer for p in pts if p.model == m}) for m in cfg.models}
+    assert layers == {"smollm2-135m": [1, 15], "gemma3-270m": [1, 9]}
+    d_model = {"smollm2-135m": 576, "gemma3-270m": 640}
+    data = cfg.part(pd.DataFrame([{"key": p.key, "model": p.model, "layer": p.layer, "n_train": p.n_train,
+                                   "n_latents": p.n_latents, "seed": p.seed, "d_model": d_model[p.model],
+                                   "p_l0_coefficient": dict(p.params)["l0_coefficient"]} for p in pts]), "data")
+    assert data.groupby(["model", "layer"]).size().to_dict() == {(m, l): 6 for m in layers for l in layers[m]}
+    swept = [p for p in pts if p.key not in set(data["key"])]
+    assert {(p.model, p.layer) for p in swept} == {("smollm2-135m", 1)}
