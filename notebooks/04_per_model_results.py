@@ -40,7 +40,7 @@ paper.paper_atoms_table()
 models = ["smollm2-135m", "gemma3-270m"]  # registered names, local directories or hub ids
 layers = [[8, 23], [5, 14]]  # per model, in the same order; None for every layer of a model
 corpus = "docstrings"
-n_fit_tokens = 13_000  # per layer, fit S (>= 20 x d_model: 12,800 for Gemma 3); the SAEs train on its first n_train_tokens
+n_fit_tokens = 13_000  # per layer, fit S (at least 20 x d_model, 12,800 for Gemma 3); the SAEs train on the first n_train_tokens of these
 n_train_tokens = 13_000
 n_eval_tokens = 4_000
 n_splice_tokens = 256  # held-out tokens for the spliced-in scores; 0 skips them

@@ -39,8 +39,8 @@
 
 # %% tags=["parameters"]
 models = ["smollm2-135m"]
-layers = [1]  # "middle": block n_layers // 2 of each model (the full study has it; the in-build subset does not)
-m_values = [[2048, 4096, 8192, 16384]]  # |M| per layer; the largest is the fitting pool
+layers = [1, "middle"]  # "middle": block n_layers // 2 of each model
+m_values = [[2048, 4096, 8192, 16384], [2048, 4096, 8192, 16384]]  # |M| per layer; the largest is the fitting pool
 corpus = "docstrings"
 fit_split = "fit"  # the training pool's split ("fit" or "train"; held-out activations come from "eval")
 base_multiple = 4  # |D| of the data-scaling points, in multiples of d_model
