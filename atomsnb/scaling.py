@@ -492,6 +492,8 @@ def fit_power_law(m: Sequence[float], y: Sequence[float], *, n_boot: int = 1000,
         raise ValueError(f"a power law with a floor has 3 parameters: need at least 4 distinct |M|; got {np.unique(m)}")
     if not 0 < level < 1 or n_boot < 0:
         raise ValueError(f"level must be in (0, 1) and n_boot >= 0; got {level}, {n_boot}")
+    order = np.lexsort((y, m))  # the bootstrap resamples residuals by position: fit the same rows the same way
+    m, y = m[order], y[order]  # whatever order a table gives them in
     z_grid = (m / m.min())[None, :] ** (-_ALPHAS[:, None])
     a, alpha, c, sse = _fit_once(m, y, z_grid)
     fitted = a * m ** (-alpha) + c

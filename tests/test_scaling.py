@@ -266,3 +266,12 @@ def test_the_full_studys_parameters_give_its_33_points_at_layer_1_and_each_model
     assert data.groupby(["model", "layer"]).size().to_dict() == {(m, l): 6 for m in layers for l in layers[m]}
     swept = [p for p in pts if p.key not in set(data["key"])]
     assert {(p.model, p.layer) for p in swept} == {("smollm2-135m", 1)}
+
+
+def test_a_fit_does_not_depend_on_the_order_of_its_rows():
+    """The residual bootstrap draws residuals by position; the same points given in another order (as two tables of
+    the same ledger rows may give them) must give the same fit and the same intervals."""
+    m, y = _synthetic(3.0, 0.4, 0.02, 2e-3, seed=5)
+    perm = np.random.default_rng(0).permutation(len(m))
+    f, g = fit_power_law(m, y, n_boot=200), fit_power_law(m[perm], y[perm], n_boot=200)
+    assert (f.a, f.alpha, f.c) == (g.a, g.alpha, g.c) and f.ci == g.ci
