@@ -37,7 +37,10 @@ PACKAGE := $(wildcard atomsnb/*.py)
 BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bib' -o -name '*.py' | grep -v _build) \
 	$(wildcard exercises/*.py exercises/solutions/*.py) book/_static/favicon.svg book/_static/atomsnb.css book/_static/atomsnb.js
 
-.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model $(addprefix model-,$(PACKAGED)) notebooks ci-notebooks clean help validate
+# The packaged real LLMs (atomsnb.packaged), one `model-<name>` target each (a pattern rule: make skips pattern rules
+# for .PHONY targets, so they are not listed there; no file of that name exists).
+PACKAGED := smollm2-135m gemma3-270m
+.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model notebooks ci-notebooks clean help validate
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
@@ -73,7 +76,6 @@ install-hub: $(STAMP)
 # Converts the packaged real LLMs (SmolLM2-135M, the default, and Gemma-3-270M) from their PyPI GGUFs once
 # (about 70 s on 2 cores) and prints their model cards' key fields; seconds when already converted. One target per
 # model, so that `make -j2 model` converts the two at once. (A chapter run on its own converts what it loads.)
-PACKAGED := smollm2-135m gemma3-270m
 model-%: $(STAMP)
 	$(BIN)/python -m atomsnb.packaged $*
 model: $(addprefix model-,$(PACKAGED))
@@ -126,7 +128,7 @@ build/ci/%.ipynb: notebooks/%.py $(PACKAGE) tools/run_notebook.py $(wildcard par
 build/ci/05_monosemanticity.ipynb: | build/ci/02_neurons_features_atoms.ipynb
 build/ci/06_atom_browser.ipynb: | build/ci/02_neurons_features_atoms.ipynb
 
-ci-notebooks: $(STAMP)
+ci-notebooks: model
 	$(MAKE) --no-print-directory -j$(JOBS) $(CI_EXECUTED)
 
 # The book's page of model cards and licences, generated from the cards written when the models were converted.
