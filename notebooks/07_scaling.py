@@ -33,14 +33,15 @@
 # The full study takes hours, so it does not run in every build: `make scaling` runs it through `atomsnb.runner`
 # into a **ledger** committed with the repository (`results/scaling/`, {mod}`atomsnb.ledger`), one checksummed row
 # per point with its provenance (code fingerprint, model card hash, corpus fingerprint, commit, compute). This chapter
-# (1) runs a small subset of the study itself, so that every code path runs in every build, and (2) shows the
+# (1) runs a small subset of the study itself (its parameters below: every kind of point, at layer 1 of SmolLM2), so
+# that the study's code runs in every build, and (2) shows the
 # ledger's rows, marking any row whose code, model or corpus has changed since as **stale**, with the command that
 # refreshes it.
 
 # %% tags=["parameters"]
 models = ["smollm2-135m"]
-layers = [1, "middle"]  # "middle": block n_layers // 2 of each model
-m_values = [[2048, 4096, 8192, 16384], [2048, 4096, 8192, 16384]]  # |M| per layer; the largest is the fitting pool
+layers = [1]  # block numbers, or "middle" (block n_layers // 2 of each model); the ledger has both layers
+m_values = [[2048, 4096, 8192, 16384]]  # |M| per entry of layers; the largest is the fitting pool
 corpus = "docstrings"
 fit_split = "fit"  # the training pool's split ("fit" or "train"; held-out activations come from "eval")
 base_multiple = 4  # |D| of the data-scaling points, in multiples of d_model

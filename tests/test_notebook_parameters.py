@@ -96,6 +96,22 @@ def test_every_params_file_fits_a_chapter():
             pytest.fail(f"{f.name} fits no chapter: {errors}")
 
 
+def test_a_list_of_numbers_takes_the_words_its_comment_names_and_no_others(tmp_path):
+    """Chapter 7's ``layers = [1]  # block numbers, or "middle" ...``: the full study's ``[1, "middle"]`` fits it, a
+    word the comment does not name is refused with the allowed words, and so is a word in a list whose comment names
+    none (chapter 7's ``seeds``)."""
+    ch7 = REPO / "notebooks" / "07_scaling.py"
+    layers = next(p for p in RN.chapter_parameters(ch7) if p.name == "layers")
+    assert RN._default_value(layers) == [1]
+    assert RN.check_value(layers, [1, "middle"]) is None
+    assert RN.check_value(layers, ["middle"]) is None
+    msg = RN.check_value(layers, [1, "top"])
+    assert msg is not None and "'top'" in msg and "'middle'" in msg
+    seeds = next(p for p in RN.chapter_parameters(ch7) if p.name == "seeds")
+    assert RN.check_value(seeds, [0, "middle"]) is not None
+    RN.check_parameters(ch7, RN.load_parameters_file(REPO / "params" / "scaling.yaml"))
+
+
 # Chapters whose parameters cell hides parameters from papermill today (a second '=' on the line, e.g. in a comment
 # such as "# None = every block"); the lead rewrites these cells. strict: remove a chapter here once it is fixed.
 HIDDEN_TODAY: dict[str, list[str]] = {}  # chapters whose parameters papermill cannot see (none left)

@@ -137,6 +137,12 @@ def _yaml_hint(v) -> str:
     return ""
 
 
+def _comment_words(p: Parameter) -> tuple[str, ...]:
+    """The double-quoted words of a parameter's comment: besides numbers, a list of numbers may hold these
+    (chapter 7's ``layers = [1]  # block numbers, or "middle": ...`` takes ``[1, "middle"]``)."""
+    return tuple(re.findall(r'"([A-Za-z_][A-Za-z0-9_-]*)"', p.comment))
+
+
 def expected_type(p: Parameter) -> str:
     """What parameter ``p`` accepts, in words, inferred from its default value (see :func:`check_value`)."""
     d = _default_value(p)
@@ -153,7 +159,8 @@ def expected_type(p: Parameter) -> str:
         return "str" + none
     if isinstance(d, (list, tuple)):
         if d and all(_is_number(x) for x in d):
-            return "list of numbers" + none
+            words = _comment_words(p)
+            return "list of numbers" + (" or " + " / ".join(map(repr, words)) if words else "") + none
         if d and all(isinstance(x, str) for x in d):
             return "list of str" + none
         return "list" + none
@@ -168,7 +175,8 @@ def check_value(p: Parameter, value) -> str | None:
     The allowed type is the default's: a ``None`` default (or one that is not a literal) takes anything; an
     ``int`` default takes ints (not bools, not floats, which the chapter would not expect); a ``float`` default
     takes ints and floats; a ``str`` default takes strings; a list default takes lists (of numbers, or of strings,
-    when the default's elements are); ``None`` is accepted where the parameter's comment mentions ``None``.
+    when the default's elements are; a list of numbers also takes the words its comment names in double quotes);
+    ``None`` is accepted where the parameter's comment mentions ``None``.
     """
     d = _default_value(p)
     if d is _ANY or d is None:
@@ -189,7 +197,7 @@ def check_value(p: Parameter, value) -> str | None:
         if not isinstance(value, (list, tuple)):
             return f"{got} is not a list; it expects {want}, e.g. [{value!r}]{_yaml_hint(value)}"
         if d and all(_is_number(x) for x in d):
-            bad = [x for x in value if not _is_number(x)]
+            bad = [x for x in value if not _is_number(x) and x not in _comment_words(p)]
             if bad:
                 return f"{got} holds {bad!r}, which are not numbers; it expects {want}{_yaml_hint(bad[0])}"
         if d and all(isinstance(x, str) for x in d):
