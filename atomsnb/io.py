@@ -17,7 +17,6 @@ cache is detected and recomputed, never silently used. Files written before the 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -207,10 +206,6 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
         TypeError: a tensor that is not a ``torch.Tensor``, a key that is not a string, or a metadata value
             that is not JSON-serialisable (the message names it).
         ValueError: a metadata key reserved for the checksum (``atomsnb_sha256``, ``atomsnb_sha256_v2``).
-        OSError: the file could not be written (disk full, file too large, read-only directory); its ``errno`` is
-            the system's and its message names ``path``. safetensors reports such a failure as its own
-            ``SafetensorError``; it is raised here as the ``OSError`` it is, so that callers that keep going
-            without a cache file (``except OSError``) see it. Nothing is left at ``path`` or beside it.
     """
     clean = {}
     for k, v in tensors.items():
@@ -232,21 +227,8 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
                             "store numbers, strings, lists or dicts") from None
     meta[_DIGEST_KEY_V2] = _file_digest(clean, meta)
     with atomic_write(path) as tmp:
-        try:
-            save_file(clean, str(tmp), metadata=meta)
-        except SafetensorError as exc:
-            raise _as_os_error(exc, path) from exc
+        save_file(clean, str(tmp), metadata=meta)
     return Path(path)
-
-
-def _as_os_error(exc: SafetensorError, path: str | os.PathLike) -> Exception:
-    """The ``OSError`` behind a failed safetensors write (``"... I/O error: No space left on device (os error 28)"``),
-    naming ``path``; ``exc`` itself when it is not an I/O failure (a bug to surface as it is)."""
-    found = re.search(r"os error (\d+)", str(exc))
-    if found is None and "I/O error" not in str(exc):
-        return exc
-    code = int(found.group(1)) if found else errno.EIO
-    return OSError(code, f"{os.strerror(code)} (safetensors: {exc})", str(path))
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -81,13 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"{args.params}: a parameter file must be a mapping of parameter names to values")
     points = ledger_points(layer_study_configs(values))  # every model, layer and size checked before any work
     ledger = Ledger(STUDY, root=args.ledger, refresh=refresh_command(args.params))
+    if args.dry_run:  # deletes nothing: says what a run would do with each layer
+        plan = ledger.plan([p.key for p in points])
+        counts = {s: sum(v == s for v in plan.values()) for s in ("done", "stale", "to run")}
+        print(f"layers (dry run): {len(points)} layers of {sorted({p.model for p in points})}: {counts['done']} done, "
+              f"{counts['stale']} stale (a run recomputes them), {counts['to run']} to run; ledger "
+              f"{ledger.dir.name}/", flush=True)
+        for p in points:
+            print(f"  {plan[p.key]:6}  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} "
+                  f"key={p.key}")
+        return 0
     n_stale = ledger.drop_stale({p.key for p in points})
     print(f"layers: {len(points)} layers of {sorted({p.model for p in points})}; {n_stale} stale rows removed for "
           f"recomputation; ledger {ledger.dir.name}/", flush=True)
-    if args.dry_run:
-        for p in points:
-            print(f"  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} key={p.key}")
-        return 0
     return ledger.run(points, ledger_layer_point, backend=args.backend, max_workers=args.workers, threads=args.threads)
 
 

@@ -13,6 +13,7 @@ import warnings
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 
 from .aip import AIP
 from .codeprint import code_fingerprint
@@ -86,8 +87,12 @@ def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens
         save_json(folder / "history.json", {"columns": list(hist.columns), "data": hist.to_dict(orient="list")},
                   checksum=True)
         save_sae(sae, folder / "sae.safetensors")
-    except OSError as exc:  # disk full, read-only cache: the trained SAE is still returned, not lost
-        warnings.warn(f"could not write the SAE cache in {str(folder)!r} ({exc.strerror or exc}); the trained SAE is "
-                      "returned but not cached. Free space there, set ATOMSNB_CACHE to another directory, or pass "
-                      "cache=False", RuntimeWarning, stacklevel=2)
+    except (OSError, SafetensorError) as exc:  # disk full, read-only cache: the trained SAE is returned, not lost
+        # safetensors reports a failed write as its own SafetensorError ("... I/O error: No space left on device
+        # (os error 28)"), not as an OSError; any other SafetensorError is a bug and is raised as it is
+        if isinstance(exc, SafetensorError) and "I/O error" not in str(exc):
+            raise
+        warnings.warn(f"could not write the SAE cache in {str(folder)!r} ({getattr(exc, 'strerror', None) or exc}); "
+                      "the trained SAE is returned but not cached. Free space there, set ATOMSNB_CACHE to another "
+                      "directory, or pass cache=False", RuntimeWarning, stacklevel=2)
     return sae, hist, False

@@ -38,7 +38,6 @@ import math
 import numbers
 import os
 import re
-import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -1077,8 +1076,7 @@ def fit_aip_from_store(store, n_tokens: int | None = None, *, ridge: float = 0.0
         ridge, pinv, min_tokens_per_dim: as :class:`atomsnb.aip.AIP`.
         cache: keep the accumulated second moment in the store's directory (``aip-<n_tokens>-<options>.safetensors``,
             :meth:`atomsnb.aip.AIP.save`: atomic, checksummed), so that grid points sharing a store fit it once.
-            A damaged file is reported and refitted; one that cannot be written (disk full) gives a
-            ``RuntimeWarning`` and the fitted AIP is still returned.
+            A damaged file is reported and refitted.
 
     Returns:
         The fitted (finalised) :class:`~atomsnb.aip.AIP`.
@@ -1113,11 +1111,7 @@ def fit_aip_from_store(store, n_tokens: int | None = None, *, ridge: float = 0.0
         aip.partial_fit(x)
     _ = aip.rank  # factorise now: errors surface here, not at the first use
     if cached is not None:
-        try:
-            aip.save(cached)
-        except OSError as exc:  # disk full, read-only store: the fitted AIP is still returned
-            warnings.warn(f"could not cache the AIP as {str(cached)!r} ({exc.strerror or exc}); it is returned but "
-                          "will be refitted next time", RuntimeWarning, stacklevel=2)
+        aip.save(cached)
     return aip
 
 

@@ -40,6 +40,17 @@ def test_a_params_file_runs_into_the_ledger_and_is_read_back(tiny_dir, tmp_path,
     capsys.readouterr()
     assert layer_ledger.main(["-f", str(params), "--ledger", str(tmp_path), "--threads", "1"]) == 0
     assert "0 stale rows removed" in capsys.readouterr().out
+    # a dry run lists what a run would do and deletes nothing, stale rows included (it once deleted them)
+    files = sorted(p.name for p in ledger.dir.glob("*.json"))
+    assert layer_ledger.main(["-f", str(params), "--ledger", str(tmp_path), "--dry-run"]) == 0
+    assert "2 done, 0 stale" in capsys.readouterr().out
+    import atomsnb.ledger as ledger_mod
+    with monkeypatch.context() as m:
+        m.setattr(ledger_mod, "model_hash", lambda model: "ef" * 32)  # the model changed: both rows stale
+        assert layer_ledger.main(["-f", str(params), "--ledger", str(tmp_path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "0 done, 2 stale (a run recomputes them), 0 to run" in out and out.count("  stale  ") == 2, out
+        assert sorted(p.name for p in ledger.dir.glob("*.json")) == files
     # the rows as chapter 4 shows them: "ours (ledger: ...)" for a model this build did not run
     table = grid.paper_table(rows).assign(model="google/gemma-2-2b")
     shown = grid.compare_with_paper(table.iloc[:0], ledger=table, evidence=evidence)
