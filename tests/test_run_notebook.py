@@ -80,7 +80,12 @@ def test_executed_notebook_holds_no_absolute_paths(tiny, tmp_path):
     for path in (str(REPO), str(Path.home()), str(tmp_path), str(tmp_path.resolve())):
         assert path not in text, f"{path} appears in the executed notebook"
     meta = json.loads(text)["metadata"]["papermill"]
-    assert meta["input_path"] == "tiny.py" and meta["output_path"] == "tiny.ipynb"
+
+    def shown(p: Path) -> str:  # relative to the repository (pytest's --basetemp may lie inside it), else the name
+        p = p.resolve()
+        return str(p.relative_to(REPO.resolve())) if p.is_relative_to(REPO.resolve()) else p.name
+
+    assert meta["input_path"] == shown(tiny) and meta["output_path"] == shown(out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["tiny.ipynb"], "a temporary file was left behind"
 
 
