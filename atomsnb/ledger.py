@@ -359,27 +359,22 @@ class Ledger:
             columns={"n_train": "|M|", "n_latents": "|D|"}))
         return out
 
-    def drop_stale(self, keys, *, dry_run: bool = False) -> int:
+    def drop_stale(self, keys) -> int:
         """Delete the stale rows among ``keys`` (the points a run is about to compute), so that the run recomputes
-        them; returns how many were (``dry_run``: would be) deleted. Rows of other points are left alone; with
-        ``dry_run`` nothing is deleted."""
-        return len(self._stale_among(keys, delete=not dry_run))
+        them; returns how many were deleted. Rows of other points are left alone. (:meth:`plan` deletes nothing.)"""
+        stale = [k for k, what in self.plan(keys).items() if what == "stale"]
+        for k in sorted(stale):
+            (self.dir / f"{k}.json").unlink()
+        return len(stale)
 
     def plan(self, keys) -> dict[str, str]:
-        """What a run of the points ``keys`` would do with each, deleting nothing: key -> ``"done"`` (a current
-        row), ``"stale"`` (a row to recompute) or ``"to run"`` (no row)."""
+        """What a run of the points ``keys`` would do with each, deleting nothing (the dry runs of ``make scaling``
+        and ``make layers-ledger``): key -> ``"done"`` (a current row), ``"stale"`` (a row that a run deletes and
+        recomputes) or ``"to run"`` (no row)."""
         rows = self.read(errors="warn")
         have = set(rows["key"]) if len(rows) else set()
-        stale = self._stale_among(keys, delete=False)
+        stale = set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()
         return {k: "stale" if k in stale else "done" if k in have else "to run" for k in keys}
-
-    def _stale_among(self, keys, *, delete: bool) -> set[str]:
-        rows = self.read(errors="warn")
-        stale = (set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()) & set(keys)
-        if delete:
-            for k in sorted(stale):
-                (self.dir / f"{k}.json").unlink()
-        return stale
 
     def run(self, points, entry: Callable, *, backend: str = "sequential", max_workers: int = 1,
             threads: int | None = None) -> int:
