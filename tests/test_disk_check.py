@@ -51,3 +51,18 @@ def test_the_make_targets_run_it_first():
         out = dry(goal)
         assert out.splitlines()[0].endswith(f"tools/disk_check.py {goal}"), out[:500]
         assert "disk_check.py" not in dry(goal, "DISK_CHECK=0")
+
+
+def test_bad_values_are_refused_before_any_measurement(tmp_path):
+    for need in ("0", "-3", "nan", "inf"):
+        done = subprocess.run([sys.executable, str(REPO / "tools" / "disk_check.py"), "test", "--repo", str(tmp_path),
+                               "--need-gib", need], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and f"--need-gib must be a positive number of GiB; got {float(need)}" in done.stderr
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "disk_check.py"), "test", "--repo",
+                           str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is not a directory" in done.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    done = subprocess.run(["make", "-n", "book", "DISK_CHECK=no"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "DISK_CHECK must be 0 (skip the disk check) or 1 (check); got 'no'" in done.stderr
+    assert done.stdout == ""  # refused before any recipe

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--need-gib", type=float, default=None,
                         help="what the target writes, in GiB (default: the measured size of NEEDS_GIB)")
     args = parser.parse_args(argv)
+    if args.need_gib is not None and not (args.need_gib > 0 and args.need_gib < float("inf")):
+        parser.error(f"--need-gib must be a positive number of GiB; got {args.need_gib}")
+    if not args.repo.is_dir():
+        parser.error(f"--repo {args.repo} is not a directory")
     need = (NEEDS_GIB[args.target] if args.need_gib is None else args.need_gib) * GIB
     present = sum(tree_bytes(args.repo / p) for p in COUNTED)
     missing = max(0.0, need - present)
