@@ -72,12 +72,17 @@ THIS_BUILD = "computed in this build"
 #: The provenance that decides whether a row is current (the rest is the record of where and when).
 _DECIDING = (("code", "the code of its point function changed"), ("model_sha256", "the model (its card) changed"),
              ("corpus_fingerprint", "the corpus changed"))
-_ABSOLUTE = re.compile(r"(^|[\s'\"=(:])(/(home|work|tmp|root|Users|var|mnt|opt|srv|data|scratch)/|~/|[A-Za-z]:\\)")
+#: An absolute path of this machine inside a string: ``/`` then a name then ``/`` (two components at least: a
+#: POSIX directory such as ``/check/x``, ``/home/u/x``), one component at a string's end (``/corpus.txt``, ``file:/c.txt``), a home
+#: path (``~/x``) or a Windows drive (``C:\\x``), each at the start or after a space, quote, ``=``, ``(`` or ``:``
+#: (``file:/x/y``). Any directory is caught, not a list of usual ones: CI's checkout lives in ``/check``. A hub id
+#: (``org/name``), a URL (``https://h/p``: ``//``) and ``tokens/s`` are no paths.
+_ABSOLUTE = re.compile(r"(^|[\s'\"=(:])(/[^\s/'\"]+/|~/|[A-Za-z]:\\)|(^|[\s'\"=(:])/[^\s/'\"]+$")
 
 
 def check_no_absolute_paths(obj: Any, where: str = "row") -> None:
     """Raise if ``obj`` (a row: dicts, lists, strings, numbers) holds a string that looks like an absolute path of this
-    machine (``/home/...``, ``/work/...``, ``/tmp/...``, ``~/...``, ``C:\\...``): a committed row must not.
+    machine (any ``/dir/...``, ``~/...``, ``C:\\...``; see ``_ABSOLUTE``): a committed row must not.
 
     Raises:
         ValueError: naming where the path is and the path.

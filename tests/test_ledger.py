@@ -88,6 +88,20 @@ def test_no_absolute_path_in_a_row(ledger, tmp_path):
         check_no_absolute_paths({"a": ["ok", "/home/me/x"]})
 
 
+@pytest.mark.parametrize("path", ["/check/work/main/text.txt", "file:/check/x/t.txt", "file:/t.txt", "/t.txt",
+                                  "x=/opt2/a/b", "~/corpus.txt", "C:\\corpus.txt"])
+def test_any_absolute_path_is_refused_not_a_list_of_usual_directories(path):
+    """CI's checkout lives in /check: a check that knew /home, /work and /tmp let its paths through."""
+    with pytest.raises(ValueError, match="absolute path"):
+        check_no_absolute_paths({"corpus": path})
+
+
+@pytest.mark.parametrize("text", ["HuggingFaceTB/SmolLM2-135M", "hf:wikitext/wikitext-2-raw-v1", "https://h.org/a/b",
+                                  "file:corpus/x.txt", "blocks.1.hook_resid_post", "cuda:0", "tokens/s", "a / b"])
+def test_names_that_are_no_paths_pass(text):
+    check_no_absolute_paths({"x": text})
+
+
 def test_evidence_counts_minutes_below_six_minutes(ledger):
     _write(ledger, _point(), hours=0.05)
     assert ", 3 min on " in ledger.evidence()
