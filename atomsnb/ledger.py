@@ -5,8 +5,13 @@ under ``results/<study>/`` instead, one JSON file per grid point, written atomic
 :class:`atomsnb.runner.ResultsStore` (a killed run resumes point by point; a damaged or renamed file is detected on
 read). Each row carries its **provenance** (:func:`provenance`), recorded by the point function when it runs:
 
-- ``entry`` and ``code``: the point function (``module:name``) and :func:`atomsnb.codeprint.code_fingerprint` of it
-  (its modules' import closure and the torch/transformers/safetensors versions);
+- ``entry``, ``code`` and ``code_scope``: the point function (``module:name``) and the fingerprint of the code it can
+  run, :func:`row_code` (``code_scope`` ``"functions"``: :func:`atomsnb.codereach.reach_fingerprint`, the
+  functions and classes it reaches and what its modules run on import, with the torch/transformers/safetensors
+  versions; the model conversion, pinned by ``model_sha256``, is not followed: :data:`PINNED`), so that an edit of
+  code the point never runs stales no row. A row without ``code_scope`` was labelled by module
+  (:func:`atomsnb.codeprint.code_fingerprint` of the entry: its modules' whole import closure) and is checked that
+  way; :meth:`Ledger.narrow_code` moves such rows to the function scope while their code is the current code;
 - ``model_sha256``: the SHA-256 of the model's weights, config and tokenizer as its card records them
   (:func:`model_hash`), which pins the converted model;
 - ``corpus`` and ``corpus_fingerprint``: the corpus source and :meth:`atomsnb.corpus.Corpus.fingerprint` of all of it;
@@ -41,14 +46,15 @@ import torch
 
 from . import __version__
 from .codeprint import code_fingerprint
+from .codereach import SCOPE, reach_fingerprint
 from .corpus import Corpus
-from .io import CacheCorruptError
+from .io import CacheCorruptError, save_json
 from .fingerprints import directory_fingerprint
 from .models import REGISTERED_MODELS, ModelNotFoundError, canonical_name, model_card, resolve_model_path
 from .runner import GridPoint, ResultsStore, ResultsStoreWarning, run_grid
 
 __all__ = ["Ledger", "provenance", "model_hash", "corpus_fingerprint", "git_commit", "check_no_absolute_paths",
-           "LEDGER_DIR", "ledger_root", "repository_root", "PROVENANCE_KEYS",
+           "LEDGER_DIR", "ledger_root", "repository_root", "PROVENANCE_KEYS", "PINNED", "row_code",
            "THIS_BUILD"]
 
 #: Where ledgers live, relative to the repository root: ``results/`` (committed, unlike ``build/``); resolved by
@@ -70,8 +76,22 @@ PROVENANCE_KEYS = ("entry", "code", "model", "model_sha256", "corpus", "corpus_f
 #: The evidence line of numbers computed while the book was built.
 THIS_BUILD = "computed in this build"
 #: The provenance that decides whether a row is current (the rest is the record of where and when).
-_DECIDING = (("code", "the code of its point function changed"), ("model_sha256", "the model (its card) changed"),
+_DECIDING = (("code", "the code its point function runs changed"), ("model_sha256", "the model (its card) changed"),
              ("corpus_fingerprint", "the corpus changed"))
+#: Functions a row's code fingerprint does not follow, because another provenance key pins what they produce
+#: (:func:`atomsnb.codereach.reach_fingerprint`, ``pinned``): the packaged model's conversion returns a directory
+#: whose files it has checked against the model card, and ``model_sha256`` is the hash of those files as the card
+#: records them. A change to the conversion that changes the files stales the rows through ``model_sha256``; one
+#: that does not (a check, a message) stales none.
+PINNED = ("atomsnb.packaged:ensure_packaged_model",)
+
+
+def row_code(entry: Callable) -> str:
+    """The ``code`` of a row computed now by ``entry``: :func:`atomsnb.codereach.reach_fingerprint` of it (16 hex
+    digits), not following :data:`PINNED`."""
+    return reach_fingerprint(entry, pinned=PINNED).digest[:16]
+
+
 #: An absolute path of this machine inside a string: ``/`` then a name then ``/`` (two components at least: a
 #: POSIX directory such as ``/check/x``, ``/home/u/x``), one component at a string's end (``/corpus.txt``, ``file:/c.txt``), a home
 #: path (``~/x``) or a Windows drive (``C:\\x``), each at the start or after a space, quote, ``=``, ``(`` or ``:``
@@ -193,7 +213,7 @@ def provenance(entry: Callable, point: GridPoint) -> dict:
         point: its grid point (``model``, and the settings ``corpus`` and ``device`` among its params).
 
     Returns:
-        A dict with the keys :data:`PROVENANCE_KEYS`.
+        A dict with the keys :data:`PROVENANCE_KEYS` and ``code_scope``.
 
     Raises:
         ValueError: ``entry`` is not a module-level function of atomsnb, or the point holds an absolute path (a
@@ -204,7 +224,7 @@ def provenance(entry: Callable, point: GridPoint) -> dict:
             one of the first row, for the same reason.
     """
     check_no_absolute_paths({"model": point.model, **dict(point.params)}, "the grid point")
-    name, code = _entry_name(entry), code_fingerprint(entry).digest[:16]
+    name, code = _entry_name(entry), row_code(entry)
     loaded = _LOADED.setdefault(name, (code, *git_commit()))  # what this process loaded, at its first row
     if code != loaded[0]:
         raise RuntimeError(f"the code of {name} changed on disk since this process loaded it (fingerprint {loaded[0]} "
@@ -212,7 +232,7 @@ def provenance(entry: Callable, point: GridPoint) -> dict:
                            "labelled with code that did not compute them; restart the run (it resumes)")
     commit, dirty = loaded[1], loaded[2]
     corpus = str(point.param("corpus", "docstrings"))
-    return {"entry": name, "code": code, "model": point.model,
+    return {"entry": name, "code": code, "code_scope": SCOPE, "model": point.model,
             "model_sha256": model_hash(point.model), "corpus": corpus, "corpus_fingerprint": corpus_fingerprint(corpus),
             "atomsnb": __version__, "git_commit": commit, "git_dirty": dirty,
             "device": _device(str(point.param("device", "cpu"))), "cpu_cores": os.cpu_count(),
@@ -251,12 +271,17 @@ class Ledger:
         return self.dir.is_dir() and any(self.dir.glob("*.json"))
 
     @staticmethod
-    def current(entry: str, model: str, corpus: str) -> dict:
+    def current(entry: str, model: str, corpus: str, code_scope: str | None = SCOPE) -> dict:
         """The deciding provenance (``code``, ``model_sha256``, ``corpus_fingerprint``) as it is now; a value that
-        cannot be computed here (an entry that no longer exists, a model without a card) is ``None``."""
+        cannot be computed here (an entry that no longer exists, a model without a card) is ``None``. ``code_scope``
+        is the row's: ``"functions"`` (:func:`~atomsnb.codereach.reach_fingerprint`) or ``None`` (a row labelled by
+        module, :func:`~atomsnb.codeprint.code_fingerprint`)."""
+        if code_scope not in (SCOPE, None):
+            raise ValueError(f"code_scope must be {SCOPE!r} or None (a row labelled by module); got {code_scope!r}")
         out: dict = {}
         try:
-            out["code"] = code_fingerprint(_resolve_entry(entry)).digest[:16]
+            fn = _resolve_entry(entry)
+            out["code"] = row_code(fn) if code_scope == SCOPE else code_fingerprint(fn).digest[:16]
         except (ImportError, AttributeError, ValueError):
             out["code"] = None
         try:
@@ -301,7 +326,10 @@ class Ledger:
             if not isinstance(prov, dict) or any(k not in prov for k in PROVENANCE_KEYS):
                 stale.append(True), why.append("the row has no (or incomplete) provenance")
                 continue
-            key = (prov["entry"], prov["model"], prov["corpus"])
+            if prov.get("code_scope") not in (SCOPE, None):
+                stale.append(True), why.append(f"the row's code_scope {prov.get('code_scope')!r} is unknown")
+                continue
+            key = (prov["entry"], prov["model"], prov["corpus"], prov.get("code_scope"))
             if key not in now:
                 now[key] = self.current(*key)
             reasons = [what for k, what in _DECIDING if prov.get(k) != now[key][k]]
@@ -386,6 +414,57 @@ class Ledger:
         """The counts of a :meth:`plan`, in words: ``"30 done, 3 stale (a run recomputes them), 0 to run"``."""
         n = {what: sum(v == what for v in plan.values()) for what in ("done", "stale", "to run")}
         return f"{n['done']} done, {n['stale']} stale (a run recomputes them), {n['to run']} to run"
+
+    def narrow_code(self, *, dry_run: bool = False) -> dict[str, str]:
+        """Move the rows labelled by module (provenance without ``code_scope``) onto the function scope.
+
+        A row whose ``code`` equals :func:`~atomsnb.codeprint.code_fingerprint` of its entry now was computed by
+        exactly the current code (every module of the import closure, statement for statement, and the same library
+        versions), so :func:`~atomsnb.codereach.reach_fingerprint` of the current code is the function-scope
+        fingerprint of the code that computed it. Such a row gets that as ``code``, ``code_scope`` ``"functions"``
+        and ``code_by_module`` (the module-scope ``code`` it had); its numbers, commit and date are kept, and it is
+        rewritten atomically with a new checksum. Any other row is left as it is: a row whose module-scope code is
+        not the current one stays stale (only recomputing it makes it current).
+
+        Args:
+            dry_run: report what would be done, writing nothing.
+
+        Returns:
+            Row key -> ``"narrowed"`` (or ``"to narrow"`` in a dry run), ``"already narrow"``, or ``"stale: left as it
+            is"``.
+
+        Raises:
+            CacheCorruptError: a damaged row (nothing is written before every row has been read and checked).
+        """
+        rows = {}
+        for path in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
+            row = ResultsStore._read(path)
+            rows[path] = row
+        out: dict[str, str] = {}
+        todo = []
+        for path, row in rows.items():
+            prov = row.get("provenance")
+            if not isinstance(prov, dict) or any(k not in prov for k in PROVENANCE_KEYS):
+                out[row["key"]] = "stale: left as it is"
+            elif prov.get("code_scope") == SCOPE:
+                out[row["key"]] = "already narrow"
+            else:
+                try:
+                    entry = _resolve_entry(prov["entry"])
+                    same = code_fingerprint(entry).digest[:16] == prov["code"]
+                except (ImportError, AttributeError, ValueError):
+                    same = False
+                if not same:
+                    out[row["key"]] = "stale: left as it is"
+                    continue
+                new = {**prov, "code": row_code(entry), "code_scope": SCOPE,
+                       "code_by_module": prov["code"]}
+                todo.append((path, {**row, "provenance": new}))
+                out[row["key"]] = "to narrow" if dry_run else "narrowed"
+        if not dry_run:
+            for path, row in todo:
+                save_json(path, row, checksum=True)
+        return out
 
     def run(self, points, entry: Callable, *, backend: str = "sequential", max_workers: int = 1,
             threads: int | None = None) -> int:

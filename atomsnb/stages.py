@@ -12,7 +12,7 @@ __all__ = ["STAGES"]
 #: The package's modules by stage, in the order of an experiment (stage name, modules). Each module imports only
 #: modules of its own or an earlier stage (tested); the API reference follows this order.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Foundations", ("stages", "paths", "io", "fingerprints", "codeprint", "paper", "claims", "wording", "architecture")),
+    ("Foundations", ("stages", "paths", "io", "fingerprints", "codeprint", "codereach", "paper", "claims", "wording", "architecture")),
     ("Text and models", ("corpus", "packaged", "default_model", "models")),
     ("Activations and the AIP", ("aip", "activations", "massive", "store", "shift")),
     ("Dictionaries and unit sets", ("metrics", "sae", "sae_cache", "units", "external", "export")),

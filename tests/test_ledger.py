@@ -39,18 +39,19 @@ def test_a_row_reads_back_current_then_stale_when_the_code_changes(ledger, monke
     assert len(df) == 1 and not df["stale"].iloc[0] and df["refresh"].iloc[0] == ""
     assert df["heldout_r2_aip"].iloc[0] == 0.87 and df["n_train"].iloc[0] == 1024
     prov = df["provenance"].iloc[0]
-    assert set(prov) == set(ledger_mod.PROVENANCE_KEYS) and prov["entry"] == "atomsnb.metrics:r2_aip"
+    assert set(prov) == {*ledger_mod.PROVENANCE_KEYS, "code_scope"} and prov["entry"] == "atomsnb.metrics:r2_aip"
+    assert prov["code_scope"] == "functions"
     assert prov["model_sha256"] == MODEL_HASH and len(prov["code"]) == 16
     ev = ledger.evidence(df)
     assert ev.startswith("ledger: commit") and "1.5 h on" in ev and "stale" not in ev
 
-    real = ledger_mod.code_fingerprint
+    real = ledger_mod.reach_fingerprint
 
-    class Moved:  # the fingerprint of the same function after an edit of its module
+    class Moved:  # the fingerprint of the same function after an edit of code it reaches
         def __init__(self, fp):
             self.digest = "f" * 64 if fp.digest[0] != "f" else "0" * 64
 
-    monkeypatch.setattr(ledger_mod, "code_fingerprint", lambda *e: Moved(real(*e)))
+    monkeypatch.setattr(ledger_mod, "reach_fingerprint", lambda *e, **k: Moved(real(*e, **k)))
     df = ledger.read()
     assert df["stale"].iloc[0] and "code" in df["stale_because"].iloc[0] and df["refresh"].iloc[0] == "make scaling"
     assert "1 of 1 rows stale (refresh: make scaling)" in ledger.evidence(df)
@@ -134,14 +135,14 @@ def test_a_code_edit_under_a_running_process_is_refused(ledger, monkeypatch):
     """A long run (make scaling) keeps computing with the code it loaded; if the files change under it, a row labelled
     with the new fingerprint would claim code that did not compute it: provenance refuses, naming both."""
     first = provenance(r2_aip, _point())
-    real = ledger_mod.code_fingerprint
+    real = ledger_mod.reach_fingerprint
 
     class Edited:
         def __init__(self, fp):
             self.digest = "e" * 64 if fp.digest[0] != "e" else "1" * 64
 
     assert provenance(r2_aip, _point(n_steps=2))["code"] == first["code"]  # unchanged: fine
-    monkeypatch.setattr(ledger_mod, "code_fingerprint", lambda *e: Edited(real(*e)))
+    monkeypatch.setattr(ledger_mod, "reach_fingerprint", lambda *e, **k: Edited(real(*e, **k)))
     with pytest.raises(RuntimeError, match=f"fingerprint {first['code']} -> "):
         provenance(r2_aip, _point(n_steps=3))
 
@@ -157,3 +158,53 @@ def test_the_reader_table_is_narrow_and_says_which_rows_are_stale(ledger, monkey
     assert all(s.startswith("stale: ") and "model" in s for s in Ledger.reader_table(ledger.read())["state"])
     with pytest.raises(ValueError, match="lack"):
         Ledger.reader_table(df.drop(columns=["provenance"]))
+
+
+# ------------------------------------------------------------------------------------ rows labelled by module
+def _as_module_scope(path, code=None):
+    """Rewrite a row as a row of before ``code_scope`` existed: module-scope ``code`` (the current one, or ``code``)."""
+    from atomsnb.codeprint import code_fingerprint
+    from atomsnb.io import load_json, save_json
+
+    row = load_json(path, checksum=True)
+    prov = {k: v for k, v in row["provenance"].items() if k != "code_scope"}
+    prov["code"] = code or code_fingerprint(r2_aip).digest[:16]
+    save_json(path, {**row, "provenance": prov}, checksum=True)
+
+
+def test_a_row_labelled_by_module_is_checked_by_module_then_narrowed_while_its_code_is_current(ledger, monkeypatch):
+    current, moved = _write(ledger, _point()), _write(ledger, _point(n_steps=2))
+    _as_module_scope(current)
+    _as_module_scope(moved, code="0" * 16)  # computed by code that has moved on since
+    df = ledger.read().set_index("key")
+    assert not df.loc[current.stem, "stale"] and df.loc[moved.stem, "stale"]  # each checked by module, as written
+    before = {p: p.read_bytes() for p in (current, moved)}
+    assert ledger.narrow_code(dry_run=True) == {current.stem: "to narrow", moved.stem: "stale: left as it is"}
+    assert all(p.read_bytes() == b for p, b in before.items())  # a dry run writes nothing
+    assert ledger.narrow_code() == {current.stem: "narrowed", moved.stem: "stale: left as it is"}
+    assert moved.read_bytes() == before[moved]
+    prov = ledger.read().set_index("key").loc[current.stem, "provenance"]
+    from atomsnb.codeprint import code_fingerprint
+    from atomsnb.codereach import reach_fingerprint
+
+    assert prov["code_scope"] == "functions" and prov["code"] == ledger_mod.row_code(r2_aip)
+    assert prov["code_by_module"] == code_fingerprint(r2_aip).digest[:16] and prov["code"] != prov["code_by_module"]
+    df = ledger.read().set_index("key")
+    assert not df.loc[current.stem, "stale"] and df.loc[moved.stem, "stale"]
+    assert ledger.narrow_code()[current.stem] == "already narrow"
+    # a narrowed row answers to the function scope: an edit of its module it never runs stales it no more
+    real = ledger_mod.code_fingerprint
+    monkeypatch.setattr(ledger_mod, "code_fingerprint", lambda *e: type("M", (), {"digest": "f" * 64})())
+    assert not ledger.read().set_index("key").loc[current.stem, "stale"]
+    monkeypatch.setattr(ledger_mod, "code_fingerprint", real)
+
+
+def test_an_unknown_code_scope_is_stale(ledger):
+    from atomsnb.io import load_json, save_json
+
+    path = _write(ledger, _point())
+    row = load_json(path, checksum=True)
+    save_json(path, {**row, "provenance": {**row["provenance"], "code_scope": "lines"}}, checksum=True)
+    assert "code_scope 'lines' is unknown" in ledger.read()["stale_because"].iloc[0]
+    with pytest.raises(ValueError, match="code_scope must be"):
+        Ledger.current("atomsnb.metrics:r2_aip", "smollm2-135m", "docstrings", "lines")

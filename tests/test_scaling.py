@@ -204,16 +204,22 @@ def test_the_verdict_follows_the_fitted_ceilings_and_names_its_evidence():
 
 def test_a_rows_code_fingerprint_is_the_training_code_only():
     """Editing the study's configuration, fits and words, the grid experiments, the chapter's verdicts or figures
-    leaves the ledger current; the trainer, the metrics, the capture and the splice are in the fingerprint."""
-    from atomsnb.codeprint import code_fingerprint
+    leaves the ledger current; the trainer, the metrics, the capture and the splice are in the fingerprint, function
+    by function (:func:`atomsnb.ledger.row_code`), and the model conversion is pinned by the model's hash."""
+    from atomsnb.codereach import reach_fingerprint
+    from atomsnb.ledger import PINNED
     from atomsnb.scaling_train import train_point
 
-    modules = set(code_fingerprint(train_point).modules)
-    assert {"atomsnb.sae", "atomsnb.metrics", "atomsnb.store", "atomsnb.activations", "atomsnb.aip",
-            "atomsnb.splice", "atomsnb.scaling_train"} <= modules
+    inputs = set(reach_fingerprint(train_point, pinned=PINNED).modules)
+    modules = {k for k in inputs if ":" not in k and " " not in k and not k.endswith("__all__")}
+    assert {"atomsnb.sae:train_sae", "atomsnb.metrics:r2_aip", "atomsnb.store:fit_aip_from_store",
+            "atomsnb.splice:spliced_scores", "atomsnb.aip:AIP", "atomsnb.scaling_train:train_point"} <= inputs
     assert not modules & {"atomsnb.scaling", "atomsnb.grid", "atomsnb.paper", "atomsnb.wording", "atomsnb.ledger",
                           "atomsnb.runner", "atomsnb.evaluation", "atomsnb.pipeline", "atomsnb.verdicts",
-                          "atomsnb.plots", "atomsnb.stages", "atomsnb.sae_cache"}
+                          "atomsnb.plots", "atomsnb.stages", "atomsnb.sae_cache", "atomsnb.codereach"}
+    assert inputs >= {"atomsnb.packaged:ensure_packaged_model"} and not {
+        "atomsnb.packaged:_convert", "atomsnb.packaged:_verify_copy"} & inputs
+    assert "atomsnb.activations:_save" not in inputs  # the activation cache's writer: a point reads a store
 
 
 def test_sweeps_run_only_where_asked_and_the_first_layer_comes_first(tiny_dir, monkeypatch):
@@ -279,11 +285,12 @@ def test_a_fit_does_not_depend_on_the_order_of_its_rows():
 
 @pytest.mark.shared_cache
 def test_the_committed_scaling_ledger_is_current():
-    """The book's scaling evidence is the committed ledger (results/scaling/). An edit to any module inside
-    ``train_point``'s code fingerprint (module granularity, :mod:`atomsnb.codeprint`) makes every row stale, and the
-    verdicts of chapters 2, 4 and 7 fall back to "not run here". That once happened unnoticed (a disk-full fix in
-    ``atomsnb.io``); this test makes it loud. If the edit is meant, rerun `make scaling` and commit the rows."""
-    from atomsnb.codeprint import code_fingerprint
+    """The book's scaling evidence is the committed ledger (results/scaling/). An edit to code ``train_point`` runs
+    (its function-scope fingerprint, :func:`atomsnb.ledger.row_code`) makes every row stale, and the verdicts of
+    chapters 2, 4 and 7 fall back to "not run here". That once happened unnoticed (a disk-full fix in ``atomsnb.io``,
+    when the fingerprint was module-wide); this test makes it loud. If the edit is meant, rerun `make scaling` and
+    commit the rows. (:func:`atomsnb.codereach.reach_reasons` says why a function is in the fingerprint.)"""
+    from atomsnb.ledger import row_code
     from atomsnb.parameters import model_shape
     from atomsnb.scaling_train import train_point
 
@@ -292,8 +299,8 @@ def test_the_committed_scaling_ledger_is_current():
     rows = Ledger("scaling").read()
     assert len(rows) == 33
     stale = rows[rows["stale"].astype(bool)]
-    fp = code_fingerprint(train_point)
     assert stale.empty, (
         f"{len(stale)} of {len(rows)} committed scaling rows are stale ({sorted(set(stale['stale_because']))}); the "
-        f"training code's fingerprint is now {fp.digest[:16]}, over the modules {sorted(fp.modules)}: revert the "
-        "edit to them, or rerun `make scaling` and commit results/scaling/")
+        f"training code's fingerprint is now {row_code(train_point)}: revert the edit to the code it reaches "
+        "(atomsnb.codereach.reach_reasons(train_point, pinned=atomsnb.ledger.PINNED) lists it), or rerun "
+        "`make scaling` and commit results/scaling/")
