@@ -42,7 +42,7 @@ from tqdm import tqdm
 from .aip import check_finite
 from .codeprint import code_fingerprint
 from .corpus import CORPUS_SPLITS, Corpus
-from .io import CacheCorruptError, load_tensors, save_tensors, tensor_digest
+from .io import CacheCorruptError, is_write_failure, load_tensors, save_tensors, tensor_digest
 from .architecture import decoder_layers, tokenizer_prefix
 from .models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
 from .paths import cache_dir
@@ -328,11 +328,15 @@ def checked_request(config: ActivationConfig, model: LoadedModel | None,
 
 
 def _save(path, tensors, meta) -> None:
-    """Write one cache file; a failed write (disk full, read-only) warns naming the file and is not fatal."""
+    """Write one cache file; a failed write (disk full, read-only: :func:`atomsnb.io.is_write_failure`) warns naming
+    the file and is not fatal."""
     try:
         save_tensors(path, tensors, meta)
-    except OSError as exc:
-        warnings.warn(f"could not write the activation cache file {str(path)!r} ({exc.strerror or exc}); the "
+    except Exception as exc:  # noqa: BLE001 - only a failed write is caught (safetensors' I/O error is no OSError)
+        if not is_write_failure(exc):
+            raise
+        why = getattr(exc, "strerror", None) or exc
+        warnings.warn(f"could not write the activation cache file {str(path)!r} ({why}); the "
                       "activations are returned but not cached. Free space there, set ATOMSNB_CACHE to another "
                       "directory, or pass cache=False", RuntimeWarning, stacklevel=3)
 

@@ -41,6 +41,7 @@ __all__ = [
     "tensor_digest",
     "json_digest",
     "remove_stale_temp_files",
+    "is_write_failure",
     "STALE_TMP_AGE_S",
     "DTYPES",
 ]
@@ -188,6 +189,15 @@ def _file_digest(tensors: Mapping[str, torch.Tensor], raw_meta: Mapping[str, str
     for k in sorted(raw_meta):
         h.update(json.dumps([k, raw_meta[k]]).encode())
     return h.hexdigest()
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a cache writer (:func:`save_tensors`, :func:`save_json`), means the disk refused
+    the write (full, read-only, file too large): an :class:`OSError`, or safetensors' own ``SafetensorError`` when it
+    reports an I/O error ("I/O error: No space left on device (os error 28)"), which is not an ``OSError``. Any
+    other ``SafetensorError`` is a bug, not the disk: False. The caches' writers (the activation cache, the SAE
+    cache) warn on such a failure and return what they computed, uncached."""
+    return isinstance(exc, OSError) or (isinstance(exc, SafetensorError) and "I/O error" in str(exc))
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Path:

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 
 from .aip import AIP
 from .codeprint import code_fingerprint
-from .io import CacheCorruptError, load_json, save_json, tensor_digest
+from .io import CacheCorruptError, is_write_failure, load_json, save_json, tensor_digest
 from .paths import cache_dir
 from .sae import SAEConfig, SparseAutoencoder, load_sae, save_sae, train_sae
 
@@ -88,9 +88,7 @@ def train_sae_cached(train_acts, aip: AIP | None, config: SAEConfig, *, n_tokens
                   checksum=True)
         save_sae(sae, folder / "sae.safetensors")
     except (OSError, SafetensorError) as exc:  # disk full, read-only cache: the trained SAE is returned, not lost
-        # safetensors reports a failed write as its own SafetensorError ("... I/O error: No space left on device
-        # (os error 28)"), not as an OSError; any other SafetensorError is a bug and is raised as it is
-        if isinstance(exc, SafetensorError) and "I/O error" not in str(exc):
+        if not is_write_failure(exc):  # a SafetensorError that is not the disk's: a bug, raised as it is
             raise
         warnings.warn(f"could not write the SAE cache in {str(folder)!r} ({getattr(exc, 'strerror', None) or exc}); "
                       "the trained SAE is returned but not cached. Free space there, set ATOMSNB_CACHE to another "

@@ -47,7 +47,12 @@ WORKER = textwrap.dedent("""
         warnings.simplefilter("always")
         try:
             if part == "activations":
-                report["equal"] = bool(torch.equal(collect_activations(cfg, progress=False).acts[1], uncached))
+                # two forward passes agree to rounding, not always to the bit (the CPU kernels' summation order
+                # can follow the buffers' alignment), so the activations returned are compared to rounding
+                got = collect_activations(cfg, progress=False).acts[1]
+                report["equal"] = bool(got.shape == uncached.shape and torch.allclose(got, uncached, rtol=1e-5,
+                                                                                      atol=1e-6))
+                report["max_diff"] = float((got - uncached).abs().max())
             else:
                 sae, hist, hit = train_sae_cached(x, aip, sae_cfg, progress=False)
                 report["sae"] = {"hit": hit, "n_latents": sae.n_latents, "steps": len(hist)}
@@ -80,15 +85,10 @@ def test_an_sae_cache_write_that_fails_on_disk_warns_and_returns_the_trained_sae
     assert report["cached"] == ["history.json"], report["cached"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed yet: the activation cache's handler (atomsnb.activations._save) catches OSError, and save_tensors "
-    "(atomsnb.io) lets safetensors' SafetensorError through. Both modules are inside the scaling ledger's code "
-    "fingerprint (module granularity, atomsnb.codeprint), so the fix would make all 33 committed rows stale (3.3 h "
-    "to recompute); it goes in with the next change that reruns the study. Strict: remove this mark once it passes."))
 def test_an_activation_cache_write_that_fails_on_disk_warns_and_returns_the_activations(tmp_path):
     report = _run(tmp_path, "activations")
     assert "raised" not in report, report["raised"]
-    assert report["equal"] is True
+    assert report["equal"] is True, report.get("max_diff")
     runtime = [m for cat, m in report["warnings"] if cat == "RuntimeWarning"]
     assert any("layer001.safetensors" in m and "File too large" in m for m in runtime), report["warnings"]
     assert not any(name.startswith("layer") for name in report["cached"])
