@@ -203,3 +203,67 @@ def test_loading_bars_off_follows_tqdm_disable_and_restores(monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE")
     with loading_bars_off():
         assert hf_logging.is_progress_bar_enabled()  # a user's interactive session keeps its bars
+
+
+# ------------------------------------------------------------------ the saved copy's check (_verify_copy), on a tiny model
+@pytest.fixture
+def tiny_copy(tmp_path):
+    """A tiny Llama (the "GGUF model" in memory) and its saved copy, with the probe text's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tiny_models import save_tiny
+
+    out = save_tiny("llama", tmp_path / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(out)), out
+
+
+SPEC = dataclasses.make_dataclass("Spec", ["name"])("tiny")
+
+
+def test_an_exact_copy_passes_with_the_probe_loss_of_the_original(tiny_copy):
+    import torch
+
+    model, tok, out = tiny_copy
+    reloaded, _, ids, loss = pk._verify_copy(SPEC, model, tok, out)
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(input_ids=ids).logits[0, :-1], ids[0, 1:]))
+    assert loss == expected and ids.shape[1] > 5
+
+
+def test_a_copy_whose_logits_differ_by_summation_order_only_passes(tiny_copy, monkeypatch):
+    """Identical weights whose logits differ in the last bits (another kernel's summation order) are the same model."""
+    import torch
+
+    model, tok, out = tiny_copy
+    real = type(model).forward
+
+    def jitter(self, *a, **k):  # the reloaded copy's logits, moved by 1e-5 of the largest: rounding-sized
+        res = real(self, *a, **k)
+        if self is not model:
+            res.logits = res.logits + 1e-5 * res.logits.abs().max() * torch.sign(res.logits)
+        return res
+
+    monkeypatch.setattr(type(model), "forward", jitter)
+    pk._verify_copy(SPEC, model, tok, out)
+
+
+def test_a_copy_with_other_weights_or_another_architecture_setting_is_refused(tiny_copy):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model, tok, out = tiny_copy
+    weights = load_file(str(out / "model.safetensors"))
+    name = sorted(weights)[0]
+    changed = dict(weights)
+    changed[name] = weights[name].clone()
+    changed[name].view(-1)[0] = torch.nextafter(changed[name].view(-1)[0], torch.tensor(1e9))  # one bit
+    save_file(changed, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(pk.ConversionError, match=rf"weights differ .*1 tensors, e.g. \['{name}'\]"):
+        pk._verify_copy(SPEC, model, tok, out)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "rms_norm_eps": cfg["rms_norm_eps"] * 1e4}))
+    with pytest.raises(pk.ConversionError, match="logits differ .* of the largest logit, above the 0.0003"):
+        pk._verify_copy(SPEC, model, tok, out)
