@@ -32,7 +32,8 @@
 #
 # The full study takes hours, so it does not run in every build: `make scaling` runs it through `atomsnb.runner`
 # into a **ledger** committed with the repository (`results/scaling/`, {mod}`atomsnb.ledger`), one checksummed row
-# per point with its provenance (code fingerprint, model card hash, corpus fingerprint, commit, compute). This chapter
+# per point with its provenance (the fingerprint of the code the point can run, function by function,
+# {mod}`atomsnb.codereach`; model card hash, corpus fingerprint, commit, compute). This chapter
 # (1) runs a small subset of the study itself (its parameters below: every kind of point, at layer 1 of SmolLM2), so
 # that the study's code runs in every build, and (2) shows the
 # ledger's rows, marking any row whose code, model or corpus has changed since as **stale**, with the command that
