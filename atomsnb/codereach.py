@@ -538,9 +538,15 @@ def reach_fingerprint(*entries, root: str | os.PathLike | None = None, pinned=()
 
 
 def reach_reasons(*entries, root: str | os.PathLike | None = None, pinned=()) -> dict[str, str]:
-    """Why each function and class of :func:`reach_fingerprint` ``(*entries)`` is an input: ``{"M:name": the code
-    that first used it}`` (``"an entry"``, ``"atomsnb.store.open_store"``, ``"... (the module as a value): all of
-    M"``), sorted; not remembered. Same arguments and errors as :func:`reach_fingerprint`. To see why an edit
-    made a ledger row stale, or why it did not."""
+    """Why each function and class of ``reach_fingerprint(*entries)`` is an input.
+
+    Returns:
+        ``{"module:name": the code that first used it}``, sorted: ``"an entry"``, ``"atomsnb.store.ActivationStore"``
+        (a function or class), ``"module atomsnb.store"`` (a module's import-time code), or a reason ending in
+        ``": all of M"`` (a module used as a value, a dynamic lookup). Not remembered.
+
+    Same arguments and errors as :func:`reach_fingerprint`. To see why an edit made a ledger row stale, or why it
+    did not.
+    """
     reach = _compute(_roots(root), _wanted(entries), _pinned(pinned))
     return {f"{m}:{n}": reach.why[(m, n)] for m, n in sorted(reach.reached)}

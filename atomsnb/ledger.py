@@ -430,8 +430,8 @@ class Ledger:
             dry_run: report what would be done, writing nothing.
 
         Returns:
-            Row key -> ``"narrowed"`` (or ``"to narrow"`` in a dry run), ``"already narrow"``, or ``"stale: left as it
-            is"``.
+            Row key -> ``"narrowed"`` (or ``"to narrow"`` in a dry run), ``"already narrow"``, or
+            ``"stale: left as it is"``.
 
         Raises:
             CacheCorruptError: a damaged row (nothing is written before every row has been read and checked).
