@@ -93,8 +93,9 @@ def row_code(entry: Callable) -> str:
 
 
 #: An absolute path of this machine inside a string: ``/`` then a name then ``/`` (two components at least: a
-#: POSIX directory such as ``/check/x``, ``/home/u/x``), one component at a string's end (``/corpus.txt``, ``file:/c.txt``), a home
-#: path (``~/x``) or a Windows drive (``C:\\x``), each at the start or after a space, quote, ``=``, ``(`` or ``:``
+#: POSIX directory such as ``/check/x``, ``/home/u/x``), one component at a string's end (``/corpus.txt``,
+#: ``file:/c.txt``), a home path (``~/x``) or a Windows drive (``C:\\x``), each at the start or after a space, quote,
+#: ``=``, ``(`` or ``:``
 #: (``file:/x/y``). Any directory is caught, not a list of usual ones: CI's checkout lives in ``/check``. A hub id
 #: (``org/name``), a URL (``https://h/p``: ``//``) and ``tokens/s`` are no paths.
 _ABSOLUTE = re.compile(r"(^|[\s'\"=(:])(/[^\s/'\"]+/|~/|[A-Za-z]:\\)|(^|[\s'\"=(:])/[^\s/'\"]+$")
