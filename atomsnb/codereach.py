@@ -34,7 +34,7 @@ actually runs, not whole modules"), found statically with :mod:`ast`. Every rule
 
 What it cannot see: package code reached only through an object built outside the reached code (a caller's argument
 whose class is neither named nor annotated in it). A ledger entry takes a plain grid point (annotated, so its class
-is reached). Documentation, comments and layout change no input (docstrings are removed as in
+is reached). Documentation, comments and layout change no input (docstrings are removed by the same code as in
 :func:`atomsnb.codeprint.code_fingerprint`); the library versions (:data:`atomsnb.codeprint.LIBRARIES`) are inputs.
 
 The result is remembered per entry set while every file read has the same stat (as in :mod:`atomsnb.codeprint`).
@@ -79,7 +79,7 @@ class _Info:
 
     def __init__(self, name: str, is_package: bool, tree: ast.Module, origin: str):
         self.name, self.is_package, self.origin = name, is_package, origin
-        _strip_docstrings(tree)
+        _cp._code_digest(tree)  # removes the docstrings in place, exactly as the module-scope fingerprint does
         self.defs: dict[str, list[ast.stmt]] = {}
         self.top: list[ast.stmt] = []
         self.exports: list[ast.stmt] = []  # the statements that build __all__
@@ -142,17 +142,6 @@ def _builds_all(node: ast.stmt) -> bool:
     return False
 
 
-def _strip_docstrings(tree: ast.AST) -> None:
-    """Remove every statement that is a string alone (docstrings), as :func:`atomsnb.codeprint._code_digest` does."""
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list):
-            kept = [b for b in body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
-                                            and isinstance(b.value.value, str))]
-            if len(kept) != len(body):
-                node.body = kept or [ast.Pass()]
-
-
 def _digest(nodes: list[ast.stmt]) -> str:
     return hashlib.sha256("\n".join(ast.dump(n) for n in nodes).encode()).hexdigest()
 
@@ -169,17 +158,14 @@ def _is_main_guard(node: ast.AST) -> bool:
             and t.comparators[0].value == "__main__")
 
 
-def _walk(nodes, *, into_defs: bool = True):
-    """Every node under ``nodes``, without the bodies of ``if TYPE_CHECKING:`` (their ``else`` is kept) and, when
-    ``into_defs`` is False, without what is inside nested functions and classes."""
+def _walk(nodes):
+    """Every node under ``nodes``, without the bodies of ``if TYPE_CHECKING:`` (their ``else`` is kept)."""
     stack = list(reversed(list(nodes)))
     while stack:
         node = stack.pop()
         yield node
         if _is_type_checking(node):
             stack.extend(reversed(node.orelse))
-            continue
-        if not into_defs and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             continue
         stack.extend(reversed(list(ast.iter_child_nodes(node))))
 

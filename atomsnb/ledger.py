@@ -435,8 +435,11 @@ class Ledger:
             ``"stale: left as it is"``.
 
         Raises:
+            ValueError: ``dry_run`` is not True or False.
             CacheCorruptError: a damaged row (nothing is written before every row has been read and checked).
         """
+        if not isinstance(dry_run, bool):
+            raise ValueError(f"dry_run must be True or False; got {dry_run!r}")
         rows = {}
         for path in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
             row = ResultsStore._read(path)

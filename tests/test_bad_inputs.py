@@ -1,4 +1,4 @@
-"""Bad inputs to io, runner, judges, ratings, contexts, the grid configs' validate() and the notebook CLI, table-driven.
+"""Bad inputs to io, runner, the ledger and its code fingerprint, judges, ratings, contexts, the grid configs' validate() and the notebook CLI, table-driven.
 
 Each case: ``pytest.param(call, exception type, [substrings], id=...)``. ``call()`` must raise the exception before
 any work starts, and the message must contain every substring: the offending value as the message names it and
@@ -22,8 +22,11 @@ import torch
 from atomsnb import judges as J
 from atomsnb.activations import Activations, ActivationConfig
 from atomsnb.contexts import Context, UnitContexts, context_for_token, random_contexts, render_html, sample_units, top_contexts
+from atomsnb.codereach import reach_fingerprint
 from atomsnb.grid import CapacityGridConfig, LayerStudyConfig
 from atomsnb.io import CacheCorruptError, load_json, load_tensors, save_json, save_tensors
+from atomsnb.ledger import Ledger
+from atomsnb.metrics import r2_aip
 from atomsnb.ratings import RatingError, export_for_rating, read_ratings
 from atomsnb.runner import GridPoint, ResultsStore, grid_points, results_dir, run_grid
 from grid_tasks import product_task
@@ -356,6 +359,17 @@ CASES = [
     pytest.param(lambda: RN.main([str(REPO / "notebooks" / "07_scaling.py"), str(_fresh() / "out.ipynb"), "-p", "layers",
                                   "[1, top]"]), SystemExit, ["'layers'", "['top']", "list of numbers or 'middle'"],
                  id="cli word its comment does not name"),
+    pytest.param(lambda: Ledger("scaling").narrow_code(dry_run="yes"), ValueError, ["'yes'", "True or False"],
+                 id="narrow_code dry_run"),
+    pytest.param(lambda: Ledger.current("atomsnb.metrics:r2_aip", "m", "docstrings", "lines"), ValueError,
+                 ["'lines'", "code_scope must be 'functions' or None"], id="ledger code_scope"),
+    pytest.param(lambda: reach_fingerprint(r2_aip, pinned="atomsnb.packaged:ensure_packaged_model"), TypeError,
+                 ["atomsnb.packaged:ensure_packaged_model", "collection of 'module:name' strings"],
+                 id="reach pinned string"),
+    pytest.param(lambda: reach_fingerprint(r2_aip, pinned=("atomsnb.packaged",)), ValueError,
+                 ["'atomsnb.packaged'", "give 'module:name'"], id="reach pinned module"),
+    pytest.param(lambda: reach_fingerprint("numpy:sum"), ValueError, ["'numpy'", "outside package 'atomsnb'"],
+                 id="reach entry outside"),
     pytest.param(lambda: results_dir(".."), ValueError, ["'..'", "one folder name"], id="results_dir .."),
     pytest.param(lambda: results_dir(""), ValueError, ["''", "one folder name"], id="results_dir empty"),
     pytest.param(lambda: J.bootstrap_mean([0.5, float("inf")]), ValueError, ["inf", "finite numbers"],
